@@ -1,0 +1,49 @@
+"""What the Classify RPCs need from a face model, independent of how it works.
+
+The servicers depend only on this interface; ``worker.faces`` implements it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+NO_FACE = "no_face"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """One face: box (left, top, right, bottom) in upright-image pixels, its label and score 0..1."""
+
+    box: tuple[int, int, int, int]
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The answer for one image: the largest face's label (or ``no_face``) and every face."""
+
+    label: str
+    confidence: float
+    width: int
+    height: int
+    faces: list[FaceResult] = field(default_factory=list)
+
+
+class Classifier(Protocol):
+    """A loaded face model. Implementations must be safe to call from several threads."""
+
+    name: str
+    version: str
+
+    def classify(self, data: bytes, max_pixels: int) -> Classification:
+        """Classify the faces in an encoded image file (bytes as read from disk)."""
+        ...
+
+    def classify_legacy(self, pixels: np.ndarray) -> str:
+        """Label a legacy client's picture (HxW grey or HxWx3 RGB uint8, usually 50x37 grey)."""
+        ...

@@ -1,0 +1,96 @@
+"""Opening untrusted image bytes with Pillow: one place for limits and clean errors.
+
+Both operations start here, so a truncated file, a decompression bomb or a
+page of HTML named ``.png`` get the same specific message whichever RPC saw it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from worker.errors import InvalidArgument
+
+# 100 MP photos must pass; Pillow's own default (~89 MP) would refuse them.
+DEFAULT_MAX_PIXELS = 150_000_000
+
+# Only formats we can also write back; anything else is refused up front so
+# Pillow never runs a parser we do not need on untrusted input.
+FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Identify ``data`` and check its declared size; pixels are not decoded yet.
+
+    Raises InvalidArgument for empty, unrecognised, unsupported or oversized
+    images, naming what was wrong.
+    """
+    if not data:
+        raise InvalidArgument("image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns, then errors, on its own bomb limit; ours is checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise InvalidArgument(
+            f"not a supported image ({len(data)} bytes starting {data[:8]!r}); "
+            f"supported formats: {', '.join(FORMATS)}"
+        ) from None
+    except Image.DecompressionBombError as e:
+        raise InvalidArgument(f"image refused as a decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InvalidArgument(f"corrupt {_guess(data)} image: {e}") from None
+    check_pixels(img.width, img.height, max_pixels)
+    return img
+
+
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """Refuse images whose declared size is over ``max_pixels`` (decompression bombs)."""
+    if width <= 0 or height <= 0:
+        raise InvalidArgument(f"image declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise InvalidArgument(
+            f"image declares {width}x{height} = {width * height:,} pixels, over the worker's "
+            f"limit of {max_pixels:,} (worker serve --max-pixels)"
+        )
+
+
+def load(img: Image.Image) -> Image.Image:
+    """Decode the pixels of an opened image, turning decoder failures into InvalidArgument."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except Image.DecompressionBombError as e:
+        raise InvalidArgument(f"image refused as a decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InvalidArgument(f"corrupt or truncated {img.format} image: {e}") from None
+    return img
+
+
+def upright(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode ``data`` and apply its EXIF orientation: the picture a viewer sees."""
+    img = load(open_image(data, max_pixels))
+    try:
+        return ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InvalidArgument(f"corrupt EXIF data in {img.format} image: {e}") from None
+
+
+def _guess(data: bytes) -> str:
+    signatures = {
+        b"\xff\xd8": "JPEG",
+        b"\x89PNG": "PNG",
+        b"GIF8": "GIF",
+        b"BM": "BMP",
+        b"RIFF": "WEBP",
+        b"II*\x00": "TIFF",
+        b"MM\x00*": "TIFF",
+    }
+    for sig, name in signatures.items():
+        if data.startswith(sig):
+            return name
+    return "unrecognised"
