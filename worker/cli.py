@@ -2,10 +2,60 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+from pathlib import Path
+
 import click
+
+from worker.decode import DEFAULT_MAX_PIXELS
+
+_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @click.group()
 @click.version_option(package_name="imagebatch")
 def main() -> None:
     """imagebatch's gRPC image worker."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. Anything but loopback without TLS is warned about.")
+@click.option("--port", default=50051, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to bind; 0 picks a free one. Prints 'LISTENING host:port' once every process serves.")
+@click.option("--processes", default=os.cpu_count() or 1, show_default="number of CPUs",
+              type=click.IntRange(1), help="Server processes sharing the port (SO_REUSEPORT).")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1),
+              help="RPC threads per process.")
+@click.option("--max-concurrent-rpcs", type=click.IntRange(1), default=None, show_default="2 x threads",
+              help="Calls in flight per process; past it calls get RESOURCE_EXHAUSTED instead of queueing.")
+@click.option("--max-message-mb", default=64, show_default=True, type=click.IntRange(1, 1024),
+              help="Largest image (and answer) per call, in MiB.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
+              help="Largest image, in pixels, that will be decoded (decompression bombs).")
+@click.option("--tls-cert", type=_file, help="PEM certificate chain; enables TLS.")
+@click.option("--tls-key", type=_file, help="PEM private key for --tls-cert.")
+@click.option("--tls-client-ca", type=_file, help="PEM CA bundle; clients must present a certificate it signed (mTLS).")
+@click.option("--grace", default=15.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds calls in flight get to finish after SIGTERM/SIGINT.")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Face model artifact (.npz); default: the shipped one.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def serve(log_level: str, **options) -> None:
+    """Serve imageworker.v1.ImageWorker and the legacy ABImageService, with health and reflection."""
+    from worker.server import ServerConfig
+    from worker.server import serve as run
+
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s worker[%(process)d] %(name)s: %(message)s",
+    )
+    try:
+        config = ServerConfig(**options)
+        code = run(config, announce=lambda line: click.echo(line) or sys.stdout.flush())
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    sys.exit(code)

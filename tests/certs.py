@@ -1,0 +1,87 @@
+"""Throw-away PKI for TLS tests: a CA, a server certificate for loopback, a client certificate."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a CA that signed nothing here: trusting it must fail
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject, key, issuer, issuer_key, *, ca: bool, sans=None, usage=None) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if usage:
+        b = b.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _write(path: Path, obj) -> Path:
+    if isinstance(obj, x509.Certificate):
+        path.write_bytes(obj.public_bytes(serialization.Encoding.PEM))
+    else:
+        path.write_bytes(
+            obj.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+    return path
+
+
+def make_pki(folder: Path) -> Pki:
+    """Write a CA, a server cert valid for localhost/127.0.0.1/::1 and a client cert under ``folder``."""
+    ca_key, other_key = _key(), _key()
+    ca = _cert(_name("imagebatch test CA"), ca_key, _name("imagebatch test CA"), ca_key, ca=True)
+    other = _cert(_name("someone else's CA"), other_key, _name("someone else's CA"), other_key, ca=True)
+    server_key, client_key = _key(), _key()
+    sans = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
+    server = _cert(_name("localhost"), server_key, ca.subject, ca_key, ca=False, sans=sans,
+                   usage=[ExtendedKeyUsageOID.SERVER_AUTH])
+    client = _cert(_name("imagebatch test client"), client_key, ca.subject, ca_key, ca=False,
+                   usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    return Pki(
+        ca=_write(folder / "ca.pem", ca),
+        server_cert=_write(folder / "server.pem", server),
+        server_key=_write(folder / "server.key", server_key),
+        client_cert=_write(folder / "client.pem", client),
+        client_key=_write(folder / "client.key", client_key),
+        other_ca=_write(folder / "other-ca.pem", other),
+    )

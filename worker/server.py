@@ -1,0 +1,279 @@
+"""Building and running the gRPC server: services, health, reflection, TLS, limits, processes.
+
+``serve`` reserves the port in the parent, then forks one server process per
+CPU *before any grpc object exists*; each binds the same port with
+SO_REUSEPORT, so the kernel spreads connections over them and CPU work is not
+serialised by one interpreter's GIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.decode import DEFAULT_MAX_PIXELS
+
+log = logging.getLogger("worker.server")
+
+SERVICE_NAMES = ("imageworker.v1.ImageWorker", "ABImageService")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    processes: int = os.cpu_count() or 1
+    threads: int = 4
+    max_concurrent_rpcs: int | None = None  # default: 2 x threads
+    max_message_mb: int = 64
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    grace: float = 15.0
+    model: str | None = None
+
+    @property
+    def in_flight_limit(self) -> int:
+        return self.max_concurrent_rpcs or 2 * self.threads
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * 2**20
+
+    @property
+    def transport_limit(self) -> int:
+        # gRPC's own limit sits above ours so that most oversized images reach
+        # the servicer, which answers with a message naming the flag; the
+        # transport limit still caps what one call can make us buffer.
+        return self.max_message_bytes + max(self.max_message_bytes, 16 * 2**20)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+def serve(config: ServerConfig, announce=print) -> int:
+    """Run the worker until SIGTERM/SIGINT; return the process exit code."""
+    _check_config(config)
+    _warn_about_environment(config)
+    with _reserve_port(config.host, config.port) as port:
+        if config.processes == 1:
+            return _serve_in_this_process(config, port, ready=lambda: announce(_listening(config, port)))
+        return _supervise(config, port, announce)
+
+
+def _listening(config: ServerConfig, port: int) -> str:
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    return f"LISTENING {host}:{port}"
+
+
+def _check_config(config: ServerConfig) -> None:
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if config.tls_client_ca is not None and not config.tls:
+        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+    for path in (config.tls_cert, config.tls_key, config.tls_client_ca):
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"TLS file not found: {path}")
+    if config.processes < 1 or config.threads < 1:
+        raise ValueError("--processes and --threads must be at least 1")
+
+
+def _warn_about_environment(config: ServerConfig) -> None:
+    from worker.rotate import lossless_jpeg_available
+
+    if not lossless_jpeg_available():
+        log.warning(
+            "lossless JPEG rotation is unavailable (libturbojpeg not found; on Debian/Ubuntu: "
+            "apt-get install libturbojpeg0): JPEGs will be re-encoded with their own quantisation tables"
+        )
+    if not config.tls and not _is_loopback(config.host):
+        log.warning(
+            "serving on %s WITHOUT TLS: anyone who can reach this address can use the worker "
+            "(use --tls-cert/--tls-key, and --tls-client-ca to require client certificates)",
+            config.host,
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _reserve_port(host: str, port: int) -> Iterator[int]:
+    """Bind (not listen) the port with SO_REUSEPORT so every child can bind it too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot bind {host}:{port}: {e.strerror}") from None
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def _supervise(config: ServerConfig, port: int, announce) -> int:
+    """Fork the server processes, announce once all serve, relay signals, restart crashed children."""
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Queue()
+    stopping = threading.Event()
+    children: dict[int, multiprocessing.Process] = {}
+
+    def start(slot: int) -> None:
+        p = ctx.Process(target=_child_main, args=(config, port, ready), name=f"worker-{slot}", daemon=False)
+        p.start()
+        children[slot] = p
+
+    def on_signal(signum, frame) -> None:
+        stopping.set()
+        for p in children.values():
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for slot in range(config.processes):
+        start(slot)
+    pending = config.processes
+    while pending and not stopping.is_set():
+        try:
+            ready.get(timeout=0.5)
+            pending -= 1
+        except queue.Empty:  # check whether a child died while starting
+            if any(p.exitcode not in (None, 0) for p in children.values()):
+                log.error("a worker process failed to start; stopping")
+                on_signal(signal.SIGTERM, None)
+                break
+    if not stopping.is_set():
+        announce(_listening(config, port))
+        log.info("%d processes serving on %s:%d", config.processes, config.host, port)
+
+    exit_code = 0
+    while True:
+        for slot, p in list(children.items()):
+            p.join(timeout=0.2)
+            if p.exitcode is None:
+                continue
+            if stopping.is_set():
+                exit_code = max(exit_code, p.exitcode if p.exitcode > 0 else 0)
+                del children[slot]
+            else:
+                log.error("worker process %d died (exit code %s); starting a new one", p.pid, p.exitcode)
+                start(slot)
+        if not children:
+            return exit_code
+
+
+def _child_main(config: ServerConfig, port: int, ready) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    code = _serve_in_this_process(config, port, ready=lambda: ready.put(os.getpid()))
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def _serve_in_this_process(config: ServerConfig, port: int, ready) -> int:
+    """Serve on ``port`` in this process until a signal; the only place grpc objects are made."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from worker.api import abimage_pb2_grpc, imageworker_v1_pb2_grpc
+    from worker.service import ABImageServicer, ImageWorkerServicer, WorkerState
+
+    options = [
+        ("grpc.so_reuseport", 1),
+        ("grpc.max_receive_message_length", config.transport_limit),
+        ("grpc.max_send_message_length", config.transport_limit),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
+        options=options,
+        maximum_concurrent_rpcs=config.in_flight_limit,
+    )
+    state = WorkerState(
+        identity=f"{socket.gethostname()}:{port}/{os.getpid()}",
+        max_message_bytes=config.max_message_bytes,
+        max_pixels=config.max_pixels,
+    )
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    imageworker_v1_pb2_grpc.add_ImageWorkerServicer_to_server(ImageWorkerServicer(state), server)
+    abimage_pb2_grpc.add_ABImageServiceServicer_to_server(ABImageServicer(state), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    address = f"[{config.host}]:{port}" if ":" in config.host else f"{config.host}:{port}"
+    if config.tls:
+        creds = grpc.ssl_server_credentials(
+            [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+            root_certificates=Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None,
+            require_client_auth=config.tls_client_ca is not None,
+        )
+        bound = server.add_secure_port(address, creds)
+    else:
+        bound = server.add_insecure_port(address)
+    if bound != port:
+        log.error("could not bind %s", address)
+        return 1
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+
+    from worker.faces import load_classifier
+
+    try:
+        state.classifier = load_classifier(config.model)
+    except Exception:
+        log.exception("cannot load the face model %s", config.model or "(shipped default)")
+        server.stop(0)
+        return 1
+    _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "serving %s on %s (%s, model %s %s, %d threads, %d calls in flight at most)",
+        ", ".join(SERVICE_NAMES), address, "TLS" + (" with client certificates" if config.tls_client_ca else "")
+        if config.tls else "plaintext", state.classifier.name, state.classifier.version,
+        config.threads, config.in_flight_limit,
+    )
+    ready()
+
+    while not stop.wait(1.0):
+        pass
+    # Draining: health says NOT_SERVING so balancers move on, new calls are
+    # refused, calls in flight get the grace period to finish.
+    health_servicer.enter_graceful_shutdown()
+    server.stop(config.grace).wait()
+    log.info("stopped after serving %s", dict(sorted(state.served.items())) or "no calls")
+    return 0
+
+
+def _set_health(servicer, status) -> None:
+    for name in ("", *SERVICE_NAMES):
+        servicer.set(name, status)

@@ -1,0 +1,164 @@
+"""The servicers: gRPC messages and status codes on one side, plain functions on the other.
+
+Each RPC is a few lines: unpack the request, call ``worker.rotate`` or the
+classifier, pack the answer. ``WorkerError``s become their status code with
+the message unchanged; anything else is a bug, logged with its traceback and
+answered ``INTERNAL``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from worker import rotate
+from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imageworker_v1_pb2_grpc
+from worker.classifier import Classifier
+from worker.decode import check_pixels
+from worker.errors import InvalidArgument, NotReady, TooLarge, WorkerError
+
+log = logging.getLogger("worker.service")
+
+
+@dataclass
+class WorkerState:
+    """What the servicers of one process share."""
+
+    identity: str  # "host:port/pid", returned in every response
+    max_message_bytes: int
+    max_pixels: int
+    classifier: Classifier | None = None  # None while models load
+    served: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, method: str) -> None:
+        with self._lock:
+            self.served[method] = self.served.get(method, 0) + 1
+
+    def check_size(self, data: bytes) -> None:
+        if len(data) > self.max_message_bytes:
+            raise TooLarge(
+                f"image is {len(data) / 2**20:.1f} MiB, over this worker's limit of "
+                f"{self.max_message_bytes / 2**20:.0f} MiB (worker serve --max-message-mb)"
+            )
+
+    def ready_classifier(self) -> Classifier:
+        if self.classifier is None:
+            raise NotReady("worker is starting: the face model is still loading; retry shortly")
+        return self.classifier
+
+
+def rpc(method: Callable) -> Callable:
+    """Map a servicer method's WorkerErrors to status codes; log one line per failed request."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context: grpc.ServicerContext):
+        name = f"{type(self).__name__}.{method.__name__}"
+        try:
+            response = method(self, request, context)
+        except WorkerError as e:
+            log.warning("%s from %s failed: %s: %s", name, context.peer(), e.status, e)
+            context.abort(getattr(grpc.StatusCode, e.status), str(e))
+        except Exception:
+            log.exception("%s from %s: internal error", name, context.peer())
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the worker's log")
+        self.state.count(method.__name__)
+        return response
+
+    return wrapper
+
+
+class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
+    """imageworker.v1.ImageWorker: encoded image files in, encoded files or labels out."""
+
+    def __init__(self, state: WorkerState) -> None:
+        self.state = state
+
+    @rpc
+    def Rotate(self, request, context):
+        self.state.check_size(request.image)
+        out = rotate.rotate(request.image, request.degrees, max_pixels=self.state.max_pixels)
+        return imageworker_v1_pb2.RotateResponse(
+            image=out.data,
+            format=out.format,
+            width=out.width,
+            height=out.height,
+            method=out.method,
+            worker=self.state.identity,
+        )
+
+    @rpc
+    def Classify(self, request, context):
+        self.state.check_size(request.image)
+        model = self.state.ready_classifier()
+        result = model.classify(request.image, self.state.max_pixels)
+        return imageworker_v1_pb2.ClassifyResponse(
+            label=result.label,
+            confidence=result.confidence,
+            faces=[
+                imageworker_v1_pb2.Face(
+                    box=imageworker_v1_pb2.Box(left=f.box[0], top=f.box[1], right=f.box[2], bottom=f.box[3]),
+                    label=f.label,
+                    score=f.score,
+                )
+                for f in result.faces
+            ],
+            model=model.name,
+            model_version=model.version,
+            width=result.width,
+            height=result.height,
+            worker=self.state.identity,
+        )
+
+
+# The legacy enum's values are quarter turns counter-clockwise.
+_LEGACY_ROTATIONS = {v.number: v.number * 90 for v in abimage_pb2.ABImageRotateRequest.Rotation.DESCRIPTOR.values}
+
+
+def legacy_pixels(image: abimage_pb2.ABImage, max_pixels: int) -> np.ndarray:
+    """Validate a legacy ABImage and view its bytes as an HxW or HxWx3 uint8 array."""
+    if image.width <= 0 or image.height <= 0:
+        raise InvalidArgument(f"image width and height must be positive, got {image.width}x{image.height}")
+    check_pixels(image.width, image.height, max_pixels)
+    channels = 3 if image.color else 1
+    expected = image.width * image.height * channels
+    if len(image.data) != expected:
+        raise InvalidArgument(
+            f"image data is {len(image.data)} bytes, but a {'color' if image.color else 'grey'} "
+            f"{image.width}x{image.height} image needs width*height*{channels} = {expected}"
+        )
+    shape = (image.height, image.width, 3) if image.color else (image.height, image.width)
+    return np.frombuffer(image.data, dtype=np.uint8).reshape(shape)
+
+
+class ABImageServicer(abimage_pb2_grpc.ABImageServiceServicer):
+    """The legacy ABImageService: raw pixels, kept wire-compatible for deployed clients."""
+
+    def __init__(self, state: WorkerState) -> None:
+        self.state = state
+
+    @rpc
+    def RotateImage(self, request, context):
+        if request.rotation not in _LEGACY_ROTATIONS:
+            raise InvalidArgument(
+                f"unknown rotation enum value {request.rotation}; expected NONE=0, NINETY_DEG=1, "
+                "ONE_EIGHTY_DEG=2 or TWO_SEVENTY_DEG=3"
+            )
+        image = request.image
+        legacy_pixels(image, self.state.max_pixels)
+        degrees = _LEGACY_ROTATIONS[request.rotation]
+        data = rotate.rotate_pixels(image.data, image.width, image.height, 3 if image.color else 1, degrees)
+        width, height = (image.height, image.width) if degrees in (90, 270) else (image.width, image.height)
+        return abimage_pb2.ABImage(color=image.color, data=data, width=width, height=height)
+
+    @rpc
+    def RecognizeFace(self, request, context):
+        pixels = legacy_pixels(request.image, self.state.max_pixels)
+        label = self.state.ready_classifier().classify_legacy(pixels)
+        return abimage_pb2.ABCustomImageEndpointResponse(classification=label)
