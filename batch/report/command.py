@@ -1,0 +1,47 @@
+"""The `batch report` click command: a thin layer over table, figures and the renderers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from batch.report import figures, gallery, html, terminal
+from batch.report.table import ReportError, read_results
+
+
+@click.command()
+@click.argument("results_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Where to write the HTML report (default: RESULTS_DIR/report.html).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object instead of text.")
+def report(results_dir: Path, html_path: Path | None, as_json: bool) -> None:
+    """Summarise a results folder written by `batch run`.
+
+    Prints what ran and when, rows by op and status, labels, latency and
+    throughput, calls per worker, the most common errors and the slowest
+    rows, and writes one self-contained HTML file (charts, before/after and
+    classification galleries, failed rows) that opens offline.
+
+    Works on a run that is still going or was interrupted: it reports the
+    rows finished so far.
+    """
+    try:
+        results = read_results(results_dir)
+    except ReportError as err:
+        raise click.ClickException(str(err)) from err
+    fig = figures.compute(results)
+    target = html_path or results_dir / "report.html"
+    try:
+        html.write_atomic(target, html.render(fig, gallery.collect(results)))
+    except OSError as err:
+        raise click.ClickException(f"cannot write the HTML report to {target}: {err.strerror or err}") from err
+    fig["html"] = str(target)
+    if as_json:
+        click.echo(json.dumps(fig, indent=2, ensure_ascii=False))
+    else:
+        click.echo(terminal.render(fig), nl=False)
+        click.echo(f"\nHTML report: {target}")

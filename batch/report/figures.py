@@ -1,0 +1,202 @@
+"""The report's figures as plain, JSON-ready data: one function from a results folder to a dict.
+
+The terminal, JSON and HTML renderings all draw from this one dict, so they
+can never disagree about a number.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from batch.report.table import Results
+
+TOP_ERRORS = 10
+TOP_SLOWEST = 10
+PERCENTILES = (50, 90, 99)
+
+
+def _num(value: float | int | None, digits: int = 1) -> float | int | None:
+    """A JSON-safe number: NaN becomes None, floats are rounded for reading."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    return round(float(value), digits)
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _first(run: dict, *keys: str) -> object:
+    for key in keys:
+        if run.get(key) not in (None, ""):
+            return run[key]
+    return None
+
+
+def run_summary(results: Results) -> dict:
+    """What ran and when: from run.json where it says, else from the table's own timestamps."""
+    run = results.run
+    rows = results.rows
+    finished = rows["finished_at"].dropna()
+    started = _parse_time(_first(run, "started_at", "start", "started"))
+    ended = _parse_time(_first(run, "finished_at", "ended_at", "end", "finished"))
+    first_row = finished.min().to_pydatetime() if len(finished) else None
+    last_row = finished.max().to_pydatetime() if len(finished) else None
+    begin = started or first_row
+    end = ended or last_row
+    duration = (end - begin).total_seconds() if begin and end else None
+    expected = _first(run, "rows", "total", "manifest_rows")
+    counts = run.get("counts")
+    if expected is None and isinstance(counts, dict):
+        expected = _first(counts, "total", "rows", "manifest_rows")
+    command = _first(run, "command", "argv")
+    if isinstance(command, list):
+        command = " ".join(str(part) for part in command)
+    return {
+        "folder": str(results.folder),
+        "table": results.table_path.name,
+        "command": command,
+        "manifest": _first(run, "manifest"),
+        "started_at": begin.isoformat() if begin else None,
+        "finished_at": end.isoformat() if end else None,
+        "duration_s": _num(duration, 3),
+        # No end time in run.json: the run is still going or was interrupted.
+        "complete": ended is not None,
+        "expected_rows": int(expected) if isinstance(expected, (int, float)) else None,
+        "workers": run.get("workers"),
+        "versions": run.get("versions"),
+    }
+
+
+def row_counts(rows: pd.DataFrame) -> dict:
+    """Rows in total, by status, and by op and status."""
+    by_op: dict[str, dict[str, int]] = {}
+    for (op, status), n in rows.groupby(["op", "status"]).size().items():
+        by_op.setdefault(str(op), {"ok": 0, "error": 0})[str(status)] = int(n)
+    return {
+        "total": len(rows),
+        "ok": int((rows["status"] == "ok").sum()),
+        "error": int((rows["status"] != "ok").sum()),
+        "by_op": dict(sorted(by_op.items())),
+    }
+
+
+def label_counts(rows: pd.DataFrame) -> list[dict]:
+    """Labels of the successful classify rows, most common first, with mean confidence."""
+    done = rows[(rows["op"] == "classify") & (rows["status"] == "ok")]
+    out = []
+    for label, group in done.groupby("label"):
+        out.append({
+            "label": str(label),
+            "count": len(group),
+            "mean_confidence": _num(group["confidence"].mean(), 3),
+        })
+    return sorted(out, key=lambda d: (-d["count"], d["label"]))
+
+
+def latency(rows: pd.DataFrame, duration_s: float | None) -> dict:
+    """Latency percentiles over rows that made a call, and rows finished per second."""
+    values = rows["latency_ms"].dropna().to_numpy(dtype=float)
+    out: dict = {"count": int(values.size)}
+    for p in PERCENTILES:
+        out[f"p{p}_ms"] = _num(np.percentile(values, p)) if values.size else None
+    out["max_ms"] = _num(values.max()) if values.size else None
+    out["mean_ms"] = _num(values.mean()) if values.size else None
+    out["rows_per_s"] = _num(len(rows) / duration_s, 2) if duration_s else None
+    return out
+
+
+def latency_histogram(rows: pd.DataFrame, bins: int = 24) -> list[dict]:
+    """Counts of latencies in equal-width bins from 0 to the maximum (for the HTML chart)."""
+    values = rows["latency_ms"].dropna().to_numpy(dtype=float)
+    if not values.size:
+        return []
+    top = max(float(values.max()), 1.0)
+    counts, edges = np.histogram(values, bins=bins, range=(0.0, top))
+    return [
+        {"from_ms": _num(edges[i]), "to_ms": _num(edges[i + 1]), "count": int(c)}
+        for i, c in enumerate(counts)
+    ]
+
+
+def per_worker(rows: pd.DataFrame) -> list[dict]:
+    """Rows answered and calls made per worker (a row's attempts count for the worker that finished it)."""
+    answered = rows[rows["worker"] != ""]
+    out = []
+    for worker, group in answered.groupby("worker"):
+        out.append({
+            "worker": str(worker),
+            "rows": len(group),
+            "ok": int((group["status"] == "ok").sum()),
+            "calls": int(group["attempts"].fillna(1).sum()),
+        })
+    return sorted(out, key=lambda d: (-d["rows"], d["worker"]))
+
+
+def _error_pattern(error: str, path: str) -> str:
+    """The error with this row's own path and numbers blanked, so the same failure groups together."""
+    text = error
+    for variant in sorted({path, Path(path).name}, key=len, reverse=True):
+        if variant:
+            text = text.replace(variant, "<path>")
+    return re.sub(r"\d+", "N", text)
+
+
+def common_errors(rows: pd.DataFrame, top: int = TOP_ERRORS) -> list[dict]:
+    """The most frequent errors (grouped by pattern), each with one sample row."""
+    failed = rows[rows["status"] != "ok"]
+    groups: dict[str, dict] = {}
+    for row in failed.itertuples(index=False):
+        key = _error_pattern(row.error, row.path)
+        if key not in groups:
+            groups[key] = {
+                "pattern": key,
+                "count": 0,
+                "sample": {"id": row.id, "path": row.path, "op": row.op, "error": row.error},
+            }
+        groups[key]["count"] += 1
+    return sorted(groups.values(), key=lambda g: -g["count"])[:top]
+
+
+def slowest(rows: pd.DataFrame, top: int = TOP_SLOWEST) -> list[dict]:
+    """The rows with the highest latency."""
+    picked = rows.dropna(subset=["latency_ms"]).nlargest(top, "latency_ms")
+    return [
+        {
+            "id": r.id, "path": r.path, "op": r.op, "status": r.status,
+            "latency_ms": _num(r.latency_ms), "attempts": _num(r.attempts, 0), "worker": r.worker,
+        }
+        for r in picked.itertuples(index=False)
+    ]
+
+
+def compute(results: Results) -> dict:
+    """Every figure of the report, as a JSON-ready dict."""
+    rows = results.rows
+    run = run_summary(results)
+    return {
+        "run": run,
+        "rows": row_counts(rows),
+        "labels": label_counts(rows),
+        "latency": latency(rows, run["duration_s"]),
+        "latency_histogram": latency_histogram(rows),
+        "workers": per_worker(rows),
+        "errors": common_errors(rows),
+        "slowest": slowest(rows),
+        "warnings": list(results.warnings),
+        "missing_columns": list(results.missing_columns),
+    }

@@ -1,0 +1,245 @@
+"""The report as one self-contained HTML file: inline CSS, inline SVG charts, data: URI thumbnails.
+
+Every piece of text from the table (paths, labels, errors) goes through
+``escape``; a Content-Security-Policy forbids scripts and any load that is not
+a data: image, so even a mistake here could not make the page fetch anything.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from html import escape
+from pathlib import Path
+
+from batch.report import charts
+from batch.report.gallery import Galleries, Thumb
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1160px;padding:16px 24px;color:#222}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+h3{font-size:15px;margin:14px 0 6px}.muted,.note{color:#666}.note{font-size:12px}
+.banner{background:#fff3cd;border:1px solid #e0c36b;padding:8px 12px;margin:10px 0}
+.warn{background:#f8f8f8;border-left:3px solid #c90;padding:4px 10px;margin:4px 0;font-size:13px}
+.cards{display:flex;flex-wrap:wrap;gap:10px;margin:14px 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px 14px;min-width:110px}
+.card b{display:block;font-size:20px}.card span{color:#666;font-size:12px}
+.card.bad b{color:#b00}
+table{border-collapse:collapse;margin:6px 0}td,th{border-bottom:1px solid #eee;padding:3px 10px;
+text-align:left;vertical-align:top}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+.cols{display:flex;flex-wrap:wrap;gap:30px;align-items:flex-start}
+.gallery{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;width:170px;font-size:12px;word-wrap:break-word}
+figure.pair{width:346px}.pair .imgs{display:flex;gap:6px}
+.thumb{width:160px;height:160px;display:flex;align-items:center;justify-content:center;
+background:#f3f3f3;border:1px solid #e4e4e4}.thumb img{max-width:160px;max-height:160px}
+.thumb.missing{color:#a00;font-size:11px;padding:6px;box-sizing:border-box;text-align:center}
+td.err{color:#a00;max-width:560px;word-break:break-word}code{font-size:12px}
+"""
+
+
+def _n(value: float | int | None, unit: str = "", digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
+    return text + unit
+
+
+def _thumb(t: Thumb, alt: str) -> str:
+    if t.uri is None:
+        return f'<div class="thumb missing">{escape(t.problem or "no image")}</div>'
+    return f'<div class="thumb"><img src="{t.uri}" alt="{escape(alt)}" loading="eager"></div>'
+
+
+def _cards(fig: dict) -> str:
+    rows, lat, run = fig["rows"], fig["latency"], fig["run"]
+    cards = [
+        ("rows", _n(rows["total"]), ""),
+        ("ok", _n(rows["ok"]), ""),
+        ("failed", _n(rows["error"]), "bad" if rows["error"] else ""),
+    ]
+    for op, counts in rows["by_op"].items():
+        cards.append((op, _n(sum(counts.values())), ""))
+    cards += [
+        ("latency p50", _n(lat["p50_ms"], " ms"), ""),
+        ("latency p99", _n(lat["p99_ms"], " ms"), ""),
+        ("throughput", _n(lat["rows_per_s"], " rows/s", 2), ""),
+        ("duration", _n(run["duration_s"], " s"), ""),
+        ("workers", _n(len(fig["workers"])), ""),
+    ]
+    return '<div class="cards">' + "".join(
+        f'<div class="card {cls}"><b>{escape(value)}</b><span>{escape(name)}</span></div>'
+        for name, value, cls in cards
+    ) + "</div>"
+
+
+def _header(fig: dict) -> str:
+    run = fig["run"]
+    facts = [
+        ("Folder", run["folder"]), ("Command", run["command"]), ("Manifest", run["manifest"]),
+        ("Started", run["started_at"]), ("Finished" if run["complete"] else "Last row", run["finished_at"]),
+    ]
+    workers = run["workers"]
+    if isinstance(workers, list):
+        facts.append(("Workers", ", ".join(map(str, workers))))
+    elif workers:
+        facts.append(("Workers", str(workers)))
+    if isinstance(run["versions"], dict):
+        facts.append(("Versions", ", ".join(f"{k} {v}" for k, v in run["versions"].items())))
+    out = ["<h1>imagebatch run report</h1><table>"]
+    out += [f"<tr><th>{k}</th><td><code>{escape(str(v))}</code></td></tr>" for k, v in facts if v]
+    out.append("</table>")
+    if not run["complete"]:
+        of = f" of {run['expected_rows']:,}" if run["expected_rows"] is not None else ""
+        out.append(
+            f'<div class="banner"><b>Incomplete run.</b> run.json has no end time: the run is still going '
+            f"or was interrupted. This report shows the {fig['rows']['total']:,}{of} rows finished so far.</div>"
+        )
+    out += [f'<div class="warn">{escape(w)}</div>' for w in fig["warnings"]]
+    return "".join(out)
+
+
+def _table(head: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    """A table whose cells are already-escaped HTML."""
+    cls = lambda i: ' class="n"' if i in numeric else ""  # noqa: E731
+    out = ["<table><tr>" + "".join(f"<th{cls(i)}>{escape(h)}</th>" for i, h in enumerate(head)) + "</tr>"]
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(row)) + "</tr>")
+    return "".join(out) + "</table>"
+
+
+def _labels(fig: dict) -> str:
+    rows = [
+        [escape(x["label"]), _n(x["count"]), _n(x["mean_confidence"], digits=3)] for x in fig["labels"]
+    ]
+    return (
+        "<h2>Labels</h2><div class=cols><div>" + charts.label_bars(fig["labels"]) + "</div>"
+        + _table(["label", "rows", "mean confidence"], rows, {1, 2}) + "</div>"
+    )
+
+
+def _latency(fig: dict) -> str:
+    lat = fig["latency"]
+    rows = [[escape(k), _n(lat[f"{k}_ms"], " ms")] for k in ("p50", "p90", "p99", "max", "mean")]
+    rows.append(["throughput", _n(lat["rows_per_s"], " rows/s", 2)])
+    workers = [
+        [f"<code>{escape(w['worker'])}</code>", _n(w["rows"]), _n(w["ok"]), _n(w["calls"])] for w in fig["workers"]
+    ]
+    return (
+        f"<h2>Latency</h2><p class=muted>{lat['count']:,} rows made a call.</p><div class=cols><div>"
+        + charts.latency_histogram(fig["latency_histogram"]) + "</div>"
+        + _table(["", "latency"], rows, {1}) + "</div>"
+        + "<h3>Calls per worker</h3>"
+        + (_table(["worker", "rows", "ok", "calls"], workers, {1, 2, 3}) if workers else "<p>None recorded.</p>")
+    )
+
+
+def _rotated(g: Galleries) -> str:
+    out = ["<h2>Rotated images</h2>"]
+    if not g.rotated_total:
+        return out[0] + "<p>No successful rotate rows.</p>"
+    out.append(
+        f"<p class=note>Before and after for the first {len(g.rotated):,} of {g.rotated_total:,} "
+        f"successful rotate rows (the gallery is capped at {g.caps['rotated']}).</p><div class=gallery>"
+    )
+    for item in g.rotated:
+        rotation = "" if item["rotation"] != item["rotation"] else f" · {item['rotation']:g}°"
+        out.append(
+            '<figure class="pair"><div class="imgs">'
+            + _thumb(item["before"], "before: " + item["path"]) + _thumb(item["after"], "after: " + item["output"])
+            + f"</div><figcaption>id {escape(item['id'])}{escape(rotation)}<br>"
+            f"<code>{escape(item['path'])}</code></figcaption></figure>"
+        )
+    return "".join(out) + "</div>"
+
+
+def _classified(g: Galleries) -> str:
+    out = ["<h2>Classified images</h2>"]
+    if not g.classified_total:
+        return out[0] + "<p>No successful classify rows.</p>"
+    out.append(
+        f"<p class=note>Grouped by label, most common first: up to {g.caps['per_label']} images for each of "
+        f"the {min(g.caps['labels'], g.caps['labels_total'])} most common of {g.caps['labels_total']} labels "
+        f"({g.classified_total:,} successful classify rows in all). Face boxes are drawn in red.</p>"
+    )
+    for group in g.by_label:
+        out.append(f"<h3>{escape(group['label'])} <span class=muted>({group['count']:,})</span></h3>"
+                   "<div class=gallery>")
+        for item in group["items"]:
+            conf = "" if item["confidence"] != item["confidence"] else f"confidence {item['confidence']:.2f}"
+            faces = "; ".join(
+                f"{f['label']} {f['score']:.2f}" if isinstance(f["score"], (int, float)) else f["label"]
+                for f in item["faces"]
+            )
+            out.append(
+                "<figure>" + _thumb(item["thumb"], item["path"])
+                + f"<figcaption>id {escape(item['id'])} · {escape(conf)}<br>"
+                + (f"faces: {escape(faces)}<br>" if faces else "")
+                + f"<code>{escape(item['path'])}</code></figcaption></figure>"
+            )
+        out.append("</div>")
+    return "".join(out)
+
+
+def _failed(fig: dict, g: Galleries) -> str:
+    out = ["<h2>Failed rows</h2>"]
+    if not g.failed_total:
+        return out[0] + "<p>None: every row is ok.</p>"
+    common = [
+        [_n(e["count"]), f'<span class="err">{escape(e["pattern"])}</span>',
+         f"id {escape(e['sample']['id'])}: <code>{escape(e['sample']['path'])}</code>"]
+        for e in fig["errors"]
+    ]
+    out.append("<h3>Most common errors</h3>" + _table(["rows", "error", "sample"], common, {0}))
+    note = f"the first {len(g.failed):,} of " if len(g.failed) < g.failed_total else ""
+    out.append(f"<h3>All failed rows</h3><p class=note>Showing {note}{g.failed_total:,} failed rows"
+               + (f" (capped at {g.caps['failed']})" if note else "") + ".</p>")
+    rows = [
+        [escape(r["id"]), escape(r["op"]), f"<code>{escape(r['path'])}</code>",
+         f'<span class="err">{escape(r["error"])}</span>', _n(r["attempts"], digits=0)]
+        for r in g.failed
+    ]
+    out.append(_table(["id", "op", "path", "error", "attempts"], rows, {4}))
+    return "".join(out)
+
+
+def _slowest(fig: dict) -> str:
+    rows = [
+        [escape(r["id"]), escape(r["op"]), escape(r["status"]), _n(r["latency_ms"], " ms"),
+         f"<code>{escape(r['worker'])}</code>", f"<code>{escape(r['path'])}</code>"]
+        for r in fig["slowest"]
+    ]
+    return "<h2>Slowest rows</h2>" + (
+        _table(["id", "op", "status", "latency", "worker", "path"], rows, {3}) if rows else "<p>None.</p>"
+    )
+
+
+def render(fig: dict, galleries: Galleries) -> str:
+    """The whole page as a string."""
+    title = f"imagebatch report: {fig['run']['folder']}"
+    return (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="referrer" content="no-referrer">'
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
+        + _header(fig) + _cards(fig) + _labels(fig) + _latency(fig)
+        + _rotated(galleries) + _classified(galleries) + _failed(fig, galleries) + _slowest(fig)
+        + "</body></html>\n"
+    )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename: a reader never sees half a page."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the report from anyone else serving or reading it
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,143 @@
+"""The report as plain text for a terminal, never wider than 80 columns."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+
+WIDTH = 80
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis in the middle (keeps a path's file name)."""
+    # Newlines, tabs or escape codes in an error or a file name must not break the layout.
+    text = re.sub(r"[\x00-\x1f\x7f]+", " ", str(text))
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[:width]
+    head = (width - 1) // 2
+    tail = width - 1 - head
+    return text[:head] + "…" + text[len(text) - tail:]
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f} ms"
+
+
+def _section(title: str) -> list[str]:
+    return ["", title, "─" * min(len(title), WIDTH)]
+
+
+def _run_lines(fig: dict) -> list[str]:
+    run = fig["run"]
+    rows = fig["rows"]
+    lines = [shorten(f"Report on {run['folder']} ({run['table']})", WIDTH)]
+    field = 11
+    def add(name: str, value: object) -> None:
+        if value not in (None, ""):
+            lines.append(f"{name:<{field}}" + shorten(str(value), WIDTH - field))
+    add("Command", run["command"])
+    add("Manifest", run["manifest"])
+    add("Started", run["started_at"])
+    when = run["finished_at"]
+    if run["duration_s"] is not None and when:
+        when = f"{when} ({run['duration_s']:,.1f} s)"
+    add("Finished" if run["complete"] else "Last row", when)
+    workers = run["workers"]
+    if isinstance(workers, list):
+        workers = ", ".join(map(str, workers))
+    elif isinstance(workers, dict):
+        workers = ", ".join(f"{k}={v}" for k, v in workers.items())
+    add("Workers", workers)
+    versions = run["versions"]
+    if isinstance(versions, dict):
+        versions = ", ".join(f"{k} {v}" for k, v in versions.items())
+    add("Versions", versions)
+    if not run["complete"]:
+        of = f" of {run['expected_rows']:,}" if run["expected_rows"] is not None else ""
+        lines.append(shorten(
+            f"INCOMPLETE: no end time in run.json, the run is still going or was interrupted; "
+            f"reporting the {rows['total']:,}{of} rows finished so far", WIDTH))
+    return lines
+
+
+def _rows_lines(fig: dict) -> list[str]:
+    rows = fig["rows"]
+    lines = _section("Rows by op and status")
+    lines.append(f"  {'op':<20}{'ok':>10}{'error':>10}{'total':>10}")
+    for op, counts in rows["by_op"].items():
+        ok, err = counts.get("ok", 0), sum(v for k, v in counts.items() if k != "ok")
+        lines.append(f"  {shorten(op, 20):<20}{ok:>10,}{err:>10,}{ok + err:>10,}")
+    lines.append(f"  {'all':<20}{rows['ok']:>10,}{rows['error']:>10,}{rows['total']:>10,}")
+    return lines
+
+
+def _label_lines(fig: dict) -> list[str]:
+    lines = _section("Labels (successful classify rows)")
+    if not fig["labels"]:
+        return lines + ["  none"]
+    lines.append(f"  {'label':<50}{'count':>10}{'mean conf':>14}")
+    for item in fig["labels"]:
+        conf = "-" if item["mean_confidence"] is None else f"{item['mean_confidence']:.3f}"
+        lines.append(f"  {shorten(item['label'], 48):<50}{item['count']:>10,}{conf:>14}")
+    return lines
+
+
+def _latency_lines(fig: dict) -> list[str]:
+    lat = fig["latency"]
+    lines = _section(f"Latency ({lat['count']:,} rows with a call)")
+    lines.append(
+        f"  p50 {_ms(lat['p50_ms'])}   p90 {_ms(lat['p90_ms'])}   "
+        f"p99 {_ms(lat['p99_ms'])}   max {_ms(lat['max_ms'])}"
+    )
+    duration = fig["run"]["duration_s"]
+    if lat["rows_per_s"] is not None:
+        lines.append(f"  throughput {lat['rows_per_s']:,.2f} rows/s ({fig['rows']['total']:,} rows "
+                     f"in {duration:,.1f} s)")
+    return [shorten(line, WIDTH) for line in lines]
+
+
+def _worker_lines(fig: dict) -> list[str]:
+    lines = _section("Calls per worker")
+    if not fig["workers"]:
+        return lines + ["  none recorded"]
+    lines.append(f"  {'worker':<48}{'rows':>10}{'ok':>10}{'calls':>10}")
+    for w in fig["workers"]:
+        lines.append(f"  {shorten(w['worker'], 46):<48}{w['rows']:>10,}{w['ok']:>10,}{w['calls']:>10,}")
+    return lines
+
+
+def _error_lines(fig: dict) -> list[str]:
+    lines = _section("Most common errors")
+    if not fig["errors"]:
+        return lines + ["  none"]
+    for err in fig["errors"]:
+        sample = err["sample"]
+        lines.append(shorten(f"{err['count']:>7,} × {err['pattern']}", WIDTH))
+        lines.append(shorten(f"          e.g. id {sample['id']} ({sample['op']}): {sample['path']}", WIDTH))
+        lines.append("          " + shorten(sample["error"], WIDTH - 10))
+    return lines
+
+
+def _slow_lines(fig: dict) -> list[str]:
+    lines = _section("Slowest rows")
+    if not fig["slowest"]:
+        return lines + ["  none"]
+    lines.append(f"  {'id':<10}{'op':<10}{'status':<8}{'latency':>13}  path")
+    for r in fig["slowest"]:
+        head = f"  {shorten(r['id'], 9):<10}{shorten(r['op'], 9):<10}{shorten(r['status'], 7):<8}"
+        head += f"{_ms(r['latency_ms']):>13}  "
+        lines.append(head + shorten(r["path"], WIDTH - len(head)))
+    return lines
+
+
+def render(fig: dict) -> str:
+    """The whole terminal report; every line is at most 80 columns."""
+    lines = _run_lines(fig)
+    for warning in fig["warnings"]:
+        # Wrapped, not cut: a warning names the column or line that is the problem.
+        lines += textwrap.wrap(f"warning: {warning}", WIDTH, subsequent_indent="  ", break_long_words=True)
+    for part in (_rows_lines, _label_lines, _latency_lines, _worker_lines, _error_lines, _slow_lines):
+        lines += part(fig)
+    return "\n".join(line.rstrip() for line in lines) + "\n"
