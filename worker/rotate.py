@@ -1,0 +1,520 @@
+"""Rotating encoded images at full resolution: pure functions over bytes.
+
+``rotate`` turns what a viewer sees (EXIF orientation applied first) by a
+multiple of 90 degrees counter-clockwise and writes the same format back,
+with the orientation reset to 1. Three paths, reported in ``Rotated.method``:
+
+- ``copy``: nothing to do (0 degrees, no EXIF orientation): the input bytes.
+- ``lossless``: JPEG whose moved edges are whole MCUs: the DCT coefficients
+  are permuted by libjpeg-turbo (``worker.jpeg_transform``), no generation loss.
+- ``reencoded``: everything else, decoded with Pillow and written back with
+  the input's own settings (JPEG: its quantisation tables and subsampling).
+
+docs/rotation.md says which path each case takes and why.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, JpegImagePlugin, PngImagePlugin
+
+from worker import jpeg_transform
+from worker.decode import DEFAULT_MAX_PIXELS, load, open_image
+from worker.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+T = Image.Transpose
+_ORIENTATION_TAG = 0x0112
+_EXIF_IFD_TAG = 0x8769
+_PIXEL_X_TAG, _PIXEL_Y_TAG = 0xA002, 0xA003
+
+# Pillow transposes that make stored pixels upright, per EXIF orientation
+# (the same table as PIL.ImageOps.exif_transpose). None is "leave as is".
+_UPRIGHT: dict[int, T | None] = {
+    1: None, 2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM,
+    5: T.TRANSPOSE, 6: T.ROTATE_270, 7: T.TRANSVERSE, 8: T.ROTATE_90,
+}
+# Our degrees are counter-clockwise, as are Pillow's ROTATE_*.
+_TURN: dict[int, T | None] = {0: None, 90: T.ROTATE_90, 180: T.ROTATE_180, 270: T.ROTATE_270}
+# The same operation in TurboJPEG's terms; its ROT90/ROT270 are clockwise.
+_TJ_OP = {
+    T.FLIP_LEFT_RIGHT: jpeg_transform.Op.HFLIP,
+    T.FLIP_TOP_BOTTOM: jpeg_transform.Op.VFLIP,
+    T.TRANSPOSE: jpeg_transform.Op.TRANSPOSE,
+    T.TRANSVERSE: jpeg_transform.Op.TRANSVERSE,
+    T.ROTATE_90: jpeg_transform.Op.ROT270,
+    T.ROTATE_180: jpeg_transform.Op.ROT180,
+    T.ROTATE_270: jpeg_transform.Op.ROT90,
+}
+_SWAPS_AXES = {T.TRANSPOSE, T.TRANSVERSE, T.ROTATE_90, T.ROTATE_270}
+
+
+@dataclass(frozen=True)
+class Rotated:
+    """A rotated image, encoded in the input's format."""
+
+    data: bytes  # encoded file, same format as the input
+    format: str  # Pillow format name: "JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF"
+    width: int
+    height: int
+    method: str  # "lossless" | "reencoded" | "copy"
+
+
+def normalize_degrees(degrees: int) -> int:
+    """Map any multiple of 90 (-90, 450, ...) to 0, 90, 180 or 270; refuse anything else."""
+    if isinstance(degrees, bool) or not isinstance(degrees, int):
+        raise InvalidArgument(f"rotation must be a whole number of degrees, got {degrees!r}")
+    if degrees % 90:
+        raise InvalidArgument(
+            f"rotation must be a multiple of 90 degrees (..., -90, 0, 90, 180, 270, ...), got {degrees}"
+        )
+    return degrees % 360
+
+
+def lossless_jpeg_available() -> bool:
+    """Whether JPEGs can be rotated in the DCT domain here (libturbojpeg is loadable)."""
+    return jpeg_transform.available()
+
+
+def rotate(data: bytes, degrees: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Rotated:
+    """Rotate the encoded image ``data`` as displayed by ``degrees`` counter-clockwise.
+
+    Never changes the pixel count; keeps format, mode, ICC profile, DPI and
+    metadata; resets EXIF orientation to 1. Raises InvalidArgument for a bad
+    rotation and for empty, corrupt, truncated, unsupported or oversized images.
+    """
+    turn = normalize_degrees(degrees)
+    img = open_image(data, max_pixels)
+    orientation = _orientation(img)
+    op = _compose(_UPRIGHT[orientation], _TURN[turn])
+    if op is None and orientation == 1:
+        return Rotated(data, img.format or "", img.width, img.height, "copy")
+    if img.format == "JPEG":
+        done = _jpeg_lossless(data, img, op)
+        if done is not None:
+            return done
+        return _jpeg_reencode(img, op)
+    return _reencode(data, img, op)
+
+
+def rotate_pixels(data: bytes, width: int, height: int, channels: int, degrees: int) -> bytes:
+    """Rotate raw row-major 8-bit pixels (1 grey or 3 RGB channels) counter-clockwise, exactly.
+
+    The result has the same layout with width and height swapped for 90/270.
+    """
+    turn = normalize_degrees(degrees)
+    if channels not in (1, 3):
+        raise InvalidArgument(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if width <= 0 or height <= 0:
+        raise InvalidArgument(f"width and height must be positive, got {width}x{height}")
+    expected = width * height * channels
+    if len(data) != expected:
+        raise InvalidArgument(
+            f"pixel data is {len(data):,} bytes but {width}x{height} with {channels} channel(s) "
+            f"needs {expected:,}"
+        )
+    pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)
+    # np.rot90 turns counter-clockwise as displayed; tobytes makes the one copy.
+    return np.rot90(pixels, turn // 90).tobytes()
+
+
+# --- orientation -----------------------------------------------------------
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(_ORIENTATION_TAG, 1)
+    except (OSError, SyntaxError, ValueError, struct.error) as e:
+        raise InvalidArgument(f"corrupt EXIF data in {img.format} image: {e}") from None
+    # Out-of-range values are ignored by viewers; so do we.
+    return value if isinstance(value, int) and value in _UPRIGHT else 1
+
+
+@functools.cache
+def _compose(first: T | None, then: T | None) -> T | None:
+    """The single transpose equal to ``first`` followed by ``then`` (found on a probe image)."""
+    probe = Image.frombytes("L", (3, 2), bytes(range(6)))
+
+    def apply(im: Image.Image, op: T | None) -> Image.Image:
+        return im if op is None else im.transpose(op)
+
+    want = apply(apply(probe, first), then)
+    for op in (None, *T):
+        got = apply(probe, op)
+        if got.size == want.size and got.tobytes() == want.tobytes():
+            return op
+    raise AssertionError(f"transposes are a group; {first} then {then} has no match")
+
+
+# --- JPEG ------------------------------------------------------------------
+
+
+def _jpeg_lossless(data: bytes, img: Image.Image, op: T | None) -> Rotated | None:
+    """Rotate in the DCT domain, or None when that would trim/pad or cannot be done here."""
+    width, height = _out_size(img, op)
+    if op is None:
+        # Orientation already cancels the turn: only the metadata changes.
+        out = bytearray(data)
+        _patch_jpeg_metadata(memoryview(out), width, height)
+        return Rotated(bytes(out), "JPEG", width, height, "lossless")
+    if not jpeg_transform.available():
+        return None
+    mcu = jpeg_transform.mcu_size([(h, v) for _, h, v, _ in img.layer])
+    tj_op = _TJ_OP[op]
+    if mcu is None or not jpeg_transform.is_perfect(tj_op, img.width, img.height, mcu):
+        return None
+    try:
+        out = jpeg_transform.transform(
+            data, tj_op,
+            progressive=bool(img.info.get("progressive")),
+            patch=lambda view: _patch_jpeg_metadata(view, width, height),
+        )
+    except jpeg_transform.TransformFailed as e:
+        # Truncated or odd files: Pillow decides below whether they are usable
+        # and gives the same error message as for any other format.
+        log.debug("lossless JPEG transform refused (%s); re-encoding", e)
+        return None
+    return Rotated(out, "JPEG", width, height, "lossless")
+
+
+# APP markers Pillow writes itself from the arguments we give it.
+_PILLOW_WRITES = {"APP0": (b"JFIF",), "APP1": (b"Exif", b"http://ns.adobe.com/xap/"),
+                  "APP2": (b"ICC_PROFILE", b"MPF"), "APP14": (b"Adobe",)}
+
+
+def _jpeg_reencode(img: Image.Image, op: T | None) -> Rotated:
+    load(img)
+    out = img if op is None else img.transpose(op)
+    extra = b""
+    for name, payload in getattr(img, "applist", []):
+        if name.startswith("APP") and not payload.startswith(_PILLOW_WRITES.get(name, ())):
+            marker = 0xFFE0 + int(name[3:])
+            extra += struct.pack(">HH", marker, len(payload) + 2) + payload
+    subsampling = JpegImagePlugin.get_sampling(img)
+    kw: dict[str, Any] = {
+        # The input's own tables: same quality, no guessing and no inflating it.
+        "qtables": img.quantization,
+        "subsampling": subsampling if subsampling != -1 else 0,
+        "progressive": bool(img.info.get("progressive")),
+        # libjpeg always optimises Huffman tables for progressive files; do likewise.
+        "optimize": bool(img.info.get("progressive")),
+        "keep_rgb": img.info.get("adobe_transform") == 0,
+        "extra": extra,
+    }
+    kw.update(_common_metadata(img, op, out.size))
+    return _save(out, "JPEG", kw)
+
+
+# --- everything else ------------------------------------------------------
+
+
+def _reencode(data: bytes, img: Image.Image, op: T | None) -> Rotated:
+    fmt = img.format or ""
+    frames, durations = [], []
+    count = getattr(img, "n_frames", 1)
+    for index in range(count):
+        if count > 1:
+            try:
+                img.seek(index)
+            except (OSError, EOFError, ValueError, SyntaxError) as e:
+                raise InvalidArgument(f"corrupt or truncated {fmt} image at frame {index}: {e}") from None
+        load(img)
+        if op is not None:
+            frames.append(img.transpose(op))
+        else:
+            frames.append(img.copy() if count > 1 else img)
+        durations.append(img.info.get("duration", 0))
+    if count > 1:
+        img.seek(0)
+    kw = _common_metadata(img, op, frames[0].size)
+    if count > 1:
+        kw.update(save_all=True, append_images=frames[1:], duration=durations)
+        if "loop" in img.info:
+            kw["loop"] = img.info["loop"]
+    kw.update(_FORMAT_OPTIONS[fmt](data, img, op, frames))
+    return _save(frames[0], fmt, kw)
+
+
+def _png_options(data: bytes, img: Image.Image, op: T | None, frames: list[Image.Image]) -> dict[str, Any]:
+    text = getattr(img, "text", {})
+    if not text:
+        return {}
+    info = PngImagePlugin.PngInfo()
+    for key, value in text.items():
+        if key == "XML:com.adobe.xmp":
+            value = _reset_xmp_text(value)
+        if isinstance(value, PngImagePlugin.iTXt):
+            info.add_itxt(key, value, value.lang or "", value.tkey or "")
+        else:
+            info.add_text(key, value)
+    return {"pnginfo": info}
+
+
+def _webp_options(data: bytes, img: Image.Image, op: T | None, frames: list[Image.Image]) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    if "background" in img.info and len(frames) > 1:
+        kw["background"] = img.info["background"]
+    quality = _webp_quality(data)
+    if quality is None:
+        # exact: keep the colour under fully transparent pixels too.
+        kw.update(lossless=True, exact=True)
+    else:
+        kw["quality"] = quality
+    return kw
+
+
+def _tiff_options(data: bytes, img: Image.Image, op: T | None, frames: list[Image.Image]) -> dict[str, Any]:
+    compression = img.info.get("compression", "raw")
+    if compression in ("jpeg", "tiff_jpeg"):
+        compression = "tiff_adobe_deflate"  # lossless rather than a second JPEG generation
+    kw: dict[str, Any] = {"compression": None if compression == "raw" else compression}
+    tags = getattr(img, "tag_v2", None)
+    if tags is not None:
+        kept = {tag: tags[tag] for tag in _TIFF_DESCRIPTIVE_TAGS if tag in tags}
+        x_res, y_res = tags.get(282), tags.get(283)
+        if x_res is not None and y_res is not None:
+            if op in _SWAPS_AXES:
+                x_res, y_res = y_res, x_res
+            kept.update({282: x_res, 283: y_res, 296: tags.get(296, 2)})
+            kw.pop("dpi", None)
+        kw["tiffinfo"] = kept
+    return kw
+
+
+# Text tags worth carrying over; structural ones are Pillow's to write.
+_TIFF_DESCRIPTIVE_TAGS = (269, 270, 271, 272, 285, 305, 306, 315, 316, 33432)
+
+
+def _gif_options(data: bytes, img: Image.Image, op: T | None, frames: list[Image.Image]) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    if len(frames) > 1 and any(f.mode == "RGBA" or "transparency" in f.info for f in frames):
+        # Frames are full composited pictures: clear each before the next so
+        # transparent pixels do not show the previous frame through.
+        kw["disposal"] = 2
+    return kw
+
+
+def _no_options(data: bytes, img: Image.Image, op: T | None, frames: list[Image.Image]) -> dict[str, Any]:
+    return {}
+
+
+_FORMAT_OPTIONS = {
+    "PNG": _png_options,
+    "WEBP": _webp_options,
+    "TIFF": _tiff_options,
+    "GIF": _gif_options,
+    "BMP": _no_options,
+}
+
+
+def _common_metadata(img: Image.Image, op: T | None, size: tuple[int, int]) -> dict[str, Any]:
+    """ICC profile, EXIF (orientation 1), XMP and DPI of ``img`` as save() arguments."""
+    kw: dict[str, Any] = {}
+    info = img.info
+    if info.get("icc_profile"):
+        kw["icc_profile"] = info["icc_profile"]
+    if info.get("exif"):
+        exif = bytearray(info["exif"])
+        _patch_exif(memoryview(exif), *size)
+        kw["exif"] = bytes(exif)
+    if info.get("xmp"):
+        xmp = bytearray(info["xmp"])
+        _patch_xmp(memoryview(xmp))
+        kw["xmp"] = bytes(xmp)
+    if "dpi" in info:
+        dpi = info["dpi"]
+        kw["dpi"] = (dpi[1], dpi[0]) if op in _SWAPS_AXES else dpi
+    return kw
+
+
+def _save(image: Image.Image, fmt: str, kw: dict[str, Any]) -> Rotated:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kw)
+    return Rotated(buf.getvalue(), fmt, image.width, image.height, "reencoded")
+
+
+def _out_size(img: Image.Image, op: T | None) -> tuple[int, int]:
+    return (img.height, img.width) if op in _SWAPS_AXES else (img.width, img.height)
+
+
+# --- metadata patched in place (same length, so nothing else moves) --------
+
+
+def _patch_jpeg_metadata(buf: memoryview, width: int, height: int) -> None:
+    """Reset orientation to 1 in a JPEG's EXIF and XMP segments and set EXIF pixel dimensions."""
+    if bytes(buf[:2]) != b"\xff\xd8":
+        return
+    pos = 2
+    while pos + 4 <= len(buf) and buf[pos] == 0xFF:
+        marker = buf[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan / end of image: no more metadata
+            return
+        end = pos + 2 + ((buf[pos + 2] << 8) | buf[pos + 3])
+        if marker == 0xE1:
+            segment = buf[pos + 4 : min(end, len(buf))]
+            if bytes(segment[:6]) == b"Exif\x00\x00":
+                _patch_exif(segment, width, height)
+            elif bytes(segment[:29]) == b"http://ns.adobe.com/xap/1.0/\x00":
+                _patch_xmp(segment)
+        pos = end
+
+
+def _patch_exif(exif: memoryview, width: int, height: int) -> None:
+    """In a TIFF-structured EXIF block: orientation -> 1, PixelX/YDimension -> width/height.
+
+    Malformed blocks are left as they are: metadata must not fail a rotation.
+    """
+    if bytes(exif[:6]) == b"Exif\x00\x00":
+        exif = exif[6:]
+    order = {b"II": "<", b"MM": ">"}.get(bytes(exif[:2]))
+    if order is None:
+        return
+    try:
+        if struct.unpack_from(order + "H", exif, 2)[0] != 42:
+            return
+        exif_ifd = None
+        for pos, tag, kind in _ifd_entries(exif, order, struct.unpack_from(order + "I", exif, 4)[0]):
+            if tag == _ORIENTATION_TAG and kind == 3:
+                struct.pack_into(order + "H", exif, pos + 8, 1)
+            elif tag == _EXIF_IFD_TAG and kind in (4, 13):
+                exif_ifd = struct.unpack_from(order + "I", exif, pos + 8)[0]
+        if exif_ifd is None:
+            return
+        for pos, tag, kind in _ifd_entries(exif, order, exif_ifd):
+            if tag in (_PIXEL_X_TAG, _PIXEL_Y_TAG):
+                value = width if tag == _PIXEL_X_TAG else height
+                if kind == 4:
+                    struct.pack_into(order + "I", exif, pos + 8, value)
+                elif kind == 3 and value < 65536:
+                    struct.pack_into(order + "H", exif, pos + 8, value)
+    except struct.error:
+        return
+
+
+def _ifd_entries(exif: memoryview, order: str, offset: int):
+    """(position, tag, type) of each one-value entry of the IFD at ``offset``."""
+    count = struct.unpack_from(order + "H", exif, offset)[0]
+    for i in range(count):
+        pos = offset + 2 + 12 * i
+        if pos + 12 > len(exif):
+            return
+        tag, kind, n = struct.unpack_from(order + "HHI", exif, pos)
+        if n == 1:
+            yield pos, tag, kind
+
+
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)[2-8]')
+
+
+def _patch_xmp(xmp: memoryview) -> None:
+    for match in _XMP_ORIENTATION.finditer(bytes(xmp)):
+        xmp[match.end() - 1] = ord("1")
+
+
+def _reset_xmp_text(text: str) -> str:
+    return _XMP_ORIENTATION.sub(lambda m: m.group(0)[:-1] + b"1", text.encode()).decode()
+
+
+# --- WebP ------------------------------------------------------------------
+
+# The coarsest VP8 quantiser index (0..127) libwebp picks for each quality
+# 0..100 (measured with Pillow's libwebp 1.6 on a flat image, where it does
+# not adapt to content; on photos it stays within ~2 steps of this).
+_WEBP_QUANTISER = (
+    127, 115, 111, 107, 104, 102, 100, 98, 96, 94, 92, 90, 89, 87, 86, 85, 83, 82, 81, 80, 78,
+    77, 76, 75, 74, 73, 72, 71, 70, 69, 68, 67, 66, 65, 64, 64, 63, 62, 61, 60, 59, 59, 58, 57,
+    56, 55, 55, 54, 53, 52, 52, 51, 50, 50, 49, 48, 48, 47, 46, 46, 45, 44, 44, 43, 42, 42, 41,
+    40, 40, 39, 39, 38, 37, 37, 36, 36, 34, 32, 30, 29, 27, 26, 24, 23, 21, 20, 18, 17, 15, 14,
+    12, 11, 10, 8, 7, 6, 5, 3, 2, 1, 0,
+)
+
+
+def _webp_quality(data: bytes) -> int | None:
+    """The quality a lossy WebP was encoded with, read back from its quantiser; None if lossless.
+
+    Like JPEG's quantisation tables, this re-encodes at the input's own
+    quantiser: the lowest quality whose quantiser is at least as fine.
+    The key-frame header is read as plain bits, which its uniform 50 %
+    probabilities allow (as libwebp's extras/quality_estimate.c does).
+    """
+    vp8 = _first_vp8_chunk(data, 12, len(data))
+    if vp8 is None:
+        return None
+    if data[vp8 + 3 : vp8 + 6] != b"\x9d\x01\x2a":  # key-frame start code
+        return 80  # unreadable header: Pillow's default quality
+    bits = _Bits(data, (vp8 + 10) * 8)  # after frame tag, start code, width and height
+    try:
+        bits.read(2)  # colour space, clamping
+        segments: list[int] = []
+        absolute = False
+        if bits.read(1):  # segmentation enabled
+            update_map = bits.read(1)
+            if bits.read(1):  # segment quantisers follow
+                absolute = bool(bits.read(1))
+                for _ in range(4):
+                    value = bits.read(7) if bits.read(1) else 0
+                    segments.append(-value if value and bits.read(1) else value)
+                for _ in range(4):
+                    bits.skip_if(7)  # filter strengths
+            if update_map:
+                for _ in range(3):
+                    bits.skip_if(8)
+        bits.read(10)  # filter type, level, sharpness
+        if bits.read(1) and bits.read(1):
+            for _ in range(8):
+                bits.skip_if(6)
+        bits.read(2)  # partitions
+        base = bits.read(7)
+    except IndexError:
+        return 80
+    if segments:
+        coarsest = max(segments) if absolute else base + max(segments)
+    else:
+        coarsest = base
+    coarsest = max(0, min(127, coarsest))
+    return next(q for q, index in enumerate(_WEBP_QUANTISER) if index <= coarsest)
+
+
+def _first_vp8_chunk(data: bytes, pos: int, end: int) -> int | None:
+    """Offset of the payload of the first lossy ("VP8 ") chunk, looking inside animation frames."""
+    while pos + 8 <= end:
+        fourcc = data[pos : pos + 4]
+        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        body = pos + 8
+        if fourcc == b"VP8 ":
+            return body
+        if fourcc == b"ANMF":  # 16 bytes of frame header, then the frame's own chunks
+            found = _first_vp8_chunk(data, body + 16, min(body + size, end))
+            if found is not None:
+                return found
+        pos = body + size + (size & 1)
+    return None
+
+
+class _Bits:
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data, self.pos = data, pos
+
+    def read(self, n: int) -> int:
+        value = 0
+        for _ in range(n):
+            byte = self.data[self.pos >> 3]  # IndexError past the end
+            value = (value << 1) | ((byte >> (7 - (self.pos & 7))) & 1)
+            self.pos += 1
+        return value
+
+    def skip_if(self, n: int) -> None:
+        if self.read(1):
+            self.read(n)
