@@ -1,0 +1,211 @@
+"""`batch report` on results folders: figures against the table, terminal width, JSON, tolerant reading."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from test_report_fixtures import synthetic_rows, synthetic_run, write_results
+
+from batch.report import figures, terminal
+from batch.report.command import report
+from batch.report.table import COLUMNS, read_results
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(report, [str(a) for a in args], catch_exceptions=False)
+
+
+def expected_figures(table: Path) -> dict:
+    """The figures recomputed from the CSV with the standard library only (no pandas, no numpy)."""
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    by_op: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        by_op[r["op"]][r["status"]] += 1
+    conf: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if r["op"] == "classify" and r["status"] == "ok":
+            conf[r["label"]].append(float(r["confidence"]))
+    lat = [float(r["latency_ms"]) for r in rows if r["latency_ms"]]
+    cuts = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
+    workers = Counter(r["worker"] for r in rows if r["worker"])
+    errors = Counter(r["error"] for r in rows if r["status"] != "ok")
+    return {
+        "total": len(rows),
+        "ok": sum(r["status"] == "ok" for r in rows),
+        "by_op": {op: dict(c) for op, c in by_op.items()},
+        "labels": {k: (len(v), statistics.fmean(v)) for k, v in conf.items()},
+        "p50": cuts[49], "p90": cuts[89], "p99": cuts[98], "max": max(lat) if lat else None,
+        "workers": dict(workers),
+        "errors": errors,
+        "slowest": max(lat) if lat else None,
+    }
+
+
+def check_figures(fig: dict, table: Path) -> None:
+    want = expected_figures(table)
+    assert fig["rows"]["total"] == want["total"]
+    assert fig["rows"]["ok"] == want["ok"]
+    assert fig["rows"]["error"] == want["total"] - want["ok"]
+    for op, counts in want["by_op"].items():
+        assert fig["rows"]["by_op"][op]["ok"] == counts.get("ok", 0)
+        assert fig["rows"]["by_op"][op]["error"] == counts.get("error", 0)
+    assert {x["label"]: x["count"] for x in fig["labels"]} == {k: n for k, (n, _) in want["labels"].items()}
+    for item in fig["labels"]:
+        assert item["mean_confidence"] == pytest.approx(want["labels"][item["label"]][1], abs=0.0005)
+    lat = fig["latency"]
+    for key in ("p50", "p90", "p99", "max"):
+        assert lat[f"{key}_ms"] == pytest.approx(want[key], abs=0.05), key
+    assert {w["worker"]: w["rows"] for w in fig["workers"]} == want["workers"]
+    assert sum(e["count"] for e in fig["errors"]) == sum(want["errors"].values())
+    for e in fig["errors"]:
+        assert e["sample"]["error"] in want["errors"]
+    if want["slowest"] is not None:
+        assert fig["slowest"][0]["latency_ms"] == pytest.approx(want["slowest"], abs=0.05)
+
+
+def check_terminal_width(text: str) -> None:
+    lines = text.splitlines()
+    assert lines, "empty report"
+    too_wide = [line for line in lines if len(line) > 80]
+    assert not too_wide, too_wide
+
+
+def test_figures_match_the_table(tmp_path: Path) -> None:
+    out = synthetic_run(tmp_path, 200)
+    fig = figures.compute(read_results(out))
+    check_figures(fig, out / "results.csv")
+    assert fig["run"]["complete"] is True
+    assert fig["run"]["duration_s"] == pytest.approx(200.0)  # 09:59:59 to 10:03:19
+    assert fig["latency"]["rows_per_s"] == pytest.approx(1.0)
+    # The same failure on different files is one group, with one of its rows as the sample.
+    patterns = {e["pattern"]: e["count"] for e in fig["errors"]}
+    assert patterns["file not found: <path>"] == sum(1 for i in range(200) if i % 9 == 4)
+    assert patterns["DEADLINE_EXCEEDED: no answer within N.N s"] == sum(1 for i in range(200) if i % 9 == 7)
+
+
+def test_terminal_report_is_readable_at_80_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # as a user types it: `batch report out`; the HTML path is printed as given
+    out = Path("out")
+    rows = synthetic_rows(tmp_path, out, 30)
+    long = "very/" * 40 + "long name with spaces.jpg"
+    rows[4].update(path=long, error=f"file not found: {long}\nsecond line\tand a tab")
+    rows.append(dict(rows[5], id="a-very-long-identifier-" * 5, worker="w" * 120, latency_ms="99999"))
+    write_results(out, rows, run={"command": "batch run " + "x" * 200, "started_at": "2024-05-01T09:59:59+00:00"})
+    result = invoke(out)
+    assert result.exit_code == 0, result.output
+    check_terminal_width(result.output)
+    text = result.output
+    for heading in ("Rows by op and status", "Labels", "Latency", "Calls per worker", "Most common errors",
+                    "Slowest rows"):
+        assert heading in text
+    assert "p50 " in text and "p99 " in text and "throughput" in text
+    assert "long name with spaces.jpg" in text  # the middle of a long path goes, never its file name
+    assert "INCOMPLETE" in text  # run.json has no end time
+    assert "HTML report: out/report.html" in text
+
+
+def test_json_is_one_object_with_the_same_figures(tmp_path: Path) -> None:
+    out = synthetic_run(tmp_path, 120)
+    result = invoke(out, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    check_figures(data, out / "results.csv")
+    expected = figures.compute(read_results(out))
+    assert {k: v for k, v in data.items() if k != "html"} == json.loads(json.dumps(expected))
+    assert data["html"] == str(out / "report.html")
+    assert (out / "report.html").is_file()
+
+
+def test_html_option_writes_where_asked(tmp_path: Path) -> None:
+    out = synthetic_run(tmp_path, 20)
+    target = tmp_path / "elsewhere.html"
+    result = invoke(out, "--html", target)
+    assert result.exit_code == 0, result.output
+    assert target.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert not (out / "report.html").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_run_still_going_reports_complete_lines_only(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rows = synthetic_rows(tmp_path, out, 40)
+    half = "41,imgs/p1.jpg,rotate,90,ok,rotated/imgs/p1.jpg,80,13"  # the writer is mid-line
+    write_results(out, rows, run={"started_at": "2024-05-01T09:59:59+00:00"}, tail=half)
+    result = invoke(out, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["rows"]["total"] == 40
+    assert data["run"]["complete"] is False
+    assert any("unfinished last line" in w for w in data["warnings"])
+    text = invoke(out).output
+    assert "INCOMPLETE" in text and "40 rows finished so far" in text
+
+
+def test_resumed_journal_keeps_the_newest_row_per_id(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rows = synthetic_rows(tmp_path, out, 10)
+    failed = rows[4]
+    assert failed["status"] == "error"
+    retried = dict(failed, status="ok", error="", path="imgs/p0.jpg", output="rotated/imgs/p0.jpg",
+                   latency_ms="12.0", worker="127.0.0.1:50/40")
+    write_results(out, [*rows, retried], run={})
+    data = json.loads(invoke(out, "--json").output)
+    assert data["rows"]["total"] == 10
+    assert data["rows"]["error"] == sum(r["status"] == "error" for r in rows) - 1
+    assert any("superseded" in w for w in data["warnings"])
+
+
+def test_older_table_without_a_column_says_which(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    rows = synthetic_rows(tmp_path, out, 20)
+    write_results(out, rows, columns=tuple(c for c in COLUMNS if c != "worker"), run={})
+    monkeypatch.chdir(tmp_path)
+    result = invoke("out")
+    assert result.exit_code == 0, result.output
+    assert "no column 'worker'" in result.output
+    check_terminal_width(result.output)
+    assert json.loads(invoke(out, "--json").output)["missing_columns"] == ["worker"]
+
+
+def test_table_without_a_required_column_is_refused_by_name(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rows = synthetic_rows(tmp_path, out, 5)
+    write_results(out, rows, columns=tuple(c for c in COLUMNS if c != "status"))
+    result = invoke(out)
+    assert result.exit_code == 1
+    assert "results.csv has no column 'status'" in result.output
+
+
+def test_folder_without_results_is_a_clear_error(tmp_path: Path) -> None:
+    result = invoke(tmp_path)
+    assert result.exit_code == 1
+    assert f"no results table in {tmp_path}" in result.output
+    assert CliRunner().invoke(report, [str(tmp_path / "nope")]).exit_code == 2
+
+
+def test_parquet_table_gives_the_same_figures(tmp_path: Path) -> None:
+    import pandas as pd
+
+    out = synthetic_run(tmp_path, 60)
+    from_csv = figures.compute(read_results(out))
+    frame = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False)
+    for col in ("latency_ms", "confidence", "attempts"):
+        frame[col] = pd.to_numeric(frame[col])
+    frame.to_parquet(out / "results.parquet")
+    (out / "results.csv").unlink()
+    from_parquet = figures.compute(read_results(out))
+    assert from_parquet["run"].pop("table") == "results.parquet"
+    from_csv["run"].pop("table")
+    assert from_parquet == from_csv
+
+
+def test_shorten_keeps_both_ends() -> None:
+    assert terminal.shorten("abcdefghij", 5) == "ab…ij"
+    assert terminal.shorten("line\nbreak", 80) == "line break"

@@ -1,0 +1,87 @@
+"""Helpers, not tests: results folders in the exact format `batch run` writes, for report tests of edge cases
+(a half-written journal, an older table, 10,000 rows) that a real run cannot produce on demand."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+from PIL import Image
+
+from batch.report.table import COLUMNS
+
+LABELS = ("George W Bush", "Colin Powell", "unknown", "no_face")
+
+
+def make_images(folder: Path, n: int = 4) -> list[Path]:
+    """``n`` small distinct JPEGs (landscape, so a rotation shows)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"p{i}.jpg"
+        img = Image.new("RGB", (120 + 10 * i, 80), (50 * i % 255, 120, 200 - 40 * i % 200))
+        img.paste((250, 250, 250), (10, 10, 40, 40))
+        img.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def synthetic_rows(root: Path, out: Path, n: int, seed: int = 1) -> list[dict]:
+    """``n`` result rows over real files under ``root``: rotate ok/error and classify rows, two workers."""
+    images = make_images(root / "imgs")
+    (out / "rotated" / "imgs").mkdir(parents=True, exist_ok=True)
+    for img in images:
+        Image.open(img).rotate(90, expand=True).save(out / "rotated" / "imgs" / img.name)
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        rel = f"imgs/{images[i % len(images)].name}"
+        base = {c: "" for c in COLUMNS}
+        base.update(id=str(i + 1), path=rel, finished_at=f"2024-05-01T10:{i // 60 % 60:02d}:{i % 60:02d}+00:00",
+                    attempts="1", worker=f"127.0.0.1:5{i % 2}/4{i % 2}")
+        if i % 9 == 4:
+            missing = f"imgs/missing-{i}.jpg"
+            base.update(path=missing, op="rotate", rotation="90", status="error", worker="", attempts="0",
+                        error=f"file not found: {missing}")
+        elif i % 9 == 7:
+            base.update(op="classify", status="error", attempts="3", latency_ms=f"{rng.uniform(900, 1000):.3f}",
+                        error="DEADLINE_EXCEEDED: no answer within 1.0 s")
+        elif i % 2:
+            base.update(op="rotate", rotation="90", status="ok", output=f"rotated/{rel}",
+                        width="80", height=str(120 + 10 * (i % len(images))),
+                        latency_ms=f"{rng.uniform(5, 60):.3f}")
+        else:
+            label = rng.choice(LABELS)
+            faces = [] if label == "no_face" else [{"box": [10, 10, 40, 40], "label": label, "score": 0.8}]
+            base.update(op="classify", status="ok", label=label, confidence=f"{rng.random():.4f}",
+                        faces=json.dumps(faces), width="120", height="80",
+                        latency_ms=f"{rng.uniform(20, 300):.3f}", attempts=str(1 + (i % 5 == 0)))
+        rows.append(base)
+    return rows
+
+
+def write_results(out: Path, rows: list[dict], columns: tuple[str, ...] = COLUMNS, run: dict | None = None,
+                  tail: str = "") -> Path:
+    """Write ``results.csv`` (plus ``tail``, e.g. half a line) and ``run.json`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        f.write(tail)
+    if run is not None:
+        (out / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    return out
+
+
+def synthetic_run(root: Path, n: int, complete: bool = True, **kwargs) -> Path:
+    """A whole results folder of ``n`` synthetic rows under ``root/out``."""
+    out = root / "out"
+    rows = synthetic_rows(root, out, n)
+    run = {"manifest": str(root / "manifest.csv"), "command": "batch run manifest.csv",
+           "started_at": "2024-05-01T09:59:59+00:00", "workers": ["127.0.0.1:50", "127.0.0.1:51"]}
+    if complete:
+        run["finished_at"] = rows[-1]["finished_at"]
+    return write_results(out, rows, run=run, **kwargs)
