@@ -159,7 +159,7 @@ def test_resumed_journal_keeps_the_newest_row_per_id(tmp_path: Path) -> None:
     data = json.loads(invoke(out, "--json").output)
     assert data["rows"]["total"] == 10
     assert data["rows"]["error"] == sum(r["status"] == "error" for r in rows) - 1
-    assert any("superseded" in w for w in data["warnings"])
+    assert any("retried later" in w for w in data["warnings"])
 
 
 def test_older_table_without_a_column_says_which(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,19 +191,34 @@ def test_folder_without_results_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_parquet_table_gives_the_same_figures(tmp_path: Path) -> None:
-    import pandas as pd
+    from batch.results import write_table
 
     out = synthetic_run(tmp_path, 60)
     from_csv = figures.compute(read_results(out))
-    frame = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False)
-    for col in ("latency_ms", "confidence", "attempts"):
-        frame[col] = pd.to_numeric(frame[col])
-    frame.to_parquet(out / "results.parquet")
+    with open(out / "results.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    write_table(rows, out / "results.parquet")  # batch run's own writer: typed columns, timestamps
     (out / "results.csv").unlink()
     from_parquet = figures.compute(read_results(out))
     assert from_parquet["run"].pop("table") == "results.parquet"
     from_csv["run"].pop("table")
     assert from_parquet == from_csv
+
+
+def test_parquet_run_in_progress_reads_the_newer_journal(tmp_path: Path) -> None:
+    from batch.results import write_table
+
+    out = synthetic_run(tmp_path, 30)
+    with open(out / "results.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    (out / "results.csv").unlink()
+    write_table(rows[:20], out / "results.parquet")  # the first run, finished
+    retried = [dict(r, status="ok", error="", latency_ms="5.0") for r in rows[10:30] if r["status"] == "error"]
+    write_results(out, rows[20:] + retried)
+    (out / "results.csv").rename(out / "results.journal.csv")  # a resumed run, still going
+    data = figures.compute(read_results(out))
+    assert data["rows"]["total"] == 30
+    assert data["rows"]["error"] == sum(r["status"] == "error" for r in rows[:10])
 
 
 def test_shorten_keeps_both_ends() -> None:

@@ -22,7 +22,7 @@ COLUMNS = (
 # Without these a report means nothing; the others only feed one section each.
 REQUIRED = ("id", "path", "op", "status")
 NUMERIC = ("rotation", "width", "height", "confidence", "attempts", "latency_ms")
-TABLE_NAMES = ("results.csv", "results.parquet")
+TABLE_NAMES = ("results.csv", "results.parquet", "results.journal.csv")
 
 
 class ReportError(Exception):
@@ -41,12 +41,17 @@ class Results:
     missing_columns: list[str] = field(default_factory=list)
 
 
-def find_table(folder: Path) -> Path:
-    """The results table in ``folder``; the CSV journal wins if both exist (it is newer while running)."""
-    for name in TABLE_NAMES:
-        if (folder / name).is_file():
-            return folder / name
-    raise ReportError(f"no results table in {folder}: expected one of {', '.join(TABLE_NAMES)}")
+def find_tables(folder: Path) -> list[Path]:
+    """The results files in ``folder``, oldest first.
+
+    ``batch run`` keeps a CSV journal while it runs (``results.csv`` itself, or
+    ``results.journal.csv`` beside ``results.parquet``) and rewrites the table
+    when it ends; after a resume, rows in a newer file supersede older ones.
+    """
+    found = [folder / name for name in TABLE_NAMES if (folder / name).is_file()]
+    if not found:
+        raise ReportError(f"no results table in {folder}: expected one of {', '.join(TABLE_NAMES)}")
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns)
 
 
 def read_run_json(folder: Path) -> tuple[dict, list[str]]:
@@ -105,7 +110,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise ReportError(f"{path} is not a readable Parquet file (a run still writing it?): {err}") from err
     frame = table.to_pandas()
     for col in frame.columns:
-        if col not in NUMERIC:
+        if col not in NUMERIC and col != "finished_at":
             frame[col] = frame[col].map(lambda v: "" if v is None or v != v else str(v))
     return frame
 
@@ -132,26 +137,32 @@ def _normalise(frame: pd.DataFrame, name: str, warnings: list[str]) -> tuple[pd.
     frame["finished_at"] = pd.to_datetime(frame["finished_at"], utc=True, errors="coerce", format="ISO8601")
     for col in ("id", "path", "op", "status", "output", "label", "faces", "error", "worker"):
         frame[col] = frame[col].astype(str)
-    before = len(frame)
-    # A resumed run appends a new row for an id it retried: the newest one counts.
-    frame = frame.drop_duplicates(subset="id", keep="last").reset_index(drop=True)
-    if len(frame) < before:
-        warnings.append(f"{name}: {before - len(frame)} older row(s) superseded by a later row for the same id")
     return frame, missing
 
 
 def read_results(folder: str | Path) -> Results:
-    """Read ``folder``'s results table and run.json; raise ReportError with a specific message if unusable."""
+    """Read ``folder``'s results table(s) and run.json; raise ReportError with a specific message if unusable."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ReportError(f"{folder} is not a folder")
-    table_path = find_table(folder)
+    tables = find_tables(folder)
     warnings: list[str] = []
     run, run_warnings = read_run_json(folder)
     warnings += run_warnings
-    frame = _read_csv(table_path, warnings) if table_path.suffix == ".csv" else _read_parquet(table_path)
-    rows, missing = _normalise(frame, table_path.name, warnings)
-    return Results(folder, table_path, rows, run, warnings, missing)
+    frames, missing = [], []
+    for path in tables:
+        frame = _read_csv(path, warnings) if path.suffix == ".csv" else _read_parquet(path)
+        frame, absent = _normalise(frame, path.name, warnings)
+        frames.append(frame)
+        missing += [c for c in absent if c not in missing]
+    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    before = len(rows)
+    # A resumed run appends a new row for an id it retried: the newest one counts.
+    rows = rows.drop_duplicates(subset="id", keep="last").reset_index(drop=True)
+    if len(rows) < before and len(tables) == 1:
+        warnings.append(f"{tables[0].name}: {before - len(rows)} earlier row(s) for ids retried later "
+                        "(a resumed run): the newest row per id counts")
+    return Results(folder, tables[-1], rows, run, warnings, missing)
 
 
 def resolve_input(results: Results, path: str) -> Path:
