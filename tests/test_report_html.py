@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 from collections import Counter
 from html.parser import HTMLParser
@@ -18,8 +17,6 @@ from test_report_fixtures import synthetic_rows, synthetic_run, write_results
 from batch.report import browser, gallery, thumbs
 from batch.report.command import report
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS_PNG = ROOT / "docs" / "report.png"
 # In a tag, a src or href to http(s) or protocol-relative //, or a CSS url() that is not data:, would load
 # from outside the file (the same words in escaped text are harmless: they hold no "<").
 EXTERNAL_REF = re.compile(r"""<[^<>]*\b(?:src|href)\s*=\s*["']?(?:https?:)?//|url\(\s*["']?+(?!data:)""", re.IGNORECASE)
@@ -158,9 +155,3 @@ def check_visit(page: browser.PageVisit, html: Path, png: Path) -> None:
     assert shot.size == (1200, 2000)
     # Not a blank page: the screenshot has the blue bars and thumbnails' colours.
     assert len(shot.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50
-
-
-def refresh_docs_png(html: Path) -> None:
-    """Rewrite docs/report.png from ``html`` when asked: REPORT_SCREENSHOT=1 pytest tests/test_report_html.py."""
-    if os.environ.get("REPORT_SCREENSHOT") == "1":
-        browser.screenshot(html, DOCS_PNG, width=1200, height=1600, max_width=800)

@@ -148,11 +148,15 @@ def per_worker(rows: pd.DataFrame) -> list[dict]:
 
 
 def _error_pattern(error: str, path: str) -> str:
-    """The error with this row's own path and numbers blanked, so the same failure groups together."""
+    """The error with this row's own path and numbers blanked, so the same failure groups together.
+
+    Messages name the file as written or resolved (``/abs/dir/name.jpg``): any
+    token ending in the row's path or file name counts as the path.
+    """
     text = error
     for variant in sorted({path, Path(path).name}, key=len, reverse=True):
         if variant:
-            text = text.replace(variant, "<path>")
+            text = re.sub(r"[^\s'\"]*" + re.escape(variant), "<path>", text)
     return re.sub(r"\d+", "N", text)
 
 
