@@ -36,6 +36,7 @@ T = Image.Transpose
 _ORIENTATION_TAG = 0x0112
 _EXIF_IFD_TAG = 0x8769
 _PIXEL_X_TAG, _PIXEL_Y_TAG = 0xA002, 0xA003
+_X_RESOLUTION_TAG, _Y_RESOLUTION_TAG = 0x011A, 0x011B
 
 # Pillow transposes that make stored pixels upright, per EXIF orientation
 # (the same table as PIL.ImageOps.exif_transpose). None is "leave as is".
@@ -131,6 +132,10 @@ def rotate_pixels(data: bytes, width: int, height: int, channels: int, degrees: 
 
 
 def _orientation(img: Image.Image) -> int:
+    if img.format != "JPEG":
+        # PNG's eXIf may follow the pixels: decode first so a truncated file
+        # is reported as truncated, not as bad EXIF. (JPEG's EXIF is in the header.)
+        load(img)
     try:
         value = img.getexif().get(_ORIENTATION_TAG, 1)
     except (OSError, SyntaxError, ValueError, struct.error) as e:
@@ -164,7 +169,7 @@ def _jpeg_lossless(data: bytes, img: Image.Image, op: T | None) -> Rotated | Non
     if op is None:
         # Orientation already cancels the turn: only the metadata changes.
         out = bytearray(data)
-        _patch_jpeg_metadata(memoryview(out), width, height)
+        _patch_jpeg_metadata(memoryview(out), width, height, swap=False)
         return Rotated(bytes(out), "JPEG", width, height, "lossless")
     if not jpeg_transform.available():
         return None
@@ -176,7 +181,7 @@ def _jpeg_lossless(data: bytes, img: Image.Image, op: T | None) -> Rotated | Non
         out = jpeg_transform.transform(
             data, tj_op,
             progressive=bool(img.info.get("progressive")),
-            patch=lambda view: _patch_jpeg_metadata(view, width, height),
+            patch=lambda view: _patch_jpeg_metadata(view, width, height, swap=op in _SWAPS_AXES),
         )
     except jpeg_transform.TransformFailed as e:
         # Truncated or odd files: Pillow decides below whether they are usable
@@ -324,7 +329,7 @@ def _common_metadata(img: Image.Image, op: T | None, size: tuple[int, int]) -> d
         kw["icc_profile"] = info["icc_profile"]
     if info.get("exif"):
         exif = bytearray(info["exif"])
-        _patch_exif(memoryview(exif), *size)
+        _patch_exif(memoryview(exif), *size, swap=op in _SWAPS_AXES)
         kw["exif"] = bytes(exif)
     if info.get("xmp"):
         xmp = bytearray(info["xmp"])
@@ -349,8 +354,12 @@ def _out_size(img: Image.Image, op: T | None) -> tuple[int, int]:
 # --- metadata patched in place (same length, so nothing else moves) --------
 
 
-def _patch_jpeg_metadata(buf: memoryview, width: int, height: int) -> None:
-    """Reset orientation to 1 in a JPEG's EXIF and XMP segments and set EXIF pixel dimensions."""
+def _patch_jpeg_metadata(buf: memoryview, width: int, height: int, swap: bool) -> None:
+    """Reset orientation to 1 in a JPEG's EXIF and XMP segments, set EXIF pixel dimensions.
+
+    With ``swap`` (the axes were exchanged) also swap the JFIF and EXIF
+    horizontal and vertical resolutions, which libjpeg's transform leaves alone.
+    """
     if bytes(buf[:2]) != b"\xff\xd8":
         return
     pos = 2
@@ -362,17 +371,20 @@ def _patch_jpeg_metadata(buf: memoryview, width: int, height: int) -> None:
         if marker in (0xDA, 0xD9):  # start of scan / end of image: no more metadata
             return
         end = pos + 2 + ((buf[pos + 2] << 8) | buf[pos + 3])
-        if marker == 0xE1:
-            segment = buf[pos + 4 : min(end, len(buf))]
+        segment = buf[pos + 4 : min(end, len(buf))]
+        if marker == 0xE0 and swap and bytes(segment[:5]) == b"JFIF\x00" and len(segment) >= 12:
+            segment[8:10], segment[10:12] = bytes(segment[10:12]), bytes(segment[8:10])
+        elif marker == 0xE1:
             if bytes(segment[:6]) == b"Exif\x00\x00":
-                _patch_exif(segment, width, height)
+                _patch_exif(segment, width, height, swap)
             elif bytes(segment[:29]) == b"http://ns.adobe.com/xap/1.0/\x00":
                 _patch_xmp(segment)
         pos = end
 
 
-def _patch_exif(exif: memoryview, width: int, height: int) -> None:
-    """In a TIFF-structured EXIF block: orientation -> 1, PixelX/YDimension -> width/height.
+def _patch_exif(exif: memoryview, width: int, height: int, swap: bool) -> None:
+    """In a TIFF-structured EXIF block: orientation -> 1, PixelX/YDimension -> width/height,
+    and X/YResolution exchanged when ``swap``.
 
     Malformed blocks are left as they are: metadata must not fail a rotation.
     """
@@ -385,11 +397,18 @@ def _patch_exif(exif: memoryview, width: int, height: int) -> None:
         if struct.unpack_from(order + "H", exif, 2)[0] != 42:
             return
         exif_ifd = None
+        resolution = {}
         for pos, tag, kind in _ifd_entries(exif, order, struct.unpack_from(order + "I", exif, 4)[0]):
             if tag == _ORIENTATION_TAG and kind == 3:
                 struct.pack_into(order + "H", exif, pos + 8, 1)
             elif tag == _EXIF_IFD_TAG and kind in (4, 13):
                 exif_ifd = struct.unpack_from(order + "I", exif, pos + 8)[0]
+            elif tag in (_X_RESOLUTION_TAG, _Y_RESOLUTION_TAG) and kind == 5:  # RATIONAL, by offset
+                resolution[tag] = struct.unpack_from(order + "I", exif, pos + 8)[0]
+        if swap and len(resolution) == 2:
+            x, y = resolution[_X_RESOLUTION_TAG], resolution[_Y_RESOLUTION_TAG]
+            if max(x, y) + 8 <= len(exif):
+                exif[x : x + 8], exif[y : y + 8] = bytes(exif[y : y + 8]), bytes(exif[x : x + 8])
         if exif_ifd is None:
             return
         for pos, tag, kind in _ifd_entries(exif, order, exif_ifd):
