@@ -224,3 +224,21 @@ def test_parquet_run_in_progress_reads_the_newer_journal(tmp_path: Path) -> None
 def test_shorten_keeps_both_ends() -> None:
     assert terminal.shorten("abcdefghij", 5) == "ab…ij"
     assert terminal.shorten("line\nbreak", 80) == "line break"
+
+
+def test_malformed_lines_are_skipped_and_counted(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rows = synthetic_rows(tmp_path, out, 10)
+    write_results(out, rows, run={})
+    with open(out / "results.csv", "a", encoding="utf-8") as f:
+        f.write("11,imgs/p0.jpg,rotate,90,ok,a,b,c,d,e,f,g,h,i,j,k,l,m,n,o\n")  # too many fields
+    data = json.loads(invoke(out, "--json").output)
+    assert data["rows"]["total"] == 10
+    assert "results.csv: skipped 1 malformed line(s) with the wrong number of fields" in data["warnings"]
+
+
+def test_html_into_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    out = synthetic_run(tmp_path, 5)
+    result = invoke(out, "--html", tmp_path / "no" / "such" / "report.html")
+    assert result.exit_code == 1
+    assert f"cannot write the HTML report to {tmp_path / 'no' / 'such' / 'report.html'}" in result.output
