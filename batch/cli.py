@@ -2,10 +2,78 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
+
+_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @click.group()
 @click.version_option(package_name="imagebatch")
 def main() -> None:
     """Run a CSV manifest of images through imagebatch workers."""
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--worker", "workers", multiple=True, metavar="HOST:PORT",
+              help="A worker to use (repeatable, or comma-separated; also dns:///NAME:PORT for every address a "
+                   "name resolves to). Default: $BATCH_WORKER, else an embedded worker with one process per CPU.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              show_default="results/<manifest name>", help="Folder for results, run.json and rotated images.")
+@click.option("--concurrency", type=click.IntRange(1), default=None,
+              show_default="2 per embedded worker process, else 8 per worker address", help="Calls in flight.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              help="Seconds each call may take.")
+@click.option("--retries", type=click.IntRange(0), default=6, show_default=True,
+              help="Retries of a call that failed with UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED "
+                   "(exponential backoff with jitter: the default rides out ~30-50 s of a worker being away).")
+@click.option("--restart", is_flag=True, help="Start over: forget earlier results in --out (default: resume).")
+@click.option("--quiet", is_flag=True, help="Print only the final summary line.")
+@click.option("--tls-ca", type=_file, help="PEM CA bundle to verify the workers' certificates; enables TLS.")
+@click.option("--tls-cert", type=_file, help="PEM client certificate, for workers that require one (mTLS).")
+@click.option("--tls-key", type=_file, help="PEM private key of --tls-cert.")
+@click.option("--results-format", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
+              help="results.csv, or results.parquet (then results.journal.csv while running).")
+@click.option("--connections", type=click.IntRange(1), default=None,
+              show_default="8 per worker address; 4 per process for the embedded worker",
+              help="HTTP/2 connections per worker address: keep it above a worker's process count so that each "
+                   "of its processes gets calls.")
+def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency: int | None, timeout: float,
+        retries: int, restart: bool, quiet: bool, tls_ca: Path | None, tls_cert: Path | None,
+        tls_key: Path | None, results_format: str, connections: int | None) -> None:
+    """Run every row of MANIFEST (CSV: path, op, rotation, output, id) through the workers.
+
+    Resumable: the same command again skips rows already ok and retries the rest.
+    Exit status: 0 all rows ok, 1 some rows failed, 2 the run could not start
+    (manifest, usage or worker problem), 130 interrupted.
+    """
+    from batch.channel import Tls, UsageError, worker_addresses
+    from batch.embedded import EmbeddedWorkerError
+    from batch.manifest import ManifestError
+    from batch.progress import choose_mode
+    from batch.results import ResultsError
+    from batch.session import EXIT_INTERRUPTED, RunOptions, run_batch
+
+    if (tls_cert or tls_key) and not tls_ca:
+        raise click.UsageError("--tls-cert/--tls-key need --tls-ca (the CA that signed the workers' certificates)")
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    options = RunOptions(
+        manifest=manifest, out=out, workers=tuple(worker_addresses(workers)), concurrency=concurrency,
+        timeout=timeout, retries=retries, restart=restart,
+        tls=Tls(tls_ca, tls_cert, tls_key) if tls_ca else None, results_format=results_format,
+        connections=connections, progress=choose_mode(quiet), command=tuple(sys.argv),
+    )
+    try:
+        summary = run_batch(options)
+    except (ManifestError, UsageError, ResultsError, EmbeddedWorkerError) as e:
+        click.echo(f"batch run: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("batch run: interrupted before any row ran", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    click.echo(summary.line())
+    sys.exit(summary.exit_code)

@@ -1,0 +1,183 @@
+"""Connections to the workers: targets, load balancing, health checking, TLS.
+
+Every gRPC channel uses gRPC's own ``round_robin`` policy over all the
+addresses its target resolves to, with client-side health checking, so calls
+spread over the healthy workers and a dead or draining one is skipped.
+
+One channel is one HTTP/2 connection per address, and a multi-process worker
+shares its port with SO_REUSEPORT: the kernel spreads *connections* over the
+processes, not calls. So the pool opens several channels per target (each
+with its own subchannels) and sends each call on the least busy ready one:
+with enough connections every worker process gets its share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from worker.api import imageworker_v1_pb2_grpc
+
+SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": ""},
+})
+DEFAULT_CONNECTIONS = 8  # per worker address; more than a worker's processes, see module docstring
+ENV_VAR = "BATCH_WORKER"
+URI_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+
+
+class UsageError(Exception):
+    """A worker address or TLS option that cannot work (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Tls:
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.cert is None) != (self.key is None):
+            raise UsageError("--tls-cert and --tls-key go together (a client certificate and its key)")
+
+        def read(path: Path | None) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return Path(path).read_bytes()
+            except OSError as e:
+                raise UsageError(f"cannot read TLS file {path}: {e.strerror}") from None
+
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+
+def worker_addresses(options: Iterable[str], environ: dict[str, str] | None = None) -> list[str]:
+    """The --worker values (each may hold a comma-separated list), else $BATCH_WORKER, split and stripped."""
+    values = list(options)
+    if not values:
+        env = (os.environ if environ is None else environ).get(ENV_VAR, "")
+        values = [env] if env.strip() else []
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def grpc_targets(addresses: list[str]) -> list[str]:
+    """gRPC target strings for worker addresses.
+
+    IP literals merge into one static ``ipv4:``/``ipv6:`` list so one channel
+    balances over them; host names and explicit URIs (``dns:///name:port``,
+    ``unix:...``) stay targets of their own, resolved by gRPC (a DNS name with
+    several A records is balanced the same way).
+    """
+    v4: list[str] = []
+    v6: list[str] = []
+    others: list[str] = []
+    for address in addresses:
+        if address.startswith(URI_SCHEMES):
+            others.append(address)  # already a gRPC target URI
+            continue
+        host, port = _host_port(address) or (None, None)
+        if host is None:
+            raise UsageError(
+                f"worker address {address!r} is not HOST:PORT (e.g. 127.0.0.1:50051, workers.example:50051, "
+                "dns:///workers.example:50051)"
+            )
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            others.append(f"dns:///{host}:{port}")
+            continue
+        (v4 if ip.version == 4 else v6).append(f"{host}:{port}" if ip.version == 4 else f"[{host}]:{port}")
+    targets = [f"ipv4:{','.join(v4)}"] if v4 else []
+    targets += [f"ipv6:{','.join(v6)}"] if v6 else []
+    return targets + others
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^\s:/\[\]]+):(\d{1,5})", address)
+    if not m:
+        return None
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    return (host, int(port)) if 0 < int(port) < 65536 else None
+
+
+def address_count(targets: list[str]) -> int:
+    """How many worker addresses the targets name (a DNS name counts once: it is resolved later)."""
+    return sum(len(t.split(":", 1)[1].split(",")) if t.startswith(("ipv4:", "ipv6:")) else 1 for t in targets)
+
+
+class Pool:
+    """``connections`` channels per target; ``call()`` lends the least busy ready one's stub."""
+
+    def __init__(self, targets: list[str], connections: int = DEFAULT_CONNECTIONS, tls: Tls | None = None) -> None:
+        options = [
+            ("grpc.service_config", SERVICE_CONFIG),
+            # Without a local pool, channels to one target would share one connection.
+            ("grpc.use_local_subchannel_pool", 1),
+            # Rotated 100 MP images come back bigger than gRPC's 4 MiB default; the worker sets the limit.
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.keepalive_time_ms", 30_000),
+        ]
+        credentials = tls.credentials() if tls else None
+        self.targets = targets
+        self._channels = []
+        for target in targets:
+            for _ in range(connections):
+                if credentials:
+                    channel = grpc.aio.secure_channel(target, credentials, options=options)
+                else:
+                    channel = grpc.aio.insecure_channel(target, options=options)
+                self._channels.append(channel)
+        self._stubs = [imageworker_v1_pb2_grpc.ImageWorkerStub(c) for c in self._channels]
+        self._busy = [0] * len(self._channels)
+        self._next = 0
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until some channel is ready (a worker answers health checks with SERVING), then briefly for the rest.
+
+        Returns False if none is ready within ``timeout`` seconds.
+        """
+        waits = [asyncio.ensure_future(c.channel_ready()) for c in self._channels]
+        try:
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                return False
+            await asyncio.wait(waits, timeout=2.0)  # the other connections are usually milliseconds behind
+            return True
+        finally:
+            for w in waits:
+                w.cancel()
+
+    @asynccontextmanager
+    async def call(self) -> AsyncIterator[imageworker_v1_pb2_grpc.ImageWorkerStub]:
+        i = self._pick()
+        self._busy[i] += 1
+        try:
+            yield self._stubs[i]
+        finally:
+            self._busy[i] -= 1
+
+    def _pick(self) -> int:
+        n = len(self._channels)
+        ready = [
+            (i + self._next) % n for i in range(n)
+            if self._channels[(i + self._next) % n].get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
+        ]
+        # No channel ready: pick one anyway; the call fails fast with UNAVAILABLE and is retried after a backoff.
+        candidates = ready or [(i + self._next) % n for i in range(n)]
+        best = min(candidates, key=lambda i: self._busy[i])  # min keeps the first of equals: round robin on ties
+        self._next = (best + 1) % n
+        return best
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._channels))

@@ -1,0 +1,160 @@
+"""An on-disk index of one run: manifest rows, previous results, this run's results.
+
+A SQLite file beside the results keeps the driver's memory flat however many
+rows the manifest has: duplicate ids, outputs that clash with inputs or with
+each other, resume look-ups and the final one-row-per-manifest-row table are
+all queries instead of Python sets and dicts. It is rebuilt by every run (the
+results files are the durable record) and deleted when the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from batch.manifest import ManifestError, Row
+from batch.results import COLUMNS
+
+_ROW_FIELDS = ("line", "id", "path", "op", "rotation", "output", "input_path", "degrees", "output_path", "error")
+_RESULT_COLUMNS = ", ".join(f'"{c}" TEXT' for c in COLUMNS if c != "id")
+CHUNK = 1000
+
+
+class RunIndex:
+    """The SQLite index at ``path`` (created afresh; removed by ``close``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        # Scratch data, rebuilt every run: durability would only cost time.
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("PRAGMA cache_size=-8000")  # KiB: bounds memory whatever the row count
+        self.db.executescript(f"""
+            CREATE TABLE rows (line INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, path TEXT, op TEXT,
+                rotation TEXT, output TEXT, input_path TEXT, degrees INTEGER, output_path TEXT, error TEXT,
+                input_real TEXT, output_real TEXT);
+            CREATE TABLE prev (id TEXT PRIMARY KEY, {_RESULT_COLUMNS});
+            CREATE TABLE done (id TEXT PRIMARY KEY, {_RESULT_COLUMNS});
+        """)
+
+    def close(self) -> None:
+        self.db.close()
+        self.path.unlink(missing_ok=True)
+
+    # --- manifest ---------------------------------------------------------------------------------
+
+    def add_rows(self, rows: Iterable[Row], manifest: Path) -> int:
+        """Store every row; raise ManifestError on a duplicate id, naming both lines. Returns the row count."""
+        count = 0
+        self.db.execute("BEGIN")
+        try:
+            for row in rows:
+                try:
+                    self.db.execute(
+                        "INSERT INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (row.line, row.id, row.path, row.op, row.rotation, row.output,
+                         _str(row.input_path), row.degrees, _str(row.output_path), row.error,
+                         _real(row.input_path), _real(row.output_path)),
+                    )
+                except sqlite3.IntegrityError:
+                    (first,) = self.db.execute("SELECT line FROM rows WHERE id = ?", (row.id,)).fetchone()
+                    raise ManifestError(
+                        manifest, row.line, f"duplicate id {row.id!r} (first used on line {first}); ids must be unique"
+                    ) from None
+                count += 1
+        finally:
+            self.db.execute("COMMIT")
+        self.db.execute("CREATE INDEX rows_input ON rows (input_real)")
+        self.db.execute("CREATE INDEX rows_output ON rows (output_real)")
+        return count
+
+    def rows(self) -> Iterator[Row]:
+        """Rows in manifest order, read in chunks so a cursor never spans the writes of a run."""
+        after = 0
+        while True:
+            chunk = self.db.execute(
+                f"SELECT {', '.join(_ROW_FIELDS)} FROM rows WHERE line > ? ORDER BY line LIMIT ?", (after, CHUNK)
+            ).fetchall()
+            if not chunk:
+                return
+            for values in chunk:
+                row = dict(zip(_ROW_FIELDS, values, strict=True))
+                for key in ("input_path", "output_path"):
+                    row[key] = Path(row[key]) if row[key] is not None else None
+                yield Row(**row)
+            after = chunk[-1][0]
+
+    def output_conflict(self, row: Row) -> str | None:
+        """Why ``row`` must not write its output (an input, or another row's output), or None."""
+        if row.output_path is None:
+            return None
+        real = _real(row.output_path)
+        if real == _real(row.input_path):
+            return f"output {row.output_path} is the input itself: refusing to overwrite an input"
+        clash = self.db.execute("SELECT id, line FROM rows WHERE input_real = ? LIMIT 1", (real,)).fetchone()
+        if clash:
+            return (f"output {row.output_path} is the input of row {clash[0]!r} (line {clash[1]}): "
+                    "refusing to overwrite an input")
+        first = self.db.execute(
+            "SELECT id, line FROM rows WHERE output_real = ? ORDER BY line LIMIT 1", (real,)
+        ).fetchone()
+        if first and first[1] != row.line:
+            return f"output {row.output_path} is also the output of row {first[0]!r} (line {first[1]})"
+        return None
+
+    def count(self, where: str = "1") -> int:
+        return self.db.execute(f"SELECT count(*) FROM rows WHERE {where}").fetchone()[0]
+
+    # --- results ----------------------------------------------------------------------------------
+
+    def add_previous(self, results: Iterable[dict[str, str]]) -> None:
+        """Load earlier results; a later row for the same id replaces an earlier one."""
+        self.db.execute("BEGIN")
+        try:
+            self.db.executemany(
+                f"INSERT OR REPLACE INTO prev VALUES ({', '.join('?' * len(COLUMNS))})",
+                ([r.get(c, "") for c in COLUMNS] for r in results),
+            )
+        finally:
+            self.db.execute("COMMIT")
+
+    def previous(self, id_: str) -> dict[str, str] | None:
+        cursor = self.db.execute("SELECT * FROM prev WHERE id = ?", (id_,))
+        values = cursor.fetchone()
+        return dict(zip(COLUMNS, values, strict=True)) if values else None
+
+    def record(self, result: dict[str, str]) -> None:
+        self.db.execute(
+            f"INSERT OR REPLACE INTO done VALUES ({', '.join('?' * len(COLUMNS))})", [result[c] for c in COLUMNS]
+        )
+
+    def table(self) -> Iterator[dict[str, str]]:
+        """One result per manifest row in manifest order: this run's, else an earlier run's (rows not reached)."""
+        cols = ", ".join(f'coalesce(d."{c}", p."{c}")' for c in COLUMNS if c != "id")
+        after = 0
+        while True:
+            chunk = self.db.execute(
+                f"SELECT r.line, r.id, d.id IS NOT NULL OR p.id IS NOT NULL, {cols} FROM rows r "
+                "LEFT JOIN done d ON d.id = r.id LEFT JOIN prev p ON p.id = r.id AND d.id IS NULL "
+                "WHERE r.line > ? ORDER BY r.line LIMIT ?", (after, CHUNK),
+            ).fetchall()
+            if not chunk:
+                return
+            for _line, id_, found, *values in chunk:
+                if found:
+                    yield dict(zip(COLUMNS, [id_, *values], strict=True))
+            after = chunk[-1][0]
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
+def _real(path: Path | None) -> str | None:
+    # Symlinks resolved so that two spellings of one file compare equal.
+    return os.path.realpath(path) if path is not None else None

@@ -1,0 +1,198 @@
+"""Reading a manifest: a CSV streamed row by row.
+
+Problems with the whole file (not UTF-8, not CSV, no ``path``/``op`` column)
+raise ``ManifestError`` naming the line; problems with one row are attached
+to that row as ``Row.error`` so the rest of the batch goes on. Nothing here
+opens the images: checks that need the file system happen when a row runs.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+REQUIRED = ("path", "op")
+COLUMNS = ("path", "op", "rotation", "output", "id")
+OPS = ("rotate", "classify")
+INT64_MAX = 2**63 - 1
+
+
+class ManifestError(Exception):
+    """A problem with the whole manifest: the run stops before any work (exit code 2)."""
+
+    def __init__(self, manifest: Path | str, line: int | None, message: str) -> None:
+        self.manifest = Path(manifest)
+        self.line = line
+        self.message = message
+        where = f"{manifest}, line {line}" if line else str(manifest)
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One manifest row: the values as written plus what they resolve to.
+
+    ``error`` is set when the row itself is wrong; the run records it as the
+    row's result without calling a worker.
+    """
+
+    line: int  # physical line the record starts on (1-based, header is line 1 or later)
+    id: str
+    path: str
+    op: str
+    rotation: str
+    output: str
+    input_path: Path | None = None  # absolute, normalised (symlinks not resolved)
+    degrees: int | None = None
+    output_path: Path | None = None  # absolute, inside --out; rotate rows only
+    error: str | None = None
+
+
+def read_rows(manifest: Path, out_dir: Path) -> Iterator[Row]:
+    """Stream the rows of ``manifest``; relative paths resolve against its folder, outputs against ``out_dir``.
+
+    Raises ManifestError for file-level problems (the header is checked before
+    the first row is yielded; a later undecodable or malformed line raises
+    when reached).
+    """
+    manifest = Path(manifest)
+    base = Path(os.path.abspath(manifest.parent))
+    out_dir = Path(os.path.abspath(out_dir))
+    try:
+        f = open(manifest, "rb")  # noqa: SIM115 - closed in finally; bytes so decoding errors name a line
+    except OSError as e:
+        raise ManifestError(manifest, None, f"cannot read the manifest: {e.strerror}") from None
+    try:
+        reader = csv.reader(_decoded_lines(f, manifest), strict=True)
+        header, header_line = _header(reader, manifest)
+        index = {name: i for i, name in enumerate(header)}
+        previous_end = header_line
+        for record in _records(reader, manifest):
+            start, previous_end = previous_end + 1, reader.line_num
+            if not any(field.strip() for field in record):
+                continue  # blank line (or only commas)
+            yield _row(record, index, len(header), start, base, out_dir)
+    finally:
+        f.close()
+
+
+def _decoded_lines(f: Iterable[bytes], manifest: Path) -> Iterator[str]:
+    """Decode line by line so a non-UTF-8 byte is reported with its line number."""
+    for number, raw in enumerate(f, 1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ManifestError(
+                manifest, number,
+                f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                "save the manifest as UTF-8 CSV",
+            ) from None
+
+
+def _records(reader, manifest: Path) -> Iterator[list[str]]:
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise ManifestError(manifest, reader.line_num, f"not valid CSV: {e}") from None
+        yield record
+
+
+def _header(reader, manifest: Path) -> tuple[list[str], int]:
+    for record in _records(reader, manifest):
+        if not any(field.strip() for field in record):
+            continue
+        line = reader.line_num
+        header = [field.strip().lower() for field in record]
+        seen: set[str] = set()
+        for name in header:
+            if name and name in seen:
+                raise ManifestError(manifest, line, f"column {name!r} appears twice in the header")
+            seen.add(name)
+        missing = [c for c in REQUIRED if c not in seen]
+        if missing:
+            has = ", ".join(repr(h) for h in header if h) or "nothing"
+            raise ManifestError(
+                manifest, line,
+                f"missing required column{'s' if len(missing) > 1 else ''} "
+                f"{' and '.join(missing)}: the header has {has}; the first line must be a header "
+                f"naming the columns ({', '.join(COLUMNS)}; path and op required)",
+            )
+        return header, line
+    raise ManifestError(manifest, None, "the manifest is empty: expected a header line such as 'path,op,rotation'")
+
+
+def _row(record: list[str], index: dict[str, int], width: int, line: int, base: Path, out_dir: Path) -> Row:
+    def get(name: str) -> str:
+        i = index.get(name)
+        return record[i].strip() if i is not None and i < len(record) else ""
+
+    values = {name: get(name) for name in COLUMNS}
+    row = Row(line=line, id=values["id"] or str(line), path=values["path"], op=values["op"].lower(),
+              rotation=values["rotation"], output=values["output"])
+    if len(record) > width:
+        return _failed(row, f"line has {len(record)} fields but the header has {width} (unquoted comma?)")
+    if not row.path:
+        return _failed(row, "path is empty")
+    input_path = Path(os.path.normpath(base / row.path))
+    row = replace(row, input_path=input_path)
+    if not row.op:
+        return _failed(row, f"op is empty (expected {' or '.join(OPS)})")
+    if row.op not in OPS:
+        return _failed(row, f"unknown op {values['op']!r} (expected {' or '.join(OPS)})")
+    if row.op == "classify":
+        return row
+    degrees, problem = parse_rotation(row.rotation)
+    if problem:
+        return _failed(row, problem)
+    output_path, problem = resolve_output(row.output, input_path, base, out_dir)
+    if problem:
+        return _failed(row, problem)
+    return replace(row, degrees=degrees, output_path=output_path)
+
+
+def parse_rotation(text: str) -> tuple[int | None, str | None]:
+    """Degrees counter-clockwise from a manifest cell: (value, None) or (None, the problem)."""
+    if not text:
+        return None, "rotation is required for rotate (degrees counter-clockwise, a multiple of 90)"
+    digits = text[1:] if text[:1] in "+-" else text
+    if not digits.isascii() or not digits.isdigit():
+        return None, (f"rotation {text!r} is not a whole number of degrees "
+                      "(expected a multiple of 90, e.g. 90, -90, 180)")
+    value = int(text)
+    if abs(value) > INT64_MAX:
+        return None, f"rotation {text} is out of range"
+    if value % 90:
+        return None, f"rotation {value} is not a multiple of 90 degrees"
+    return value, None
+
+
+def resolve_output(output: str, input_path: Path, base: Path, out_dir: Path) -> tuple[Path | None, str | None]:
+    """Where a rotate row writes: its ``output`` (relative to ``out_dir``) or the default under ``out_dir/rotated``."""
+    if output:
+        target = Path(os.path.normpath(out_dir / output))  # an absolute output replaces out_dir
+        if not _inside(target, out_dir) or target == out_dir:
+            return None, f"output {output!r} escapes --out {out_dir} (outputs must stay inside it)"
+        return target, None
+    rotated = out_dir / "rotated"
+    relative = os.path.relpath(input_path, base)
+    if relative.split(os.sep)[0] == os.pardir:
+        # Outside the manifest's folder: mirror the absolute path under rotated/, never outside it.
+        relative = str(input_path).lstrip(os.sep)
+    return Path(os.path.normpath(rotated / relative)), None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return os.path.commonpath([path, folder]) == str(folder)
+
+
+def _failed(row: Row, message: str) -> Row:
+    return replace(row, error=message)

@@ -1,0 +1,200 @@
+"""Fan-out: each row read, sent, retried and written, at most ``concurrency`` rows at a time.
+
+The driver never decodes images: it reads the file's bytes (in a thread, so
+slow disks do not stall the event loop), sends them and writes the bytes that
+come back. Every row ends as an ``Outcome``; the caller turns it into a
+results row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from batch.channel import Pool
+from batch.manifest import Row
+from batch.results import ERROR, OK, Outcome, faces_json
+from worker.api import imageworker_v1_pb2 as v1
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+TEMP_SUFFIX = ".batchtmp"  # ".<name>.batchtmp" beside the output while it is written
+
+# What each format may be called; a rotated image keeps its input's format.
+EXTENSIONS = {
+    "JPEG": {".jpg", ".jpeg", ".jpe", ".jfif"}, "PNG": {".png"}, "WEBP": {".webp"},
+    "TIFF": {".tif", ".tiff"}, "BMP": {".bmp", ".dib"}, "GIF": {".gif"},
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    concurrency: int
+    timeout: float  # seconds per call
+    retries: int  # retries after the first attempt
+    backoff_base: float = 1.0  # first retry waits up to this; doubles each time
+    backoff_cap: float = 20.0
+
+
+def backoff(retry: int, settings: Settings) -> float:
+    """Seconds before retry number ``retry`` (1-based): exponential, capped, with jitter in [1/2, 1] of it.
+
+    Defaults (1 s doubling to 20 s, 6 retries) wait 26-51 s in all: a worker restarting within
+    that does not fail a row.
+    """
+    ceiling = min(settings.backoff_cap, settings.backoff_base * 2 ** (retry - 1))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+class RowFailed(Exception):
+    """A row-level failure with its message (kept verbatim in the results' error column)."""
+
+
+def read_input(path: Path) -> bytes:
+    """The input file's bytes, or RowFailed saying precisely why they cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise RowFailed(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise RowFailed(f"is a directory, not an image file: {path}") from None
+    except PermissionError:
+        raise RowFailed(f"permission denied reading {path}") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise RowFailed(f"symlink loop: {path}") from None
+        raise RowFailed(f"cannot read {path}: {e.strerror}") from None
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Write atomically: a temporary file in the same folder, fsync, rename over ``path``.
+
+    The temporary name depends only on ``path`` so a crash's leftover is
+    replaced by the next run of that row.
+    """
+    tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise RowFailed(f"cannot write output {path}: {e.strerror or e}") from None
+
+
+def describe(error: grpc.aio.AioRpcError) -> str:
+    return f"{error.code().name}: {error.details()}"
+
+
+def permanent(error: grpc.aio.AioRpcError) -> bool:
+    """Whether retrying cannot help: anything but the transient codes, and a message over a size limit."""
+    if error.code() not in RETRYABLE:
+        return True
+    details = error.details() or ""
+    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (
+        "larger than max" in details or "--max-message-mb" in details
+    )
+
+
+def explain_permanent(error: grpc.aio.AioRpcError, size: int) -> str:
+    details = error.details() or ""
+    if "larger than max" in details:  # gRPC's own transport limit, before our servicer sees the image
+        return (f"{describe(error)}: the image ({size:,} bytes, {size / 2**20:.1f} MiB) is over the worker's "
+                "message limit; start the worker with a larger `worker serve --max-message-mb`")
+    return describe(error)
+
+
+def explain_exhausted(error: grpc.aio.AioRpcError, attempts: int, settings: Settings) -> str:
+    code = error.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (f"no answer within --timeout {settings.timeout:g} s in {attempts} attempts "
+                f"(a larger --timeout helps with big images): {describe(error)}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return (f"worker overloaded after {attempts} attempts (lower --concurrency or start more workers): "
+                f"{describe(error)}")
+    return f"worker unavailable after {attempts} attempts: {describe(error)}"
+
+
+async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
+    """Run one valid row to its outcome; never raises for a row-level problem."""
+    try:
+        data = await asyncio.to_thread(read_input, row.input_path)
+    except RowFailed as e:
+        return Outcome(ERROR, error=str(e))
+    attempts = 0
+    while True:
+        attempts += 1
+        started = time.monotonic()
+        try:
+            async with pool.call() as stub:
+                if row.op == "rotate":
+                    reply = await stub.Rotate(v1.RotateRequest(image=data, degrees=row.degrees),
+                                              timeout=settings.timeout)
+                else:
+                    reply = await stub.Classify(v1.ClassifyRequest(image=data), timeout=settings.timeout)
+        except grpc.aio.AioRpcError as e:
+            if permanent(e):
+                return Outcome(ERROR, error=explain_permanent(e, len(data)), attempts=attempts)
+            if attempts > settings.retries:
+                return Outcome(ERROR, error=explain_exhausted(e, attempts, settings), attempts=attempts)
+            await asyncio.sleep(backoff(attempts, settings))
+            continue
+        latency_ms = (time.monotonic() - started) * 1000
+        break
+    common = dict(attempts=attempts, latency_ms=latency_ms, worker=reply.worker, width=reply.width,
+                  height=reply.height)
+    if row.op == "classify":
+        return Outcome(OK, label=reply.label, confidence=reply.confidence, faces=faces_json(reply.faces),
+                       model=f"{reply.model} {reply.model_version}", **common)
+    suffix = row.output_path.suffix.lower()
+    if suffix and suffix not in EXTENSIONS.get(reply.format, {suffix}):
+        return Outcome(ERROR, error=f"output {row.output_path} has extension {row.output_path.suffix} but the "
+                       f"rotated image is {reply.format} (rotate keeps the input's format)", **common)
+    try:
+        await asyncio.to_thread(write_output, row.output_path, reply.image)
+    except RowFailed as e:
+        return Outcome(ERROR, error=str(e), **common)
+    return Outcome(OK, output=str(row.output_path), **common)
+
+
+async def fan_out(rows: Iterable[Row], pool: Pool, settings: Settings,
+                  finished: Callable[[Row, Outcome], None]) -> None:
+    """Process ``rows`` (consumed lazily) with ``settings.concurrency`` tasks; ``finished`` sees each outcome.
+
+    A bounded queue keeps at most a few rows ahead of the calls, so memory does
+    not depend on the manifest's length. Cancelling this coroutine cancels the
+    calls in flight; their rows are simply not reported.
+    """
+    queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=settings.concurrency)
+
+    async def work() -> None:
+        while (row := await queue.get()) is not None:
+            finished(row, await process(row, pool, settings))
+
+    tasks = [asyncio.create_task(work()) for _ in range(settings.concurrency)]
+    try:
+        for row in rows:
+            await queue.put(row)
+            for t in tasks:
+                if t.done():
+                    await t  # a task only ends early by a bug (or a results file that cannot be written): raise it
+        for _ in tasks:
+            await queue.put(None)
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,315 @@
+"""One `batch run`: lock the results folder, index the manifest, reach the workers, fan out, finish the table.
+
+Order matters for the promises the command makes: the whole manifest is
+checked (exit 2) before any worker is started or called; every finished row
+is in the journal before the next one is reported; the finished table and
+run.json are written however the run ends (done, Ctrl-C, error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import fcntl
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from batch import demo
+from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, UsageError, address_count, grpc_targets
+from batch.embedded import EmbeddedWorker, cpu_count
+from batch.index import RunIndex
+from batch.manifest import Row, read_rows
+from batch.progress import Progress
+from batch.results import (
+    ERROR,
+    OK,
+    Journal,
+    Outcome,
+    already_done,
+    journal_path,
+    read_results,
+    result_files,
+    result_row,
+    table_path,
+    write_run_json,
+    write_table,
+)
+from batch.runner import Settings, fan_out
+
+CONNECT_TIMEOUT = 30.0  # seconds to wait for a named worker to answer health checks before giving up
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    manifest: Path
+    out: Path | None = None
+    workers: tuple[str, ...] = ()  # addresses; empty: the embedded worker
+    concurrency: int | None = None
+    timeout: float = 60.0
+    retries: int = 6
+    restart: bool = False
+    tls: Tls | None = None
+    results_format: str = "csv"
+    connections: int | None = None
+    progress: str = "lines"  # "bar", "lines" or "quiet"
+    command: tuple[str, ...] = ()
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(os.path.abspath(self.out or Path("results") / Path(self.manifest).stem))
+
+
+@dataclass
+class Summary:
+    rows: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0  # ok from an earlier run, not run again
+    interrupted: bool = False
+    elapsed: float = 0.0
+    results: Path | None = None
+    workers: dict[str, int] = field(default_factory=dict)  # "host:port/pid" -> calls answered
+    models: set[str] = field(default_factory=set)  # "name version" of the face models that answered
+    concurrency: int | None = None
+    connections: int | None = None
+
+    @property
+    def not_reached(self) -> int:
+        return self.rows - self.ok - self.failed
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+    def line(self) -> str:
+        worked = self.ok + self.failed - self.skipped
+        rate = worked / self.elapsed if self.elapsed > 0 else 0.0
+        skipped = f" ({self.skipped:,} already done)" if self.skipped else ""
+        text = (f"{self.rows:,} rows: {self.ok:,} ok{skipped}, {self.failed:,} failed in {self.elapsed:.1f} s "
+                f"({rate:.1f} rows/s)")
+        if self.interrupted:
+            text = (f"interrupted: {text}, {self.not_reached:,} not run; "
+                    "run the same command again to finish (rows already ok are skipped)")
+        elif self.failed:
+            text += f"; see the error column of {_shown(self.results)}"
+        return f"{text}. Results: {_shown(self.results)}"
+
+
+def run_batch(options: RunOptions) -> Summary:
+    """Run ``options.manifest`` to the end (or Ctrl-C). Raises ManifestError, UsageError, ResultsError or
+    EmbeddedWorkerError, all before any row is run."""
+    out = options.out_dir
+    started_at = datetime.datetime.now(datetime.UTC)
+    clock = time.monotonic()
+    if options.concurrency is not None and options.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    targets = grpc_targets(list(options.workers))  # checks the addresses before anything is written
+    if demo.is_demo(options.manifest):
+        demo.ensure_demo_images(Path(options.manifest).resolve().parent)
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out), contextlib.closing(RunIndex(out / ".batch-index.sqlite")) as index:
+        total = index.add_rows(read_rows(Path(options.manifest), out), Path(options.manifest))
+        if options.restart:
+            for path in result_files(out):
+                path.unlink()
+        else:
+            for path in result_files(out):
+                index.add_previous(read_results(path))
+        summary = Summary(rows=total, results=table_path(out, options.results_format))
+        journal = Journal(journal_path(out, options.results_format))
+        progress = Progress(total, options.progress)
+        embedded = None
+        try:
+            if not targets and _needs_a_worker(index):
+                processes = cpu_count()
+                embedded = EmbeddedWorker(processes, out / "worker.log")
+                targets = grpc_targets([embedded.start()])
+            concurrency, connections = _defaults(options, targets, embedded)
+            summary.concurrency, summary.connections = concurrency, connections
+            settings = Settings(concurrency=concurrency, timeout=options.timeout, retries=options.retries)
+            summary.interrupted = _run_rows(index, journal, progress, summary, targets, connections, settings,
+                                            options.tls)
+        except KeyboardInterrupt:  # Ctrl-C while the embedded worker was starting
+            summary.interrupted = True
+        finally:
+            progress.close()
+            if embedded is not None:
+                embedded.stop()
+            journal.close()
+            write_table(index.table(), summary.results)
+            if journal.path != summary.results:
+                journal.path.unlink(missing_ok=True)
+            summary.elapsed = time.monotonic() - clock
+            write_run_json(out / "run.json", _run_info(options, summary, targets, embedded, started_at))
+    return summary
+
+
+def _needs_a_worker(index: RunIndex) -> bool:
+    return any(not row.error and not already_done(row, index.previous(row.id)) for row in index.rows())
+
+
+def _defaults(options: RunOptions, targets: list[str], embedded: EmbeddedWorker | None) -> tuple[int, int]:
+    """Calls in flight and connections per target when not given.
+
+    Two calls per worker process keep each busy (one computing, one on the
+    wire) and under the worker's own in-flight limit (2 x its threads). For
+    named workers the process count is unknown: 8 per address.
+    """
+    if embedded is not None:
+        concurrency = 2 * embedded.processes
+        connections = max(DEFAULT_CONNECTIONS, 4 * embedded.processes)
+    else:
+        concurrency = 8 * max(1, address_count(targets))
+        connections = DEFAULT_CONNECTIONS
+    return options.concurrency or concurrency, options.connections or connections
+
+
+def _run_rows(index: RunIndex, journal: Journal, progress: Progress, summary: Summary, targets: list[str],
+              connections: int, settings: Settings, tls: Tls | None) -> bool:
+    """The asynchronous part; returns True when interrupted by SIGINT/SIGTERM."""
+
+    def finished(row: Row, outcome: Outcome) -> None:
+        result = result_row(row, outcome)
+        journal.append(result)  # first: a crash right after still keeps this row
+        index.record(result)
+        if outcome.status == OK:
+            summary.ok += 1
+        else:
+            summary.failed += 1
+        if outcome.model:
+            summary.models.add(outcome.model)
+        if outcome.worker:
+            summary.workers[outcome.worker] = summary.workers.get(outcome.worker, 0) + 1
+        progress.update(outcome.status == OK)
+
+    def to_run() -> Iterator[Row]:
+        """Rows that need a call; the others are settled here without one."""
+        for row in index.rows():
+            if row.error is None:
+                problem = index.output_conflict(row)
+                if problem:
+                    finished(row, Outcome(ERROR, error=problem))
+                    continue
+            else:
+                finished(row, Outcome(ERROR, error=row.error))
+                continue
+            if already_done(row, index.previous(row.id)):
+                summary.ok += 1
+                summary.skipped += 1
+                progress.update(True, skipped=True)
+                continue
+            yield row
+
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        interrupted = False
+
+        def on_signal() -> None:
+            nonlocal interrupted
+            interrupted = True
+            task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        pool = Pool(targets, connections, tls) if targets else None
+        try:
+            rows = to_run()
+            first = next(rows, None)
+            if first is None:
+                return False
+            if not await pool.wait_ready(CONNECT_TIMEOUT):
+                raise UsageError(
+                    f"no worker answered at {', '.join(targets)} within {CONNECT_TIMEOUT:.0f} s: check the "
+                    "address (--worker or $BATCH_WORKER), that `worker serve` runs there, and the TLS options"
+                )
+            await fan_out(_chain(first, rows), pool, settings, finished)
+            return False
+        except asyncio.CancelledError:
+            if not interrupted:
+                raise
+            return True
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            if pool is not None:
+                await pool.close()
+
+    return asyncio.run(main())
+
+
+def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
+    yield first
+    yield from rest
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """One run per results folder at a time: two would interleave their journals."""
+    with open(out / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another `batch run` is using {out}; wait for it or choose another --out") from None
+        yield
+
+
+def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedded: EmbeddedWorker | None,
+              started_at: datetime.datetime) -> dict:
+    worked = summary.ok + summary.failed - summary.skipped
+    return {
+        "command": list(options.command) or sys.argv,
+        "manifest": str(Path(options.manifest).resolve()),
+        "out": str(options.out_dir),
+        "workers": {
+            "targets": targets,
+            "embedded": embedded is not None,
+            "embedded_processes": embedded.processes if embedded else None,
+            "answered": dict(sorted(summary.workers.items())),
+        },
+        "settings": {
+            "timeout_s": options.timeout, "retries": options.retries, "concurrency": summary.concurrency,
+            "connections_per_target": summary.connections, "results_format": options.results_format,
+            "restart": options.restart, "tls": options.tls is not None,
+        },
+        "versions": {
+            "imagebatch": _version("imagebatch"), "grpcio": _version("grpcio"),
+            "protobuf": _version("protobuf"), "python": platform.python_version(),
+            "face_models": sorted(summary.models),
+        },
+        "started_at": started_at.isoformat(timespec="milliseconds"),
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+        "elapsed_s": round(summary.elapsed, 3),
+        "counts": {"rows": summary.rows, "ok": summary.ok, "failed": summary.failed,
+                   "skipped_already_done": summary.skipped, "not_run": summary.not_reached},
+        "throughput_rows_per_s": round(worked / summary.elapsed, 2) if summary.elapsed > 0 else None,
+        "interrupted": summary.interrupted,
+        "exit_code": summary.exit_code,
+        "results": str(summary.results),
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _shown(path: Path | None) -> str:
+    if path is None:
+        return "-"
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
