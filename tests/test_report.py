@@ -144,7 +144,7 @@ def test_run_still_going_reports_complete_lines_only(tmp_path: Path) -> None:
     assert data["rows"]["total"] == 40
     assert data["run"]["complete"] is False
     assert any("unfinished last line" in w for w in data["warnings"])
-    text = invoke(out).output
+    text = " ".join(invoke(out).output.split())  # the note is wrapped at 80 columns
     assert "INCOMPLETE" in text and "40 rows finished so far" in text
 
 
@@ -199,6 +199,7 @@ def test_parquet_table_gives_the_same_figures(tmp_path: Path) -> None:
         rows = list(csv.DictReader(f))
     write_table(rows, out / "results.parquet")  # batch run's own writer: typed columns, timestamps
     (out / "results.csv").unlink()
+    (out / "run.json").write_bytes((out / "run.json").read_bytes())  # written last, as batch run does
     from_parquet = figures.compute(read_results(out))
     assert from_parquet["run"].pop("table") == "results.parquet"
     from_csv["run"].pop("table")
@@ -218,6 +219,7 @@ def test_parquet_run_in_progress_reads_the_newer_journal(tmp_path: Path) -> None
     (out / "results.csv").rename(out / "results.journal.csv")  # a resumed run, still going
     data = figures.compute(read_results(out))
     assert data["rows"]["total"] == 30
+    assert data["run"]["state"] == "running or killed"  # run.json is the first run's
     assert data["rows"]["error"] == sum(r["status"] == "error" for r in rows[:10])
 
 
@@ -242,3 +244,11 @@ def test_html_into_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     result = invoke(out, "--html", tmp_path / "no" / "such" / "report.html")
     assert result.exit_code == 1
     assert f"cannot write the HTML report to {tmp_path / 'no' / 'such' / 'report.html'}" in result.output
+
+
+def test_interrupted_run_says_so(tmp_path: Path) -> None:
+    out = synthetic_run(tmp_path, 30, complete=False)
+    data = json.loads(invoke(out, "--json").output)
+    assert data["run"]["state"] == "interrupted" and data["run"]["expected_rows"] == 30
+    text = " ".join(invoke(out).output.split())
+    assert "INTERRUPTED: the report shows the 30 of 30 rows finished; run the same command again" in text

@@ -80,8 +80,11 @@ def synthetic_run(root: Path, n: int, complete: bool = True, **kwargs) -> Path:
     """A whole results folder of ``n`` synthetic rows under ``root/out``."""
     out = root / "out"
     rows = synthetic_rows(root, out, n)
-    run = {"manifest": str(root / "manifest.csv"), "command": "batch run manifest.csv",
-           "started_at": "2024-05-01T09:59:59+00:00", "workers": ["127.0.0.1:50", "127.0.0.1:51"]}
+    # As batch run writes it (batch/session.py), when the run ends.
+    run = {"command": ["batch", "run", "manifest.csv"], "manifest": str(root / "manifest.csv"),
+           "workers": {"targets": ["127.0.0.1:50", "127.0.0.1:51"], "embedded": False},
+           "versions": {"imagebatch": "0.1.0", "python": "3.11", "face_models": ["dlib-resnet"]},
+           "started_at": "2024-05-01T09:59:59+00:00", "counts": {"rows": n}, "interrupted": not complete}
     if complete:
         run["finished_at"] = rows[-1]["finished_at"]
     return write_results(out, rows, run=run, **kwargs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,38 +48,74 @@ def _first(run: dict, *keys: str) -> object:
     return None
 
 
+def _command(run: dict) -> str | None:
+    command = _first(run, "command", "argv")
+    if isinstance(command, list):
+        return shlex.join(str(part) for part in command)
+    return None if command is None else str(command)
+
+
+def _workers(run: dict) -> str | None:
+    """run.json's workers as one line: the targets, or the embedded worker and its processes."""
+    workers = run.get("workers")
+    if isinstance(workers, dict):
+        targets = ", ".join(map(str, workers.get("targets") or []))
+        if workers.get("embedded"):
+            processes = workers.get("embedded_processes")
+            return f"embedded worker ({processes} processes) at {targets}" if processes else f"embedded at {targets}"
+        return targets or None
+    if isinstance(workers, list):
+        return ", ".join(map(str, workers))
+    return None if workers is None else str(workers)
+
+
+def _versions(run: dict) -> str | None:
+    versions = run.get("versions")
+    if isinstance(versions, dict):
+        parts = []
+        for name, value in versions.items():
+            if isinstance(value, list):
+                value = ", ".join(map(str, value)) or "-"
+            parts.append(f"{name} {value}")
+        return ", ".join(parts)
+    return None if versions is None else str(versions)
+
+
 def run_summary(results: Results) -> dict:
-    """What ran and when: from run.json where it says, else from the table's own timestamps."""
-    run = results.run
+    """What ran and when: from run.json where it says (and is current), else from the table's timestamps."""
+    run = {} if results.run_stale else results.run
     rows = results.rows
     finished = rows["finished_at"].dropna()
     started = _parse_time(_first(run, "started_at", "start", "started"))
     ended = _parse_time(_first(run, "finished_at", "ended_at", "end", "finished"))
-    first_row = finished.min().to_pydatetime() if len(finished) else None
     last_row = finished.max().to_pydatetime() if len(finished) else None
-    begin = started or first_row
+    begin = started or (finished.min().to_pydatetime() if len(finished) else None)
     end = ended or last_row
     duration = (end - begin).total_seconds() if begin and end else None
-    expected = _first(run, "rows", "total", "manifest_rows")
-    counts = run.get("counts")
-    if expected is None and isinstance(counts, dict):
-        expected = _first(counts, "total", "rows", "manifest_rows")
-    command = _first(run, "command", "argv")
-    if isinstance(command, list):
-        command = " ".join(str(part) for part in command)
+    # Rows finished by this run: a resumed run's table also holds rows an earlier run finished.
+    this_run = int((finished >= pd.Timestamp(begin)).sum()) if begin else len(rows)
+    counts = run.get("counts") if isinstance(run.get("counts"), dict) else {}
+    expected = _first(run, "rows", "total") or _first(counts, "rows", "total")
+    if run.get("interrupted"):
+        state = "interrupted"
+    elif ended is not None:
+        state = "finished"
+    else:
+        state = "running or killed"
     return {
         "folder": str(results.folder),
         "table": results.table_path.name,
-        "command": command,
+        "command": _command(run),
         "manifest": _first(run, "manifest"),
+        "state": state,
+        "complete": state == "finished",
         "started_at": begin.isoformat() if begin else None,
         "finished_at": end.isoformat() if end else None,
         "duration_s": _num(duration, 3),
-        # No end time in run.json: the run is still going or was interrupted.
-        "complete": ended is not None,
+        "rows_this_run": this_run,
         "expected_rows": int(expected) if isinstance(expected, (int, float)) else None,
-        "workers": run.get("workers"),
-        "versions": run.get("versions"),
+        "workers": _workers(run),
+        "versions": _versions(run),
     }
 
 
@@ -108,15 +145,16 @@ def label_counts(rows: pd.DataFrame) -> list[dict]:
     return sorted(out, key=lambda d: (-d["count"], d["label"]))
 
 
-def latency(rows: pd.DataFrame, duration_s: float | None) -> dict:
-    """Latency percentiles over rows that made a call, and rows finished per second."""
+def latency(rows: pd.DataFrame, run: dict) -> dict:
+    """Latency percentiles over rows that made a call, and rows this run finished per second."""
     values = rows["latency_ms"].dropna().to_numpy(dtype=float)
     out: dict = {"count": int(values.size)}
     for p in PERCENTILES:
         out[f"p{p}_ms"] = _num(np.percentile(values, p)) if values.size else None
     out["max_ms"] = _num(values.max()) if values.size else None
     out["mean_ms"] = _num(values.mean()) if values.size else None
-    out["rows_per_s"] = _num(len(rows) / duration_s, 2) if duration_s else None
+    duration = run["duration_s"]
+    out["rows_per_s"] = _num(run["rows_this_run"] / duration, 2) if duration else None
     return out
 
 
@@ -196,7 +234,7 @@ def compute(results: Results) -> dict:
         "run": run,
         "rows": row_counts(rows),
         "labels": label_counts(rows),
-        "latency": latency(rows, run["duration_s"]),
+        "latency": latency(rows, run),
         "latency_histogram": latency_histogram(rows),
         "workers": per_worker(rows),
         "errors": common_errors(rows),

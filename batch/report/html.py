@@ -15,6 +15,7 @@ from pathlib import Path
 
 from batch.report import charts
 from batch.report.gallery import Galleries, Thumb
+from batch.report.terminal import incomplete_note
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
@@ -82,22 +83,14 @@ def _header(fig: dict) -> str:
         ("Folder", run["folder"]), ("Command", run["command"]), ("Manifest", run["manifest"]),
         ("Started", run["started_at"]), ("Finished" if run["complete"] else "Last row", run["finished_at"]),
     ]
-    workers = run["workers"]
-    if isinstance(workers, list):
-        facts.append(("Workers", ", ".join(map(str, workers))))
-    elif workers:
-        facts.append(("Workers", str(workers)))
-    if isinstance(run["versions"], dict):
-        facts.append(("Versions", ", ".join(f"{k} {v}" for k, v in run["versions"].items())))
+    facts += [("Workers", run["workers"]), ("Versions", run["versions"])]
     out = ["<h1>imagebatch run report</h1><table>"]
     out += [f"<tr><th>{k}</th><td><code>{escape(str(v))}</code></td></tr>" for k, v in facts if v]
     out.append("</table>")
-    if not run["complete"]:
-        of = f" of {run['expected_rows']:,}" if run["expected_rows"] is not None else ""
-        out.append(
-            f'<div class="banner"><b>Incomplete run.</b> run.json has no end time: the run is still going '
-            f"or was interrupted. This report shows the {fig['rows']['total']:,}{of} rows finished so far.</div>"
-        )
+    note = incomplete_note(fig)
+    if note:
+        head, _, rest = note.partition(":")
+        out.append(f'<div class="banner"><b>{escape(head.capitalize())}.</b>{escape(rest)}</div>')
     out += [f'<div class="warn">{escape(w)}</div>' for w in fig["warnings"]]
     return "".join(out)
 

@@ -40,6 +40,8 @@ class Results:
     run: dict
     warnings: list[str] = field(default_factory=list)
     missing_columns: list[str] = field(default_factory=list)
+    # run.json is written when a run ends; a table newer than it belongs to a later (resumed) run still going.
+    run_stale: bool = False
 
 
 def find_tables(folder: Path) -> list[Path]:
@@ -158,7 +160,12 @@ def read_results(folder: str | Path) -> Results:
     if len(rows) < before and len(tables) == 1:
         notes.append(f"{tables[0].name}: {before - len(rows)} earlier row(s) for ids retried later "
                         "(a resumed run): the newest row per id counts")
-    return Results(folder, tables[-1], rows, run, notes, missing)
+    run_json = folder / "run.json"
+    stale = bool(run) and tables[-1].stat().st_mtime_ns > run_json.stat().st_mtime_ns
+    if stale:
+        notes.append("run.json is older than the results table: it describes an earlier run, "
+                     "and a resumed run is still going or was killed")
+    return Results(folder, tables[-1], rows, run, notes, missing, stale)
 
 
 def resolve_input(results: Results, path: str) -> Path:

@@ -29,14 +29,31 @@ def _section(title: str) -> list[str]:
     return ["", title, "─" * min(len(title), WIDTH)]
 
 
+def incomplete_note(fig: dict) -> str | None:
+    """One sentence for a run that did not finish (or a table without a current run.json)."""
+    run = fig["run"]
+    if run["complete"]:
+        return None
+    of = f" of {run['expected_rows']:,}" if run["expected_rows"] is not None else ""
+    done = f"{fig['rows']['total']:,}{of} rows"
+    if run["state"] == "interrupted":
+        return f"INTERRUPTED: the report shows the {done} finished; run the same command again to finish."
+    return f"INCOMPLETE: no current run.json, the run is still going or was killed; {done} finished so far."
+
+
 def _run_lines(fig: dict) -> list[str]:
     run = fig["run"]
-    rows = fig["rows"]
     lines = [shorten(f"Report on {run['folder']} ({run['table']})", WIDTH)]
     field = 11
+
     def add(name: str, value: object) -> None:
         if value not in (None, ""):
-            lines.append(f"{name:<{field}}" + shorten(str(value), WIDTH - field))
+            # Wrapped, not cut: a command or a version list is worth reading whole.
+            lines.extend(textwrap.wrap(
+                shorten(str(value), 4 * WIDTH), WIDTH, initial_indent=f"{name:<{field}}",
+                subsequent_indent=" " * field, break_on_hyphens=False,
+            ))
+
     add("Command", run["command"])
     add("Manifest", run["manifest"])
     add("Started", run["started_at"])
@@ -44,21 +61,11 @@ def _run_lines(fig: dict) -> list[str]:
     if run["duration_s"] is not None and when:
         when = f"{when} ({run['duration_s']:,.1f} s)"
     add("Finished" if run["complete"] else "Last row", when)
-    workers = run["workers"]
-    if isinstance(workers, list):
-        workers = ", ".join(map(str, workers))
-    elif isinstance(workers, dict):
-        workers = ", ".join(f"{k}={v}" for k, v in workers.items())
-    add("Workers", workers)
-    versions = run["versions"]
-    if isinstance(versions, dict):
-        versions = ", ".join(f"{k} {v}" for k, v in versions.items())
-    add("Versions", versions)
-    if not run["complete"]:
-        of = f" of {run['expected_rows']:,}" if run["expected_rows"] is not None else ""
-        lines.append(shorten(
-            f"INCOMPLETE: no end time in run.json, the run is still going or was interrupted; "
-            f"reporting the {rows['total']:,}{of} rows finished so far", WIDTH))
+    add("Workers", run["workers"])
+    add("Versions", run["versions"])
+    note = incomplete_note(fig)
+    if note:
+        lines += textwrap.wrap(note, WIDTH)
     return lines
 
 
@@ -91,10 +98,10 @@ def _latency_lines(fig: dict) -> list[str]:
         f"  p50 {_ms(lat['p50_ms'])}   p90 {_ms(lat['p90_ms'])}   "
         f"p99 {_ms(lat['p99_ms'])}   max {_ms(lat['max_ms'])}"
     )
-    duration = fig["run"]["duration_s"]
+    run = fig["run"]
     if lat["rows_per_s"] is not None:
-        lines.append(f"  throughput {lat['rows_per_s']:,.2f} rows/s ({fig['rows']['total']:,} rows "
-                     f"in {duration:,.1f} s)")
+        lines.append(f"  throughput {lat['rows_per_s']:,.2f} rows/s ({run['rows_this_run']:,} rows "
+                     f"in {run['duration_s']:,.1f} s)")
     return [shorten(line, WIDTH) for line in lines]
 
 
@@ -137,7 +144,8 @@ def render(fig: dict) -> str:
     lines = _run_lines(fig)
     for warning in fig["warnings"]:
         # Wrapped, not cut: a warning names the column or line that is the problem.
-        lines += textwrap.wrap(f"warning: {warning}", WIDTH, subsequent_indent="  ", break_long_words=True)
+        clean = re.sub(r"[\x00-\x1f\x7f]+", " ", warning)
+        lines += textwrap.wrap(f"warning: {clean}", WIDTH, subsequent_indent="  ", break_long_words=True)
     for part in (_rows_lines, _label_lines, _latency_lines, _worker_lines, _error_lines, _slow_lines):
         lines += part(fig)
     return "\n".join(line.rstrip() for line in lines) + "\n"
