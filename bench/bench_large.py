@@ -1,0 +1,121 @@
+"""Large images: 24 MP JPEGs (over gRPC's 4 MiB default message size) through `batch run`.
+
+For each driver concurrency, a fresh `worker serve` (so its peak-memory marks
+start clean) and `batch run --worker ADDRESS --concurrency C`, with the memory
+of both process trees sampled (psutil RSS every 50 ms plus the kernel's own
+peak mark, VmHWM, per process). Reported: images/s, the driver's peak RSS,
+each worker process's idle and peak RSS, and the peak growth per image in
+flight in a worker process, against the bound idle + in-flight x per-image.
+Every output is checked: full resolution (width and height swapped for 90/270),
+never shrunk.
+
+    python bench/bench_large.py [--corpus /tmp/ibcorpus] [--large 8] [--repeat 2] [--concurrency 1,2,4,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from common import (
+    DEFAULT_CORPUS,
+    TreeSampler,
+    batch_run,
+    corpus_rows,
+    ensure_corpus,
+    mib,
+    print_header,
+    results_rows,
+    table,
+    wait_for_quiet,
+    write_manifest,
+)
+from PIL import Image
+from servers import running, worker_cmd
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder; built if absent")
+    ap.add_argument("--large", type=int, default=8, help="distinct 6000x4000 JPEGs to use")
+    ap.add_argument("--repeat", type=int, default=2, help="rows per image (distinct outputs)")
+    ap.add_argument("--concurrency", default="1,2,4,8", help="driver --concurrency values, comma-separated")
+    ap.add_argument("--processes", type=int, default=os.cpu_count(), help="worker processes")
+    ap.add_argument("--threads", type=int, default=4, help="worker threads per process")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="LOAD",
+                    help="first wait up to 15 min for the load average to fall below LOAD")
+    a = ap.parse_args()
+
+    ensure_corpus(a.corpus, large=a.large)
+    large = corpus_rows(a.corpus, "large")[: a.large]
+    sizes = {p: Image.open(p).size for p, _ in large}
+    mb = sum(p.stat().st_size for p, _ in large) / len(large) / 2**20
+    if a.wait_quiet:
+        wait_for_quiet(a.wait_quiet, 900)
+    print_header("Large images: 24 MP JPEGs")
+    in_flight_limit = 2 * a.threads  # worker serve's default --max-concurrent-rpcs
+
+    rows_out = []
+    per_image = None
+    with tempfile.TemporaryDirectory(prefix="bench-large-") as tmp:
+        tmp = Path(tmp)
+        rows = [(src, deg, f"r{r}_{src.name}") for r in range(a.repeat) for src, deg in large]
+        manifest = tmp / "large.csv"
+        write_manifest(manifest, ({"id": str(i), "path": str(src), "op": "rotate", "rotation": deg, "output": out}
+                                  for i, (src, deg, out) in enumerate(rows)))
+        for c in (int(x) for x in a.concurrency.split(",")):
+            cmd = worker_cmd("--processes", str(a.processes), "--threads", str(a.threads))
+            with running(cmd) as (address, server):
+                time.sleep(0.5)
+                children = psutil.Process(server.pid).children(recursive=True)
+                idle = {p.pid: p.memory_info().rss for p in children}
+                out = tmp / f"c{c}"
+                with TreeSampler(server.pid) as worker_mem:
+                    run = batch_run(manifest, out, "--worker", address, "--concurrency", str(c))
+            _check(rows, sizes, out)
+            peaks = {pid: worker_mem.procs[pid].peak_rss for pid in idle if pid in worker_mem.procs}
+            growth = max(peaks[pid] - idle[pid] for pid in peaks)
+            # calls in flight in one worker process at most: the driver's share, capped by the server's limit
+            flight = min(math.ceil(c / a.processes) if c >= a.processes else c, in_flight_limit)
+            if per_image is None:
+                per_image = growth / flight
+            rows_out.append([
+                c, len(rows) / run.wall, mib(run.driver_peak()),
+                " / ".join(f"{mib(idle[p]):.0f}" for p in peaks), " / ".join(f"{mib(peaks[p]):.0f}" for p in peaks),
+                flight, mib(growth) / flight, mib(max(idle.values()) + in_flight_limit * per_image),
+            ])
+
+    print(f"{len(rows)} rows ({len(large)} JPEGs 6000x4000, {mb:.1f} MiB each on average, x {a.repeat}); "
+          f"worker: {a.processes} processes x {a.threads} threads, in-flight limit {in_flight_limit} per process; "
+          "every output checked: full size, width/height swapped for 90/270\n")
+    print(table(
+        ["driver --concurrency", "images/s (wall, incl. driver start)", "driver peak RSS (MiB)",
+         "worker idle RSS per process (MiB)", "worker peak RSS per process (MiB)",
+         "calls in flight per process (at most)", "peak growth per in-flight image (MiB)",
+         "bound: idle + in-flight limit x per-image (MiB)"],
+        rows_out,
+    ))
+
+
+def _check(rows, sizes, out: Path) -> None:
+    results = results_rows(out)
+    bad = [r for r in results if r["status"] != "ok"]
+    if bad or len(results) != len(rows):
+        sys.exit(f"batch run: {len(results)} rows for {len(rows)}, failed: {bad[:2]}")
+    for r in results:
+        src = Path(r["path"])
+        w, h = sizes[src]
+        want = (h, w) if int(r["rotation"]) % 180 else (w, h)
+        got = Image.open(r["output"]).size
+        if got != want:
+            sys.exit(f"{r['output']} is {got}, expected {want}: shrunk or not rotated")
+
+
+if __name__ == "__main__":
+    main()
