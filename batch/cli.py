@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from batch.report.command import report
+
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
@@ -77,3 +79,6 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
         sys.exit(EXIT_INTERRUPTED)
     click.echo(summary.line())
     sys.exit(summary.exit_code)
+
+
+main.add_command(report)

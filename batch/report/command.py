@@ -7,9 +7,6 @@ from pathlib import Path
 
 import click
 
-from batch.report import figures, gallery, html, terminal
-from batch.report.table import ReportError, read_results
-
 
 @click.command()
 @click.argument("results_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -29,6 +26,10 @@ def report(results_dir: Path, html_path: Path | None, as_json: bool) -> None:
     Works on a run that is still going or was interrupted: it reports the
     rows finished so far.
     """
+    # Imported here: pandas and Pillow would slow every `batch` command's start, `batch run` included.
+    from batch.report import figures, gallery, html, terminal
+    from batch.report.table import ReportError, read_results
+
     try:
         results = read_results(results_dir)
     except ReportError as err:
