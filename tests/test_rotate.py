@@ -564,3 +564,23 @@ def test_rotate_pixels_full_hd_colour():
 def test_rotate_pixels_validation(args, message):
     with pytest.raises(InvalidArgument, match=message):
         rotate_pixels(*args)
+
+
+@pytest.mark.parametrize("library", ["loaded", "missing"])
+@pytest.mark.parametrize("degrees", [0, 90, 180])
+def test_mpo_primary_image_is_rotated_into_a_plain_jpeg(monkeypatch, library, degrees):
+    """Multi-picture JPEGs (stereo pairs, phones' HDR gain maps) open as MPO in Pillow."""
+    if library == "missing":
+        monkeypatch.setattr(jpeg_transform, "_library", lambda: None)
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    first, second = photo(64, 48, seed=1), photo(64, 48, seed=2)
+    data = encoded(first, "MPO", save_all=True, append_images=[second], exif=exif.tobytes(), quality=90)
+    got = rotate(data, degrees)
+    out = decode(got.data)
+    assert got.format == out.format == "JPEG"
+    assert getattr(out, "n_frames", 1) == 1 and b"MPF\x00" not in got.data
+    assert out.getexif()[ORIENTATION] == 1
+    want = turned(upright(data), degrees)
+    assert psnr(out, want) >= (50 if got.method == "lossless" else 35)
+    assert got.method == ("lossless" if lossless_jpeg_available() else "reencoded")

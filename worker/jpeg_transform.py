@@ -26,6 +26,7 @@ from collections.abc import Callable
 class Op(enum.IntEnum):
     """TurboJPEG transform operations (TJXOP_*). ROT90/ROT270 are CLOCKWISE, like jpegtran."""
 
+    NONE = 0  # copy the coefficients: used to take the primary image out of an MPO
     HFLIP = 1
     VFLIP = 2
     TRANSPOSE = 3
@@ -44,6 +45,7 @@ _TJERR_WARNING = 0
 # end up at the top or left of the output. Same rule as libjpeg's
 # jtransform_perfect_transform().
 _NEEDS_WHOLE = {
+    Op.NONE: (False, False),
     Op.HFLIP: (True, False),  # (width, height)
     Op.VFLIP: (False, True),
     Op.TRANSPOSE: (False, False),

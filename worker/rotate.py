@@ -99,7 +99,9 @@ def rotate(data: bytes, degrees: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
     op = _compose(_UPRIGHT[orientation], _TURN[turn])
     if op is None and orientation == 1:
         return Rotated(data, img.format or "", img.width, img.height, "copy")
-    if img.format == "JPEG":
+    if img.format in ("JPEG", "MPO"):
+        # MPO (stereo pairs, phones' HDR gain maps) is a JPEG with more images
+        # appended: its primary image is rotated and written as a plain JPEG.
         done = _jpeg_lossless(data, img, op)
         if done is not None:
             return done
@@ -166,7 +168,7 @@ def _compose(first: T | None, then: T | None) -> T | None:
 def _jpeg_lossless(data: bytes, img: Image.Image, op: T | None) -> Rotated | None:
     """Rotate in the DCT domain, or None when that would trim/pad or cannot be done here."""
     width, height = _out_size(img, op)
-    if op is None:
+    if op is None and img.format == "JPEG":
         # Orientation already cancels the turn: only the metadata changes.
         out = bytearray(data)
         _patch_jpeg_metadata(memoryview(out), width, height, swap=False)
@@ -174,7 +176,7 @@ def _jpeg_lossless(data: bytes, img: Image.Image, op: T | None) -> Rotated | Non
     if not jpeg_transform.available():
         return None
     mcu = jpeg_transform.mcu_size([(h, v) for _, h, v, _ in img.layer])
-    tj_op = _TJ_OP[op]
+    tj_op = jpeg_transform.Op.NONE if op is None else _TJ_OP[op]
     if mcu is None or not jpeg_transform.is_perfect(tj_op, img.width, img.height, mcu):
         return None
     try:
@@ -188,7 +190,21 @@ def _jpeg_lossless(data: bytes, img: Image.Image, op: T | None) -> Rotated | Non
         # and gives the same error message as for any other format.
         log.debug("lossless JPEG transform refused (%s); re-encoding", e)
         return None
-    return Rotated(out, "JPEG", width, height, "lossless")
+    return Rotated(_primary_jpeg(out, img), "JPEG", width, height, "lossless")
+
+
+def _primary_jpeg(data: bytes, img: Image.Image) -> bytes:
+    """For MPO input: only the primary image, without the MPF index that would point past its end."""
+    if img.format != "MPO":
+        return data
+    parts, pos = [data[:2]], 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] not in (0xDA, 0xD9):
+        end = pos + 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if not (data[pos + 1] == 0xE2 and data[pos + 4 : pos + 8] == b"MPF\x00"):
+            parts.append(data[pos:end])
+        pos = end
+    parts.append(data[pos:])  # the transform wrote only the primary image
+    return b"".join(parts)
 
 
 # APP markers Pillow writes itself from the arguments we give it.
