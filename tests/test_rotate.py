@@ -584,3 +584,19 @@ def test_mpo_primary_image_is_rotated_into_a_plain_jpeg(monkeypatch, library, de
     want = turned(upright(data), degrees)
     assert psnr(out, want) >= (50 if got.method == "lossless" else 35)
     assert got.method == ("lossless" if lossless_jpeg_available() else "reencoded")
+
+
+def test_animated_gif_with_transparency_shows_the_same_frames():
+    palette = [0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (252 * 3)
+    frames = []
+    for i in range(3):
+        index = np.zeros((30, 40), np.uint8)
+        index[5 + 5 * i : 15 + 5 * i, 5 + 8 * i : 20 + 8 * i] = 1 + i  # a moving box on transparency
+        frame = Image.fromarray(index, "P")
+        frame.putpalette(palette)
+        frames.append(frame)
+    data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], transparency=0, disposal=2,
+                   duration=[50, 60, 70], loop=0)
+    got = rotate(data, 90)
+    # assert_frames_equal compares the composited RGBA frames, transparency included
+    assert_frames_equal(got.data, data, 90)
