@@ -100,6 +100,7 @@ hostile_bytes = st.one_of(
 @FUZZ
 @given(hostile_bytes)
 def test_decode_gives_an_image_or_a_clean_error(data: bytes):
+    """decode.open_image and decode.upright: 200 arbitrary, mutated or huge-header inputs"""
     try:
         img = open_image(data, MAX_PIXELS)
     except WorkerError as e:
@@ -119,6 +120,7 @@ def test_decode_gives_an_image_or_a_clean_error(data: bytes):
 @given(hostile_bytes, st.sampled_from([0, 90, 180, 270, -90, 450, 45]))
 @example(tiff_with_broken_second_page(), 90)  # found by this test: TypeError from Pillow's TIFF reader
 def test_rotate_gives_a_file_or_a_clean_error(data: bytes, degrees: int):
+    """worker.rotate.rotate: 200 arbitrary, mutated or huge-header inputs at 7 angles"""
     from worker import rotate
 
     try:
@@ -148,6 +150,7 @@ manifest_text = st.one_of(
 @FUZZ
 @given(manifest_text)
 def test_manifest_parser_gives_rows_or_its_own_errors(tmp_path_factory, data: bytes):
+    """batch.manifest.read_rows: 200 arbitrary byte strings and CSV-shaped texts with arbitrary fields"""
     from batch.manifest import ManifestError, Row, read_rows
 
     folder = tmp_path_factory.mktemp("fuzz")
