@@ -97,7 +97,7 @@ def main() -> None:
     print(table(
         ["driver --concurrency", "images/s (wall, incl. driver start)", "driver peak RSS (MiB)",
          "worker idle RSS per process (MiB)", "worker peak RSS per process (MiB)",
-         "calls in flight per process (at most)", "peak growth per in-flight image (MiB)",
+         "calls in flight per process (even spread)", "peak growth per in-flight image (MiB)",
          "bound: idle + in-flight limit x per-image (MiB)"],
         rows_out,
     ))

@@ -27,6 +27,7 @@ from common import (
     ensure_corpus,
     print_header,
     results_rows,
+    spread,
     table,
     wait_for_quiet,
     write_manifest,
@@ -93,8 +94,9 @@ def main() -> None:
             ["worker.rotate.rotate in-process, 1 core", in_process * 1000, 1 / in_process, "-"],
             ["bare gRPC echo (same bytes, same server settings)", ms(echo1), echo_n.rate, _spread(echo_n)],
             ["worker Rotate over gRPC", ms(rot1), rot_n.rate, _spread(rot_n)],
-            [f"batch run --worker (running worker), {a.rows} rows", "-", a.rows / external.wall, "-"],
-            [f"batch run, embedded worker, {a.rows} rows, start-up included", "-", a.rows / embedded.wall, "-"],
+            [f"batch run --worker (running worker), {a.rows} rows", "-", a.rows / external.wall, external.spread],
+            [f"batch run, embedded worker, {a.rows} rows, start-up included", "-", a.rows / embedded.wall,
+             embedded.spread],
         ],
     ))
     print(f"\nRPC layer per call, one at a time: {ms(echo1):.2f} ms (echo); worker's own work on top: "
@@ -114,6 +116,7 @@ def _batch(tmp: Path, tiny: list[tuple[Path, int]], rows: int, *extra: str):
                                "rotation": tiny[i % len(tiny)][1], "output": f"{i}.jpg"} for i in range(rows)))
     run = batch_run(manifest, tmp / "out", *extra)
     results = results_rows(tmp / "out")
+    run.spread = spread(results)
     ok = sum(r["status"] == "ok" for r in results)
     if ok != rows:
         sys.exit(f"batch run: {ok} ok of {rows}: {[r for r in results if r['status'] != 'ok'][:3]}")

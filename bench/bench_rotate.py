@@ -31,6 +31,7 @@ from common import (
     ensure_corpus,
     print_header,
     results_rows,
+    spread,
     table,
     wait_for_quiet,
     write_manifest,
@@ -68,6 +69,7 @@ def main() -> None:
                               "output": "one.jpg"}])
 
         times: dict[str, list[float]] = {"naive": [], "worker": [], "batch": [], "batch1": []}
+        spreads = []
         methods = None
         for rnd in range(a.rounds):
             for kind in ("naive", "worker"):
@@ -84,6 +86,7 @@ def main() -> None:
             if failed or len(results) != n:
                 sys.exit(f"batch run: {len(results)} result rows for {n}, {len(failed)} failed: {failed[:3]}")
             times["batch"].append(run.wall)
+            spreads.append(spread(results))
             times["batch1"].append(batch_run(one, tmp / f"one{rnd}", *a.batch_args).wall)
 
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -92,7 +95,8 @@ def main() -> None:
     e2e = n / med["batch"]
     net = (n - 1) / max(med["batch"] - med["batch1"], 1e-9)
     print(f"{n} rows ({a.photos} photos 1920x1080 x {a.repeat}); methods on the in-process path: "
-          f"{dict(methods or {})}; median of {a.rounds} round(s); pool of {a.processes} processes\n")
+          f"{dict(methods or {})}; median of {a.rounds} round(s); pool of {a.processes} processes; "
+          f"batch run rows per worker process: {', '.join(spreads)}\n")
     print(table(
         ["what", "seconds", "images/s", "vs in-process limit", "vs naive limit"],
         [

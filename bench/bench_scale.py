@@ -41,6 +41,7 @@ from common import (
     mib,
     print_header,
     results_rows,
+    spread,
     table,
     wait_for_quiet,
     write_manifest,
@@ -80,6 +81,9 @@ def main() -> None:
             args = ("--worker", address, *a.batch_args)
             full = batch_run(manifest, out, *args)
             _check(out, n, "full run")
+            results = results_rows(out)
+            retried = sum(1 for r in results if int(r["attempts"] or 0) > 1)
+            per_process = spread(results)
             dropped = _drop_every_100th(out)
             since = time.time()
             resume = batch_run(manifest, out, *args)
@@ -88,7 +92,8 @@ def main() -> None:
             again = batch_run(manifest, out, *args)
             _check(out, n, "second resume")
             base_rss = base_rss or full.driver_peak()
-            table_rows.append(_row(n, "full run", n, full, base_rss))
+            what = f"full run ({retried} rows retried; rows per worker process {per_process})"
+            table_rows.append(_row(n, what, n, full, base_rss))
             table_rows.append(_row(n, f"resume at 99 % ({dropped} rows to redo; {redone} redone)", dropped,
                                    resume, base_rss))
             table_rows.append(_row(n, "resume at 100 % (nothing to do)", 0, again, base_rss))

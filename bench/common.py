@@ -236,6 +236,15 @@ def batch_run(manifest: Path, out: Path, *extra: str, interval: float = 0.05) ->
     return run
 
 
+def spread(results: list[dict]) -> str:
+    """Rows per answering worker process, most first, e.g. "150 / 50": SO_REUSEPORT spreads connections by hash."""
+    counts: dict[str, int] = {}
+    for r in results:
+        if r.get("worker"):
+            counts[r["worker"]] = counts.get(r["worker"], 0) + 1
+    return " / ".join(str(n) for n in sorted(counts.values(), reverse=True))
+
+
 def results_rows(out: Path) -> list[dict]:
     with open(out / "results.csv", newline="") as f:
         return list(csv.DictReader(f))
