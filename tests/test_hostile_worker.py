@@ -98,6 +98,22 @@ def tiff_with_broken_second_page() -> bytes:
     return bytes(data)
 
 
+def tiff_with_huge_second_page(side: int = 40_000) -> bytes:
+    """A two-page grey TIFF: page 1 is 4x4, page 2 declares side x side (1.6 GP by default) in 300 bytes."""
+    buf = io.BytesIO()
+    Image.new("L", (4, 4), 1).save(buf, "TIFF", save_all=True, append_images=[Image.new("L", (4, 4), 2)])
+    data = bytearray(buf.getvalue())
+    first = struct.unpack("<I", data[4:8])[0]
+    count = struct.unpack("<H", data[first:first + 2])[0]
+    second = struct.unpack("<I", data[first + 2 + 12 * count:first + 6 + 12 * count])[0]
+    for i in range(struct.unpack("<H", data[second:second + 2])[0]):
+        entry = second + 2 + 12 * i
+        tag, kind = struct.unpack("<HH", data[entry:entry + 4])
+        if tag in (256, 257, 278):  # width, height, rows per strip
+            data[entry + 8:entry + 12] = struct.pack("<HH", side, 0) if kind == 3 else struct.pack("<I", side)
+    return bytes(data)
+
+
 def other_format(fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (32, 32), "blue").save(buf, fmt)
@@ -138,6 +154,8 @@ CASES = [
      ["65535x65535", "--max-pixels"], ("Rotate", "Classify")),
     ("animated GIF bomb: 400 full-canvas frames in 9 KiB", gif_frame_bomb, 90, INVALID, ["pixels", "--max-pixels"],
      ("Rotate",)),
+    ("TIFF bomb: 4x4 first page, second page declaring 40,000 x 40,000", tiff_with_huge_second_page, 90, INVALID,
+     ["40000x40000", "--max-pixels"], ("Rotate",)),
     ("TIFF whose second page has no dimensions", tiff_with_broken_second_page, 90, INVALID, ["TIFF"], ("Rotate",)),
     ("a real image in an unsupported format (ICO)", lambda: other_format("ICO"), 90, INVALID,
      ["not a supported image"], ("Rotate", "Classify")),
