@@ -7,7 +7,7 @@ page of HTML named ``.png`` get the same specific message whichever RPC saw it.
 from __future__ import annotations
 
 import io
-import warnings
+import struct
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -20,6 +20,14 @@ DEFAULT_MAX_PIXELS = 150_000_000
 # Pillow never runs a parser we do not need on untrusted input.
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 
+# Pillow's own bomb check would refuse images over ~179 MP before ours runs and
+# quote its limit, not --max-pixels; ours (check_pixels) is applied on every open.
+Image.MAX_IMAGE_PIXELS = None
+
+# What Pillow's parsers raise on malformed files (a TIFF without its size tag
+# raises TypeError, a broken IFD KeyError...): all mean "corrupt image".
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, KeyError, TypeError, IndexError, struct.error)
+
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Identify ``data`` and check its declared size; pixels are not decoded yet.
@@ -30,18 +38,13 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     if not data:
         raise InvalidArgument("image is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            # Pillow warns, then errors, on its own bomb limit; ours is checked below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
         raise InvalidArgument(
             f"not a supported image ({len(data)} bytes starting {data[:8]!r}); "
             f"supported formats: {', '.join(FORMATS)}"
         ) from None
-    except Image.DecompressionBombError as e:
-        raise InvalidArgument(f"image refused as a decompression bomb: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:
+    except DECODE_ERRORS as e:
         raise InvalidArgument(f"corrupt {_guess(data)} image: {e}") from None
     check_pixels(img.width, img.height, max_pixels)
     return img
@@ -54,19 +57,15 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise InvalidArgument(
             f"image declares {width}x{height} = {width * height:,} pixels, over the worker's "
-            f"limit of {max_pixels:,} (worker serve --max-pixels)"
+            f"limit of {max_pixels:,} (worker serve --max-pixels); refused as a possible decompression bomb"
         )
 
 
 def load(img: Image.Image) -> Image.Image:
     """Decode the pixels of an opened image, turning decoder failures into InvalidArgument."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img.load()
-    except Image.DecompressionBombError as e:
-        raise InvalidArgument(f"image refused as a decompression bomb: {e}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        img.load()
+    except DECODE_ERRORS as e:
         raise InvalidArgument(f"corrupt or truncated {img.format} image: {e}") from None
     return img
 
@@ -76,7 +75,7 @@ def upright(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     img = load(open_image(data, max_pixels))
     try:
         return ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError) as e:
+    except DECODE_ERRORS as e:
         raise InvalidArgument(f"corrupt EXIF data in {img.format} image: {e}") from None
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from worker import jpeg_transform
-from worker.decode import DEFAULT_MAX_PIXELS, load, open_image
+from worker.decode import DECODE_ERRORS, DEFAULT_MAX_PIXELS, load, open_image
 from worker.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def _orientation(img: Image.Image) -> int:
         load(img)
     try:
         value = img.getexif().get(_ORIENTATION_TAG, 1)
-    except (OSError, SyntaxError, ValueError, struct.error) as e:
+    except DECODE_ERRORS as e:
         raise InvalidArgument(f"corrupt EXIF data in {img.format} image: {e}") from None
     # Out-of-range values are ignored by viewers; so do we.
     return value if isinstance(value, int) and value in _UPRIGHT else 1
@@ -241,12 +241,15 @@ def _jpeg_reencode(img: Image.Image, op: T | None) -> Rotated:
 def _reencode(data: bytes, img: Image.Image, op: T | None) -> Rotated:
     fmt = img.format or ""
     frames, durations = [], []
-    count = getattr(img, "n_frames", 1)
+    try:
+        count = getattr(img, "n_frames", 1)
+    except DECODE_ERRORS as e:
+        raise InvalidArgument(f"corrupt {fmt} image: cannot count its frames: {e}") from None
     for index in range(count):
         if count > 1:
             try:
                 img.seek(index)
-            except (OSError, EOFError, ValueError, SyntaxError) as e:
+            except DECODE_ERRORS as e:
                 raise InvalidArgument(f"corrupt or truncated {fmt} image at frame {index}: {e}") from None
         load(img)
         if op is not None:
