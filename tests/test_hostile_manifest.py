@@ -1,0 +1,193 @@
+"""`batch run` against broken manifests and hostile rows, end to end with a real worker.
+
+Row-level cases share one manifest and one run: each bad row must end with
+its own specific message while every good row beside it succeeds, the run
+exits 1, and the worker still serves afterwards. Manifest-level cases each get
+a run of their own and must exit 2 before any call, naming the line.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import pytest
+from conftest import worker_process
+from reliability_support import by_id, cap_memory, jpeg, results, rotates, run_batch, serving, write_manifest
+from test_hostile_worker import HTML, noise, png_bomb, png_bytes, png_header, truncated
+
+SPACES = "photos/my holiday — été ü 東京.jpg"  # spaces, punctuation and non-ASCII letters in a path
+
+# (id, path, op, rotation, output, expected: "ok" or words the row's error must contain)
+ROWS = [
+    ("ok-rotate", "img/good.jpg", "rotate", "90", "", "ok"),
+    ("ok-classify", "img/good.jpg", "classify", "", "", "ok"),
+    ("ok-spaces-non-ascii", SPACES, "rotate", "180", "", "ok"),
+    ("ok-minus-90", "img/good.jpg", "rotate", "-90", "minus90.jpg", "ok"),
+    ("ok-450", "img/good.jpg", "rotate", "450", "r450.jpg", "ok"),
+    ("rotation 45", "img/good.jpg", "rotate", "45", "", ["rotation 45", "multiple of 90"]),
+    ("rotation abc", "img/good.jpg", "rotate", "abc", "", ["'abc'", "whole number"]),
+    ("rotation empty", "img/good.jpg", "rotate", "", "", ["rotation is required"]),
+    ("rotation 1e9", "img/good.jpg", "rotate", "1e9", "", ["'1e9'", "whole number"]),
+    ("rotation 10**30", "img/good.jpg", "rotate", "1" + "0" * 30, "", ["out of range"]),
+    ("unknown op", "img/good.jpg", "resize", "90", "", ["unknown op 'resize'", "rotate or classify"]),
+    ("empty op", "img/good.jpg", "", "90", "", ["op is empty"]),
+    ("empty path", "", "rotate", "90", "", ["path is empty"]),
+    ("missing file", "img/nope.jpg", "rotate", "90", "", ["file not found", "nope.jpg"]),
+    ("a directory", "img", "classify", "", "", ["is a directory"]),
+    ("symlink loop", "img/loop.jpg", "rotate", "90", "", ["symlink loop", "loop.jpg"]),
+    ("empty file", "img/empty.jpg", "rotate", "90", "", ["INVALID_ARGUMENT", "empty"]),
+    ("truncated JPEG", "img/truncated.jpg", "rotate", "90", "", ["INVALID_ARGUMENT", "JPEG", "truncated"]),
+    ("truncated PNG", "img/truncated.png", "classify", "", "", ["INVALID_ARGUMENT", "PNG"]),
+    ("random bytes named .jpg", "img/noise.jpg", "rotate", "90", "", ["INVALID_ARGUMENT", "not a supported image"]),
+    ("HTML page named .png", "img/page.png", "classify", "", "", ["INVALID_ARGUMENT", "not a supported image"]),
+    ("decompression bomb (400 MP 1-bit PNG)", "img/bomb.png", "rotate", "90", "",
+     ["INVALID_ARGUMENT", "20000x20000", "--max-pixels"]),
+    ("PNG declaring 100,000 x 100,000", "img/huge.png", "classify", "", "",
+     ["INVALID_ARGUMENT", "100000x100000", "--max-pixels"]),
+    ("image over --max-message-mb (1 MiB here)", "img/big.jpg", "rotate", "90", "",
+     ["RESOURCE_EXHAUSTED", "--max-message-mb"]),
+    ("output escaping --out with ..", "img/good.jpg", "rotate", "90", "../../escaped.jpg", ["escapes --out"]),
+    ("absolute output outside --out", "img/good.jpg", "rotate", "90", "/tmp/escaped.jpg", ["escapes --out"]),
+    ("output equal to its input", "out/inside.jpg", "rotate", "90", "inside.jpg", ["refusing to overwrite an input"]),
+    ("output with the wrong extension", "img/good.jpg", "rotate", "90", "wrong.png", ["extension", "JPEG"]),
+    ("two rows, one output (first)", "img/good.jpg", "rotate", "180", "same.jpg", "ok"),
+    ("two rows, one output (second)", "img/other.jpg", "rotate", "180", "same.jpg",
+     ["also the output of row 'two rows, one output (first)'"]),
+]
+
+
+def _lay_out(folder):
+    img = folder / "img"
+    img.mkdir()
+    (img / "good.jpg").write_bytes(jpeg(64, 48, seed=1))
+    (img / "other.jpg").write_bytes(jpeg(64, 48, seed=2))
+    spaced = folder / SPACES
+    spaced.parent.mkdir()
+    spaced.write_bytes(jpeg(40, 30, seed=3))
+    os.symlink("loop.jpg", img / "loop.jpg")
+    (img / "empty.jpg").write_bytes(b"")
+    (img / "truncated.jpg").write_bytes(truncated(jpeg(256, 256, seed=4), 0.5))
+    (img / "truncated.png").write_bytes(truncated(png_bytes((256, 256)), 0.5))
+    (img / "noise.jpg").write_bytes(noise(4096))
+    (img / "page.png").write_bytes(HTML)
+    (img / "bomb.png").write_bytes(png_bomb())
+    (img / "huge.png").write_bytes(png_header(100_000, 100_000, idat=zlib.compress(b"\0" * 64)))
+    (img / "big.jpg").write_bytes(jpeg(64, 64) + noise(int(1.5 * 2**20)))  # a JPEG with 1.5 MiB of trailing data
+    (folder / "out").mkdir()
+    (folder / "out" / "inside.jpg").write_bytes(jpeg(32, 32, seed=5))
+
+
+def _csv(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"' if any(c in value for c in ',"\n') else value
+
+
+@pytest.fixture(scope="module")
+def row_run(tmp_path_factory):
+    """One run of the mixed manifest against a worker with a 1 MiB message limit; (process, rows by id, worker)."""
+    folder = tmp_path_factory.mktemp("rows")
+    _lay_out(folder)
+    manifest = write_manifest(folder / "manifest.csv", "id,path,op,rotation,output",
+                              [",".join(_csv(v) for v in row[:5]) for row in ROWS])
+    with worker_process("--max-message-mb", "1", "--threads", "2") as w:
+        cap_memory(w)
+        done = run_batch(manifest, "--worker", w.address, "--out", folder / "out", "--retries", "2", "--quiet",
+                         timeout=180)
+        yield done, by_id(results(folder / "out")), w, folder
+        assert w.proc.poll() is None
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("id_, expected", [(r[0], r[5]) for r in ROWS], ids=[r[0] for r in ROWS])
+def test_row_gets_its_result_and_the_rest_go_on(row_run, record_property, id_, expected):
+    done, rows, w, folder = row_run
+    row = rows.get(id_)
+    assert row is not None, f"no result row for {id_!r}; stderr: {done.stderr[-2000:]}"
+    record_property("expected", "status ok" if expected == "ok" else "error naming " + ", ".join(map(repr, expected)))
+    record_property("observed", row["status"] + (f": {row['error']}" if row["error"] else f" → {row['output']}"))
+    if expected == "ok":
+        assert row["status"] == "ok", row["error"]
+        if row["op"] == "rotate":
+            assert Path(row["output"]).is_file() and (folder / "out") in Path(row["output"]).parents
+    else:
+        assert row["status"] == "error"
+        for word in expected:
+            assert word in row["error"]
+
+
+def test_mixed_run_exits_1_with_one_row_each_and_the_worker_still_serves(row_run, record_property):
+    """All rows of the mixed manifest: one result each, exit 1, nothing written outside --out, worker serving"""
+    done, rows, w, folder = row_run
+    record_property("expected", "exit 1; one result per row; no file outside --out; worker SERVING")
+    record_property("observed", f"exit {done.returncode}; {len(rows)} results for {len(ROWS)} rows; "
+                                f"summary: {done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ''}")
+    assert done.returncode == 1, done.stderr
+    assert sorted(rows) == sorted(r[0] for r in ROWS)
+    assert not (folder.parent / "escaped.jpg").exists() and not os.path.exists("/tmp/escaped.jpg")
+    assert (folder / "out" / "inside.jpg").read_bytes() == jpeg(32, 32, seed=5)  # the input was not overwritten
+    assert serving(w.address) and rotates(w.address)
+
+
+# --- manifest-level problems: exit 2 before any call --------------------------------------------
+
+MANIFESTS = [
+    ("missing path and op columns", b"file,operation\nimg/good.jpg,rotate\n",
+     ["line 1", "missing required columns path and op"]),
+    ("missing op column", b"path,rotation\nimg/good.jpg,90\n", ["line 1", "missing required column op"]),
+    ("duplicate ids", b"id,path,op,rotation\na,img/good.jpg,rotate,90\nb,img/good.jpg,classify,\n"
+                      b"a,img/good.jpg,rotate,180\n", ["line 4", "duplicate id 'a'", "line 2"]),
+    ("non-UTF-8 manifest (Latin-1)", "path,op,rotation\nimg/caf\u00e9.jpg,rotate,90\n".encode("latin-1"),
+     ["line 2", "not UTF-8"]),
+    ("UTF-16 manifest", "path,op,rotation\nimg/good.jpg,rotate,90\n".encode("utf-16"), ["line 1", "not UTF-8"]),
+    ("empty manifest", b"", ["empty"]),
+    ("an image passed as the manifest", None, ["not UTF-8"]),
+    ("unterminated quote", b'path,op,rotation\n"img/good.jpg,rotate,90\n', ["not valid CSV"]),
+    ("header column twice", b"path,op,path\nimg/good.jpg,rotate,x\n", ["line 1", "'path' appears twice"]),
+]
+
+
+# Nothing listens here: a manifest-level problem must stop the run before it needs a worker at all.
+NO_WORKER = "127.0.0.1:1"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("content, expected", [m[1:] for m in MANIFESTS], ids=[m[0] for m in MANIFESTS])
+def test_manifest_problem_exits_2_before_any_call(tmp_path, record_property, content, expected):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "good.jpg").write_bytes(jpeg(32, 32))
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_bytes(png_bytes() if content is None else content)
+    done = run_batch(manifest, "--worker", NO_WORKER, "--out", tmp_path / "out", "--quiet")
+    message = (done.stderr.strip().splitlines() or [""])[-1]
+    record_property("expected", "exit 2 naming " + ", ".join(map(repr, expected)))
+    record_property("observed", f"exit {done.returncode}: {message}")
+    assert done.returncode == 2, done.stderr + done.stdout
+    for word in expected:
+        assert word in done.stderr
+    assert results(tmp_path / "out") == []
+    assert not (tmp_path / "out" / "rotated").exists()
+
+
+@pytest.fixture(scope="module")
+def plain_worker():
+    with worker_process("--threads", "2") as w:
+        yield w
+
+
+@pytest.mark.timeout(120)
+def test_bom_crlf_and_blank_lines_work(plain_worker, tmp_path, record_property):
+    """A UTF-8 BOM, Windows line endings and blank lines: every row runs"""
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        (tmp_path / "img" / f"{i}.jpg").write_bytes(jpeg(32, 32, seed=i))
+    manifest = write_manifest(tmp_path / "manifest.csv", "id,path,op,rotation",
+                              ["a,img/0.jpg,rotate,90", "", "b,img/1.jpg,classify,", "c,img/2.jpg,rotate,270", ""],
+                              newline="\r\n", bom=True)
+    done = run_batch(manifest, "--worker", plain_worker.address, "--out", tmp_path / "out", "--quiet")
+    rows = by_id(results(tmp_path / "out"))
+    record_property("expected", "exit 0, rows a, b, c ok")
+    record_property("observed", f"exit {done.returncode}; " + ", ".join(f"{k} {v['status']}" for k, v in rows.items()))
+    assert done.returncode == 0, done.stderr
+    assert sorted(rows) == ["a", "b", "c"] and {r["status"] for r in rows.values()} == {"ok"}
+    assert (tmp_path / "out" / "rotated" / "img" / "0.jpg").is_file()
