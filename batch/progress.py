@@ -24,6 +24,13 @@ class Progress:
             if mode == "bar" else None
         )
 
+    def note(self, text: str) -> None:
+        """A line for the user (not with --quiet), above the bar if there is one."""
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        elif self.mode == "lines":
+            print(text, file=self.stream, flush=True)
+
     @property
     def done(self) -> int:
         return self.ok + self.failed

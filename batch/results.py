@@ -45,6 +45,7 @@ class Outcome:
     latency_ms: float | None = None
     worker: str = ""
     model: str = ""  # "name version" of the face model (classify); for run.json, not a results column
+    gave_up: bool = False  # retries exhausted on a transient error (no worker answered in time)
 
 
 def result_row(row, outcome: Outcome) -> dict[str, str]:

@@ -149,7 +149,8 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
             if permanent(e):
                 return Outcome(ERROR, error=explain_permanent(e, len(data)), attempts=attempts)
             if attempts > settings.retries:
-                return Outcome(ERROR, error=explain_exhausted(e, attempts, settings), attempts=attempts)
+                return Outcome(ERROR, error=explain_exhausted(e, attempts, settings), attempts=attempts,
+                               gave_up=True)
             await asyncio.sleep(backoff(attempts, settings))
             continue
         latency_ms = (time.monotonic() - started) * 1000

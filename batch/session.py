@@ -81,6 +81,7 @@ class Summary:
     models: set[str] = field(default_factory=set)  # "name version" of the face models that answered
     concurrency: int | None = None
     connections: int | None = None
+    stopped: str | None = None  # why the run stopped early without an interrupt
 
     @property
     def not_reached(self) -> int:
@@ -90,7 +91,7 @@ class Summary:
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.failed else EXIT_OK
+        return EXIT_FAILED if self.failed or self.stopped else EXIT_OK
 
     def line(self) -> str:
         worked = self.ok + self.failed - self.skipped
@@ -101,6 +102,9 @@ class Summary:
         if self.interrupted:
             text = (f"interrupted: {text}, {self.not_reached:,} not run; "
                     "run the same command again to finish (rows already ok are skipped)")
+        elif self.stopped:
+            text = (f"stopped: {self.stopped}: {text}, {self.not_reached:,} not run; "
+                    "run the same command again once workers are up")
         elif self.failed:
             text += f"; see the error column of {_shown(self.results)}"
         return f"{text}. Results: {_shown(self.results)}"
@@ -137,6 +141,10 @@ def run_batch(options: RunOptions) -> Summary:
                 targets = grpc_targets([embedded.start()])
             concurrency, connections = _defaults(options, targets, embedded)
             summary.concurrency, summary.connections = concurrency, connections
+            where = (f"an embedded worker ({embedded.processes} processes at {embedded.address})" if embedded
+                     else ", ".join(targets) or "no worker (nothing to run)")
+            progress.note(f"batch: running {total:,} rows on {where}, {concurrency} calls in flight; "
+                          f"results in {_shown(out)}")
             settings = Settings(concurrency=concurrency, timeout=options.timeout, retries=options.retries)
             summary.interrupted = _run_rows(index, journal, progress, summary, targets, connections, settings,
                                             options.tls)
@@ -178,8 +186,15 @@ def _defaults(options: RunOptions, targets: list[str], embedded: EmbeddedWorker 
 def _run_rows(index: RunIndex, journal: Journal, progress: Progress, summary: Summary, targets: list[str],
               connections: int, settings: Settings, tls: Tls | None) -> bool:
     """The asynchronous part; returns True when interrupted by SIGINT/SIGTERM."""
+    # When no worker answers for this many rows in a row, stop instead of failing the whole manifest slowly.
+    give_up_after = max(2 * settings.concurrency, 10)
+    unanswered = 0
 
     def finished(row: Row, outcome: Outcome) -> None:
+        nonlocal unanswered
+        unanswered = unanswered + 1 if outcome.gave_up else 0 if outcome.worker else unanswered
+        if unanswered >= give_up_after and not summary.stopped:
+            summary.stopped = f"no worker answered for {unanswered} rows in a row ({outcome.error})"
         result = result_row(row, outcome)
         journal.append(result)  # first: a crash right after still keeps this row
         index.record(result)
@@ -196,6 +211,8 @@ def _run_rows(index: RunIndex, journal: Journal, progress: Progress, summary: Su
     def to_run() -> Iterator[Row]:
         """Rows that need a call; the others are settled here without one."""
         for row in index.rows():
+            if summary.stopped:
+                return
             if row.error is None:
                 problem = index.output_conflict(row)
                 if problem:
@@ -295,6 +312,7 @@ def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedde
                    "skipped_already_done": summary.skipped, "not_run": summary.not_reached},
         "throughput_rows_per_s": round(worked / summary.elapsed, 2) if summary.elapsed > 0 else None,
         "interrupted": summary.interrupted,
+        "stopped": summary.stopped,
         "exit_code": summary.exit_code,
         "results": str(summary.results),
     }
