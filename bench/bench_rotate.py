@@ -10,7 +10,11 @@ All in one run, on the same rows (the corpus's 1920x1080 photos, rotations
 3. ``batch run MANIFEST`` with no --worker (embedded worker, one process per
    core), end to end as a user runs it, start-up included;
 4. the same net of the fixed start-up and shut-down cost, measured by a
-   one-row run of the same command.
+   one-row run of the same command;
+5. ``batch run --worker A --worker B ...`` on one-process workers, one per
+   core (the same processes, but the driver's connections reach each one
+   evenly, which SO_REUSEPORT's hash of connections does not guarantee), net
+   of its own one-row run.
 
     python bench/bench_rotate.py [--corpus /tmp/ibcorpus] [--photos 200] [--repeat 1]
 """
@@ -18,6 +22,7 @@ All in one run, on the same rows (the corpus's 1920x1080 photos, rotations
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -37,6 +42,7 @@ from common import (
     write_manifest,
 )
 from pool import run_pool
+from servers import running, worker_cmd
 
 
 def main() -> None:
@@ -68,8 +74,8 @@ def main() -> None:
         write_manifest(one, [{"id": "0", "path": str(rows[0][0]), "op": "rotate", "rotation": rows[0][1],
                               "output": "one.jpg"}])
 
-        times: dict[str, list[float]] = {"naive": [], "worker": [], "batch": [], "batch1": []}
-        spreads = []
+        times: dict[str, list[float]] = {k: [] for k in ("naive", "worker", "batch", "batch1", "split", "split1")}
+        spreads: dict[str, list[str]] = {"batch": [], "split": []}
         methods = None
         for rnd in range(a.rounds):
             for kind in ("naive", "worker"):
@@ -80,23 +86,26 @@ def main() -> None:
                 times[kind].append(elapsed)
                 if kind == "worker":
                     methods = used
-            run = batch_run(manifest, tmp / f"batch{rnd}", *a.batch_args)
-            results = results_rows(tmp / f"batch{rnd}")
-            failed = [r for r in results if r["status"] != "ok"]
-            if failed or len(results) != n:
-                sys.exit(f"batch run: {len(results)} result rows for {n}, {len(failed)} failed: {failed[:3]}")
-            times["batch"].append(run.wall)
-            spreads.append(spread(results))
-            times["batch1"].append(batch_run(one, tmp / f"one{rnd}", *a.batch_args).wall)
+            _batch(times, spreads, "batch", manifest, one, tmp / f"batch{rnd}", n, *a.batch_args)
+            # The same processes as separate one-process workers: the driver's connections are then
+            # spread evenly over processes by construction, not by SO_REUSEPORT's hash.
+            with contextlib.ExitStack() as stack:
+                workers = [stack.enter_context(running(worker_cmd("--processes", "1")))[0]
+                           for _ in range(a.processes)]
+                args = [x for w in workers for x in ("--worker", w)]
+                _batch(times, spreads, "split", manifest, one, tmp / f"split{rnd}", n,
+                       *args, "--concurrency", str(2 * a.processes), *a.batch_args)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     naive = n / med["naive"]
     limit = n / med["worker"]
     e2e = n / med["batch"]
     net = (n - 1) / max(med["batch"] - med["batch1"], 1e-9)
+    split = (n - 1) / max(med["split"] - med["split1"], 1e-9)
     print(f"{n} rows ({a.photos} photos 1920x1080 x {a.repeat}); methods on the in-process path: "
           f"{dict(methods or {})}; median of {a.rounds} round(s); pool of {a.processes} processes; "
-          f"batch run rows per worker process: {', '.join(spreads)}\n")
+          f"rows per worker process: embedded {', '.join(spreads['batch'])}; "
+          f"separate workers {', '.join(spreads['split'])}\n")
     print(table(
         ["what", "seconds", "images/s", "vs in-process limit", "vs naive limit"],
         [
@@ -105,8 +114,21 @@ def main() -> None:
             ["batch run, embedded worker, end to end", med["batch"], e2e, e2e / limit, e2e / naive],
             ["batch run, net of start-up (1-row run: "
              f"{med['batch1']:.2f} s)", med["batch"] - med["batch1"], net, net / limit, net / naive],
+            [f"batch run --worker x{a.processes} (one-process workers, evenly spread), net of start-up "
+             f"({med['split1']:.2f} s)", med["split"] - med["split1"], split, split / limit, split / naive],
         ],
     ))
+
+
+def _batch(times: dict, spreads: dict, key: str, manifest: Path, one: Path, out: Path, n: int, *args: str) -> None:
+    run = batch_run(manifest, out, *args)
+    results = results_rows(out)
+    failed = [r for r in results if r["status"] != "ok"]
+    if failed or len(results) != n:
+        sys.exit(f"batch run: {len(results)} result rows for {n}, {len(failed)} failed: {failed[:3]}")
+    times[key].append(run.wall)
+    spreads[key].append(spread(results))
+    times[key + "1"].append(batch_run(one, out.with_name(out.name + "-one"), *args).wall)
 
 
 if __name__ == "__main__":

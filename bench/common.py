@@ -213,6 +213,18 @@ class BatchRun:
     stderr: str
     command: list[str]
 
+    def stuck_workers(self, out: Path) -> int:
+        """Embedded worker processes that logged serving but never 'stopped' (killed after the driver's grace)."""
+        try:
+            log = (out / "worker.log").read_text(errors="replace")
+        except OSError:
+            return 0
+        serving = {line.split("worker[", 1)[1].split("]", 1)[0] for line in log.splitlines()
+                   if "worker[" in line and " serving imageworker" in line}
+        stopped = {line.split("worker[", 1)[1].split("]", 1)[0] for line in log.splitlines()
+                   if "worker[" in line and " stopped after " in line}
+        return len(serving - stopped)
+
     def driver_peak(self) -> int:
         """Peak RSS of the driver process alone (not its embedded worker)."""
         return self.memory.procs[self.memory.root].peak_rss if self.memory.root in self.memory.procs else 0
@@ -233,6 +245,11 @@ def batch_run(manifest: Path, out: Path, *extra: str, interval: float = 0.05) ->
     run = BatchRun(wall, proc.returncode, memory, stdout, stderr, cmd)
     if proc.returncode not in (0, 1):
         sys.exit(f"{' '.join(cmd)} exited {proc.returncode}:\n{stdout}\n{stderr}")
+    stuck = run.stuck_workers(out)
+    if stuck:
+        print(f"WARNING: {stuck} embedded worker process(es) did not stop on SIGTERM and were killed after the "
+              f"driver's grace period; this run's wall time ({wall:.1f} s) includes that wait "
+              f"(see {out / 'worker.log'})", file=sys.stderr, flush=True)
     return run
 
 
