@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from worker.decode import DEFAULT_MAX_PIXELS
+from worker.faces.commands import evaluate, train
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -59,3 +60,7 @@ def serve(log_level: str, **options) -> None:
     except (ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
     sys.exit(code)
+
+
+main.add_command(train)
+main.add_command(evaluate)

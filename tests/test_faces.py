@@ -1,0 +1,329 @@
+"""Face recognition: the pipeline's steps, training a small model, the shipped artifact, odd inputs.
+
+Tests that need photos of people read LFW from ../shared/data/lfw (or
+$IMAGEBATCH_LFW) and skip, saying so, where it is absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from worker.classifier import NO_FACE, UNKNOWN, Classification
+from worker.errors import InvalidArgument
+from worker.faces import artifact, load_classifier, openset, paste
+from worker.faces.dataset import display_name, gallery, split
+from worker.faces.detect import detect_faces
+from worker.faces.dlib_models import load_dlib_models
+from worker.faces.image import to_rgb
+from worker.faces.legacy import old_client_thumbnail
+from worker.faces.pipeline import FaceClassifier
+
+BUSH, POWELL = "George W Bush", "Colin Powell"
+MAX_PIXELS = 150_000_000
+SAMPLES = Path(__import__("sklearn.datasets").datasets.__file__).parent / "images"
+
+
+def lfw_root() -> Path:
+    env = os.environ.get("IMAGEBATCH_LFW")
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/lfw"
+    return root / "lfw-deepfunneled" if (root / "lfw-deepfunneled").is_dir() else root
+
+
+needs_lfw = pytest.mark.skipif(
+    not (lfw_root() / "George_W_Bush").is_dir(),
+    reason=f"LFW photos not found at {lfw_root()} (set IMAGEBATCH_LFW to the lfw-deepfunneled folder)",
+)
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def people() -> dict[str, list[Path]]:
+    return gallery(lfw_root())
+
+
+@pytest.fixture(scope="module")
+def small_split(people):
+    """12 training photos per known person, 3 held out each; 2 negative people (6 photos) train, 1 held out."""
+    known = {BUSH: people[BUSH][:15], POWELL: people[POWELL][:15]}
+    negatives = {n: people[n][:6] for n in ("Ariel Sharon", "Donald Rumsfeld", "Tony Blair")}
+    parts = split(known, negatives, test_fraction=0.2, negative_test_people=1, seed=3)
+    return parts
+
+
+@pytest.fixture(scope="module")
+def small_model(small_split, tmp_path_factory) -> FaceClassifier:
+    from PIL import Image as _Image
+
+    from worker.faces.train import train
+
+    out = tmp_path_factory.mktemp("model") / "small.npz"
+    train(small_split.train_people, small_split.train_negatives, out, seed=3,
+          resampling=(_Image.Resampling.BICUBIC,), cache=False)
+    return load_classifier(str(out))
+
+
+@pytest.fixture(scope="module")
+def shipped() -> FaceClassifier:
+    return load_classifier()
+
+
+# --- pure steps -------------------------------------------------------------------------------
+
+def test_display_name_from_folder():
+    assert display_name("George_W_Bush") == "George W Bush"
+    assert display_name("Colin_Powell") == "Colin Powell"
+
+
+def test_openset_numpy_softmax_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5))
+    y = np.repeat([0, 1, 2], 20)
+    x[y == 1] += 2
+    x[y == 2] -= 2
+    coef, intercept = openset.fit_softmax(x, y, 3)
+    model = openset.OpenSetModel(["a", "b"], coef, intercept, x[y < 2].astype(np.float32), y[y < 2], -20.0, 12.0)
+    ours = model.probabilities(x)
+    theirs = LogisticRegression(C=1.0, max_iter=5000).fit(x, y).predict_proba(x)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_openset_binary_model_and_distance_gate():
+    rng = np.random.default_rng(1)
+    x = np.vstack([rng.normal(0, 0.05, (10, 4)), rng.normal(1, 0.05, (10, 4))]).astype(np.float32)
+    y = np.repeat([0, 1], 10)
+    model = openset.fit(x, y, ["a", "b"])  # dlib's 0.6 rule without negatives
+    assert model.threshold == pytest.approx(0.6)
+    far = np.full((1, 4), 5.0, dtype=np.float32)
+    classes, scores = model.predict(np.vstack([x[:1], x[-1:], far]))
+    assert classes.tolist() == [0, 1, openset.UNKNOWN_INDEX]
+    assert all(0 <= s <= 1 for s in scores)
+
+
+def test_split_holds_out_whole_negative_people_deterministically(tmp_path):
+    files = {f"P{i}": [tmp_path / f"p{i}_{j}.jpg" for j in range(10)] for i in range(2)}
+    negs = {f"N{i}": [tmp_path / f"n{i}_{j}.jpg" for j in range(4)] for i in range(5)}
+    a = split(files, negs, 0.3, 2, seed=7)
+    b = split(files, negs, 0.3, 2, seed=7)
+    assert a == b
+    assert all(len(v) == 3 for v in a.test_people.values())
+    assert not set(a.test_people["P0"]) & set(a.train_people["P0"])
+    assert len(a.test_negatives) == 2 and not set(a.test_negatives) & set(a.train_negatives)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1"])
+def test_to_rgb_gives_8bit_rgb_for_every_mode(mode):
+    base = Image.linear_gradient("L").resize((64, 48))
+    if mode in ("I;16", "I"):
+        img = Image.fromarray((np.asarray(base, dtype=np.uint16) * 257).astype(np.uint16 if mode == "I;16"
+                                                                                 else np.int32))
+    elif mode == "F":
+        img = Image.fromarray(np.asarray(base, dtype=np.float32) / 255.0)
+    else:
+        img = base.convert(mode)
+    rgb = to_rgb(img)
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8 and rgb.flags.c_contiguous
+    if mode in ("I;16", "I", "F", "L"):
+        assert rgb[:, :, 0].max() >= 250  # full range kept, not clipped to white or crushed to black
+        assert rgb[:, :, 0].min() <= 5
+
+
+# --- the shipped artifact ---------------------------------------------------------------------
+
+def test_shipped_artifact_loads_and_matches_its_checksum(shipped):
+    npz, js = artifact.paths(artifact.SHIPPED)
+    meta = json.loads(js.read_text())
+    digest = hashlib.sha256(npz.read_bytes()).hexdigest()
+    assert meta["npz_sha256"] == digest
+    assert shipped.version == digest[:12]
+    assert shipped.name == "dlib-resnet-open-set"
+    assert meta["labels"] == [BUSH, POWELL]
+    assert npz.stat().st_size < 1_000_000
+    assert meta["split"]["test_negatives"] and meta["split"]["test_people"][BUSH]
+
+
+def test_corrupt_artifact_is_refused_clearly(tmp_path):
+    npz, js = artifact.paths(artifact.SHIPPED)
+    shutil.copy(npz, tmp_path / "m.npz")
+    shutil.copy(js, tmp_path / "m.json")
+    blob = bytearray((tmp_path / "m.npz").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (tmp_path / "m.npz").write_bytes(bytes(blob))
+    with pytest.raises(artifact.ModelError, match="SHA-256"):
+        load_classifier(str(tmp_path / "m.npz"))
+    with pytest.raises(artifact.ModelError, match="missing"):
+        load_classifier(str(tmp_path / "nothing.npz"))
+    (tmp_path / "m.json").write_text("{not json")
+    with pytest.raises(artifact.ModelError, match="not valid JSON"):
+        load_classifier(str(tmp_path / "m.npz"))
+
+
+def test_artifact_of_another_format_version_is_refused(tmp_path):
+    npz, js = artifact.paths(artifact.SHIPPED)
+    shutil.copy(npz, tmp_path / "m.npz")
+    meta = json.loads(js.read_text())
+    meta["format_version"] = 99
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    with pytest.raises(artifact.ModelError, match="format version 99"):
+        load_classifier(str(tmp_path / "m.npz"))
+
+
+# --- inputs without a face, odd and broken inputs (shipped model) -----------------------------
+
+def test_no_face_in_a_landscape_or_a_flat_image(shipped):
+    china = (SAMPLES / "china.jpg").read_bytes()
+    result = shipped.classify(china, MAX_PIXELS)
+    assert result.label == NO_FACE and result.faces == [] and (result.width, result.height) == (640, 427)
+    flat = encode(Image.new("RGB", (300, 200), (120, 140, 160)), "PNG")
+    assert shipped.classify(flat, MAX_PIXELS).label == NO_FACE
+
+
+@pytest.mark.parametrize("img", [
+    Image.new("L", (30, 20), 128),
+    Image.new("RGBA", (39, 39), (0, 0, 0, 0)),
+    Image.new("1", (8, 8)),
+    Image.new("P", (1, 1)),
+], ids=["grey-30px", "rgba-39px", "bilevel-8px", "palette-1px"])
+def test_tiny_images_answer_no_face(shipped, img):
+    result = shipped.classify(encode(img, "PNG"), MAX_PIXELS)
+    assert result.label == NO_FACE and (result.width, result.height) == img.size
+
+
+def test_broken_and_oversized_images_give_invalid_argument(shipped):
+    with pytest.raises(InvalidArgument, match="not a supported image"):
+        shipped.classify(b"<html>not an image</html>", MAX_PIXELS)
+    jpeg = (SAMPLES / "china.jpg").read_bytes()
+    with pytest.raises(InvalidArgument, match="corrupt|truncated"):
+        shipped.classify(jpeg[:2000], MAX_PIXELS)
+    with pytest.raises(InvalidArgument, match="over the worker's limit"):
+        shipped.classify(jpeg, 1000)
+
+
+def test_legacy_bad_pixels_are_refused(shipped):
+    with pytest.raises(InvalidArgument, match="uint8"):
+        shipped.classify_legacy(np.zeros((50, 37), dtype=np.float32))
+    with pytest.raises(InvalidArgument, match="empty"):
+        shipped.classify_legacy(np.zeros((0, 37), dtype=np.uint8))
+    assert shipped.classify_legacy(np.full((50, 37), 128, dtype=np.uint8)) == NO_FACE
+
+
+# --- people (LFW) -----------------------------------------------------------------------------
+
+@needs_lfw
+def test_small_model_names_held_out_photos(small_model, small_split):
+    for person, files in small_split.test_people.items():
+        for f in files:
+            result = small_model.classify(f.read_bytes(), MAX_PIXELS)
+            assert isinstance(result, Classification)
+            assert result.label == person, f.name
+            assert result.faces[0].label == person and 0.5 <= result.confidence <= 1.0
+
+
+@needs_lfw
+def test_small_model_says_unknown_for_a_person_it_never_saw(small_model, small_split):
+    (stranger, files), = small_split.test_negatives.items()
+    answers = [small_model.classify(f.read_bytes(), MAX_PIXELS).label for f in files[:4]]
+    assert answers == [UNKNOWN] * 4, stranger
+
+
+@needs_lfw
+def test_small_model_legacy_path_names_a_thumbnail(small_model, small_split):
+    f = small_split.test_people[BUSH][0]
+    with Image.open(f) as img:
+        thumb = old_client_thumbnail(img)
+    assert thumb.shape == (50, 37)
+    assert small_model.classify_legacy(thumb) == BUSH
+
+
+@needs_lfw
+def test_shipped_model_on_odd_modes_of_a_face_photo(shipped, people):
+    photo = Image.open(people[POWELL][-1])
+    rgba = photo.convert("RGBA")
+    grey16 = Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257)
+    variants = {
+        "grey": encode(photo.convert("L"), "JPEG"),
+        "cmyk": encode(photo.convert("CMYK"), "JPEG"),
+        "rgba": encode(rgba, "PNG"),
+        "16-bit": encode(grey16, "PNG"),
+        "tiff": encode(photo, "TIFF"),
+    }
+    for name, data in variants.items():
+        assert shipped.classify(data, MAX_PIXELS).label == POWELL, name
+
+
+@needs_lfw
+def test_exif_orientation_is_applied_before_detection(shipped, people):
+    photo = Image.open(people[BUSH][-1]).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: a viewer turns it 90 degrees clockwise
+    data = encode(photo.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif)
+    assert shipped.classify(data, MAX_PIXELS).label == BUSH
+
+
+@needs_lfw
+def test_small_face_in_a_1080p_photo_is_found_at_full_resolution(shipped, people):
+    rng = random.Random(5)
+    data = paste.pasted(Image.open(people[BUSH][-2]), 60, rng)
+    result = shipped.classify(data, MAX_PIXELS)
+    assert (result.width, result.height) == (1920, 1080)
+    assert result.label == BUSH
+    left, top, right, bottom = result.faces[0].box
+    assert 40 <= right - left <= 100 and 0 <= left < right <= 1920 and 0 <= top < bottom <= 1080
+
+
+@needs_lfw
+@pytest.mark.timeout(120)
+def test_24_megapixel_photo(shipped, people):
+    scene = Image.new("RGB", (6000, 4000), (90, 110, 100))
+    scene.paste(Image.open(people[POWELL][-3]).resize((1000, 1000)), (2500, 1500))
+    result = shipped.classify(encode(scene, "JPEG", quality=85), MAX_PIXELS)
+    assert result.label == POWELL and (result.width, result.height) == (6000, 4000)
+
+
+@needs_lfw
+def test_several_faces_one_entry_each_largest_first(people):
+    models = load_dlib_models()
+    a = Image.open(people[BUSH][-4]).convert("RGB")
+    b = Image.open(people[POWELL][-4]).convert("RGB").resize((160, 160))
+    canvas = Image.new("RGB", (500, 300), (200, 200, 200))
+    canvas.paste(b, (10, 70))
+    canvas.paste(a, (240, 25))
+    boxes = detect_faces(np.asarray(canvas), models.detector)
+    assert len(boxes) == 2
+    assert boxes[0].area > boxes[1].area and boxes[0].left >= 240 and boxes[1].right <= 170
+
+
+@needs_lfw
+def test_train_command_writes_an_artifact_that_loads(tmp_path, people):
+    gal = tmp_path / "gallery"
+    for person in ("Colin_Powell", "Hugo_Chavez"):
+        (gal / person).mkdir(parents=True)
+        for f in people[display_name(person)][:4]:
+            (gal / person / f.name).symlink_to(f)
+    from worker.cli import main
+
+    out = tmp_path / "m.npz"
+    result = CliRunner().invoke(main, ["train", "--people", str(gal), "--out", str(out), "--no-cache"])
+    assert result.exit_code == 0, result.output
+    model = load_classifier(str(out))
+    assert model.model.main.labels == [POWELL, "Hugo Chavez"]
+    assert model.version in result.output
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["training"]["people"] == {POWELL: 4, "Hugo Chavez": 4}

@@ -1,0 +1,119 @@
+"""Evaluation on the split a model held out: our model and the legacy path through the real
+gRPC service, small faces pasted into 1080p scenes, and the eigenfaces baseline."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imageworker_v1_pb2_grpc
+from worker.classifier import NO_FACE, UNKNOWN
+from worker.faces import artifact, baseline, legacy, metrics, paste
+from worker.faces.service_client import running_worker
+
+SMALL_FACES = (60, 120)
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The evaluation photos and their true labels (never-seen people: ``unknown``)."""
+
+    paths: list[Path]
+    truth: list[str]
+    train_paths: list[Path]
+    train_truth: list[str]
+
+
+def held_out(meta: dict, data: Path) -> HeldOut:
+    """Rebuild the split recorded in a model's metadata, with files under ``data``."""
+    s = meta.get("split")
+    if not s or not s.get("test_people"):
+        raise ValueError("this model records no held-out split: train it with --hold-out to evaluate it")
+    paths, truth = [], []
+    for person, files in s["test_people"].items():
+        paths += [data / f for f in files]
+        truth += [person] * len(files)
+    from worker.faces.dataset import gallery
+
+    everyone = gallery(data)
+    for person in s["test_negatives"]:
+        paths += everyone[person]
+        truth += [UNKNOWN] * len(everyone[person])
+    train_paths, train_truth = [], []
+    for person, files in s["train_people"].items():
+        train_paths += [data / f for f in files]
+        train_truth += [person] * len(files)
+    for person in s["train_negatives"]:
+        train_paths += everyone[person]
+        train_truth += [UNKNOWN] * len(everyone[person])
+    missing = [str(p) for p in paths + train_paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} photos of the split are missing under {data}, e.g. {missing[0]}")
+    return HeldOut(paths, truth, train_paths, train_truth)
+
+
+def _classify(channel, data: bytes) -> str:
+    stub = imageworker_v1_pb2_grpc.ImageWorkerStub(channel)
+    return stub.Classify(imageworker_v1_pb2.ClassifyRequest(image=data), timeout=120).label
+
+
+def _recognize(channel, thumb: np.ndarray) -> str:
+    stub = abimage_pb2_grpc.ABImageServiceStub(channel)
+    image = abimage_pb2.ABImage(color=False, data=thumb.tobytes(), width=thumb.shape[1], height=thumb.shape[0])
+    request = abimage_pb2.ABCustomImageEndpointRequest(image=image)
+    return stub.RecognizeFace(request, timeout=60).classification
+
+
+def small_face_photos(paths: list[Path], seed: int) -> list[bytes]:
+    """Each photo pasted into a 1920x1080 scene with its face 60-120 px wide (seeded)."""
+    rng = random.Random(seed)
+    out = []
+    for p in paths:
+        with Image.open(p) as img:
+            out.append(paste.pasted(img, rng.randint(*SMALL_FACES), rng))
+    return out
+
+
+def evaluate(model_path: Path | None, data: Path, processes: int = 1, seed: int = 0) -> dict[str, tuple]:
+    """``{variant: (truth, answers)}`` for the four variants."""
+    meta = artifact.load(model_path).meta
+    split = held_out(meta, data)
+    known = list(meta["labels"])
+    results: dict[str, tuple] = {}
+    with running_worker(model_path, processes) as channel, ThreadPoolExecutor(4) as pool:
+        files = [p.read_bytes() for p in split.paths]
+        results["model"] = (split.truth, list(pool.map(lambda b: _classify(channel, b), files)))
+        thumbs = []
+        for p in split.paths:
+            with Image.open(p) as img:
+                thumbs.append(legacy.old_client_thumbnail(img))
+        results["legacy"] = (split.truth, list(pool.map(lambda t: _recognize(channel, t), thumbs)))
+        scenes = small_face_photos(split.paths, seed)
+        results["small"] = (split.truth, list(pool.map(lambda b: _classify(channel, b), scenes)))
+    clf = baseline.train_eigenfaces(np.array([baseline.lfw_crop(p) for p in split.train_paths]),
+                                    split.train_truth, seed)
+    answers = clf.predict(np.array([baseline.lfw_crop(p) for p in split.paths]))
+    results["eigenfaces"] = (split.truth, [str(a) for a in answers])
+    results["_labels"] = (known + [UNKNOWN, NO_FACE], known)
+    return results
+
+
+TITLES = {
+    "model": "Our model, 250x250 photos through ImageWorker.Classify",
+    "small": "Our model, the same faces pasted at 60-120 px into 1920x1080 scenes, through Classify",
+    "legacy": "Legacy path: whole photo shrunk to 37x50 grey, through ABImageService.RecognizeFace",
+    "eigenfaces": "Baseline: eigenfaces (PCA 150 + RBF SVM) on fetch_lfw_people-style 50x37 crops, in-process",
+}
+
+
+def report(results: dict[str, tuple]) -> str:
+    """Markdown sections for every variant."""
+    labels, known = results["_labels"]
+    return "\n".join(
+        metrics.markdown(TITLES[k], *results[k], labels, known, UNKNOWN) for k in TITLES if k in results
+    )

@@ -1,0 +1,35 @@
+"""Test photos with a small face: a portrait shrunk so its face is 60-120 px, pasted into a 1920x1080 scene."""
+
+from __future__ import annotations
+
+import io
+import random
+from functools import cache
+from pathlib import Path
+
+from PIL import Image
+
+SCENE = (1920, 1080)
+# Width of the face in a 250x250 LFW deep-funneled portrait (median detector box).
+LFW_FACE_PX = 105
+
+
+@cache
+def scenes() -> tuple[Image.Image, ...]:
+    """Two face-free 1920x1080 backgrounds from scikit-learn's sample photos."""
+    import sklearn.datasets
+
+    folder = Path(sklearn.datasets.__file__).parent / "images"
+    return tuple(Image.open(folder / n).convert("RGB").resize(SCENE, Image.Resampling.BICUBIC)
+                 for n in ("china.jpg", "flower.jpg"))
+
+
+def pasted(portrait: Image.Image, face_px: int, rng: random.Random, quality: int = 90) -> bytes:
+    """JPEG bytes of a scene with ``portrait`` scaled so its face is about ``face_px`` wide."""
+    side = round(portrait.width * face_px / LFW_FACE_PX)
+    small = portrait.convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
+    scene = rng.choice(scenes()).copy()
+    scene.paste(small, (rng.randrange(SCENE[0] - side), rng.randrange(SCENE[1] - side)))
+    buf = io.BytesIO()
+    scene.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
