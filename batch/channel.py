@@ -140,6 +140,11 @@ class Pool:
                 self._channels.append(channel)
         self._stubs = [imageworker_v1_pb2_grpc.ImageWorkerStub(c) for c in self._channels]
         self._busy = [0] * len(self._channels)
+        # Which worker process answers on each channel ("host:port/pid" from the replies), once known:
+        # SO_REUSEPORT hands each *connection* to one process by a hash, so several connections often
+        # land on the same process; balancing calls per process, not per connection, keeps all busy.
+        self._process: list[str | None] = [None] * len(self._channels)
+        self._index = {id(stub): i for i, stub in enumerate(self._stubs)}
         self._next = 0
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -167,6 +172,12 @@ class Pool:
         finally:
             self._busy[i] -= 1
 
+    def answered(self, stub: imageworker_v1_pb2_grpc.ImageWorkerStub, worker: str) -> None:
+        """Note which worker process answered a call made with ``stub`` (a reply's ``worker`` field)."""
+        i = self._index.get(id(stub))
+        if i is not None and worker:
+            self._process[i] = worker
+
     def _pick(self) -> int:
         n = len(self._channels)
         ready = [
@@ -175,7 +186,12 @@ class Pool:
         ]
         # No channel ready: pick one anyway; the call fails fast with UNAVAILABLE and is retried after a backoff.
         candidates = ready or [(i + self._next) % n for i in range(n)]
-        best = min(candidates, key=lambda i: self._busy[i])  # min keeps the first of equals: round robin on ties
+        in_flight: dict[str | int, int] = {}  # per worker process; a channel not yet answered is its own group
+        for i in range(n):
+            key = self._process[i] or i
+            in_flight[key] = in_flight.get(key, 0) + self._busy[i]
+        # Least busy process first, then least busy connection; min keeps the first of equals: round robin.
+        best = min(candidates, key=lambda i: (in_flight[self._process[i] or i], self._busy[i]))
         self._next = (best + 1) % n
         return best
 

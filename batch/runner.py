@@ -145,6 +145,7 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
                                               timeout=settings.timeout)
                 else:
                     reply = await stub.Classify(v1.ClassifyRequest(image=data), timeout=settings.timeout)
+                pool.answered(stub, reply.worker)
         except grpc.aio.AioRpcError as e:
             if permanent(e):
                 return Outcome(ERROR, error=explain_permanent(e, len(data)), attempts=attempts)
