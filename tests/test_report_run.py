@@ -7,6 +7,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +26,7 @@ DOCS_PNG = ROOT / "docs" / "report.png"
 EVIL_NAME = """<b>&"quote'.jpg"""
 
 
-def write_inputs(folder: Path) -> str:
+def write_inputs(folder: Path) -> Path:
     """Small real images (one with a face) and a manifest of both ops plus two rows that fail."""
     imgs = folder / "imgs"
     imgs.mkdir(parents=True)
@@ -53,21 +55,22 @@ def write_inputs(folder: Path) -> str:
     manifest = folder / "manifest.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(rows)
-    return str(manifest)
+    return manifest
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if "run" not in main.commands:  # TEMPORARY until `batch run` lands in batch/cli.py
-        pytest.skip("batch run is not registered yet")
     folder = tmp_path_factory.mktemp("report-run")
-    manifest = write_inputs(folder)
-    out = folder / "out"
-    result = CliRunner().invoke(main, ["run", manifest, "--out", str(out), "--quiet"], catch_exceptions=False)
-    assert result.exit_code == 1, result.output  # two rows fail on purpose
-    return out
+    write_inputs(folder)
+    # The installed command in a subprocess, as a user types it (run.json records this command line).
+    batch = Path(sys.executable).with_name("batch")
+    done = subprocess.run([str(batch), "run", "manifest.csv", "--out", "out", "--quiet"], cwd=folder,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 1, done.stdout + done.stderr  # two rows fail on purpose
+    return folder / "out"
 
 
+@pytest.mark.timeout(300)  # the first test also runs the batch (the fixture)
 def test_figures_match_the_real_results_table(run_dir: Path) -> None:
     result = CliRunner().invoke(main, ["report", str(run_dir), "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -90,8 +93,9 @@ def test_terminal_report_of_a_real_run(run_dir: Path, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.timeout(120)
-def test_real_report_in_headless_chromium(run_dir: Path) -> None:
-    result = CliRunner().invoke(main, ["report", str(run_dir)], catch_exceptions=False)
+def test_real_report_in_headless_chromium(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(run_dir.parent)  # relative paths, as a user would type them, in the page and screenshot
+    result = CliRunner().invoke(main, ["report", "out"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     html = run_dir / "report.html"
     page = html.read_text(encoding="utf-8")
@@ -106,4 +110,4 @@ def test_real_report_in_headless_chromium(run_dir: Path) -> None:
     # 5 rotated pairs + 3 classified rows, every one decoded by the browser.
     assert len(visit.images) == 13
     if os.environ.get("REPORT_SCREENSHOT") == "1":
-        browser.screenshot(html, DOCS_PNG, width=1200, height=1500, max_width=800)
+        browser.screenshot(html, DOCS_PNG, width=1200, height=2000, max_width=800)

@@ -45,7 +45,7 @@ def latency_histogram(bins: list[dict], width: int = 560, height: int = 220) -> 
     if not bins:
         return "<p>No latencies recorded.</p>"
     left, bottom, top_pad = 44, 34, 10
-    plot_w, plot_h = width - left - 10, height - bottom - top_pad
+    plot_w, plot_h = width - left - 24, height - bottom - top_pad  # room for the last tick label
     most = max(b["count"] for b in bins) or 1
     bar_w = plot_w / len(bins)
     body = [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from batch.report import charts
 from batch.report.gallery import Galleries, Thumb
-from batch.report.terminal import incomplete_note
+from batch.report.terminal import incomplete_note, when
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
@@ -81,7 +81,8 @@ def _header(fig: dict) -> str:
     run = fig["run"]
     facts = [
         ("Folder", run["folder"]), ("Command", run["command"]), ("Manifest", run["manifest"]),
-        ("Started", run["started_at"]), ("Finished" if run["complete"] else "Last row", run["finished_at"]),
+        ("Started", when(run["started_at"])),
+        ("Finished" if run["complete"] else "Last row", when(run["finished_at"])),
     ]
     facts += [("Workers", run["workers"]), ("Versions", run["versions"])]
     out = ["<h1>imagebatch run report</h1><table>"]

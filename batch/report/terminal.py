@@ -41,6 +41,16 @@ def incomplete_note(fig: dict) -> str | None:
     return f"INCOMPLETE: no current run.json, the run is still going or was killed; {done} finished so far."
 
 
+def when(iso: str | None) -> str | None:
+    """An ISO timestamp as people read it: to the second, UTC spelled out."""
+    if not iso:
+        return None
+    text = iso.replace("T", " ")
+    if text.endswith("+00:00"):
+        text = text[:-6].split(".")[0] + " UTC"
+    return text
+
+
 def _run_lines(fig: dict) -> list[str]:
     run = fig["run"]
     lines = [shorten(f"Report on {run['folder']} ({run['table']})", WIDTH)]
@@ -56,11 +66,11 @@ def _run_lines(fig: dict) -> list[str]:
 
     add("Command", run["command"])
     add("Manifest", run["manifest"])
-    add("Started", run["started_at"])
-    when = run["finished_at"]
-    if run["duration_s"] is not None and when:
-        when = f"{when} ({run['duration_s']:,.1f} s)"
-    add("Finished" if run["complete"] else "Last row", when)
+    add("Started", when(run["started_at"]))
+    ended = when(run["finished_at"])
+    if run["duration_s"] is not None and ended:
+        ended = f"{ended} ({run['duration_s']:,.1f} s)"
+    add("Finished" if run["complete"] else "Last row", ended)
     add("Workers", run["workers"])
     add("Versions", run["versions"])
     note = incomplete_note(fig)
@@ -115,15 +125,24 @@ def _worker_lines(fig: dict) -> list[str]:
     return lines
 
 
+def _wrapped(text: str, indent: str, max_lines: int) -> list[str]:
+    """``text`` wrapped at 80 columns under ``indent``, at most ``max_lines`` lines (the last one cut)."""
+    clean = re.sub(r"[\x00-\x1f\x7f]+", " ", text)
+    return textwrap.wrap(clean, WIDTH, initial_indent=indent, subsequent_indent=indent,
+                         break_on_hyphens=False, max_lines=max_lines, placeholder=" …")
+
+
 def _error_lines(fig: dict) -> list[str]:
     lines = _section("Most common errors")
     if not fig["errors"]:
         return lines + ["  none"]
     for err in fig["errors"]:
         sample = err["sample"]
-        lines.append(shorten(f"{err['count']:>7,} × {err['pattern']}", WIDTH))
+        head = f"{err['count']:>7,} × "
+        lines += [head + line.lstrip() if i == 0 else line
+                  for i, line in enumerate(_wrapped(err["pattern"], " " * len(head), 2))]
         lines.append(shorten(f"          e.g. id {sample['id']} ({sample['op']}): {sample['path']}", WIDTH))
-        lines.append("          " + shorten(sample["error"], WIDTH - 10))
+        lines += _wrapped(sample["error"], " " * 10, 4)
     return lines
 
 
