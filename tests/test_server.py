@@ -53,8 +53,9 @@ def test_reflection_lists_and_describes_services(channel):
     db = ProtoReflectionDescriptorDatabase(channel)
     services = set(db.get_services())
     assert {"imageworker.v1.ImageWorker", "ABImageService", "grpc.health.v1.Health"} <= services
-    rotate = db.FindSymbol("imageworker.v1.ImageWorker")
-    assert any(s.name == "ImageWorker" for s in rotate.service)
+    v1_file = db.FindFileContainingSymbol("imageworker.v1.ImageWorker")
+    assert v1_file.package == "imageworker.v1"
+    assert [m.name for m in v1_file.service[0].method] == ["Rotate", "Classify"]
     legacy = db.FindFileContainingSymbol("ABImageService")
     assert legacy.package == ""
 
@@ -204,7 +205,10 @@ def test_two_processes_both_answer():
 
 
 def test_past_max_concurrent_rpcs_answers_resource_exhausted(corpus):
+    from worker.server import WATCH_HEADROOM
+
     data = next((corpus / "large").glob("*.jpg")).read_bytes()
+    calls = 1 + WATCH_HEADROOM + 8
     with worker_process("--threads", "1", "--max-concurrent-rpcs", "1") as w, \
             grpc.insecure_channel(w.address, BIG_MESSAGES) as ch:
         stub = v1_grpc.ImageWorkerStub(ch)
@@ -216,8 +220,8 @@ def test_past_max_concurrent_rpcs_answers_resource_exhausted(corpus):
             except grpc.RpcError as e:
                 return e.code()
 
-        with ThreadPoolExecutor(6) as pool:
-            codes = list(pool.map(call, range(6)))
+        with ThreadPoolExecutor(calls) as pool:
+            codes = list(pool.map(call, range(calls)))
         assert grpc.StatusCode.OK in codes
         assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -280,3 +284,18 @@ def test_mtls_worker_requires_a_client_certificate(pki):
 def test_non_loopback_without_tls_is_warned_about():
     with worker_process("--host", "0.0.0.0") as w:
         assert "WITHOUT TLS" in w.log_text()
+
+
+def test_shutdown_does_not_hang_while_health_watch_streams_close():
+    with worker_process() as w:
+        channels = [grpc.insecure_channel(w.address, options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(16)]
+        streams = [health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
+                   for ch in channels]
+        assert all(next(s).status == health_pb2.HealthCheckResponse.SERVING for s in streams)
+        w.proc.send_signal(signal.SIGTERM)
+        for s in streams:  # close ours while the worker notifies them of NOT_SERVING
+            s.cancel()
+        for ch in channels:
+            ch.close()
+        assert w.proc.wait(30) == 0

@@ -31,7 +31,8 @@ def main() -> None:
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1),
               help="RPC threads per process.")
 @click.option("--max-concurrent-rpcs", type=click.IntRange(1), default=None, show_default="2 x threads",
-              help="Calls in flight per process; past it calls get RESOURCE_EXHAUSTED instead of queueing.")
+              help="Image calls per process, running or waiting for a thread; past it (plus 32 slots kept for "
+                   "load balancers' health-watch streams) calls get RESOURCE_EXHAUSTED instead of queueing.")
 @click.option("--max-message-mb", default=64, show_default=True, type=click.IntRange(1, 1024),
               help="Largest image (and answer) per call, in MiB.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),

@@ -28,6 +28,7 @@ from worker.decode import DEFAULT_MAX_PIXELS
 log = logging.getLogger("worker.server")
 
 SERVICE_NAMES = ("imageworker.v1.ImageWorker", "ABImageService")
+WATCH_HEADROOM = 32
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,16 @@ class ServerConfig:
 
     @property
     def in_flight_limit(self) -> int:
+        """Image calls per process, running or waiting for a thread."""
         return self.max_concurrent_rpcs or 2 * self.threads
+
+    @property
+    def transport_rpc_limit(self) -> int:
+        # gRPC's cap (past it: RESOURCE_EXHAUSTED) counts every RPC, including
+        # the health Watch stream each load-balancing client connection keeps
+        # open; those hold no thread and no image, so they get room of their
+        # own instead of starving image calls.
+        return self.in_flight_limit + WATCH_HEADROOM
 
     @property
     def max_message_bytes(self) -> int:
@@ -197,10 +207,11 @@ def _child_main(config: ServerConfig, port: int, ready) -> None:
 def _serve_in_this_process(config: ServerConfig, port: int, ready) -> int:
     """Serve on ``port`` in this process until a signal; the only place grpc objects are made."""
     import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
     from worker.api import abimage_pb2_grpc, imageworker_v1_pb2_grpc
+    from worker.health import HealthServicer
     from worker.service import ABImageServicer, ImageWorkerServicer, WorkerState
 
     options = [
@@ -211,14 +222,14 @@ def _serve_in_this_process(config: ServerConfig, port: int, ready) -> int:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
         options=options,
-        maximum_concurrent_rpcs=config.in_flight_limit,
+        maximum_concurrent_rpcs=config.transport_rpc_limit,
     )
     state = WorkerState(
         identity=f"{socket.gethostname()}:{port}/{os.getpid()}",
         max_message_bytes=config.max_message_bytes,
         max_pixels=config.max_pixels,
     )
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = HealthServicer(experimental_non_blocking=True)
     imageworker_v1_pb2_grpc.add_ImageWorkerServicer_to_server(ImageWorkerServicer(state), server)
     abimage_pb2_grpc.add_ABImageServiceServicer_to_server(ABImageServicer(state), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
