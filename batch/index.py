@@ -33,7 +33,7 @@ class RunIndex:
         # Scratch data, rebuilt every run: durability would only cost time.
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("PRAGMA cache_size=-8000")  # KiB: bounds memory whatever the row count
+        self.db.execute("PRAGMA cache_size=-1000")  # KiB: bounds memory whatever the row count
         self.db.executescript(f"""
             CREATE TABLE rows (line INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, path TEXT, op TEXT,
                 rotation TEXT, output TEXT, input_path TEXT, degrees INTEGER, output_path TEXT, error TEXT,
