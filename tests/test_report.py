@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_report_fixtures import synthetic_rows, synthetic_run, write_results
+from report_fixtures import synthetic_rows, synthetic_run, write_results
 
 from batch.report import figures, terminal
 from batch.report.command import report

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_report_fixtures import synthetic_rows, synthetic_run, write_results
+from report_fixtures import synthetic_rows, synthetic_run, write_results
 
 from batch.report import browser, gallery, thumbs
 from batch.report.command import report
