@@ -43,6 +43,7 @@ from common import (
     results_rows,
     spread,
     table,
+    tree_cpu,
     wait_for_quiet,
     write_manifest,
 )
@@ -68,9 +69,10 @@ def main() -> None:
     print_header("Scale: tiny images, 1,000 to 100,000 rows")
 
     table_rows = []
+    cpu_rows = []
     base_rss = None
     with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=a.work_dir) as tmp, \
-            running(worker_cmd("--processes", str(a.processes))) as (address, _):
+            running(worker_cmd("--processes", str(a.processes))) as (address, server):
         tmp = Path(tmp)
         for n in sizes:
             manifest = tmp / f"tiny-{n}.csv"
@@ -79,7 +81,9 @@ def main() -> None:
                                       for i in range(n)))
             out = tmp / f"out-{n}"
             args = ("--worker", address, *a.batch_args)
+            worker_cpu = tree_cpu(server.pid)
             full = batch_run(manifest, out, *args)
+            full.worker_cpu = tree_cpu(server.pid) - worker_cpu
             _check(out, n, "full run")
             results = results_rows(out)
             retried = sum(1 for r in results if int(r["attempts"] or 0) > 1)
@@ -97,12 +101,19 @@ def main() -> None:
             table_rows.append(_row(n, f"resume at 99 % ({dropped} rows to redo; {redone} redone)", dropped,
                                    resume, base_rss))
             table_rows.append(_row(n, "resume at 100 % (nothing to do)", 0, again, base_rss))
+            cpu_rows.append([f"{n:,}", full.cpu / n * 1000, full.worker_cpu / n * 1000,
+                             (full.cpu + full.worker_cpu) / n * 1000,
+                             os.cpu_count() / ((full.cpu + full.worker_cpu) / n)])
             print(f"done: {n} rows", file=sys.stderr, flush=True)
 
     print(f"64x64 JPEGs ({len(tiny)} distinct files, cycled), one external worker ({a.processes} processes), "
           "driver defaults\n")
     print(table(["rows", "run", "wall (s)", "rows done per s", "driver peak RSS (MiB)", "vs 1,000-row full run"],
                 table_rows))
+    print("\nCPU per row in the full runs (user + system; the ceiling is what the machine's cores allow if the "
+          "CPU were the only limit):\n")
+    print(table(["rows", "driver CPU ms/row", "worker CPU ms/row", "total CPU ms/row",
+                 f"ceiling on {os.cpu_count()} cores (rows/s)"], cpu_rows))
 
 
 def _row(n: int, what: str, work: int, run: BatchRun, base: int) -> list:

@@ -11,6 +11,7 @@ import csv
 import importlib.metadata
 import os
 import platform
+import resource
 import shlex
 import subprocess
 import sys
@@ -198,6 +199,18 @@ class TreeSampler:
             self._stop.wait(self.interval)
 
 
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds used so far by the children of ``pid`` (a server's processes)."""
+    total = 0.0
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def mib(n: float) -> float:
     return n / 2**20
 
@@ -212,6 +225,7 @@ class BatchRun:
     stdout: str
     stderr: str
     command: list[str]
+    cpu: float = 0.0  # user + system seconds of the driver and the children it waited for (its embedded worker)
 
     def stuck_workers(self, out: Path) -> int:
         """Embedded worker processes that logged serving but never 'stopped' (killed after the driver's grace)."""
@@ -237,12 +251,15 @@ class BatchRun:
 def batch_run(manifest: Path, out: Path, *extra: str, interval: float = 0.05) -> BatchRun:
     """Run ``batch run MANIFEST --out OUT --quiet EXTRA...`` and sample its process tree's memory."""
     cmd = [str(BIN / "batch"), "run", str(manifest), "--out", str(out), "--quiet", *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with TreeSampler(proc.pid, interval=interval) as memory:
         stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
-    run = BatchRun(wall, proc.returncode, memory, stdout, stderr, cmd)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    run = BatchRun(wall, proc.returncode, memory, stdout, stderr, cmd, cpu)
     if proc.returncode not in (0, 1):
         sys.exit(f"{' '.join(cmd)} exited {proc.returncode}:\n{stdout}\n{stderr}")
     stuck = run.stuck_workers(out)

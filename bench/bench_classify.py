@@ -1,0 +1,148 @@
+"""Classification throughput (issue 6, item 4): 250x250 face photos and 1920x1080 photos with one small face.
+
+Part 1 sends Classify calls to a real `worker serve --processes 2` on loopback
+(both processes get the same number of connections) and reports images/s.
+Part 2 times each step of the pipeline in this process, one image at a time,
+to show where the time goes: decode (+EXIF, to RGB), detect, align
+(landmarks + chip), embed, classify.
+
+    python bench/bench_classify.py [--photos 200] [--scenes 100] [--processes 2]
+
+Needs the LFW photos in ../shared/data/lfw (or $IMAGEBATCH_LFW).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from common import print_header, table
+from PIL import Image
+from servers import running, worker_cmd
+
+from worker.api import imageworker_v1_pb2 as pb
+from worker.api import imageworker_v1_pb2_grpc as pb_grpc
+from worker.decode import DEFAULT_MAX_PIXELS, upright
+from worker.faces import load_classifier
+from worker.faces.align import face_chip
+from worker.faces.commands import default_lfw
+from worker.faces.dataset import gallery
+from worker.faces.detect import detect_faces
+from worker.faces.embed import embed_chips
+from worker.faces.image import to_rgb
+from worker.faces.paste import pasted
+
+OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 * 2**20),
+           ("grpc.max_send_message_length", 64 * 2**20)]
+
+
+def corpora(photos: int, scenes: int) -> dict[str, list[bytes]]:
+    lfw = default_lfw()
+    if not lfw.is_dir():
+        sys.exit(f"LFW photos not found at {lfw}: set IMAGEBATCH_LFW")
+    files = sorted(f for fs in gallery(lfw).values() for f in fs)
+    rng = random.Random(0)
+    chosen = rng.sample(files, max(photos, scenes))
+    portraits = [f.read_bytes() for f in chosen[:photos]]
+    small = []
+    for f in chosen[:scenes]:
+        with Image.open(f) as img:
+            small.append(pasted(img, rng.randint(60, 120), rng))
+    return {"250x250 LFW photo": portraits, "1920x1080, one 60-120 px face": small}
+
+
+def balanced_stubs(address: str, probe: bytes, processes: int, per_process: int) -> list:
+    """Connections until each server process holds ``per_process`` of them (SO_REUSEPORT spreads connections)."""
+    kept: dict[str, list] = {}
+    for _ in range(64 * processes * per_process):
+        channel = grpc.insecure_channel(address, options=OPTIONS)
+        stub = pb_grpc.ImageWorkerStub(channel)
+        who = stub.Classify(pb.ClassifyRequest(image=probe), timeout=60, wait_for_ready=True).worker
+        if len(kept.setdefault(who, [])) < per_process:
+            kept[who].append(stub)
+        else:
+            channel.close()
+        if len(kept) >= processes and all(len(v) >= per_process for v in kept.values()):
+            return [s for group in zip(*kept.values(), strict=False) for s in group]
+    sys.exit(f"could not reach {processes} worker processes: {({k: len(v) for k, v in kept.items()})}")
+
+
+def throughput(address: str, images: list[bytes], processes: int, concurrency: int) -> tuple[float, Counter, float]:
+    stubs = balanced_stubs(address, images[0], processes, max(1, concurrency // processes))
+    for data in images[: 2 * concurrency]:  # warm-up: first calls pay for page faults and caches
+        stubs[0].Classify(pb.ClassifyRequest(image=data), timeout=60)
+    who: Counter = Counter()
+    latencies: list[float] = []
+
+    def call(i: int) -> None:
+        t = time.perf_counter()
+        answer = stubs[i % len(stubs)].Classify(pb.ClassifyRequest(image=images[i]), timeout=120)
+        latencies.append(time.perf_counter() - t)
+        who[answer.worker] += 1
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(call, range(len(images))))
+    return len(images) / (time.perf_counter() - start), who, statistics.median(latencies)
+
+
+def steps(images: list[bytes]) -> dict[str, float]:
+    """Median milliseconds per image of each step, in this process."""
+    model = load_classifier()
+    d = model.dlib
+    times: dict[str, list[float]] = {k: [] for k in ("decode", "detect", "align", "embed", "classify", "total")}
+    for data in images:
+        t0 = time.perf_counter()
+        rgb = to_rgb(upright(data, DEFAULT_MAX_PIXELS))
+        t1 = time.perf_counter()
+        boxes = detect_faces(rgb, d.detector, d.detector_lock)
+        t2 = time.perf_counter()
+        chips = [face_chip(rgb, b, d.predictor, d.predictor_lock) for b in boxes]
+        t3 = time.perf_counter()
+        emb = embed_chips(chips, d.net, d.net_lock)
+        t4 = time.perf_counter()
+        model.model.main.predict(emb)
+        t5 = time.perf_counter()
+        for k, a, b in (("decode", t0, t1), ("detect", t1, t2), ("align", t2, t3), ("embed", t3, t4),
+                        ("classify", t4, t5), ("total", t0, t5)):
+            times[k].append((b - a) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=int, default=200, help="250x250 photos to classify")
+    ap.add_argument("--scenes", type=int, default=100, help="1920x1080 scenes to classify")
+    ap.add_argument("--processes", type=int, default=2, help="worker processes (one per core)")
+    ap.add_argument("--concurrency", type=int, default=4, help="calls in flight")
+    ap.add_argument("--steps", type=int, default=40, help="images per corpus timed step by step in-process")
+    args = ap.parse_args()
+
+    print_header("Classification throughput and where the time goes")
+    sets = corpora(args.photos, args.scenes)
+    rows = []
+    with running(worker_cmd("--processes", str(args.processes))) as (address, _):
+        for name, images in sets.items():
+            rate, who, median = throughput(address, images, args.processes, args.concurrency)
+            rows.append((name, len(images), rate, median * 1000, " / ".join(str(v) for v in who.values())))
+    print(table(["images", "count", "images/s", "median latency ms", "calls per worker process"], rows))
+    print(f"\n`worker serve --processes {args.processes}`, {args.concurrency} calls in flight over "
+          "connections spread evenly across the processes.\n")
+    rows = []
+    for name, images in sets.items():
+        ms = steps(images[: args.steps])
+        rows.append((name, *(ms[k] for k in ("decode", "detect", "align", "embed", "classify", "total")),
+                     1000 / ms["total"]))
+    print(table(["images", "decode ms", "detect ms", "align ms", "embed ms", "classify ms", "total ms",
+                 "images/s, 1 core"], rows))
+    print(f"\nMedian per image over {args.steps} images of each kind, one thread, in-process (no gRPC).")
+
+
+if __name__ == "__main__":
+    main()
