@@ -95,9 +95,6 @@ class EmbeddedWorker:
         if proc is None:
             return None
         if proc.poll() is None:
-            # Let the worker see our health-check streams close first: grpc_health's servicer can deadlock
-            # when a Watch stream ends while enter_graceful_shutdown() notifies it (grpc/grpc#43403).
-            time.sleep(0.3)
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(grace)
