@@ -105,7 +105,8 @@ def test_row_gets_its_result_and_the_rest_go_on(row_run, record_property, id_, e
     row = rows.get(id_)
     assert row is not None, f"no result row for {id_!r}; stderr: {done.stderr[-2000:]}"
     record_property("expected", "status ok" if expected == "ok" else "error naming " + ", ".join(map(repr, expected)))
-    record_property("observed", row["status"] + (f": {row['error']}" if row["error"] else f" → {row['output']}"))
+    outcome = f": {row['error']}" if row["error"] else f" → {row['output'] or 'label ' + row['label']}"
+    record_property("observed", row["status"] + outcome)
     if expected == "ok":
         assert row["status"] == "ok", row["error"]
         if row["op"] == "rotate":

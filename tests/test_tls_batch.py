@@ -1,0 +1,98 @@
+"""TLS and mTLS end to end: `batch run` against `worker serve --tls-…`, certificates made in the test.
+
+A driver that speaks plaintext to a TLS worker, trusts the wrong CA, or has no
+client certificate for an mTLS worker must be refused, with a message on the
+driver's side that points at TLS.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from certs import make_pki
+from conftest import worker_process
+from reliability_support import BATCH, ROOT, batch_env, by_id, make_batch, results, run_batch
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return make_batch(tmp_path_factory.mktemp("tls"), 12, classify_every=4)
+
+
+@pytest.fixture(scope="module")
+def tls_worker(pki):
+    with worker_process("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--threads", "2") as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def mtls_worker(pki):
+    with worker_process("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+                        "--tls-client-ca", str(pki.ca), "--threads", "2") as w:
+        yield w
+
+
+def _all_ok(out) -> bool:
+    rows = by_id(results(out))
+    return len(rows) == 12 and all(r["status"] == "ok" for r in rows.values())
+
+
+@pytest.mark.timeout(120)
+def test_batch_over_tls(tls_worker, pki, manifest, tmp_path, record_property):
+    """batch run --tls-ca against a TLS worker: every row ok"""
+    done = run_batch(manifest, "--worker", f"localhost:{tls_worker.port}", "--tls-ca", pki.ca,
+                     "--out", tmp_path / "out", "--quiet")
+    record_property("observed", f"exit {done.returncode}: {done.stdout.strip()[-200:]}")
+    assert done.returncode == 0, done.stderr
+    assert _all_ok(tmp_path / "out")
+
+
+@pytest.mark.timeout(120)
+def test_batch_over_mtls(mtls_worker, pki, manifest, tmp_path, record_property):
+    """batch run --tls-ca --tls-cert --tls-key against an mTLS worker: every row ok"""
+    done = run_batch(manifest, "--worker", f"localhost:{mtls_worker.port}", "--tls-ca", pki.ca,
+                     "--tls-cert", pki.client_cert, "--tls-key", pki.client_key, "--out", tmp_path / "out", "--quiet")
+    record_property("observed", f"exit {done.returncode}: {done.stdout.strip()[-200:]}")
+    assert done.returncode == 0, done.stderr
+    assert _all_ok(tmp_path / "out")
+
+
+REFUSALS = ["plaintext driver to a TLS worker", "driver trusting another CA", "no client certificate under mTLS"]
+
+
+@pytest.fixture(scope="module")
+def refusals(tls_worker, mtls_worker, pki, manifest, tmp_path_factory):
+    """The three refused runs, started together: each waits out the driver's connect timeout."""
+    folder = tmp_path_factory.mktemp("refused")
+    args = {
+        REFUSALS[0]: ["--worker", f"localhost:{tls_worker.port}"],
+        REFUSALS[1]: ["--worker", f"localhost:{tls_worker.port}", "--tls-ca", str(pki.other_ca)],
+        REFUSALS[2]: ["--worker", f"localhost:{mtls_worker.port}", "--tls-ca", str(pki.ca)],
+    }
+    procs = {name: subprocess.Popen([*BATCH, "run", str(manifest), *a, "--out", str(folder / str(i)), "--quiet"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                    env=batch_env())
+             for i, (name, a) in enumerate(args.items())}
+    done = {}
+    for i, (name, p) in enumerate(procs.items()):
+        out, err = p.communicate(timeout=150)
+        done[name] = (p.returncode, out, err, folder / str(i))
+    return done
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("case", REFUSALS)
+def test_wrong_tls_is_refused_with_a_clear_message(refusals, record_property, case):
+    code, out, err, folder = refusals[case]
+    message = (err.strip().splitlines() or [""])[-1]
+    record_property("expected", "refused: no row runs, exit 2, a message that mentions TLS")
+    record_property("observed", f"exit {code}: {message}")
+    assert code == 2, err
+    assert all(r["status"] != "ok" for r in results(folder))
+    assert "TLS" in message
