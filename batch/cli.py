@@ -67,7 +67,7 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
         manifest=manifest, out=out, workers=tuple(worker_addresses(workers)), concurrency=concurrency,
         timeout=timeout, retries=retries, restart=restart,
         tls=Tls(tls_ca, tls_cert, tls_key) if tls_ca else None, results_format=results_format,
-        connections=connections, progress=choose_mode(quiet), command=tuple(sys.argv),
+        connections=connections, progress=choose_mode(quiet), command=("batch", *sys.argv[1:]),
     )
     try:
         summary = run_batch(options)
