@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from faces_support import BUSH, MAX_PIXELS, POWELL, SAMPLES, lfw_root, needs_lfw
 from PIL import Image
 
 from worker.classifier import NO_FACE, UNKNOWN, Classification
@@ -28,22 +28,6 @@ from worker.faces.dlib_models import load_dlib_models
 from worker.faces.image import to_rgb
 from worker.faces.legacy import old_client_thumbnail
 from worker.faces.pipeline import FaceClassifier
-
-BUSH, POWELL = "George W Bush", "Colin Powell"
-MAX_PIXELS = 150_000_000
-SAMPLES = Path(__import__("sklearn.datasets").datasets.__file__).parent / "images"
-
-
-def lfw_root() -> Path:
-    env = os.environ.get("IMAGEBATCH_LFW")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/lfw"
-    return root / "lfw-deepfunneled" if (root / "lfw-deepfunneled").is_dir() else root
-
-
-needs_lfw = pytest.mark.skipif(
-    not (lfw_root() / "George_W_Bush").is_dir(),
-    reason=f"LFW photos not found at {lfw_root()} (set IMAGEBATCH_LFW to the lfw-deepfunneled folder)",
-)
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -327,3 +311,37 @@ def test_train_command_writes_an_artifact_that_loads(tmp_path, people):
     assert model.version in result.output
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["training"]["people"] == {POWELL: 4, "Hugo Chavez": 4}
+
+
+@needs_lfw
+@pytest.mark.timeout(300)
+def test_evaluate_command_through_a_real_worker(tmp_path, people):
+    """Train with a held-out split on a tiny gallery, then `worker evaluate` it over gRPC."""
+    gal = tmp_path / "gallery"
+    counts = {"George_W_Bush": 6, "Colin_Powell": 6, "Tony_Blair": 3, "Hugo_Chavez": 3, "Ariel_Sharon": 3}
+    for person, n in counts.items():
+        (gal / person).mkdir(parents=True)
+        for f in people[display_name(person)][:n]:
+            (gal / person / f.name).symlink_to(f)
+    from worker.cli import main
+
+    out = tmp_path / "m.npz"
+    trained = CliRunner().invoke(main, [
+        "train", "--people", str(gal), "--person", "George_W_Bush", "--person", "Colin_Powell",
+        "--negatives", str(gal), "--hold-out", "0.34", "--hold-out-negatives", "1", "--out", str(out),
+        "--no-cache"])
+    assert trained.exit_code == 0, trained.output
+    split_meta = json.loads(out.with_suffix(".json").read_text())["split"]
+    assert {k: len(v) for k, v in split_meta["test_people"].items()} == {BUSH: 2, POWELL: 2}
+    assert len(split_meta["test_negatives"]) == 1
+
+    report = tmp_path / "report.md"
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(out), "--data", str(gal),
+                                       "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    text = report.read_text()
+    for title in ("ImageWorker.Classify", "1920x1080", "RecognizeFace", "eigenfaces"):
+        assert title in text
+    first = text.split("###")[1]
+    assert "known people named right: **1.0000** (4 photos)" in first
+    assert "never-seen people answered `unknown`: **1.0000** (3 photos)" in first

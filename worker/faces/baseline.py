@@ -29,16 +29,19 @@ def lfw_crop(path: Path) -> np.ndarray:
 
 def train_eigenfaces(x: np.ndarray, y: list[str], seed: int = 0):
     """PCA(150, whitened) + SVC(rbf, balanced) with the example's randomised search of C and gamma."""
+    from collections import Counter
+
     from scipy.stats import loguniform
     from sklearn.decomposition import PCA
     from sklearn.model_selection import RandomizedSearchCV
     from sklearn.pipeline import make_pipeline
     from sklearn.svm import SVC
 
+    folds = max(2, min(5, min(Counter(y).values())))  # the example's 5-fold search, fewer for tiny sets
     pca = PCA(n_components=min(150, len(x) - 1), svd_solver="randomized", whiten=True, random_state=seed)
     search = RandomizedSearchCV(
         SVC(kernel="rbf", class_weight="balanced"),
         {"C": loguniform(1e3, 1e5), "gamma": loguniform(1e-4, 1e-1)},
-        n_iter=10, random_state=seed,
+        n_iter=10, cv=folds, random_state=seed,
     )
     return make_pipeline(pca, search).fit(x, y)

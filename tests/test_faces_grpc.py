@@ -1,0 +1,72 @@
+"""The shipped face model through a real `worker serve` on loopback: Classify and the legacy RecognizeFace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from faces_support import BUSH, POWELL, SAMPLES, lfw_root, needs_lfw
+from PIL import Image
+
+from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imageworker_v1_pb2_grpc
+from worker.faces import artifact
+from worker.faces.legacy import old_client_thumbnail
+from worker.faces.service_client import running_worker
+
+
+@pytest.fixture(scope="module")
+def channel():
+    with running_worker(None, processes=1) as ch:
+        yield ch
+
+
+def recognize(channel, pixels: np.ndarray, color: bool = False) -> str:
+    image = abimage_pb2.ABImage(color=color, data=pixels.tobytes(), width=pixels.shape[1], height=pixels.shape[0])
+    stub = abimage_pb2_grpc.ABImageServiceStub(channel)
+    return stub.RecognizeFace(abimage_pb2.ABCustomImageEndpointRequest(image=image), timeout=60).classification
+
+
+@pytest.mark.timeout(180)
+def test_classify_no_face_reports_model_identity(channel):
+    stub = imageworker_v1_pb2_grpc.ImageWorkerStub(channel)
+    reply = stub.Classify(imageworker_v1_pb2.ClassifyRequest(image=(SAMPLES / "china.jpg").read_bytes()), timeout=60)
+    assert reply.label == "no_face" and not reply.faces
+    assert (reply.width, reply.height) == (640, 427)
+    assert reply.model == "dlib-resnet-open-set"
+    assert reply.model_version == artifact.load().version
+
+
+@pytest.mark.timeout(180)
+def test_classify_garbage_is_invalid_argument(channel):
+    stub = imageworker_v1_pb2_grpc.ImageWorkerStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Classify(imageworker_v1_pb2.ClassifyRequest(image=b"GIF89a broken"), timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@needs_lfw
+@pytest.mark.timeout(180)
+def test_classify_and_recognize_face_name_held_out_photos(channel):
+    meta = artifact.load().meta
+    stub = imageworker_v1_pb2_grpc.ImageWorkerStub(channel)
+    for person in (BUSH, POWELL):
+        for name in meta["split"]["test_people"][person][:3]:
+            path: Path = lfw_root() / name
+            reply = stub.Classify(imageworker_v1_pb2.ClassifyRequest(image=path.read_bytes()), timeout=60)
+            assert reply.label == person and reply.faces[0].label == person and reply.confidence >= 0.5
+            left, top, right, bottom = (reply.faces[0].box.left, reply.faces[0].box.top,
+                                        reply.faces[0].box.right, reply.faces[0].box.bottom)
+            assert 0 <= left < right <= 250 and 0 <= top < bottom <= 250
+            with Image.open(path) as img:
+                assert recognize(channel, old_client_thumbnail(img)) == person
+
+
+@pytest.mark.timeout(180)
+def test_recognize_face_without_a_face(channel):
+    flat = np.full((50, 37), 90, dtype=np.uint8)
+    assert recognize(channel, flat) == "no_face"
+    with Image.open(SAMPLES / "flower.jpg") as img:
+        colour = np.asarray(img.convert("RGB").resize((37, 50)))
+    assert recognize(channel, colour, color=True) == "no_face"
