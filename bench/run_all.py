@@ -22,6 +22,7 @@ SCRIPTS = {
     "overhead": ["bench_overhead.py"],
     "large": ["bench_large.py"],
     "scale": ["bench_scale.py"],
+    "driver": ["bench_driver_cost.py"],
 }
 
 
