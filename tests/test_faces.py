@@ -337,7 +337,7 @@ def test_evaluate_command_through_a_real_worker(tmp_path, people):
 
     report = tmp_path / "report.md"
     result = CliRunner().invoke(main, ["evaluate", "--model", str(out), "--data", str(gal),
-                                       "--report", str(report)])
+                                       "--report", str(report), "--record"])
     assert result.exit_code == 0, result.output
     text = report.read_text()
     for title in ("ImageWorker.Classify", "1920x1080", "RecognizeFace", "eigenfaces"):
@@ -345,3 +345,6 @@ def test_evaluate_command_through_a_real_worker(tmp_path, people):
     first = text.split("###")[1]
     assert "known people named right: **1.0000** (4 photos)" in first
     assert "never-seen people answered `unknown`: **1.0000** (3 photos)" in first
+    recorded = json.loads(out.with_suffix(".json").read_text())["evaluation"]
+    assert recorded["model"]["known_accuracy"] == 1.0 and recorded["legacy"]["known_photos"] == 4
+    load_classifier(str(out))  # recording leaves the checksummed arrays alone

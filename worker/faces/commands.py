@@ -83,7 +83,9 @@ def default_lfw() -> Path:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the small-face scenes and baseline.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the markdown report to this file.")
-def evaluate(model: Path | None, data: Path | None, processes: int, seed: int, report: Path | None) -> None:
+@click.option("--record", is_flag=True, help="Store the headline figures in the model's .json (key 'evaluation').")
+def evaluate(model: Path | None, data: Path | None, processes: int, seed: int, report: Path | None,
+             record: bool) -> None:
     """Evaluate a model on the split it held out, through a real `worker serve` on loopback.
 
     Prints precision/recall/F1 per label, the confusion matrix and the rate of
@@ -91,15 +93,19 @@ def evaluate(model: Path | None, data: Path | None, processes: int, seed: int, r
     small in 1920x1080 scenes, the legacy 37x50 path and an eigenfaces baseline.
     """
     from worker.faces.evaluate import evaluate as run
+    from worker.faces.evaluate import record as keep
     from worker.faces.evaluate import report as render
 
     data = data or default_lfw()
     if not data.is_dir():
         raise click.ClickException(f"evaluation data {data} not found (set --data or IMAGEBATCH_LFW)")
     try:
-        text = render(run(model, data, processes, seed))
+        results = run(model, data, processes, seed)
     except (artifact.ModelError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
+    text = render(results)
     click.echo(text)
     if report:
         report.write_text(text)
+    if record:
+        keep(model, results, " ".join(["worker", *sys.argv[1:]]))

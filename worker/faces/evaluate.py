@@ -117,3 +117,22 @@ def report(results: dict[str, tuple]) -> str:
     return "\n".join(
         metrics.markdown(TITLES[k], *results[k], labels, known, UNKNOWN) for k in TITLES if k in results
     )
+
+
+def headline(results: dict[str, tuple]) -> dict[str, dict]:
+    """Per variant: known accuracy and never-seen unknown rate (what ``--record`` stores in the JSON)."""
+    _, known = results["_labels"]
+    return {k: {m: (round(v, 4) if isinstance(v, float) else v)
+                for m, v in metrics.summary(*results[k], known, UNKNOWN).items()}
+            for k in TITLES if k in results}
+
+
+def record(model_path: Path | None, results: dict[str, tuple], command: str) -> None:
+    """Write the headline figures into the model's JSON (not covered by the .npz checksum)."""
+    import json
+    import time
+
+    _, json_path = artifact.paths(model_path or artifact.SHIPPED)
+    meta = json.loads(json_path.read_text())
+    meta["evaluation"] = {"command": command, "date": time.strftime("%Y-%m-%d"), **headline(results)}
+    json_path.write_text(json.dumps(meta, indent=1) + "\n")
