@@ -340,7 +340,7 @@ def test_evaluate_command_through_a_real_worker(tmp_path, people):
                                        "--report", str(report), "--record"])
     assert result.exit_code == 0, result.output
     text = report.read_text()
-    for title in ("ImageWorker.Classify", "1920x1080", "RecognizeFace", "eigenfaces"):
+    for title in ("ImageWorker.Classify", "1920x1080", "RecognizeFace", "eigenfaces", "prototype"):
         assert title in text
     first = text.split("###")[1]
     assert "known people named right: **1.0000** (4 photos)" in first

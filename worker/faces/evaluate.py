@@ -99,6 +99,9 @@ def evaluate(model_path: Path | None, data: Path, processes: int = 1, seed: int 
                                     split.train_truth, seed)
     answers = clf.predict(np.array([baseline.lfw_crop(p) for p in split.paths]))
     results["eigenfaces"] = (split.truth, [str(a) for a in answers])
+    # The old prototype's mistake: a model of face crops shown whole-photo thumbnails.
+    answers = clf.predict(np.array([t.ravel() / 255.0 for t in thumbs], dtype=np.float32))
+    results["prototype"] = (split.truth, [str(a) for a in answers])
     results["_labels"] = (known + [UNKNOWN, NO_FACE], known)
     return results
 
@@ -108,6 +111,8 @@ TITLES = {
     "small": "Our model, the same faces pasted at 60-120 px into 1920x1080 scenes, through Classify",
     "legacy": "Legacy path: whole photo shrunk to 37x50 grey, through ABImageService.RecognizeFace",
     "eigenfaces": "Baseline: eigenfaces (PCA 150 + RBF SVM) on fetch_lfw_people-style 50x37 crops, in-process",
+    "prototype": "The old prototype's setup: that eigenfaces model shown the legacy 37x50 whole-photo "
+                 "thumbnails, in-process",
 }
 
 
