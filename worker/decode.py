@@ -40,6 +40,8 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
+        if _guess(data) != "unrecognised":  # the right signature, but its parser refused the rest
+            raise InvalidArgument(f"corrupt {_guess(data)} image: its header could not be read") from None
         raise InvalidArgument(
             f"not a supported image ({len(data)} bytes starting {data[:8]!r}); "
             f"supported formats: {', '.join(FORMATS)}"

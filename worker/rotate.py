@@ -106,7 +106,7 @@ def rotate(data: bytes, degrees: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
         if done is not None:
             return done
         return _jpeg_reencode(img, op)
-    return _reencode(data, img, op)
+    return _reencode(data, img, op, max_pixels)
 
 
 def rotate_pixels(data: bytes, width: int, height: int, channels: int, degrees: int) -> bytes:
@@ -238,19 +238,29 @@ def _jpeg_reencode(img: Image.Image, op: T | None) -> Rotated:
 # --- everything else ------------------------------------------------------
 
 
-def _reencode(data: bytes, img: Image.Image, op: T | None) -> Rotated:
+def _reencode(data: bytes, img: Image.Image, op: T | None, max_pixels: int) -> Rotated:
     fmt = img.format or ""
     frames, durations = [], []
     try:
         count = getattr(img, "n_frames", 1)
     except DECODE_ERRORS as e:
         raise InvalidArgument(f"corrupt {fmt} image: cannot count its frames: {e}") from None
+    # Every frame or page is decoded and kept, so --max-pixels bounds their sum:
+    # a few KiB of GIF can declare hundreds of full-canvas frames.
+    decoded = 0
     for index in range(count):
         if count > 1:
             try:
                 img.seek(index)
             except DECODE_ERRORS as e:
                 raise InvalidArgument(f"corrupt or truncated {fmt} image at frame {index}: {e}") from None
+        decoded += img.width * img.height
+        if decoded > max_pixels:
+            raise InvalidArgument(
+                f"{fmt} image with {count} frames/pages needs over {max_pixels:,} pixels decoded by frame "
+                f"{index + 1} ({img.width}x{img.height}), over the worker's limit (worker serve --max-pixels); "
+                "refused as a possible decompression bomb"
+            )
         load(img)
         if op is not None:
             frames.append(img.transpose(op))
