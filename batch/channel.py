@@ -147,6 +147,16 @@ class Pool:
         self._index = {id(stub): i for i, stub in enumerate(self._stubs)}
         self._next = 0
 
+    async def probe(self, timeout: float = 3.0) -> str | None:
+        """One health check that does not wait for a connection: None if it answers, else gRPC's details."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            await health_pb2_grpc.HealthStub(self._channels[0]).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            return None
+        except grpc.aio.AioRpcError as e:
+            return e.details() or e.code().name
+
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until some channel is ready (a worker answers health checks with SERVING), then briefly for the rest.
 
@@ -197,3 +207,26 @@ class Pool:
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels))
+
+
+def connect_failure(details: str, tls: Tls | None) -> tuple[str, bool]:
+    """Explain why no worker answered, from gRPC's error details; and whether waiting longer cannot help."""
+    lowered = details.lower()
+    if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
+        return ("TLS handshake failed: the worker's certificate is not signed by the CA in --tls-ca "
+                "(or does not name this host)", True)
+    if "wrong_version_number" in lowered or ("handshake" in lowered and "tls" in lowered and tls):
+        return ("TLS handshake failed: the worker does not seem to speak TLS (drop --tls-ca), "
+                f"or refused ours: {details}", True)
+    if "socket closed" in lowered or "connection reset" in lowered:
+        if tls is None:
+            return ("the worker closed the connection: it probably requires TLS "
+                    "(give its CA with --tls-ca, and --tls-cert/--tls-key if it asks for client certificates)", True)
+        if tls.cert is None:
+            return ("the worker closed the TLS connection: it probably requires a client certificate "
+                    "(mTLS: --tls-cert and --tls-key)", True)
+        return ("the worker closed the TLS connection: it probably does not accept our client certificate "
+                "(--tls-cert is not signed by the CA the worker trusts)", True)
+    if "connection refused" in lowered:
+        return "nothing listens there (connection refused): is `worker serve` running at that address?", False
+    return details, False

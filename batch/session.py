@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 from batch import demo
-from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, UsageError, address_count, grpc_targets
+from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, UsageError, address_count, connect_failure, grpc_targets
 from batch.embedded import EmbeddedWorker, cpu_count
 from batch.index import RunIndex
 from batch.manifest import Row, read_rows
@@ -183,6 +183,26 @@ def _defaults(options: RunOptions, targets: list[str], embedded: EmbeddedWorker 
     return options.concurrency or concurrency, options.connections or connections
 
 
+async def _connect(pool: Pool, targets: list[str], tls: Tls | None) -> None:
+    """Wait for a worker to answer; fail at once when gRPC's error shows waiting cannot help (TLS mismatch)."""
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    reason = "no answer"
+    while True:
+        if await pool.wait_ready(min(2.0, max(deadline - time.monotonic(), 0.1))):
+            return
+        details = await pool.probe()
+        if details is None:
+            return
+        reason, final = connect_failure(details, tls)
+        if final or time.monotonic() >= deadline:
+            break
+    raise UsageError(
+        f"no worker answered at {', '.join(targets)}"
+        + ("" if final else f" within {CONNECT_TIMEOUT:.0f} s")
+        + f": {reason}"
+    )
+
+
 def _run_rows(index: RunIndex, journal: Journal, progress: Progress, summary: Summary, targets: list[str],
               connections: int, settings: Settings, tls: Tls | None) -> bool:
     """The asynchronous part; returns True when interrupted by SIGINT/SIGTERM."""
@@ -246,11 +266,7 @@ def _run_rows(index: RunIndex, journal: Journal, progress: Progress, summary: Su
             first = next(rows, None)
             if first is None:
                 return False
-            if not await pool.wait_ready(CONNECT_TIMEOUT):
-                raise UsageError(
-                    f"no worker answered at {', '.join(targets)} within {CONNECT_TIMEOUT:.0f} s: check the "
-                    "address (--worker or $BATCH_WORKER), that `worker serve` runs there, and the TLS options"
-                )
+            await _connect(pool, targets, tls)
             await fan_out(_chain(first, rows), pool, settings, finished)
             return False
         except asyncio.CancelledError:
