@@ -348,3 +348,14 @@ def test_evaluate_command_through_a_real_worker(tmp_path, people):
     recorded = json.loads(out.with_suffix(".json").read_text())["evaluation"]
     assert recorded["model"]["known_accuracy"] == 1.0 and recorded["legacy"]["known_photos"] == 4
     load_classifier(str(out))  # recording leaves the checksummed arrays alone
+
+
+def test_main_face_is_the_central_one_among_equally_large_faces():
+    from worker.faces.detect import Box, main_face_first
+
+    side = Box(6, 121, 94, 209)  # 88x88, at the edge
+    centre = Box(83, 93, 171, 180)  # 88x87, in the middle: the subject
+    small = Box(200, 10, 240, 50)
+    assert main_face_first([side, centre, small], 250, 250) == [centre, side, small]
+    big = Box(0, 0, 150, 150)
+    assert main_face_first([big, centre], 250, 250) == [big, centre]  # clearly larger wins

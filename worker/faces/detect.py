@@ -45,7 +45,7 @@ def detect_faces(
     lock: threading.Lock | None = None,
     budget: int = DETECT_PIXELS,
 ) -> list[Box]:
-    """Boxes of the faces in an HxWx3 uint8 image, largest (then most central) first, in its pixels."""
+    """Boxes of the faces in an HxWx3 uint8 image, main face first (see ``main_face_first``), in its pixels."""
     height, width = rgb.shape[:2]
     scale = detection_scale(width, height, budget)
     work = rgb if scale == 1.0 else _resized(rgb, scale)
@@ -54,14 +54,28 @@ def detect_faces(
         rects = detector(work, 0)
         if not rects and width * height * 4 <= budget:
             rects = detector(work, 1)
-    boxes = {_to_box(r, scale, width, height) for r in rects}
-    # dlib's boxes come in a few quantised sizes, so equal areas are common
-    # (two people side by side): then the face nearer the centre comes first.
-    def order(b: Box) -> tuple[int, float, int, int]:
-        off_centre = (b.left + b.right - width) ** 2 + (b.top + b.bottom - height) ** 2
-        return (-b.area, off_centre, b.left, b.top)
+    boxes = sorted({_to_box(r, scale, width, height) for r in rects}, key=lambda b: (-b.area, b.left, b.top))
+    return main_face_first([b for b in boxes if b.area > 0], width, height)
 
-    return sorted((b for b in boxes if b.area > 0), key=order)
+
+# dlib's boxes come from pyramid levels 1.2x apart (areas 1.44x), so two faces
+# whose areas differ by less than this are equally large to the detector.
+SAME_SIZE = 0.8
+
+
+def main_face_first(boxes: list[Box], width: int, height: int) -> list[Box]:
+    """Boxes sorted largest first, except that among faces about as large as the largest
+    (two people side by side) the one nearest the centre comes first: the photo's subject."""
+    if len(boxes) < 2:
+        return boxes
+    top = boxes[0].area
+    rivals = [b for b in boxes if b.area >= SAME_SIZE * top]
+
+    def off_centre(b: Box) -> int:
+        return (b.left + b.right - width) ** 2 + (b.top + b.bottom - height) ** 2
+
+    main = min(rivals, key=off_centre)
+    return [main, *(b for b in boxes if b != main)]
 
 
 def _resized(rgb: np.ndarray, scale: float) -> np.ndarray:

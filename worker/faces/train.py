@@ -19,6 +19,8 @@ from worker.faces.image import to_rgb
 
 log = logging.getLogger(__name__)
 CACHE_DIR = Path(os.environ.get("IMAGEBATCH_CACHE", Path.home() / ".cache" / "imagebatch"))
+# Part of every cache key: bump when detection, alignment or thumbnails change what a photo embeds to.
+PIPELINE_VERSION = 2
 
 
 def photo_faces(path: Path, models: DlibModels) -> tuple[Box | None, np.ndarray | None, tuple[int, int]]:
@@ -44,12 +46,14 @@ def _photo_key(path: Path) -> tuple[str, int, int]:
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _embed_photo(key: tuple[str, int, int], net_sha: str) -> tuple[tuple | None, np.ndarray | None, tuple]:
+def _embed_photo(
+    key: tuple[str, int, int], net_sha: str, pipeline: int
+) -> tuple[tuple | None, np.ndarray | None, tuple]:
     box, emb, size = photo_faces(Path(key[0]), load_dlib_models())
     return (tuple(box) if box else None, emb, size)
 
 
-def _embed_thumb(key: tuple[str, int, int], resample: int, box: tuple, net_sha: str) -> np.ndarray:
+def _embed_thumb(key: tuple[str, int, int], resample: int, box: tuple, net_sha: str, pipeline: int) -> np.ndarray:
     with Image.open(key[0]) as img:
         thumb = legacy.old_client_thumbnail(img, Image.Resampling(resample))
     return legacy.legacy_embeddings([thumb], Box(*box), load_dlib_models())[0]
@@ -79,7 +83,7 @@ def train(
     def embed_group(files: list[Path]) -> tuple[np.ndarray, list[Path], list[tuple]]:
         rows, kept, boxes = [], [], []
         for f in files:
-            box, emb, size = embed_photo(_photo_key(f), net_sha)
+            box, emb, size = embed_photo(_photo_key(f), net_sha, PIPELINE_VERSION)
             if emb is None:
                 skipped.append(str(f))
                 continue
@@ -108,7 +112,8 @@ def train(
     progress(f"legacy model: embedding thumbnails ({len(resampling)} ways of shrinking) at {tuple(box)}")
 
     def thumbs(files: list[Path]) -> np.ndarray:
-        rows = [embed_thumb(_photo_key(f), int(r), tuple(box), net_sha) for f in files for r in resampling]
+        rows = [embed_thumb(_photo_key(f), int(r), tuple(box), net_sha, PIPELINE_VERSION)
+                for f in files for r in resampling]
         return np.array(rows, dtype=np.float32).reshape(-1, 128)
 
     # Legacy thumbnails of every photo: the old client sent whatever it had.
