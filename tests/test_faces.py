@@ -359,3 +359,18 @@ def test_main_face_is_the_central_one_among_equally_large_faces():
     assert main_face_first([side, centre, small], 250, 250) == [centre, side, small]
     big = Box(0, 0, 150, 150)
     assert main_face_first([big, centre], 250, 250) == [big, centre]  # clearly larger wins
+
+
+@needs_lfw
+def test_concurrent_calls_from_several_threads_agree_with_sequential_ones(shipped, people):
+    from concurrent.futures import ThreadPoolExecutor
+
+    photos = [f.read_bytes() for f in people[BUSH][-3:] + people[POWELL][-3:]] + [encode(
+        Image.new("RGB", (120, 90), (10, 200, 30)), "PNG")]
+    thumbs = [old_client_thumbnail(Image.open(f)) for f in people[POWELL][-2:]]
+    alone = [shipped.classify(p, MAX_PIXELS) for p in photos] + [shipped.classify_legacy(t) for t in thumbs]
+    jobs = [("c", p) for p in photos] + [("l", t) for t in thumbs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda j: shipped.classify(j[1], MAX_PIXELS) if j[0] == "c"
+                                 else shipped.classify_legacy(j[1]), jobs * 2))
+    assert together == alone * 2
