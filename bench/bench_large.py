@@ -9,7 +9,7 @@ flight in a worker process, against the bound idle + in-flight x per-image.
 Every output is checked: full resolution (width and height swapped for 90/270),
 never shrunk.
 
-    python bench/bench_large.py [--corpus /tmp/ibcorpus] [--large 8] [--repeat 2] [--concurrency 1,2,4,8]
+    python bench/bench_large.py [--corpus /tmp/ibcorpus] [--large 8] [--repeat 3] [--concurrency 1,2,4,8,16]
 """
 
 from __future__ import annotations
@@ -39,13 +39,15 @@ from common import (
 from PIL import Image
 from servers import running, worker_cmd
 
+from worker.server import ServerConfig
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder; built if absent")
     ap.add_argument("--large", type=int, default=8, help="distinct 6000x4000 JPEGs to use")
-    ap.add_argument("--repeat", type=int, default=2, help="rows per image (distinct outputs)")
-    ap.add_argument("--concurrency", default="1,2,4,8", help="driver --concurrency values, comma-separated")
+    ap.add_argument("--repeat", type=int, default=3, help="rows per image (distinct outputs)")
+    ap.add_argument("--concurrency", default="1,2,4,8,16", help="driver --concurrency values, comma-separated")
     ap.add_argument("--processes", type=int, default=os.cpu_count(), help="worker processes")
     ap.add_argument("--threads", type=int, default=4, help="worker threads per process")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="LOAD",
@@ -59,7 +61,11 @@ def main() -> None:
     if a.wait_quiet:
         wait_for_quiet(a.wait_quiet, 900)
     print_header("Large images: 24 MP JPEGs")
-    in_flight_limit = 2 * a.threads  # worker serve's default --max-concurrent-rpcs
+    config = ServerConfig(threads=a.threads)
+    # Calls a worker process accepts (gRPC's cap, past it RESOURCE_EXHAUSTED) and how many run at once
+    # (its threads); the others wait holding only their request bytes.
+    accepted, running_at_once = config.transport_rpc_limit, a.threads
+    file_bytes = sum(p.stat().st_size for p, _ in large) / len(large)
 
     rows_out = []
     per_image = None
@@ -81,24 +87,27 @@ def main() -> None:
             _check(rows, sizes, out)
             peaks = {pid: worker_mem.procs[pid].peak_rss for pid in idle if pid in worker_mem.procs}
             growth = max(peaks[pid] - idle[pid] for pid in peaks)
-            # calls in flight in one worker process at most: the driver's share, capped by the server's limit
-            flight = min(math.ceil(c / a.processes) if c >= a.processes else c, in_flight_limit)
+            # calls in one worker process with the driver's calls spread evenly over its processes
+            flight = min(math.ceil(c / a.processes), accepted)
             if per_image is None:
                 per_image = growth / flight
             rows_out.append([
                 c, len(rows) / run.wall, mib(run.driver_peak()),
                 " / ".join(f"{mib(idle[p]):.0f}" for p in peaks), " / ".join(f"{mib(peaks[p]):.0f}" for p in peaks),
-                flight, mib(growth) / flight, mib(max(idle.values()) + in_flight_limit * per_image),
+                flight, mib(growth) / flight,
+                mib(max(idle.values()) + running_at_once * per_image + (accepted - running_at_once) * file_bytes),
             ])
 
     print(f"{len(rows)} rows ({len(large)} JPEGs 6000x4000, {mb:.1f} MiB each on average, x {a.repeat}); "
-          f"worker: {a.processes} processes x {a.threads} threads, in-flight limit {in_flight_limit} per process; "
+          f"worker: {a.processes} processes x {a.threads} threads, accepting {accepted} calls per process "
+          f"(--max-concurrent-rpcs {config.in_flight_limit} + {accepted - config.in_flight_limit} for health "
+          "streams); "
           "every output checked: full size, width/height swapped for 90/270\n")
     print(table(
         ["driver --concurrency", "images/s (wall, incl. driver start)", "driver peak RSS (MiB)",
          "worker idle RSS per process (MiB)", "worker peak RSS per process (MiB)",
          "calls in flight per process (even spread)", "peak growth per in-flight image (MiB)",
-         "bound: idle + in-flight limit x per-image (MiB)"],
+         f"bound: idle + {running_at_once} running x per-image + {accepted - running_at_once} waiting x file (MiB)"],
         rows_out,
     ))
 

@@ -5,8 +5,8 @@
 (de)serialisation as the worker's Rotate, minus the image work.
 
 The settings mirror ``worker.server`` by construction where it exposes them:
-``ServerConfig`` gives the thread pool size, the in-flight limit
-(``maximum_concurrent_rpcs``) and the transport message limits, and
+``ServerConfig`` gives the thread pool size, gRPC's cap on calls
+(``maximum_concurrent_rpcs``: ``transport_rpc_limit``) and the transport message limits, and
 ``worker.server._reserve_port`` reserves the shared port; the processes are
 forked before any grpc object exists and bind it with SO_REUSEPORT, as
 ``worker serve`` does. (``worker.server`` builds its grpc.Server inside
@@ -45,7 +45,7 @@ def _serve(config: ServerConfig, port: int, ready) -> None:
             ("grpc.max_receive_message_length", config.transport_limit),
             ("grpc.max_send_message_length", config.transport_limit),
         ],
-        maximum_concurrent_rpcs=config.in_flight_limit,
+        maximum_concurrent_rpcs=config.transport_rpc_limit,
     )
     handler = grpc.unary_unary_rpc_method_handler(
         echo, request_deserializer=pb.RotateRequest.FromString,
