@@ -53,7 +53,7 @@ def corpora(photos: int, scenes: int) -> dict[str, list[bytes]]:
     small = []
     for f in chosen[:scenes]:
         with Image.open(f) as img:
-            small.append(pasted(img, rng.randint(60, 120), rng))
+            small.append(pasted(img, rng.randint(60, 120), rng)[0])
     return {"250x250 LFW photo": portraits, "1920x1080, one 60-120 px face": small}
 
 

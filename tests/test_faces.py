@@ -264,12 +264,13 @@ def test_exif_orientation_is_applied_before_detection(shipped, people):
 @needs_lfw
 def test_small_face_in_a_1080p_photo_is_found_at_full_resolution(shipped, people):
     rng = random.Random(5)
-    data = paste.pasted(Image.open(people[BUSH][-2]), 60, rng)
+    data, where = paste.pasted(Image.open(people[BUSH][-2]), 60, rng)
     result = shipped.classify(data, MAX_PIXELS)
     assert (result.width, result.height) == (1920, 1080)
     assert result.label == BUSH
     left, top, right, bottom = result.faces[0].box
-    assert 40 <= right - left <= 100 and 0 <= left < right <= 1920 and 0 <= top < bottom <= 1080
+    assert 40 <= right - left <= 100 and where.left <= left < right <= where.right
+    assert where.top <= top < bottom <= where.bottom
 
 
 @needs_lfw
@@ -340,7 +341,8 @@ def test_evaluate_command_through_a_real_worker(tmp_path, people):
                                        "--report", str(report), "--record"])
     assert result.exit_code == 0, result.output
     text = report.read_text()
-    for title in ("ImageWorker.Classify", "1920x1080", "RecognizeFace", "eigenfaces", "prototype"):
+    for title in ("ImageWorker.Classify", "1920x1080", "portrait's subject", "RecognizeFace", "eigenfaces",
+                  "prototype"):
         assert title in text
     first = text.split("###")[1]
     assert "known people named right: **1.0000** (4 photos)" in first
@@ -374,3 +376,16 @@ def test_concurrent_calls_from_several_threads_agree_with_sequential_ones(shippe
         together = list(pool.map(lambda j: shipped.classify(j[1], MAX_PIXELS) if j[0] == "c"
                                  else shipped.classify_legacy(j[1]), jobs * 2))
     assert together == alone * 2
+
+
+def test_subject_label_picks_the_face_at_the_portraits_centre():
+    from worker.api import imageworker_v1_pb2 as v1
+    from worker.faces.detect import Box
+    from worker.faces.evaluate import subject_label
+
+    reply = v1.ClassifyResponse(label="unknown", faces=[
+        v1.Face(box=v1.Box(left=100, top=100, right=190, bottom=190), label="unknown"),
+        v1.Face(box=v1.Box(left=180, top=110, right=260, bottom=190), label=BUSH),
+    ])
+    assert subject_label(reply, Box(120, 80, 320, 280)) == BUSH
+    assert subject_label(reply, Box(1000, 800, 1200, 1000)) == NO_FACE

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from worker.faces.detect import Box
+
 SCENE = (1920, 1080)
 # Width of the face in a 250x250 LFW deep-funneled portrait (median detector box).
 LFW_FACE_PX = 105
@@ -24,12 +26,14 @@ def scenes() -> tuple[Image.Image, ...]:
                  for n in ("china.jpg", "flower.jpg"))
 
 
-def pasted(portrait: Image.Image, face_px: int, rng: random.Random, quality: int = 90) -> bytes:
-    """JPEG bytes of a scene with ``portrait`` scaled so its face is about ``face_px`` wide."""
+def pasted(portrait: Image.Image, face_px: int, rng: random.Random, quality: int = 90) -> tuple[bytes, Box]:
+    """JPEG bytes of a scene with ``portrait`` scaled so its face is about ``face_px`` wide, and where
+    the portrait went (its box in the scene)."""
     side = round(portrait.width * face_px / LFW_FACE_PX)
     small = portrait.convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
     scene = rng.choice(scenes()).copy()
-    scene.paste(small, (rng.randrange(SCENE[0] - side), rng.randrange(SCENE[1] - side)))
+    left, top = rng.randrange(SCENE[0] - side), rng.randrange(SCENE[1] - side)
+    scene.paste(small, (left, top))
     buf = io.BytesIO()
     scene.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+    return buf.getvalue(), Box(left, top, left + side, top + side)
