@@ -21,7 +21,7 @@ def running_worker(model: Path | None, processes: int = 1, timeout: float = 120.
     cmd = [sys.executable, "-m", "worker", "serve", "--port", "0", "--processes", str(processes)]
     if model is not None:
         cmd += ["--model", str(Path(model).with_suffix(".npz"))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
     try:
         target = _listening(proc, timeout)
         opts = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
@@ -35,6 +35,16 @@ def running_worker(model: Path | None, processes: int = 1, timeout: float = 120.
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM if we are killed before our ``finally`` can stop it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _listening(proc: subprocess.Popen, timeout: float) -> str:
