@@ -61,14 +61,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder; built if absent")
     ap.add_argument("--rows", type=int, default=5000)
+    ap.add_argument("--group", choices=("tiny", "photos"), default="tiny",
+                    help="corpus images: tiny (64x64) or photos (1920x1080)")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="LOAD",
                     help="first wait up to 15 min for the load average to fall below LOAD")
     a = ap.parse_args()
     ensure_corpus(a.corpus)
-    tiny = corpus_rows(a.corpus, "tiny")
+    tiny = corpus_rows(a.corpus, a.group)
     if a.wait_quiet:
         wait_for_quiet(a.wait_quiet, 900)
-    print_header("Driver cost per row: tiny images, by ablation")
+    print_header(f"Driver cost per row: {a.group} images, by ablation")
 
     out_rows = []
     with tempfile.TemporaryDirectory(prefix="bench-driver-") as tmp, \
@@ -107,7 +109,7 @@ def main() -> None:
         out_rows.append(["bare grpc.aio client, same calls, 8 in flight (no files, no results)", bare.seconds,
                          bare.rate, client / a.rows * 1000, worker / a.rows * 1000])
 
-    print(f"{a.rows} rows of 64x64 JPEGs, one external worker ({os.cpu_count()} processes), driver defaults "
+    print(f"{a.rows} rows of {a.group} JPEGs, one external worker ({os.cpu_count()} processes), driver defaults "
           "(8 calls in flight)\n")
     print(table(["variant", "wall (s)", "rows/s", "driver CPU ms/row", "worker CPU ms/row"], out_rows))
 
