@@ -93,8 +93,11 @@ class RunIndex:
         """Why ``row`` must not write its output (an input, or another row's output), or None."""
         if row.output_path is None:
             return None
-        real = _real(row.output_path)
-        if real == _real(row.input_path):
+        # The resolved paths were stored with the row: no second realpath (an lstat per path component).
+        real_input, real = self.db.execute(
+            "SELECT input_real, output_real FROM rows WHERE line = ?", (row.line,)
+        ).fetchone()
+        if real == real_input:
             return f"output {row.output_path} is the input itself: refusing to overwrite an input"
         clash = self.db.execute("SELECT id, line FROM rows WHERE input_real = ? LIMIT 1", (real,)).fetchone()
         if clash:
