@@ -4,14 +4,9 @@
 ``RotateResponse`` carrying the same image bytes: the same messages, sizes and
 (de)serialisation as the worker's Rotate, minus the image work.
 
-The settings mirror ``worker.server`` by construction where it exposes them:
-``ServerConfig`` gives the thread pool size, gRPC's cap on calls
-(``maximum_concurrent_rpcs``: ``transport_rpc_limit``) and the transport message limits, and
-``worker.server._reserve_port`` reserves the shared port; the processes are
-forked before any grpc object exists and bind it with SO_REUSEPORT, as
-``worker serve`` does. (``worker.server`` builds its grpc.Server inside
-``_serve_in_this_process`` together with its servicers, so the builder cannot
-be called for another service without copying these few lines.)
+It runs on ``worker.server`` itself: ``serve`` reserves the port and forks the
+processes (SO_REUSEPORT, signals, LISTENING line), and ``new_server``/``bind``
+give the same thread pool, RPC cap and message limits; only the service differs.
 
     python bench/echo_server.py [--port 0] [--processes N] [--threads 4]
 """
@@ -19,46 +14,37 @@ be called for another service without copying these few lines.)
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-import signal
 import sys
-from concurrent import futures
+from collections.abc import Callable
 
-from worker.server import ServerConfig, _reserve_port
+from worker.server import ServerConfig, bind, new_server, serve, stop_requested
 
 
-def _serve(config: ServerConfig, port: int, ready) -> None:
+def serve_echo(config: ServerConfig, port: int, ready: Callable[[], None]) -> int:
     import grpc
 
     from worker.api import imageworker_v1_pb2 as pb
 
+    identity = f"echo:{port}/{os.getpid()}"
+
     def echo(request: pb.RotateRequest, context) -> pb.RotateResponse:
         return pb.RotateResponse(image=request.image, format="JPEG", method="echo", worker=identity)
 
-    identity = f"echo:{port}/{os.getpid()}"
-
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
-        options=[
-            ("grpc.so_reuseport", 1),
-            ("grpc.max_receive_message_length", config.transport_limit),
-            ("grpc.max_send_message_length", config.transport_limit),
-        ],
-        maximum_concurrent_rpcs=config.transport_rpc_limit,
-    )
+    server = new_server(config)
     handler = grpc.unary_unary_rpc_method_handler(
         echo, request_deserializer=pb.RotateRequest.FromString,
         response_serializer=pb.RotateResponse.SerializeToString,
     )
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Rotate": handler})])
-    if server.add_insecure_port(f"{config.host}:{port}") != port:
-        sys.exit(f"cannot bind {config.host}:{port}")
+    bind(server, config, port)
+    stop = stop_requested()
     server.start()
-    ready.put(os.getpid())
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    ready()
+    while not stop.wait(1.0):
+        pass
     server.stop(0).wait()
-    os._exit(0)
+    return 0
 
 
 def main() -> None:
@@ -72,21 +58,7 @@ def main() -> None:
     a = ap.parse_args()
     config = ServerConfig(host="127.0.0.1", port=a.port, processes=a.processes, threads=a.threads,
                           max_concurrent_rpcs=a.max_concurrent_rpcs, max_message_mb=a.max_message_mb)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # children inherit; sigwait
-    ctx = multiprocessing.get_context("fork")
-    ready = ctx.Queue()
-    with _reserve_port(config.host, config.port) as port:
-        children = [ctx.Process(target=_serve, args=(config, port, ready)) for _ in range(config.processes)]
-        for child in children:
-            child.start()
-        for _ in children:
-            ready.get(timeout=30)
-        print(f"LISTENING {config.host}:{port}", flush=True)
-        signal.sigwait({signal.SIGTERM, signal.SIGINT})
-        for child in children:
-            os.kill(child.pid, signal.SIGTERM)
-        for child in children:
-            child.join()
+    sys.exit(serve(config, announce=lambda line: print(line, flush=True), serve_one=serve_echo))
 
 
 if __name__ == "__main__":

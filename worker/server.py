@@ -18,7 +18,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,14 +75,21 @@ class ServerConfig:
         return self.tls_cert is not None
 
 
-def serve(config: ServerConfig, announce=print) -> int:
-    """Run the worker until SIGTERM/SIGINT; return the process exit code."""
+# One server process: serves on the port until a signal, calls ready() once it
+# answers, returns its exit code.
+ServeOne = Callable[["ServerConfig", int, Callable[[], None]], int]
+
+
+def serve(config: ServerConfig, announce=print, serve_one: ServeOne | None = None) -> int:
+    """Run ``serve_one`` (default: the worker's services) in --processes processes sharing the port
+    until SIGTERM/SIGINT; return the exit code."""
+    serve_one = serve_one or serve_worker
     _check_config(config)
     _warn_about_environment(config)
-    with _reserve_port(config.host, config.port) as port:
+    with reserve_port(config.host, config.port) as port:
         if config.processes == 1:
-            return _serve_in_this_process(config, port, ready=lambda: announce(_listening(config, port)))
-        return _supervise(config, port, announce)
+            return serve_one(config, port, lambda: announce(_listening(config, port)))
+        return _supervise(config, port, announce, serve_one)
 
 
 def _listening(config: ServerConfig, port: int) -> str:
@@ -128,7 +135,7 @@ def _is_loopback(host: str) -> bool:
 
 
 @contextlib.contextmanager
-def _reserve_port(host: str, port: int) -> Iterator[int]:
+def reserve_port(host: str, port: int) -> Iterator[int]:
     """Bind (not listen) the port with SO_REUSEPORT so every child can bind it too."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -144,7 +151,7 @@ def _reserve_port(host: str, port: int) -> Iterator[int]:
         sock.close()
 
 
-def _supervise(config: ServerConfig, port: int, announce) -> int:
+def _supervise(config: ServerConfig, port: int, announce, serve_one: ServeOne) -> int:
     """Fork the server processes, announce once all serve, relay signals, restart crashed children."""
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Queue()
@@ -152,7 +159,7 @@ def _supervise(config: ServerConfig, port: int, announce) -> int:
     children: dict[int, multiprocessing.Process] = {}
 
     def start(slot: int) -> None:
-        p = ctx.Process(target=_child_main, args=(config, port, ready), name=f"worker-{slot}", daemon=False)
+        p = ctx.Process(target=_child_main, args=(config, port, ready, serve_one), name=f"worker-{slot}", daemon=False)
         p.start()
         children[slot] = p
 
@@ -196,17 +203,58 @@ def _supervise(config: ServerConfig, port: int, announce) -> int:
             return exit_code
 
 
-def _child_main(config: ServerConfig, port: int, ready) -> None:
+def _child_main(config: ServerConfig, port: int, ready, serve_one: ServeOne) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    code = _serve_in_this_process(config, port, ready=lambda: ready.put(os.getpid()))
+    code = serve_one(config, port, lambda: ready.put(os.getpid()))
     sys.stdout.flush()
     os._exit(code)
 
 
-def _serve_in_this_process(config: ServerConfig, port: int, ready) -> int:
-    """Serve on ``port`` in this process until a signal; the only place grpc objects are made."""
+def new_server(config: ServerConfig):
+    """A grpc.Server with the worker's limits: threads, RPC cap, message sizes, SO_REUSEPORT."""
     import grpc
+
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", config.transport_limit),
+            ("grpc.max_send_message_length", config.transport_limit),
+        ],
+        maximum_concurrent_rpcs=config.transport_rpc_limit,
+    )
+
+
+def bind(server, config: ServerConfig, port: int) -> str:
+    """Add the (TLS or plaintext) port to ``server``; return the address, or raise OSError."""
+    import grpc
+
+    address = f"[{config.host}]:{port}" if ":" in config.host else f"{config.host}:{port}"
+    if config.tls:
+        creds = grpc.ssl_server_credentials(
+            [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+            root_certificates=Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None,
+            require_client_auth=config.tls_client_ca is not None,
+        )
+        bound = server.add_secure_port(address, creds)
+    else:
+        bound = server.add_insecure_port(address)
+    if bound != port:
+        raise OSError(f"could not bind {address}")
+    return address
+
+
+def stop_requested() -> threading.Event:
+    """An event set by the next SIGTERM or SIGINT."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> int:
+    """The worker's services on ``port`` in this process until a signal; the only place they are made."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
@@ -214,16 +262,7 @@ def _serve_in_this_process(config: ServerConfig, port: int, ready) -> int:
     from worker.health import HealthServicer
     from worker.service import ABImageServicer, ImageWorkerServicer, WorkerState
 
-    options = [
-        ("grpc.so_reuseport", 1),
-        ("grpc.max_receive_message_length", config.transport_limit),
-        ("grpc.max_send_message_length", config.transport_limit),
-    ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
-        options=options,
-        maximum_concurrent_rpcs=config.transport_rpc_limit,
-    )
+    server = new_server(config)
     state = WorkerState(
         identity=f"{socket.gethostname()}:{port}/{os.getpid()}",
         max_message_bytes=config.max_message_bytes,
@@ -239,23 +278,12 @@ def _serve_in_this_process(config: ServerConfig, port: int, ready) -> int:
     )
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    address = f"[{config.host}]:{port}" if ":" in config.host else f"{config.host}:{port}"
-    if config.tls:
-        creds = grpc.ssl_server_credentials(
-            [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
-            root_certificates=Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None,
-            require_client_auth=config.tls_client_ca is not None,
-        )
-        bound = server.add_secure_port(address, creds)
-    else:
-        bound = server.add_insecure_port(address)
-    if bound != port:
-        log.error("could not bind %s", address)
+    try:
+        address = bind(server, config, port)
+    except OSError as e:
+        log.error("%s", e)
         return 1
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = stop_requested()
     server.start()
 
     from worker.faces import load_classifier
