@@ -74,7 +74,7 @@ def machine() -> list[str]:
     except OSError:
         pass
     versions = []
-    for dist in ("imagebatch", "grpcio", "protobuf", "Pillow", "numpy", "PyTurboJPEG", "psutil"):
+    for dist in ("imagebatch", "grpcio", "protobuf", "Pillow", "numpy", "dlib-bin", "psutil"):
         try:
             versions.append(f"{dist} {importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:
