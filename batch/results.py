@@ -1,7 +1,8 @@
 """The results table: what a row's result is, the append-only journal, resume, the finished file.
 
-During a run every finished row is appended to a CSV journal and flushed, so
-a crash or Ctrl-C loses nothing finished. With ``--results-format csv`` the
+During a run finished rows are appended to a CSV journal in groups, each
+flushed once its outputs are durable (batch/durable.py), so a crash or
+Ctrl-C loses at most the last ~0.1 s of rows, which then run again. With ``--results-format csv`` the
 journal *is* ``results.csv`` (``tail -f`` works); with ``parquet`` it is
 ``results.journal.csv``. When the run ends (or is interrupted) the table is
 rewritten atomically with exactly one row per manifest row, in manifest order.
@@ -91,7 +92,7 @@ def already_done(row, previous: dict[str, str] | None) -> bool:
 
 
 class Journal:
-    """Append-only CSV of results, one flushed line per finished row."""
+    """Append-only CSV of results, flushed after each group of finished rows."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -104,8 +105,9 @@ class Journal:
             self._file.write("\r\n")  # a crash cut the last line short; start a fresh one
         self._file.flush()
 
-    def append(self, result: dict[str, str]) -> None:
-        self._writer.writerow(result)
+    def append_many(self, results: list[dict[str, str]]) -> None:
+        """Append a group of rows with one flush (the group's outputs are already durable)."""
+        self._writer.writerows(results)
         self._file.flush()
 
     def close(self) -> None:

@@ -1,9 +1,9 @@
 """Fan-out: each row read, sent, retried and written, at most ``concurrency`` rows at a time.
 
-The driver never decodes images: it reads the file's bytes (in a thread, so
-slow disks do not stall the event loop), sends them and writes the bytes that
-come back. Every row ends as an ``Outcome``; the caller turns it into a
-results row.
+The driver never decodes images: it reads the file's bytes, sends them and
+writes the bytes that come back (small files in the event loop, big ones in
+a thread so a long read or write does not stall the calls in flight). Every
+row ends as an ``Outcome``; the caller turns it into a results row.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from worker.api import imageworker_v1_pb2 as v1
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 TEMP_SUFFIX = ".batchtmp"  # ".<name>.batchtmp" beside the output while it is written
+# Files up to this size are read and written in the event loop: on a local disk that takes well under a
+# millisecond, less than the two thread hops it saves (docs/benchmarks.md, "Driver cost"); bigger ones in a thread.
+INLINE_MAX = 256 * 1024
 
 # What each format may be called; a rotated image keeps its input's format.
 EXTENSIONS = {
@@ -58,10 +61,12 @@ class RowFailed(Exception):
     """A row-level failure with its message (kept verbatim in the results' error column)."""
 
 
-def read_input(path: Path) -> bytes:
-    """The input file's bytes, or RowFailed saying precisely why they cannot be read."""
+def read_input(path: Path, limit: int | None = None) -> bytes | None:
+    """The input file's bytes (None when it is over ``limit`` bytes), or RowFailed saying precisely why not."""
     try:
         with open(path, "rb") as f:
+            if limit is not None and os.fstat(f.fileno()).st_size > limit:
+                return None
             return f.read()
     except FileNotFoundError:
         raise RowFailed(f"file not found: {path}") from None
@@ -76,18 +81,17 @@ def read_input(path: Path) -> bytes:
 
 
 def write_output(path: Path, data: bytes) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, rename over ``path``.
+    """Write atomically: a temporary file in the same folder, renamed over ``path``.
 
-    The temporary name depends only on ``path`` so a crash's leftover is
-    replaced by the next run of that row.
+    No fsync here: the run makes outputs durable in groups before journaling
+    their rows (batch/durable.py). The temporary name depends only on
+    ``path`` so a crash's leftover is replaced by the next run of that row.
     """
     tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):

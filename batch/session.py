@@ -1,8 +1,9 @@
 """One `batch run`: lock the results folder, index the manifest, reach the workers, fan out, finish the table.
 
 Order matters for the promises the command makes: the whole manifest is
-checked (exit 2) before any worker is started or called; every finished row
-is in the journal before the next one is reported; the finished table and
+checked (exit 2) before any worker is started or called; a finished row is
+journaled only once its output is durable (batch/durable.py: group commit),
+and reported only once journaled; the finished table and
 run.json are written however the run ends (done, Ctrl-C, error).
 """
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from batch import demo
 from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, UsageError, address_count, connect_failure, grpc_targets
+from batch.durable import Entry, GroupCommit
 from batch.embedded import EmbeddedWorker, cpu_count
 from batch.index import RunIndex
 from batch.manifest import Row, read_rows
@@ -215,18 +217,25 @@ def _run_rows(index: RunIndex, journal: Journal, progress: Progress, summary: Su
         unanswered = unanswered + 1 if outcome.gave_up else 0 if outcome.worker else unanswered
         if unanswered >= give_up_after and not summary.stopped:
             summary.stopped = f"no worker answered for {unanswered} rows in a row ({outcome.error})"
-        result = result_row(row, outcome)
-        journal.append(result)  # first: a crash right after still keeps this row
-        index.record(result)
-        if outcome.status == OK:
-            summary.ok += 1
-        else:
-            summary.failed += 1
-        if outcome.model:
-            summary.models.add(outcome.model)
-        if outcome.worker:
-            summary.workers[outcome.worker] = summary.workers.get(outcome.worker, 0) + 1
-        progress.update(outcome.status == OK)
+        group.add((row, outcome, result_row(row, outcome)), outcome.output or None)
+
+    def commit(entries: list[Entry]) -> None:
+        """A group whose outputs are durable: journal it (one flush), then count and report it."""
+        results = [result for _row, _outcome, result in entries]
+        journal.append_many(results)  # first: a crash right after still keeps these rows
+        index.record_many(results)
+        for _row, outcome, _result in entries:
+            if outcome.status == OK:
+                summary.ok += 1
+            else:
+                summary.failed += 1
+            if outcome.model:
+                summary.models.add(outcome.model)
+            if outcome.worker:
+                summary.workers[outcome.worker] = summary.workers.get(outcome.worker, 0) + 1
+            progress.update(outcome.status == OK)
+
+    group = GroupCommit(commit)
 
     def to_run() -> Iterator[Row]:
         """Rows that need a call; the others are settled here without one."""
@@ -251,33 +260,44 @@ def _run_rows(index: RunIndex, journal: Journal, progress: Progress, summary: Su
     async def main() -> bool:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
-        interrupted = False
+        interrupted = closing = False
 
         def on_signal() -> None:
             nonlocal interrupted
-            interrupted = True
-            task.cancel()
+            if not closing:  # once the calls are over, the last group is flushed whatever happens
+                interrupted = True
+                task.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         pool = Pool(targets, connections, tls) if targets else None
+        committer = asyncio.create_task(group.run())
+        committer.add_done_callback(lambda t: t.cancelled() or task.cancel())  # a failed sync stops the run
         try:
             rows = to_run()
             first = next(rows, None)
-            if first is None:
-                return False
-            await _connect(pool, targets, tls)
-            await fan_out(_chain(first, rows), pool, settings, finished)
-            return False
+            if first is not None:
+                await _connect(pool, targets, tls)
+                await fan_out(_chain(first, rows), pool, settings, finished)
         except asyncio.CancelledError:
-            if not interrupted:
+            if not interrupted and not committer.done():
                 raise
-            return True
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            if pool is not None:
-                await pool.close()
+            closing = True
+            try:
+                committer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await committer  # raises the SyncError that stopped the run, if one did
+            finally:
+                try:
+                    group.flush()  # every row finished so far: durable, then journaled
+                finally:
+                    group.close()
+                    for sig in (signal.SIGINT, signal.SIGTERM):
+                        loop.remove_signal_handler(sig)
+                    if pool is not None:
+                        await pool.close()
+        return interrupted
 
     return asyncio.run(main())
 

@@ -265,13 +265,13 @@ def test_no_worker_left_fails_rows_naming_the_attempts_then_stops(tmp_path):
 
 @pytest.mark.timeout(180)
 def test_ctrl_c_then_the_same_command_finishes_exactly_once(tmp_path, worker):
-    n = 400
+    n = 1000  # the driver does ~1,000 tiny rows/s and journals in groups every ~0.1 s: room to land mid-run
     manifest = tiny_manifest(tmp_path, n)
     out, reference = tmp_path / "out", tmp_path / "reference"
     cmd = batch_cmd(str(manifest), "--out", str(out), "--worker", worker.address)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     journal = out / "results.csv"
-    assert wait_for(lambda: journal.exists() and journal.read_text().count("\n") > 80, timeout=60)
+    assert wait_for(lambda: journal.exists() and journal.read_text().count("\n") > 80, timeout=60, interval=0.01)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr.decode()

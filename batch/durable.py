@@ -1,0 +1,111 @@
+"""Group commit: finished rows are made durable together, then journaled.
+
+An fsync per output file cost more driver CPU than the rest of a tiny
+image's row (docs/benchmarks.md, "Driver cost"). Outputs are instead written
+to a temporary file and renamed (atomic, no fsync); finished rows wait here
+and, about every ``interval`` seconds or every ``max_rows`` rows, one
+``syncfs(2)`` per file system they were written to makes the whole group
+durable, and only then are the rows handed to ``commit`` (journal, index,
+progress). So a row is in the journal only once its output is on disk; rows
+finished but not yet committed when the driver dies simply run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import os
+from collections.abc import Callable
+from typing import Any
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)  # Linux only; Python's os module has no syncfs
+
+# What a group hands on: (manifest row, outcome, results row); opaque here.
+Entry = tuple[Any, Any, dict[str, str]]
+_DIR_CACHE = 4096  # folders whose device is remembered (outputs usually share a few folders)
+
+
+class SyncError(OSError):
+    """The outputs of a group could not be made durable (an I/O error on their file system)."""
+
+
+class GroupCommit:
+    """Collect finished rows; make their outputs durable in groups; then ``commit`` each group in order."""
+
+    def __init__(self, commit: Callable[[list[Entry]], None], interval: float = 0.1, max_rows: int = 256) -> None:
+        self._commit = commit
+        self.interval = interval
+        self.max_rows = max_rows
+        self._pending: list[Entry] = []
+        self._pending_devices: set[int] = set()
+        self._syncing: list[Entry] = []  # taken by a sync that has not committed yet (kept if it is cancelled)
+        self._syncing_devices: set[int] = set()
+        self._device_of_dir: dict[str, int] = {}
+        self._dir_fds: dict[int, int] = {}  # device -> an open folder on it, for syncfs
+        self._full = asyncio.Event()
+
+    def add(self, entry: Entry, output: str | None) -> None:
+        """A finished row; ``output`` is the file it wrote (to be made durable), or None."""
+        self._pending.append(entry)
+        if output:
+            self._pending_devices.add(self._device(os.path.dirname(output)))
+        if len(self._pending) >= self.max_rows:
+            self._full.set()
+
+    async def run(self) -> None:
+        """Commit groups until cancelled; call ``flush`` afterwards for the rest."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.interval)
+            self._full.clear()
+            if not self._pending:
+                continue
+            self._take()
+            await asyncio.to_thread(self._sync, self._syncing_devices)  # a slow disk must not stall the calls
+            self._done()
+
+    def flush(self) -> None:
+        """Make every collected row durable and commit it now (end of run, Ctrl-C, error)."""
+        self._take()
+        self._sync(self._syncing_devices)
+        self._done()
+
+    def close(self) -> None:
+        for fd in self._dir_fds.values():
+            os.close(fd)
+        self._dir_fds.clear()
+
+    def _take(self) -> None:
+        self._syncing += self._pending
+        self._syncing_devices |= self._pending_devices
+        self._pending, self._pending_devices = [], set()
+
+    def _done(self) -> None:
+        group, self._syncing, self._syncing_devices = self._syncing, [], set()
+        if group:
+            self._commit(group)
+
+    def _sync(self, devices: set[int]) -> None:
+        if not devices:
+            return
+        if _syncfs is None:
+            os.sync()
+            return
+        for device in list(devices):
+            if _syncfs(self._dir_fds[device]) != 0:
+                err = ctypes.get_errno()
+                raise SyncError(err, f"cannot make outputs durable (syncfs): {os.strerror(err)}")
+
+    def _device(self, folder: str) -> int:
+        device = self._device_of_dir.get(folder)
+        if device is None:
+            device = os.stat(folder).st_dev
+            if device not in self._dir_fds:
+                self._dir_fds[device] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            if len(self._device_of_dir) >= _DIR_CACHE:
+                self._device_of_dir.clear()
+            self._device_of_dir[folder] = device
+        return device
