@@ -135,7 +135,9 @@ def explain_exhausted(error: grpc.aio.AioRpcError, attempts: int, settings: Sett
 async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
     """Run one valid row to its outcome; never raises for a row-level problem."""
     try:
-        data = await asyncio.to_thread(read_input, row.input_path)
+        data = read_input(row.input_path, INLINE_MAX)
+        if data is None:
+            data = await asyncio.to_thread(read_input, row.input_path)
     except RowFailed as e:
         return Outcome(ERROR, error=str(e))
     attempts = 0
@@ -170,7 +172,10 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
         return Outcome(ERROR, error=f"output {row.output_path} has extension {row.output_path.suffix} but the "
                        f"rotated image is {reply.format} (rotate keeps the input's format)", **common)
     try:
-        await asyncio.to_thread(write_output, row.output_path, reply.image)
+        if len(reply.image) <= INLINE_MAX:
+            write_output(row.output_path, reply.image)
+        else:
+            await asyncio.to_thread(write_output, row.output_path, reply.image)
     except RowFailed as e:
         return Outcome(ERROR, error=str(e), **common)
     return Outcome(OK, output=str(row.output_path), **common)
