@@ -26,7 +26,7 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               show_default="results/<manifest name>", help="Folder for results, run.json and rotated images.")
 @click.option("--concurrency", type=click.IntRange(1), default=None,
-              show_default="2 per embedded worker process, else 8 per worker address", help="Calls in flight.")
+              show_default="4 per embedded worker process, else 8 per worker address", help="Calls in flight.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
               help="Seconds each call may take.")
 @click.option("--retries", type=click.IntRange(0), default=6, show_default=True,
