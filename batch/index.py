@@ -83,32 +83,36 @@ class RunIndex:
             if not chunk:
                 return
             for values in chunk:
-                row = dict(zip(_ROW_FIELDS, values, strict=True))
-                for key in ("input_path", "output_path"):
-                    row[key] = Path(row[key]) if row[key] is not None else None
-                yield Row(**row)
+                yield _row(values)
             after = chunk[-1][0]
 
     def output_conflict(self, row: Row) -> str | None:
         """Why ``row`` must not write its output (an input, or another row's output), or None."""
         if row.output_path is None:
             return None
-        # The resolved paths were stored with the row: no second realpath (an lstat per path component).
-        real_input, real = self.db.execute(
-            "SELECT input_real, output_real FROM rows WHERE line = ?", (row.line,)
-        ).fetchone()
-        if real == real_input:
-            return f"output {row.output_path} is the input itself: refusing to overwrite an input"
-        clash = self.db.execute("SELECT id, line FROM rows WHERE input_real = ? LIMIT 1", (real,)).fetchone()
-        if clash:
-            return (f"output {row.output_path} is the input of row {clash[0]!r} (line {clash[1]}): "
-                    "refusing to overwrite an input")
-        first = self.db.execute(
-            "SELECT id, line FROM rows WHERE output_real = ? ORDER BY line LIMIT 1", (real,)
-        ).fetchone()
-        if first and first[1] != row.line:
-            return f"output {row.output_path} is also the output of row {first[0]!r} (line {first[1]})"
-        return None
+        facts = self.db.execute(f"SELECT {_CONFLICT_FACTS} FROM rows r WHERE r.line = ?", (row.line,)).fetchone()
+        return _conflict(row, *facts)
+
+    def rows_checked(self) -> Iterator[tuple[Row, str | None, dict[str, str] | None]]:
+        """``rows()`` with each row's ``output_conflict`` and ``previous`` result, one query per chunk of rows
+        (three look-ups per row cost more than the row's own SQL work)."""
+        prev_cols = ", ".join(f'p."{c}"' for c in COLUMNS)
+        fields = ", ".join(f"r.{f}" for f in _ROW_FIELDS)
+        after = 0
+        while True:
+            chunk = self.db.execute(
+                f"SELECT {fields}, {_CONFLICT_FACTS}, p.id IS NOT NULL, {prev_cols} FROM rows r "
+                "LEFT JOIN prev p ON p.id = r.id WHERE r.line > ? ORDER BY r.line LIMIT ?", (after, CHUNK),
+            ).fetchall()
+            if not chunk:
+                return
+            n = len(_ROW_FIELDS)
+            for values in chunk:
+                row = _row(values[:n])
+                problem = _conflict(row, *values[n:n + 6]) if row.output_path is not None else None
+                previous = dict(zip(COLUMNS, values[n + 7:], strict=True)) if values[n + 6] else None
+                yield row, problem, previous
+            after = chunk[-1][0]
 
     def count(self, where: str = "1") -> int:
         return self.db.execute(f"SELECT count(*) FROM rows WHERE {where}").fetchone()[0]
@@ -158,6 +162,36 @@ class RunIndex:
                 if found:
                     yield dict(zip(COLUMNS, [id_, *values], strict=True))
             after = chunk[-1][0]
+
+
+def _row(values) -> Row:
+    row = dict(zip(_ROW_FIELDS, values, strict=True))
+    for key in ("input_path", "output_path"):
+        row[key] = Path(row[key]) if row[key] is not None else None
+    return Row(**row)
+
+
+# What output_conflict needs about row ``r``, in one statement: the resolved paths were stored with the row
+# (no second realpath), the first row reading the output, the first row writing it.
+_CONFLICT_FACTS = (
+    "r.input_real, r.output_real, "
+    "(SELECT id FROM rows WHERE input_real = r.output_real ORDER BY line LIMIT 1), "
+    "(SELECT line FROM rows WHERE input_real = r.output_real ORDER BY line LIMIT 1), "
+    "(SELECT id FROM rows WHERE output_real = r.output_real ORDER BY line LIMIT 1), "
+    "(SELECT line FROM rows WHERE output_real = r.output_real ORDER BY line LIMIT 1)"
+)
+
+
+def _conflict(row: Row, real_input: str | None, real: str | None, clash_id: str | None, clash_line: int | None,
+              first_id: str | None, first_line: int | None) -> str | None:
+    if real == real_input:
+        return f"output {row.output_path} is the input itself: refusing to overwrite an input"
+    if clash_id is not None:
+        return (f"output {row.output_path} is the input of row {clash_id!r} (line {clash_line}): "
+                "refusing to overwrite an input")
+    if first_id is not None and first_line != row.line:
+        return f"output {row.output_path} is also the output of row {first_id!r} (line {first_line})"
+    return None
 
 
 def _str(path: Path | None) -> str | None:

@@ -89,14 +89,31 @@ def write_output(path: Path, data: bytes) -> None:
     """
     tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        _make_folder(path.parent)
+        try:
+            f = open(tmp, "wb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:  # the folder was removed during the run
+            _made.discard(path.parent)
+            _make_folder(path.parent)
+            f = open(tmp, "wb")  # noqa: SIM115
+        with f:
             f.write(data)
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise RowFailed(f"cannot write output {path}: {e.strerror or e}") from None
+
+
+_made: set[Path] = set()  # folders known to exist: one mkdir per folder, not per row
+
+
+def _make_folder(folder: Path) -> None:
+    if folder not in _made:
+        folder.mkdir(parents=True, exist_ok=True)
+        if len(_made) > 10_000:  # bounded: outputs spread over many folders only cost a mkdir each again
+            _made.clear()
+        _made.add(folder)
 
 
 def describe(error: grpc.aio.AioRpcError) -> str:

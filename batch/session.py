@@ -166,7 +166,7 @@ def run_batch(options: RunOptions) -> Summary:
 
 
 def _needs_a_worker(index: RunIndex) -> bool:
-    return any(not row.error and not already_done(row, index.previous(row.id)) for row in index.rows())
+    return any(not row.error and not already_done(row, previous) for row, _problem, previous in index.rows_checked())
 
 
 def _defaults(options: RunOptions, targets: list[str], embedded: EmbeddedWorker | None) -> tuple[int, int]:
@@ -241,18 +241,13 @@ def _run_rows(index: RunIndex, journal: Journal, progress: Progress, summary: Su
 
     def to_run() -> Iterator[Row]:
         """Rows that need a call; the others are settled here without one."""
-        for row in index.rows():
+        for row, problem, previous in index.rows_checked():
             if summary.stopped:
                 return
-            if row.error is None:
-                problem = index.output_conflict(row)
-                if problem:
-                    finished(row, Outcome(ERROR, error=problem))
-                    continue
-            else:
-                finished(row, Outcome(ERROR, error=row.error))
+            if row.error is not None or problem:
+                finished(row, Outcome(ERROR, error=row.error or problem))
                 continue
-            if already_done(row, index.previous(row.id)):
+            if already_done(row, previous):
                 summary.ok += 1
                 summary.skipped += 1
                 progress.update(True, skipped=True)
