@@ -25,7 +25,10 @@ from batch.manifest import Row
 from batch.results import ERROR, OK, Outcome, faces_json
 from worker.api import imageworker_v1_pb2 as v1
 
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+# CANCELLED here comes from the other side (our own cancellation raises asyncio.CancelledError instead): a
+# worker shutting down cancels a call that reached it as it stopped; another worker can answer it.
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+             grpc.StatusCode.CANCELLED)
 TEMP_SUFFIX = ".batchtmp"  # ".<name>.batchtmp" beside the output while it is written
 # Files up to this size are read and written in the event loop: on a local disk (page cache) that takes well
 # under a millisecond, less than the two thread hops it saves: 0.2 ms of driver CPU per 3 KiB image, 0.7 ms
