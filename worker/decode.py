@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import struct
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from worker.errors import InvalidArgument
@@ -61,6 +62,28 @@ def check_pixels(width: int, height: int, max_pixels: int) -> None:
             f"image declares {width}x{height} = {width * height:,} pixels, over the worker's "
             f"limit of {max_pixels:,} (worker serve --max-pixels); refused as a possible decompression bomb"
         )
+
+
+def raw_pixels(data: bytes, width: int, height: int, channels: int,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """View raw row-major 8-bit pixels (the legacy ABImage) as an HxW (grey) or HxWx3 (RGB) array.
+
+    Raises InvalidArgument for a channel count other than 1 or 3, a size that
+    is not positive or is over ``max_pixels``, or data of the wrong length.
+    """
+    if channels not in (1, 3):
+        raise InvalidArgument(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if width <= 0 or height <= 0:
+        raise InvalidArgument(f"width and height must be positive, got {width}x{height}")
+    check_pixels(width, height, max_pixels)
+    expected = width * height * channels
+    if len(data) != expected:
+        raise InvalidArgument(
+            f"pixel data is {len(data):,} bytes but {width}x{height} with {channels} channel(s) "
+            f"needs {expected:,} bytes (width*height*{channels} = {expected:,})"
+        )
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def load(img: Image.Image) -> Image.Image:

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from worker import jpeg_transform
-from worker.decode import DECODE_ERRORS, DEFAULT_MAX_PIXELS, load, open_image
+from worker.decode import DECODE_ERRORS, DEFAULT_MAX_PIXELS, load, open_image, raw_pixels
 from worker.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -109,23 +109,14 @@ def rotate(data: bytes, degrees: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
     return _reencode(data, img, op, max_pixels)
 
 
-def rotate_pixels(data: bytes, width: int, height: int, channels: int, degrees: int) -> bytes:
+def rotate_pixels(data: bytes, width: int, height: int, channels: int, degrees: int,
+                  *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     """Rotate raw row-major 8-bit pixels (1 grey or 3 RGB channels) counter-clockwise, exactly.
 
     The result has the same layout with width and height swapped for 90/270.
     """
     turn = normalize_degrees(degrees)
-    if channels not in (1, 3):
-        raise InvalidArgument(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
-    if width <= 0 or height <= 0:
-        raise InvalidArgument(f"width and height must be positive, got {width}x{height}")
-    expected = width * height * channels
-    if len(data) != expected:
-        raise InvalidArgument(
-            f"pixel data is {len(data):,} bytes but {width}x{height} with {channels} channel(s) "
-            f"needs {expected:,}"
-        )
-    pixels = np.frombuffer(data, dtype=np.uint8).reshape(height, width, channels)
+    pixels = raw_pixels(data, width, height, channels, max_pixels)
     # np.rot90 turns counter-clockwise as displayed; tobytes makes the one copy.
     return np.rot90(pixels, turn // 90).tobytes()
 

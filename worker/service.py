@@ -15,12 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
-import numpy as np
 
 from worker import rotate
 from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imageworker_v1_pb2_grpc
 from worker.classifier import Classifier
-from worker.decode import check_pixels
+from worker.decode import raw_pixels
 from worker.errors import InvalidArgument, NotReady, TooLarge, WorkerError
 
 log = logging.getLogger("worker.service")
@@ -121,20 +120,8 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
 _LEGACY_ROTATIONS = {v.number: v.number * 90 for v in abimage_pb2.ABImageRotateRequest.Rotation.DESCRIPTOR.values}
 
 
-def legacy_pixels(image: abimage_pb2.ABImage, max_pixels: int) -> np.ndarray:
-    """Validate a legacy ABImage and view its bytes as an HxW or HxWx3 uint8 array."""
-    if image.width <= 0 or image.height <= 0:
-        raise InvalidArgument(f"image width and height must be positive, got {image.width}x{image.height}")
-    check_pixels(image.width, image.height, max_pixels)
-    channels = 3 if image.color else 1
-    expected = image.width * image.height * channels
-    if len(image.data) != expected:
-        raise InvalidArgument(
-            f"image data is {len(image.data)} bytes, but a {'color' if image.color else 'grey'} "
-            f"{image.width}x{image.height} image needs width*height*{channels} = {expected}"
-        )
-    shape = (image.height, image.width, 3) if image.color else (image.height, image.width)
-    return np.frombuffer(image.data, dtype=np.uint8).reshape(shape)
+def _channels(image: abimage_pb2.ABImage) -> int:
+    return 3 if image.color else 1
 
 
 class ABImageServicer(abimage_pb2_grpc.ABImageServiceServicer):
@@ -151,14 +138,15 @@ class ABImageServicer(abimage_pb2_grpc.ABImageServiceServicer):
                 "ONE_EIGHTY_DEG=2 or TWO_SEVENTY_DEG=3"
             )
         image = request.image
-        legacy_pixels(image, self.state.max_pixels)
         degrees = _LEGACY_ROTATIONS[request.rotation]
-        data = rotate.rotate_pixels(image.data, image.width, image.height, 3 if image.color else 1, degrees)
+        data = rotate.rotate_pixels(image.data, image.width, image.height, _channels(image), degrees,
+                                    max_pixels=self.state.max_pixels)
         width, height = (image.height, image.width) if degrees in (90, 270) else (image.width, image.height)
         return abimage_pb2.ABImage(color=image.color, data=data, width=width, height=height)
 
     @rpc
     def RecognizeFace(self, request, context):
-        pixels = legacy_pixels(request.image, self.state.max_pixels)
+        image = request.image
+        pixels = raw_pixels(image.data, image.width, image.height, _channels(image), self.state.max_pixels)
         label = self.state.ready_classifier().classify_legacy(pixels)
         return abimage_pb2.ABCustomImageEndpointResponse(classification=label)
