@@ -86,15 +86,9 @@ class RunIndex:
                 yield _row(values)
             after = chunk[-1][0]
 
-    def output_conflict(self, row: Row) -> str | None:
-        """Why ``row`` must not write its output (an input, or another row's output), or None."""
-        if row.output_path is None:
-            return None
-        facts = self.db.execute(f"SELECT {_CONFLICT_FACTS} FROM rows r WHERE r.line = ?", (row.line,)).fetchone()
-        return _conflict(row, *facts)
-
     def rows_checked(self) -> Iterator[tuple[Row, str | None, dict[str, str] | None]]:
-        """``rows()`` with each row's ``output_conflict`` and ``previous`` result, one query per chunk of rows
+        """``rows()`` with why each row must not write its output (an input, or another row's output; or None)
+        and its ``previous`` result, one query per chunk of rows
         (three look-ups per row cost more than the row's own SQL work)."""
         prev_cols = ", ".join(f'p."{c}"' for c in COLUMNS)
         fields = ", ".join(f"r.{f}" for f in _ROW_FIELDS)
@@ -171,7 +165,7 @@ def _row(values) -> Row:
     return Row(**row)
 
 
-# What output_conflict needs about row ``r``, in one statement: the resolved paths were stored with the row
+# What the output-conflict check needs about row ``r``, in one statement: the resolved paths were stored with the row
 # (no second realpath), the first row reading the output, the first row writing it.
 _CONFLICT_FACTS = (
     "r.input_real, r.output_real, "

@@ -141,7 +141,7 @@ def test_outputs_clashing_with_inputs_or_each_other(tmp_path):
     index = RunIndex(tmp_path / "index.sqlite")
     try:
         index.add_rows(read_rows(m, out), m)
-        problems = {r.id: index.output_conflict(r) for r in index.rows()}
+        problems = {r.id: problem for r, problem, _previous in index.rows_checked()}
     finally:
         index.close()
     assert problems["1"] == f"output {tmp_path / 'link.jpg'} is the input itself: refusing to overwrite an input"

@@ -14,14 +14,6 @@ def display_name(folder: str) -> str:
     return " ".join(folder.replace("_", " ").split())
 
 
-@dataclass(frozen=True)
-class Photo:
-    """One image file and whose face it shows (display name)."""
-
-    path: Path
-    person: str
-
-
 def gallery(root: Path) -> dict[str, list[Path]]:
     """``{display name: sorted image paths}`` for each non-empty sub-folder of ``root``."""
     root = Path(root)

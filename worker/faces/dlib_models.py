@@ -18,7 +18,6 @@ import dlib
 
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 EMBEDDING_FILE = "dlib_face_recognition_resnet_model_v1.dat"
-EMBEDDING_NAME = "dlib_face_recognition_resnet_model_v1"
 
 
 class ModelFilesMissing(RuntimeError):
