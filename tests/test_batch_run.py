@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import ROOT, wait_for, worker_process
 from PIL import Image
+from reliability_support import results
 
 from batch.cli import main
 
@@ -49,11 +50,6 @@ def tiny_manifest(folder: Path, n: int) -> Path:
     rows = [{"id": f"r{i}", "path": f"img/{i:04d}.jpg", "op": "rotate", "rotation": 90 * (1 + i % 3)}
             for i in range(n)]
     return write_manifest(folder / "many.csv", rows)
-
-
-def results(out: Path) -> list[dict]:
-    with open(out / "results.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

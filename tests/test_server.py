@@ -15,22 +15,12 @@ from conftest import BIG_MESSAGES, worker_process
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
+from reliability_support import jpeg
 
 from worker.api import abimage_pb2 as ab
 from worker.api import abimage_pb2_grpc as ab_grpc
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
-
-
-def jpeg_bytes(width: int, height: int, seed: int = 0, **save) -> bytes:
-    rng = np.random.default_rng(seed)
-    # smooth gradients plus noise: compresses like a photo, not like pure noise
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([(x * 255 // max(width - 1, 1)), (y * 255 // max(height - 1, 1)), (x + y) % 256], axis=-1)
-    pixels = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "JPEG", quality=90, **save)
-    return buf.getvalue()
 
 
 def status_of(call) -> tuple[grpc.StatusCode, str]:
@@ -64,7 +54,7 @@ def test_reflection_lists_and_describes_services(channel):
 
 
 def test_rotate_jpeg_swaps_size_and_keeps_format(channel):
-    data = jpeg_bytes(64, 48)
+    data = jpeg(64, 48)
     reply = v1_grpc.ImageWorkerStub(channel).Rotate(v1.RotateRequest(image=data, degrees=90), timeout=30)
     assert (reply.format, reply.width, reply.height) == ("JPEG", 48, 64)
     assert reply.method == "lossless"
@@ -76,7 +66,7 @@ def test_rotate_jpeg_swaps_size_and_keeps_format(channel):
 @pytest.mark.parametrize("degrees", [45, 1, -1, 1_000_000_001])
 def test_rotate_refuses_non_multiples_of_90_naming_the_value(channel, degrees):
     stub = v1_grpc.ImageWorkerStub(channel)
-    code, details = status_of(lambda: stub.Rotate(v1.RotateRequest(image=jpeg_bytes(16, 16), degrees=degrees)))
+    code, details = status_of(lambda: stub.Rotate(v1.RotateRequest(image=jpeg(16, 16), degrees=degrees)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert str(degrees) in details
 
@@ -86,7 +76,7 @@ def test_rotate_refuses_non_multiples_of_90_naming_the_value(channel, degrees):
     [
         (b"", "empty"),
         (b"<html><body>not an image</body></html>", "not a supported image"),
-        (jpeg_bytes(64, 64)[:300], "JPEG"),
+        (jpeg(64, 64)[:300], "JPEG"),
     ],
     ids=["empty", "html", "truncated-jpeg"],
 )
@@ -110,7 +100,7 @@ def test_24_megapixel_jpeg_over_default_message_size_rotates_losslessly(channel,
 
 
 def test_classify_answers_with_model_identity(channel):
-    reply = v1_grpc.ImageWorkerStub(channel).Classify(v1.ClassifyRequest(image=jpeg_bytes(200, 150)), timeout=60)
+    reply = v1_grpc.ImageWorkerStub(channel).Classify(v1.ClassifyRequest(image=jpeg(200, 150)), timeout=60)
     assert reply.label == "no_face" and not reply.faces
     assert reply.model and reply.model_version
     assert (reply.width, reply.height) == (200, 150)
@@ -190,7 +180,7 @@ def test_legacy_recognize_face_malformed_is_invalid_argument(channel):
 def test_two_processes_both_answer():
     with worker_process(processes=2) as w:
         seen = set()
-        data = jpeg_bytes(32, 32)
+        data = jpeg(32, 32)
         # SO_REUSEPORT spreads connections, not calls: use several connections
         for i in range(24):
             opts = [("grpc.use_local_subchannel_pool", 1), ("test.connection", i)]
@@ -259,7 +249,7 @@ def _tls_rotate(address, pki, *, ca=None, client=False, plaintext=False):
         )
         ch = grpc.secure_channel(address, creds)
     with ch:
-        return v1_grpc.ImageWorkerStub(ch).Rotate(v1.RotateRequest(image=jpeg_bytes(16, 16), degrees=90), timeout=10)
+        return v1_grpc.ImageWorkerStub(ch).Rotate(v1.RotateRequest(image=jpeg(16, 16), degrees=90), timeout=10)
 
 
 def test_tls_worker_serves_tls_and_refuses_plaintext_and_wrong_ca(pki):
