@@ -26,7 +26,6 @@ from pathlib import Path
 from batch import demo
 from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, UsageError, address_count, connect_failure, grpc_targets
 from batch.durable import Entry, GroupCommit
-from batch.embedded import EmbeddedWorker, cpu_count
 from batch.index import RunIndex
 from batch.manifest import Row, read_rows
 from batch.progress import Progress
@@ -45,6 +44,7 @@ from batch.results import (
     write_table,
 )
 from batch.runner import Settings, fan_out
+from worker.local import LocalWorker, cpu_count
 
 CONNECT_TIMEOUT = 30.0  # seconds to wait for a named worker to answer health checks before giving up
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -114,7 +114,7 @@ class Summary:
 
 def run_batch(options: RunOptions) -> Summary:
     """Run ``options.manifest`` to the end (or Ctrl-C). Raises ManifestError, UsageError, ResultsError or
-    EmbeddedWorkerError, all before any row is run."""
+    LocalWorkerError, all before any row is run."""
     out = options.out_dir
     started_at = datetime.datetime.now(datetime.UTC)
     clock = time.monotonic()
@@ -139,7 +139,7 @@ def run_batch(options: RunOptions) -> Summary:
         try:
             if not targets and _needs_a_worker(index):
                 processes = cpu_count()
-                embedded = EmbeddedWorker(processes, out / "worker.log")
+                embedded = LocalWorker(processes, out / "worker.log")
                 targets = grpc_targets([embedded.start()])
             concurrency, connections = _defaults(options, targets, embedded)
             summary.concurrency, summary.connections = concurrency, connections
@@ -169,7 +169,7 @@ def _needs_a_worker(index: RunIndex) -> bool:
     return any(not row.error and not already_done(row, previous) for row, _problem, previous in index.rows_checked())
 
 
-def _defaults(options: RunOptions, targets: list[str], embedded: EmbeddedWorker | None) -> tuple[int, int]:
+def _defaults(options: RunOptions, targets: list[str], embedded: LocalWorker | None) -> tuple[int, int]:
     """Calls in flight and connections per target when not given.
 
     Four calls per embedded worker process: with two, a process sometimes
@@ -315,7 +315,7 @@ def _locked(out: Path) -> Iterator[None]:
         yield
 
 
-def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedded: EmbeddedWorker | None,
+def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedded: LocalWorker | None,
               started_at: datetime.datetime) -> dict:
     worked = summary.ok + summary.failed - summary.skipped
     return {

@@ -1,8 +1,9 @@
-"""The embedded worker: `worker serve` as a child process when no worker is named.
+"""A local worker: `worker serve` as a child process on a free loopback port.
 
-Started on a free loopback port with one process per CPU, it is stopped when
-the run ends, however it ends (SIGTERM, then SIGKILL after a grace period).
-On Linux the child is also told to exit if the driver dies without cleaning up.
+`batch run` embeds one when no worker is named, and `worker evaluate` scores
+models through one. It is stopped when its user is done, however that ends
+(SIGTERM, then SIGKILL after a grace period); on Linux the child is also told
+to exit if its parent dies without cleaning up.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 STARTUP_TIMEOUT = 180.0  # loading the face model in every process takes a while on a slow machine
 
 
-class EmbeddedWorkerError(Exception):
-    """The embedded worker did not start; the message carries the end of its log."""
+class LocalWorkerError(Exception):
+    """The local worker did not start; the message carries the end of its log."""
 
 
 def cpu_count() -> int:
@@ -37,18 +38,24 @@ def _die_with_parent() -> None:
         pass  # not glibc Linux: the driver's own cleanup still stops the worker
 
 
-class EmbeddedWorker:
-    """``with EmbeddedWorker(processes, log) as w:`` serves at ``w.address`` inside the block."""
+class LocalWorker:
+    """``with LocalWorker(processes, log) as w:`` serves at ``w.address`` inside the block.
 
-    def __init__(self, processes: int, log: Path, startup_timeout: float = STARTUP_TIMEOUT) -> None:
+    ``start`` returns once the worker prints LISTENING, which it does only when
+    every process has loaded its model and reports SERVING.
+    """
+
+    def __init__(self, processes: int, log: Path, startup_timeout: float = STARTUP_TIMEOUT,
+                 model: Path | None = None) -> None:
         self.processes = processes
+        self.model = model
         self.log = Path(log)
         self.startup_timeout = startup_timeout
         self.address: str | None = None
         self._proc: subprocess.Popen | None = None
         self._stdout = self.log.with_name(f".{self.log.name}.stdout")
 
-    def __enter__(self) -> EmbeddedWorker:
+    def __enter__(self) -> LocalWorker:
         self.start()
         return self
 
@@ -58,10 +65,12 @@ class EmbeddedWorker:
     def start(self) -> str:
         cmd = [sys.executable, "-m", "worker", "serve", "--host", "127.0.0.1", "--port", "0",
                "--processes", str(self.processes)]
+        if self.model is not None:
+            cmd += ["--model", str(self.model)]
         with open(self._stdout, "wb") as out, open(self.log, "wb") as err:
             self._proc = subprocess.Popen(
                 cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                # Its own session: a terminal's Ctrl-C reaches only the driver, which stops the worker in order.
+                # Its own session: a terminal's Ctrl-C reaches only its parent, which stops the worker in order.
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
             )
@@ -72,14 +81,14 @@ class EmbeddedWorker:
                 self.address = line.split()[1]
                 return self.address
             if self._proc.poll() is not None:
-                raise EmbeddedWorkerError(
-                    f"the embedded worker exited with code {self._proc.returncode} before serving; "
+                raise LocalWorkerError(
+                    f"the local worker exited with code {self._proc.returncode} before serving; "
                     f"its log ({self.log}) ends with:\n{self.log_tail()}"
                 )
             time.sleep(0.05)
         self.stop()
-        raise EmbeddedWorkerError(
-            f"the embedded worker did not serve within {self.startup_timeout:.0f} s; "
+        raise LocalWorkerError(
+            f"the local worker did not serve within {self.startup_timeout:.0f} s; "
             f"its log ({self.log}) ends with:\n{self.log_tail()}"
         )
 
