@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -15,7 +17,7 @@ from conftest import BIG_MESSAGES, worker_process
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
-from reliability_support import jpeg
+from reliability_support import jpeg, rotates, serving
 
 from worker.api import abimage_pb2 as ab
 from worker.api import abimage_pb2_grpc as ab_grpc
@@ -195,10 +197,10 @@ def test_two_processes_both_answer():
 
 
 def test_past_max_concurrent_rpcs_answers_resource_exhausted(corpus):
-    from worker.server import WATCH_HEADROOM
-
+    """One image call at a time allowed: of ten sent at once, the excess is refused with a message naming
+    the flag, and health checks still answer while the worker is full."""
     data = next((corpus / "large").glob("*.jpg")).read_bytes()
-    calls = 1 + WATCH_HEADROOM + 8
+    calls = 10
     with worker_process("--threads", "1", "--max-concurrent-rpcs", "1") as w, \
             grpc.insecure_channel(w.address, BIG_MESSAGES) as ch:
         stub = v1_grpc.ImageWorkerStub(ch)
@@ -206,15 +208,20 @@ def test_past_max_concurrent_rpcs_answers_resource_exhausted(corpus):
         def call(_):
             try:
                 stub.Rotate(v1.RotateRequest(image=data, degrees=180), timeout=120)
-                return grpc.StatusCode.OK
+                return grpc.StatusCode.OK, ""
             except grpc.RpcError as e:
-                return e.code()
+                return e.code(), e.details()
 
         with ThreadPoolExecutor(calls) as pool:
-            codes = list(pool.map(call, range(calls)))
+            answers = pool.map(call, range(calls))
+            assert serving(w.address), "health checks have room of their own"
+            answers = list(answers)
+        codes = [code for code, _ in answers]
         assert grpc.StatusCode.OK in codes
-        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= calls // 2
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        refusal = next(d for code, d in answers if code == grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert "worker busy: 1 image calls in flight already" in refusal and "--max-concurrent-rpcs" in refusal
 
 
 def test_sigterm_lets_calls_in_flight_finish(corpus):
@@ -289,3 +296,32 @@ def test_shutdown_does_not_hang_while_health_watch_streams_close():
         for ch in channels:
             ch.close()
         assert w.proc.wait(30) == 0
+
+
+def test_health_watch_streams_opening_and_closing_at_once_never_stall_the_worker():
+    """Watch streams opened and closed from many clients at once (as round_robin clients do under
+    overload): the worker keeps answering. grpcio-health-checking's servicer deadlocked here."""
+    with worker_process("--threads", "2") as w:
+        stop = threading.Event()
+
+        def churn() -> None:
+            while not stop.is_set():
+                with grpc.insecure_channel(w.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                    stream = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                    with contextlib.suppress(grpc.RpcError):
+                        next(stream)
+                    stream.cancel()
+
+        threads = [threading.Thread(target=churn, daemon=True) for _ in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                assert serving(w.address, timeout=10), "the worker stopped answering health checks"
+                assert rotates(w.address)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert w.stop() == 0, "the worker drained and stopped"
