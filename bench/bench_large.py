@@ -62,9 +62,9 @@ def main() -> None:
         wait_for_quiet(a.wait_quiet, 900)
     print_header("Large images: 24 MP JPEGs")
     config = ServerConfig(threads=a.threads)
-    # Calls a worker process accepts (gRPC's cap, past it RESOURCE_EXHAUSTED) and how many run at once
-    # (its threads); the others wait holding only their request bytes.
-    accepted, running_at_once = config.transport_rpc_limit, a.threads
+    # Image calls a worker process holds (--max-concurrent-rpcs, past it RESOURCE_EXHAUSTED: worker.admission)
+    # and how many work at once (its threads); the others wait holding only their request bytes.
+    accepted, running_at_once = config.in_flight_limit, a.threads
     file_bytes = sum(p.stat().st_size for p, _ in large) / len(large)
 
     rows_out = []
@@ -97,8 +97,7 @@ def main() -> None:
 
     print(f"{len(rows)} rows ({len(large)} JPEGs 6000x4000, {mb:.1f} MiB each on average, x {a.repeat}); "
           f"worker: {a.processes} processes x {a.threads} threads, accepting {accepted} calls per process "
-          f"(--max-concurrent-rpcs {config.in_flight_limit} + {accepted - config.in_flight_limit} for health "
-          "streams); "
+          f"(--max-concurrent-rpcs {config.in_flight_limit}, {running_at_once} working at once); "
           "every output checked: full size, width/height swapped for 90/270; one image's working set in a "
           f"worker (first call, fresh process): {mib(per_image):.0f} MiB\n")
     print(table(

@@ -6,7 +6,8 @@
 
 It runs on ``worker.server`` itself: ``serve`` reserves the port and forks the
 processes (SO_REUSEPORT, signals, LISTENING line), and ``new_server``/``bind``
-give the same thread pool, RPC cap and message limits; only the service differs.
+give the same thread pool, RPC cap and message limits, and ``worker.admission``
+the same in-flight gate; only the service differs.
 
     python bench/echo_server.py [--port 0] [--processes N] [--threads 4]
 """
@@ -18,6 +19,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from worker.admission import Admission
+from worker.errors import Busy
 from worker.server import ServerConfig, bind, new_server, serve, stop_requested
 
 
@@ -27,9 +30,16 @@ def serve_echo(config: ServerConfig, port: int, ready: Callable[[], None]) -> in
     from worker.api import imageworker_v1_pb2 as pb
 
     identity = f"echo:{port}/{os.getpid()}"
+    admission = Admission(config.in_flight_limit, config.threads)  # the worker's gate, as its servicers use it
+
+    def answer(request: pb.RotateRequest) -> pb.RotateResponse:
+        return pb.RotateResponse(image=request.image, format="JPEG", method="echo", worker=identity)
 
     def echo(request: pb.RotateRequest, context) -> pb.RotateResponse:
-        return pb.RotateResponse(image=request.image, format="JPEG", method="echo", worker=identity)
+        try:
+            return admission.run(answer, request)
+        except Busy as e:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
 
     server = new_server(config)
     handler = grpc.unary_unary_rpc_method_handler(

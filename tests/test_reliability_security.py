@@ -1,8 +1,8 @@
 """Security claims, checked: the worker only sees bytes, and no model file is unpickled.
 
-- While serving, the worker's RPC threads open, write, list, rename or delete
-  no file: a Python audit hook installed in a real worker records every such
-  event raised on an RPC thread while requests (including ones whose bytes
+- While serving, the worker's request threads open, write, list, rename or
+  delete no file: a Python audit hook installed in a real worker records every
+  such event raised on a request thread while requests (including ones whose bytes
   are file paths) are answered.
 - No module under ``worker/`` imports a pickle-based loader or asks numpy to
   allow pickles, and every shipped model artifact loads with pickles refused.
@@ -32,12 +32,13 @@ WATCHED = ("open", "os.remove", "os.rename", "os.mkdir", "os.rmdir", "os.listdir
            "os.chmod", "os.symlink", "os.link", "shutil.copyfile", "shutil.rmtree", "os.chdir")
 
 # Runs the worker with an audit hook that reports watched events raised on the
-# RPC threads (thread_name_prefix="rpc" in worker.server) to stderr.
+# request threads to stderr: gRPC's ("rpc", worker.server) and the image work's
+# ("image", worker.admission).
 AUDITED_WORKER = f"""
 import sys, threading
 WATCHED = {WATCHED!r}
 def hook(event, args):
-    if event in WATCHED and threading.current_thread().name.startswith("rpc"):
+    if event in WATCHED and threading.current_thread().name.startswith(("rpc", "image")):
         sys.stderr.write("AUDIT %s %r\\n" % (event, args[:2]))
 sys.addaudithook(hook)
 from worker.cli import main
@@ -55,7 +56,7 @@ def _python_internal(line: str) -> bool:
 
 @pytest.mark.timeout(120)
 def test_rpc_threads_touch_no_files_even_when_sent_paths(tmp_path, record_property):
-    """Rotate, Classify and the legacy RPCs answered with no file opened on an RPC thread"""
+    """Rotate, Classify and the legacy RPCs answered with no file opened on a request thread"""
     log = tmp_path / "worker.log"
     cmd = [sys.executable, "-c", AUDITED_WORKER, "serve", "--port", "0", "--processes", "1", "--threads", "2"]
     with open(log, "wb") as err:
@@ -90,7 +91,7 @@ def test_rpc_threads_touch_no_files_even_when_sent_paths(tmp_path, record_proper
     events = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("AUDIT")]
     touched = [e for e in events if not _python_internal(e)]
     record_property("observed", f"{len(answers)} good answers, 8 path-as-bytes requests refused; "
-                                f"{len(touched)} file events on RPC threads (ignoring {len(events) - len(touched)} "
+                                f"{len(touched)} file events on request threads (ignoring {len(events) - len(touched)} "
                                 "reads of Python's own modules)")
     assert answers[:3] == ["JPEG"] * 3
     assert touched == []

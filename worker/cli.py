@@ -29,10 +29,10 @@ def main() -> None:
 @click.option("--processes", default=os.cpu_count() or 1, show_default="number of CPUs",
               type=click.IntRange(1), help="Server processes sharing the port (SO_REUSEPORT).")
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1),
-              help="RPC threads per process.")
+              help="Threads per process decoding and encoding images at once.")
 @click.option("--max-concurrent-rpcs", type=click.IntRange(1), default=None, show_default="2 x threads",
-              help="Image calls per process, running or waiting for a thread; past it (plus 32 slots kept for "
-                   "load balancers' health-watch streams) calls get RESOURCE_EXHAUSTED instead of queueing.")
+              help="Image calls per process, working or waiting for a thread; past it calls get "
+                   "RESOURCE_EXHAUSTED at once instead of queueing (health checks keep room of their own).")
 @click.option("--max-message-mb", default=64, show_default=True, type=click.IntRange(1, 1024),
               help="Largest image (and answer) per call, in MiB.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),

@@ -26,6 +26,12 @@ class TooLarge(WorkerError):
     status = "RESOURCE_EXHAUSTED"
 
 
+class Busy(WorkerError):
+    """The process holds as many image calls as it may (--max-concurrent-rpcs); a retry later may succeed."""
+
+    status = "RESOURCE_EXHAUSTED"
+
+
 class NotReady(WorkerError):
     """The worker cannot serve yet or any more (models loading, draining)."""
 

@@ -28,7 +28,9 @@ from worker.decode import DEFAULT_MAX_PIXELS
 log = logging.getLogger("worker.server")
 
 SERVICE_NAMES = ("imageworker.v1.ImageWorker", "ABImageService")
-WATCH_HEADROOM = 32
+# Calls gRPC admits beyond the image calls: health checks, the first answer of
+# a health Watch stream (an open stream holds no slot after it) and reflection.
+CONTROL_HEADROOM = 8
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,10 @@ class ServerConfig:
 
     @property
     def transport_rpc_limit(self) -> int:
-        # gRPC's cap (past it: RESOURCE_EXHAUSTED) counts every RPC, including
-        # the health Watch stream each load-balancing client connection keeps
-        # open; those hold no thread and no image, so they get room of their
-        # own instead of starving image calls.
-        return self.in_flight_limit + WATCH_HEADROOM
+        # gRPC's cap counts every call; image calls are held to in_flight_limit
+        # by worker.admission, so this only keeps health checks answerable when
+        # the image calls are at their limit.
+        return self.in_flight_limit + CONTROL_HEADROOM
 
     @property
     def max_message_bytes(self) -> int:
@@ -212,11 +213,15 @@ def _child_main(config: ServerConfig, port: int, ready, serve_one: ServeOne) -> 
 
 
 def new_server(config: ServerConfig):
-    """A grpc.Server with the worker's limits: threads, RPC cap, message sizes, SO_REUSEPORT."""
+    """A grpc.Server with the worker's limits: RPC cap, message sizes, SO_REUSEPORT.
+
+    A thread for every call gRPC admits, so no call waits where worker.admission
+    cannot see it; the image work runs on --threads threads of the admission's own.
+    """
     import grpc
 
     return grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(max_workers=config.transport_rpc_limit, thread_name_prefix="rpc"),
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", config.transport_limit),
@@ -258,6 +263,7 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
+    from worker.admission import Admission
     from worker.api import abimage_pb2_grpc, imageworker_v1_pb2_grpc
     from worker.health import HealthServicer
     from worker.service import ABImageServicer, ImageWorkerServicer, WorkerState
@@ -267,8 +273,9 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
         identity=f"{socket.gethostname()}:{port}/{os.getpid()}",
         max_message_bytes=config.max_message_bytes,
         max_pixels=config.max_pixels,
+        admission=Admission(config.in_flight_limit, config.threads),
     )
-    health_servicer = HealthServicer(experimental_non_blocking=True)
+    health_servicer = HealthServicer()
     imageworker_v1_pb2_grpc.add_ImageWorkerServicer_to_server(ImageWorkerServicer(state), server)
     abimage_pb2_grpc.add_ABImageServiceServicer_to_server(ABImageServicer(state), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -309,6 +316,7 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
     # refused, calls in flight get the grace period to finish.
     health_servicer.enter_graceful_shutdown()
     server.stop(config.grace).wait()
+    state.admission.close()
     log.info("stopped after serving %s", dict(sorted(state.served.items())) or "no calls")
     return 0
 

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import grpc
 
 from worker import rotate
+from worker.admission import Admission
 from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imageworker_v1_pb2_grpc
 from worker.classifier import Classifier
 from worker.decode import raw_pixels
-from worker.errors import InvalidArgument, NotReady, TooLarge, WorkerError
+from worker.errors import Busy, InvalidArgument, NotReady, TooLarge, WorkerError
 
 log = logging.getLogger("worker.service")
 
@@ -32,6 +33,7 @@ class WorkerState:
     identity: str  # "host:port/pid", returned in every response
     max_message_bytes: int
     max_pixels: int
+    admission: Admission  # image calls held and working at once
     classifier: Classifier | None = None  # None while models load
     served: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -54,15 +56,17 @@ class WorkerState:
 
 
 def rpc(method: Callable) -> Callable:
-    """Map a servicer method's WorkerErrors to status codes; log one line per failed request."""
+    """Admit the call (or refuse it: busy), map WorkerErrors to status codes, log one line per failed request."""
 
     @functools.wraps(method)
     def wrapper(self, request, context: grpc.ServicerContext):
         name = f"{type(self).__name__}.{method.__name__}"
         try:
-            response = method(self, request, context)
+            response = self.state.admission.run(method, self, request, context)
         except WorkerError as e:
-            log.warning("%s from %s failed: %s: %s", name, context.peer(), e.status, e)
+            # Refusals under overload are routine (clients retry them): not worth a line each.
+            log.log(logging.DEBUG if isinstance(e, Busy) else logging.WARNING,
+                    "%s from %s failed: %s: %s", name, context.peer(), e.status, e)
             context.abort(getattr(grpc.StatusCode, e.status), str(e))
         except Exception:
             log.exception("%s from %s: internal error", name, context.peer())
