@@ -147,15 +147,20 @@ class Pool:
         self._index = {id(stub): i for i, stub in enumerate(self._stubs)}
         self._next = 0
 
-    async def probe(self, timeout: float = 3.0) -> str | None:
-        """One health check that does not wait for a connection: None if it answers, else gRPC's details."""
+    async def probe(self, timeout: float = 3.0) -> list[str | None]:
+        """One health check per channel that does not wait for a connection: None where it answers, else
+        gRPC's details. Several, because a channel over several addresses (``localhost``: ::1 and
+        127.0.0.1) reports one address's failure at a time, not always the telling one."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        try:
-            await health_pb2_grpc.HealthStub(self._channels[0]).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-            return None
-        except grpc.aio.AioRpcError as e:
-            return e.details() or e.code().name
+        async def check(channel) -> str | None:
+            try:
+                await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+                return None
+            except grpc.aio.AioRpcError as e:
+                return e.details() or e.code().name
+
+        return list(await asyncio.gather(*(check(c) for c in self._channels)))
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until some channel is ready (a worker answers health checks with SERVING), then briefly for the rest.

@@ -194,10 +194,11 @@ async def _connect(pool: Pool, targets: list[str], tls: Tls | None) -> None:
     while True:
         if await pool.wait_ready(min(2.0, max(deadline - time.monotonic(), 0.1))):
             return
-        details = await pool.probe()
-        if details is None:
+        answers = await pool.probe()
+        if None in answers:
             return
-        reason, final = connect_failure(details, tls)
+        # A diagnosis that waiting cannot fix (a TLS mismatch) wins over "connection refused" from another address.
+        reason, final = max((connect_failure(details, tls) for details in answers), key=lambda rf: rf[1])
         if final or time.monotonic() >= deadline:
             break
     raise UsageError(
