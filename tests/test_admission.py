@@ -1,4 +1,4 @@
-"""worker.admission on its own: the in-flight limit is exact and only ``workers`` threads do the work."""
+"""worker.admission on its own: the in-flight limit is exact and only ``workers`` calls work at once."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from worker.admission import Admission
 from worker.errors import Busy
 
 
-def test_past_the_limit_a_call_is_refused_at_once_and_the_work_takes_turns_on_the_workers():
+def test_past_the_limit_a_call_is_refused_at_once_and_the_admitted_calls_take_turns():
     gate = Admission(limit=3, workers=1)
     release = threading.Event()
     lock = threading.Lock()
-    inside: list[str] = []
+    inside: list[int] = []
     seen: dict[str, int] = {}
 
     def work(i: int) -> int:
         with lock:
-            inside.append(threading.current_thread().name)
+            inside.append(i)
             seen["most"] = max(seen.get("most", 0), len(inside))
         release.wait(10)
         with lock:
@@ -44,7 +44,6 @@ def test_past_the_limit_a_call_is_refused_at_once_and_the_work_takes_turns_on_th
     assert seen["most"] == 1, "one worker: the admitted calls took turns"
     assert gate.admitted == 0
     assert gate.run(lambda: gate.admitted) == 1  # room again once they finished
-    gate.close()
 
 
 def test_a_failing_call_gives_its_place_back_and_its_error_reaches_the_caller():
@@ -57,7 +56,6 @@ def test_a_failing_call_gives_its_place_back_and_its_error_reaches_the_caller():
         gate.run(bad)
     assert gate.admitted == 0
     assert gate.run(lambda: "ok") == "ok"
-    gate.close()
 
 
 def test_limits_below_one_are_refused():

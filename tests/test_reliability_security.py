@@ -32,13 +32,12 @@ WATCHED = ("open", "os.remove", "os.rename", "os.mkdir", "os.rmdir", "os.listdir
            "os.chmod", "os.symlink", "os.link", "shutil.copyfile", "shutil.rmtree", "os.chdir")
 
 # Runs the worker with an audit hook that reports watched events raised on the
-# request threads to stderr: gRPC's ("rpc", worker.server) and the image work's
-# ("image", worker.admission).
+# request threads (thread_name_prefix="rpc" in worker.server) to stderr.
 AUDITED_WORKER = f"""
 import sys, threading
 WATCHED = {WATCHED!r}
 def hook(event, args):
-    if event in WATCHED and threading.current_thread().name.startswith(("rpc", "image")):
+    if event in WATCHED and threading.current_thread().name.startswith("rpc"):
         sys.stderr.write("AUDIT %s %r\\n" % (event, args[:2]))
 sys.addaudithook(hook)
 from worker.cli import main

@@ -216,7 +216,7 @@ def new_server(config: ServerConfig):
     """A grpc.Server with the worker's limits: RPC cap, message sizes, SO_REUSEPORT.
 
     A thread for every call gRPC admits, so no call waits where worker.admission
-    cannot see it; the image work runs on --threads threads of the admission's own.
+    cannot see it; --threads is enforced there, on the image work itself.
     """
     import grpc
 
@@ -268,6 +268,7 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
     from worker.health import HealthServicer
     from worker.service import ABImageServicer, ImageWorkerServicer, WorkerState
 
+    _limit_malloc_arenas(config.threads)
     server = new_server(config)
     state = WorkerState(
         identity=f"{socket.gethostname()}:{port}/{os.getpid()}",
@@ -316,9 +317,23 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
     # refused, calls in flight get the grace period to finish.
     health_servicer.enter_graceful_shutdown()
     server.stop(config.grace).wait()
-    state.admission.close()
     log.info("stopped after serving %s", dict(sorted(state.served.items())) or "no calls")
     return 0
+
+
+def _limit_malloc_arenas(count: int) -> None:
+    """At most ``count`` glibc malloc arenas in this process (as MALLOC_ARENA_MAX would).
+
+    glibc gives threads arenas of their own and keeps what big images freed in
+    each; the server has a thread per admitted call but only --threads decode
+    at once, so more arenas than that only retain memory. No-op off glibc.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(-8, count)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
 
 
 def _set_health(servicer, status) -> None:
