@@ -5,7 +5,8 @@ start clean) and `batch run --worker ADDRESS --concurrency C`, with the memory
 of both process trees sampled (psutil RSS every 50 ms plus the kernel's own
 peak mark, VmHWM, per process). Reported: images/s, the driver's peak RSS,
 each worker process's idle and peak RSS, and the peak growth per image in
-flight in a worker process, against the bound idle + in-flight x per-image.
+flight in a worker process, against the bound idle + threads x per-image +
+the other calls it lets in x file size.
 Every output is checked: full resolution (width and height swapped for 90/270),
 never shrunk.
 
@@ -62,9 +63,10 @@ def main() -> None:
         wait_for_quiet(a.wait_quiet, 900)
     print_header("Large images: 24 MP JPEGs")
     config = ServerConfig(threads=a.threads)
-    # Image calls a worker process holds (--max-concurrent-rpcs, past it RESOURCE_EXHAUSTED: worker.admission)
-    # and how many work at once (its threads); the others wait holding only their request bytes.
-    accepted, running_at_once = config.in_flight_limit, a.threads
+    # Calls whose request bytes a worker process may hold at once: every call gRPC lets in (its cap), since even
+    # one the worker then refuses as busy (past --max-concurrent-rpcs, worker.admission) arrived with its image;
+    # of those only --threads decode at once, the others hold just their bytes.
+    accepted, running_at_once = config.transport_rpc_limit, a.threads
     file_bytes = sum(p.stat().st_size for p, _ in large) / len(large)
 
     rows_out = []
@@ -88,7 +90,7 @@ def main() -> None:
             _check(rows, sizes, out)
             growth = max(peaks[pid] - idle[pid] for pid in peaks)
             # calls in one worker process with the driver's calls spread evenly over its processes
-            flight = min(math.ceil(c / a.processes), accepted)
+            flight = min(math.ceil(c / a.processes), config.in_flight_limit)
             rows_out.append([
                 c, len(rows) / run.wall, mib(run.driver_peak()),
                 " / ".join(f"{mib(idle[p]):.0f}" for p in peaks), " / ".join(f"{mib(peaks[p]):.0f}" for p in peaks),
@@ -96,15 +98,16 @@ def main() -> None:
             ])
 
     print(f"{len(rows)} rows ({len(large)} JPEGs 6000x4000, {mb:.1f} MiB each on average, x {a.repeat}); "
-          f"worker: {a.processes} processes x {a.threads} threads, accepting {accepted} calls per process "
-          f"(--max-concurrent-rpcs {config.in_flight_limit}, {running_at_once} working at once); "
+          f"worker: {a.processes} processes x {a.threads} threads, holding {config.in_flight_limit} image calls per "
+          f"process (--max-concurrent-rpcs), {running_at_once} working at once, and letting in {accepted} calls "
+          f"(gRPC's cap: {accepted - config.in_flight_limit} more for health checks, or refused as busy); "
           "every output checked: full size, width/height swapped for 90/270; one image's working set in a "
           f"worker (first call, fresh process): {mib(per_image):.0f} MiB\n")
     print(table(
         ["driver --concurrency", "images/s (wall, incl. driver start)", "driver peak RSS (MiB)",
          "worker idle RSS per process (MiB)", "worker peak RSS per process (MiB)",
          "calls in flight per process (even spread)", "worker peak growth over idle (MiB)",
-         f"bound: idle + {running_at_once} running x working set + {accepted - running_at_once} waiting x file (MiB)",
+         f"bound: idle + {running_at_once} running x working set + {accepted - running_at_once} others x file (MiB)",
          "within bound"],
         rows_out,
     ))
