@@ -50,16 +50,28 @@ class Settings:
     retries: int  # retries after the first attempt
     backoff_base: float = 1.0  # first retry waits up to this; doubles each time
     backoff_cap: float = 20.0
+    busy_backoff_base: float = 0.05  # the same, after a worker refused a call as busy
+
+    @property
+    def busy_budget(self) -> float:
+        """Seconds a row may spend waiting out busy refusals: as long as --retries ordinary retries at most."""
+        return sum(min(self.backoff_cap, self.backoff_base * 2 ** k) for k in range(self.retries))
 
 
-def backoff(retry: int, settings: Settings) -> float:
+def backoff(retry: int, settings: Settings, base: float | None = None) -> float:
     """Seconds before retry number ``retry`` (1-based): exponential, capped, with jitter in [1/2, 1] of it.
 
     Defaults (1 s doubling to 20 s, 6 retries) wait 26-51 s in all: a worker restarting within
     that does not fail a row.
     """
-    ceiling = min(settings.backoff_cap, settings.backoff_base * 2 ** (retry - 1))
+    ceiling = min(settings.backoff_cap, (settings.backoff_base if base is None else base) * 2 ** (retry - 1))
     return ceiling * random.uniform(0.5, 1.0)
+
+
+def busy(error: grpc.aio.AioRpcError) -> bool:
+    """A worker at its in-flight limit (RESOURCE_EXHAUSTED that is not about size): a slot frees within
+    milliseconds, so these are retried soon, and more often, until ``Settings.busy_budget`` is spent."""
+    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not permanent(error)
 
 
 class RowFailed(Exception):
@@ -163,6 +175,8 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
     except RowFailed as e:
         return Outcome(ERROR, error=str(e))
     attempts = 0
+    failures = 0  # retryable failures other than busy refusals: at most settings.retries are retried
+    busy_refusals, busy_waited = 0, 0.0
     while True:
         attempts += 1
         started = time.monotonic()
@@ -177,10 +191,19 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
         except grpc.aio.AioRpcError as e:
             if permanent(e):
                 return Outcome(ERROR, error=explain_permanent(e, len(data)), attempts=attempts)
-            if attempts > settings.retries:
+            if busy(e):
+                busy_refusals += 1
+                wait = backoff(busy_refusals, settings, settings.busy_backoff_base)
+                given_up = busy_waited + wait > settings.busy_budget
+                busy_waited += wait
+            else:
+                failures += 1
+                wait = backoff(failures, settings)
+                given_up = failures > settings.retries
+            if given_up:
                 return Outcome(ERROR, error=explain_exhausted(e, attempts, settings), attempts=attempts,
                                gave_up=True)
-            await asyncio.sleep(backoff(attempts, settings))
+            await asyncio.sleep(wait)
             continue
         latency_ms = (time.monotonic() - started) * 1000
         break

@@ -174,8 +174,8 @@ def _defaults(options: RunOptions, targets: list[str], embedded: LocalWorker | N
 
     Four calls per embedded worker process: with two, a process sometimes
     waited while the single-threaded driver was busy between calls (4 gave
-    +6 % on 1920x1080 photos, docs/benchmarks.md); still half the worker's own
-    in-flight limit (2 x its 4 threads). For named workers the process count
+    +6 % on 1920x1080 photos, docs/benchmarks.md); a quarter of the worker's own
+    in-flight limit (4 x its 4 threads). For named workers the process count
     is unknown: 8 per address.
     """
     if embedded is not None:

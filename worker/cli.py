@@ -30,7 +30,7 @@ def main() -> None:
               type=click.IntRange(1), help="Server processes sharing the port (SO_REUSEPORT).")
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1),
               help="Threads per process decoding and encoding images at once.")
-@click.option("--max-concurrent-rpcs", type=click.IntRange(1), default=None, show_default="2 x threads",
+@click.option("--max-concurrent-rpcs", type=click.IntRange(1), default=None, show_default="4 x threads",
               help="Image calls per process, working or waiting for a thread; past it calls get "
                    "RESOURCE_EXHAUSTED at once instead of queueing (health checks keep room of their own).")
 @click.option("--max-message-mb", default=64, show_default=True, type=click.IntRange(1, 1024),

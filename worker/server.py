@@ -39,7 +39,7 @@ class ServerConfig:
     port: int = 50051
     processes: int = os.cpu_count() or 1
     threads: int = 4
-    max_concurrent_rpcs: int | None = None  # default: 2 x threads
+    max_concurrent_rpcs: int | None = None  # default: 4 x threads
     max_message_mb: int = 64
     max_pixels: int = DEFAULT_MAX_PIXELS
     tls_cert: Path | None = None
@@ -50,8 +50,13 @@ class ServerConfig:
 
     @property
     def in_flight_limit(self) -> int:
-        """Image calls per process, running or waiting for a thread."""
-        return self.max_concurrent_rpcs or 2 * self.threads
+        """Image calls per process, working or waiting for a thread.
+
+        Four per thread by default: room for one driver's default 8 calls per
+        address, unevenly spread, against a one-process worker, and for calls
+        still in transit; a waiting call holds only its request bytes.
+        """
+        return self.max_concurrent_rpcs or 4 * self.threads
 
     @property
     def transport_rpc_limit(self) -> int:
