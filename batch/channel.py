@@ -25,6 +25,7 @@ from pathlib import Path
 
 import grpc
 
+from batch.errors import UsageError
 from worker.api import imageworker_v1_pb2_grpc
 
 SERVICE_CONFIG = json.dumps({
@@ -34,10 +35,6 @@ SERVICE_CONFIG = json.dumps({
 DEFAULT_CONNECTIONS = 8  # per worker address; more than a worker's processes, see module docstring
 ENV_VAR = "BATCH_WORKER"
 URI_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
-
-
-class UsageError(Exception):
-    """A worker address or TLS option that cannot work (exit code 2)."""
 
 
 @dataclass(frozen=True)

@@ -52,12 +52,10 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
     Exit status: 0 all rows ok, 1 some rows failed, 2 the run could not start
     (manifest, usage or worker problem), 130 interrupted.
     """
-    from batch.channel import Tls, UsageError, worker_addresses
-    from batch.manifest import ManifestError
+    from batch.channel import Tls, worker_addresses
+    from batch.errors import BatchError
     from batch.progress import choose_mode
-    from batch.results import ResultsError
     from batch.session import EXIT_INTERRUPTED, RunOptions, run_batch
-    from worker.local import LocalWorkerError
 
     if (tls_cert or tls_key) and not tls_ca:
         raise click.UsageError("--tls-cert/--tls-key need --tls-ca (the CA that signed the workers' certificates)")
@@ -71,7 +69,7 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
     )
     try:
         summary = run_batch(options)
-    except (ManifestError, UsageError, ResultsError, LocalWorkerError) as e:
+    except BatchError as e:
         click.echo(f"batch run: error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -15,13 +15,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from batch.errors import BatchError
+
 REQUIRED = ("path", "op")
 COLUMNS = ("path", "op", "rotation", "output", "id")
 OPS = ("rotate", "classify")
 INT64_MAX = 2**63 - 1
 
 
-class ManifestError(Exception):
+class ManifestError(BatchError):
     """A problem with the whole manifest: the run stops before any work (exit code 2)."""
 
     def __init__(self, manifest: Path | str, line: int | None, message: str) -> None:

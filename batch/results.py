@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batch.errors import BatchError
+
 COLUMNS = (
     "id", "path", "op", "rotation", "status", "output", "width", "height", "label", "confidence",
     "faces", "error", "attempts", "latency_ms", "worker", "finished_at",
@@ -26,7 +28,7 @@ OK, ERROR = "ok", "error"
 CSV_NAME, PARQUET_NAME, JOURNAL_NAME = "results.csv", "results.parquet", "results.journal.csv"
 
 
-class ResultsError(Exception):
+class ResultsError(BatchError):
     """An existing results file that cannot be resumed from (usage error: exit code 2)."""
 
 

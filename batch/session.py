@@ -24,8 +24,9 @@ from importlib import metadata
 from pathlib import Path
 
 from batch import demo
-from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, UsageError, address_count, connect_failure, grpc_targets
+from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, address_count, connect_failure, grpc_targets
 from batch.durable import Entry, GroupCommit
+from batch.errors import BatchError, UsageError
 from batch.index import RunIndex
 from batch.manifest import Row, read_rows
 from batch.progress import Progress
@@ -44,7 +45,7 @@ from batch.results import (
     write_table,
 )
 from batch.runner import Settings, fan_out
-from worker.local import LocalWorker, cpu_count
+from worker.local import LocalWorker, LocalWorkerError, cpu_count
 
 CONNECT_TIMEOUT = 30.0  # seconds to wait for a named worker to answer health checks before giving up
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -140,7 +141,10 @@ def run_batch(options: RunOptions) -> Summary:
             if not targets and _needs_a_worker(index):
                 processes = cpu_count()
                 embedded = LocalWorker(processes, out / "worker.log")
-                targets = grpc_targets([embedded.start()])
+                try:
+                    targets = grpc_targets([embedded.start()])
+                except LocalWorkerError as e:
+                    raise BatchError(str(e)) from e  # its message already says what failed
             concurrency, connections = _defaults(options, targets, embedded)
             summary.concurrency, summary.connections = concurrency, connections
             where = (f"an embedded worker ({embedded.processes} processes at {embedded.address})" if embedded
