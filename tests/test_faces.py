@@ -1,7 +1,7 @@
 """Face recognition: the pipeline's steps, training a small model, the shipped artifact, odd inputs.
 
-Tests that need photos of people read LFW from ../shared/data/lfw (or
-$IMAGEBATCH_LFW) and skip, saying so, where it is absent.
+Tests that need photos of people read LFW from $IMAGEBATCH_LFW and skip,
+saying how to run them, where it is unset.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from faces_support import BUSH, MAX_PIXELS, POWELL, SAMPLES, lfw_root, needs_lfw
 from PIL import Image
 
+from tests.support.faces import BUSH, MAX_PIXELS, POWELL, SAMPLES, lfw_root, needs_lfw
 from worker.classifier import NO_FACE, UNKNOWN, Classification
 from worker.errors import InvalidArgument
 from worker.faces import artifact, load_classifier, openset, paste

@@ -7,9 +7,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from faces_support import BUSH, POWELL, SAMPLES, lfw_root, needs_lfw
 from PIL import Image
 
+from tests.support.faces import BUSH, POWELL, SAMPLES, lfw_root, needs_lfw
 from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imageworker_v1_pb2_grpc
 from worker.faces import artifact
 from worker.faces.legacy import old_client_thumbnail

@@ -1,4 +1,4 @@
-"""Shared by the face tests: where LFW is, and skipping clearly without it."""
+"""Shared by the face tests: the LFW photos named by $IMAGEBATCH_LFW, and skipping clearly without them."""
 
 from __future__ import annotations
 
@@ -15,13 +15,11 @@ SAMPLES = Path(sklearn.datasets.__file__).parent / "images"
 
 
 def lfw_root() -> Path:
-    """$IMAGEBATCH_LFW or ../shared/data/lfw beside the checkout (its lfw-deepfunneled folder)."""
-    env = os.environ.get("IMAGEBATCH_LFW")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/lfw"
-    return root / "lfw-deepfunneled" if (root / "lfw-deepfunneled").is_dir() else root
+    """The folder-per-person LFW folder named by $IMAGEBATCH_LFW (empty path when unset)."""
+    return Path(os.environ.get("IMAGEBATCH_LFW", ""))
 
 
 needs_lfw = pytest.mark.skipif(
-    not (lfw_root() / "George_W_Bush").is_dir(),
-    reason=f"LFW photos not found at {lfw_root()} (set IMAGEBATCH_LFW to the lfw-deepfunneled folder)",
+    not os.environ.get("IMAGEBATCH_LFW") or not (lfw_root() / "George_W_Bush").is_dir(),
+    reason="set IMAGEBATCH_LFW to an LFW folder (lfw-deepfunneled) to run this",
 )
