@@ -1,9 +1,15 @@
-"""A local worker: `worker serve` as a child process on a free loopback port.
+"""Local servers: a child process on loopback that prints ``LISTENING host:port`` once it serves.
 
-`batch run` embeds one when no worker is named, and `worker evaluate` scores
-models through one. It is stopped when its user is done, however that ends
-(SIGTERM, then SIGKILL after a grace period); on Linux the child is also told
-to exit if its parent dies without cleaning up.
+`LocalWorker` is `worker serve` as such a child: `batch run` embeds one when
+no worker is named, `worker evaluate` scores models through one, and the
+tests and benchmarks start theirs with it too. A child is stopped when its
+user is done, however that ends (SIGTERM, then SIGKILL after a grace
+period); on Linux it is also told to exit if its parent dies without
+cleaning up.
+
+Every Python child runs with ``-P``: ``python -m worker`` would otherwise put
+the current folder first on the import path, and a ``worker.py`` there
+would run instead of the worker.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 STARTUP_TIMEOUT = 180.0  # loading the face model in every process takes a while on a slow machine
 
 
 class LocalWorkerError(Exception):
-    """The local worker did not start; the message carries the end of its log."""
+    """The local server did not start; the message carries the end of its log."""
 
 
 def cpu_count() -> int:
@@ -30,65 +37,72 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def python_command(*args: str) -> list[str]:
+    """This interpreter running ``args`` with neither the current folder nor a script's folder on sys.path."""
+    return [sys.executable, "-P", *args]
+
+
 def _die_with_parent() -> None:
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
-        pass  # not glibc Linux: the driver's own cleanup still stops the worker
+        pass  # not glibc Linux: the parent's own cleanup still stops the child
 
 
-class LocalWorker:
-    """``with LocalWorker(processes, log) as w:`` serves at ``w.address`` inside the block.
+class LocalServer:
+    """``with LocalServer(command, log) as s:`` serves at ``s.address`` inside the block.
 
-    ``start`` returns once the worker prints LISTENING, which it does only when
-    every process has loaded its model and reports SERVING.
+    ``command`` must print ``LISTENING host:port`` as its first line of
+    output once it serves; its stderr goes to ``log``.
     """
 
-    def __init__(self, processes: int, log: Path, startup_timeout: float = STARTUP_TIMEOUT,
-                 model: Path | None = None) -> None:
-        self.processes = processes
-        self.model = model
+    what = "server"  # for messages
+
+    def __init__(self, command: Sequence[str], log: Path, startup_timeout: float = STARTUP_TIMEOUT,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.command = list(command)
         self.log = Path(log)
         self.startup_timeout = startup_timeout
+        self.env = env
         self.address: str | None = None
-        self._proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | None = None
         self._stdout = self.log.with_name(f".{self.log.name}.stdout")
 
-    def __enter__(self) -> LocalWorker:
+    def __enter__(self) -> LocalServer:
         self.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
     def start(self) -> str:
-        cmd = [sys.executable, "-m", "worker", "serve", "--host", "127.0.0.1", "--port", "0",
-               "--processes", str(self.processes)]
-        if self.model is not None:
-            cmd += ["--model", str(self.model)]
         with open(self._stdout, "wb") as out, open(self.log, "wb") as err:
-            self._proc = subprocess.Popen(
-                cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                # Its own session: a terminal's Ctrl-C reaches only its parent, which stops the worker in order.
+            self.proc = subprocess.Popen(
+                self.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=self.env,
+                # Its own session: a terminal's Ctrl-C reaches only its parent, which stops the child in order.
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
             )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            line = self._stdout.read_text(errors="replace").split("\n", 1)[0]
-            if line.startswith("LISTENING ") and "\n" in self._stdout.read_text(errors="replace"):
-                self.address = line.split()[1]
+            text = self._stdout.read_text(errors="replace")
+            if text.startswith("LISTENING ") and "\n" in text:
+                self.address = text.split()[1]
                 return self.address
-            if self._proc.poll() is not None:
+            if self.proc.poll() is not None:
                 raise LocalWorkerError(
-                    f"the local worker exited with code {self._proc.returncode} before serving; "
+                    f"the local {self.what} exited with code {self.proc.returncode} before serving; "
                     f"its log ({self.log}) ends with:\n{self.log_tail()}"
                 )
             time.sleep(0.05)
         self.stop()
         raise LocalWorkerError(
-            f"the local worker did not serve within {self.startup_timeout:.0f} s; "
+            f"the local {self.what} did not serve within {self.startup_timeout:.0f} s; "
             f"its log ({self.log}) ends with:\n{self.log_tail()}"
         )
 
@@ -99,16 +113,35 @@ class LocalWorker:
             return "(no log)"
 
     def stop(self, grace: float = 20.0) -> int | None:
-        """SIGTERM (the worker drains), SIGKILL if it is still there after ``grace`` seconds."""
-        proc, self._proc = self._proc, None
-        if proc is None:
+        """SIGTERM (a worker drains), SIGKILL if it is still there after ``grace`` seconds; its exit code."""
+        if self.proc is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(grace)
+                self.proc.wait(grace)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: take its server processes too
-                proc.wait()
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: take its server processes too
+                self.proc.wait()
         self._stdout.unlink(missing_ok=True)
-        return proc.returncode
+        return self.proc.returncode
+
+
+class LocalWorker(LocalServer):
+    """`worker serve` on loopback: ``processes`` processes, ``port`` (0: a free one), then ``args``.
+
+    ``start`` returns once the worker prints LISTENING, which it does only when
+    every process has loaded its model and reports SERVING.
+    """
+
+    what = "worker"
+
+    def __init__(self, processes: int, log: Path, startup_timeout: float = STARTUP_TIMEOUT,
+                 model: Path | None = None, *, args: Sequence[str] = (), port: int = 0,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.processes = processes
+        command = python_command("-m", "worker", "serve", "--host", "127.0.0.1", "--port", str(port),
+                                 "--processes", str(processes))
+        if model is not None:
+            command += ["--model", str(model)]
+        super().__init__([*command, *args], log, startup_timeout, env)
