@@ -1,1 +1,1 @@
-"""Generated protobuf/gRPC modules (``python -m worker.api.codegen``); do not edit them by hand."""
+"""Generated protobuf/gRPC modules (``python proto/codegen.py``); do not edit them by hand."""

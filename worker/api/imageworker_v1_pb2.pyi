@@ -1,10 +1,36 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    WORKER_BUSY: _ClassVar[ErrorReason]
+    IMAGE_TOO_LARGE: _ClassVar[ErrorReason]
+    PIXEL_LIMIT: _ClassVar[ErrorReason]
+    UNSUPPORTED_FORMAT: _ClassVar[ErrorReason]
+    CORRUPT_IMAGE: _ClassVar[ErrorReason]
+    EMPTY_IMAGE: _ClassVar[ErrorReason]
+    INVALID_ROTATION: _ClassVar[ErrorReason]
+    INVALID_PIXELS: _ClassVar[ErrorReason]
+    MODEL_LOADING: _ClassVar[ErrorReason]
+    INTERNAL: _ClassVar[ErrorReason]
+ERROR_REASON_UNSPECIFIED: ErrorReason
+WORKER_BUSY: ErrorReason
+IMAGE_TOO_LARGE: ErrorReason
+PIXEL_LIMIT: ErrorReason
+UNSUPPORTED_FORMAT: ErrorReason
+CORRUPT_IMAGE: ErrorReason
+EMPTY_IMAGE: ErrorReason
+INVALID_ROTATION: ErrorReason
+INVALID_PIXELS: ErrorReason
+MODEL_LOADING: ErrorReason
+INTERNAL: ErrorReason
 
 class RotateRequest(_message.Message):
     __slots__ = ("image", "degrees")

@@ -1,10 +1,11 @@
-"""Regenerate the protobuf and gRPC modules in worker/api/ from proto/.
+"""Regenerate the protobuf and gRPC modules in worker/api/ from proto/ (development only).
 
-    python -m worker.api.codegen [--out DIR]
+    python proto/codegen.py [--out DIR]
 
-Run from a source checkout (proto/ beside worker/). The proto files are mapped
-into the virtual path worker/api/ so the generated modules import each other
-as ``worker.api.x_pb2`` and work from inside the package.
+Lives beside the .proto files in the source checkout, not in the installed
+package. The proto files are mapped into the virtual path worker/api/ so the
+generated modules import each other as ``worker.api.x_pb2`` and work from
+inside the package.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-PROTO_DIR = ROOT / "proto"
+PROTO_DIR = Path(__file__).resolve().parent
+ROOT = PROTO_DIR.parent
 PROTOS = ("imageworker_v1.proto", "abimage.proto")
 
 
