@@ -2,20 +2,52 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 import click
 
+from batch.errors import BatchError, UsageError
 from batch.report.command import report
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-@click.group()
+class _Commands(click.Group):
+    """Every subcommand's BatchError (a run that cannot start or go on) is one line on stderr and exit 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BatchError as e:
+            click.echo(f"batch {ctx.invoked_subcommand}: error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="imagebatch")
 def main() -> None:
     """Run a CSV manifest of images through imagebatch workers."""
+
+
+def _configure_logging(verbose: int, log_level: str | None) -> None:
+    """The driver's log (retries, reconnects, busy refusals, slow rows) on stderr, printed above a
+    progress bar rather than through it."""
+    from tqdm import tqdm
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            tqdm.write(self.format(record), file=sys.stderr)
+
+    level = log_level.upper() if log_level else ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
+    handler = Handler()
+    handler.setFormatter(logging.Formatter("%(asctime)s batch %(levelname)s: %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("batch")
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 @main.command()
@@ -43,17 +75,24 @@ def main() -> None:
               show_default="8 per worker address; 4 per process for the embedded worker",
               help="HTTP/2 connections per worker address: keep it above a worker's process count so that each "
                    "of its processes gets calls.")
+@click.option("-v", "--verbose", count=True,
+              help="Log retries, reconnects, busy refusals and slow rows as they happen (-vv: debug).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
+              show_default="WARNING, INFO with -v", help="The driver's log level (overrides -v).")
 def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency: int | None, timeout: float,
         retries: int, restart: bool, quiet: bool, tls_ca: Path | None, tls_cert: Path | None,
-        tls_key: Path | None, results_format: str, connections: int | None) -> None:
+        tls_key: Path | None, results_format: str, connections: int | None, verbose: int,
+        log_level: str | None) -> None:
     """Run every row of MANIFEST (CSV: path, op, rotation, output, id) through the workers.
 
     Resumable: the same command again skips rows already ok and retries the rest.
     Exit status: 0 all rows ok, 1 some rows failed, 2 the run could not start
-    (manifest, usage or worker problem), 130 interrupted.
+    (manifest, usage or worker problem), 130 interrupted (SIGINT, Ctrl-C),
+    143 stopped by SIGTERM; results are flushed in both cases.
     """
+    from batch import demo
     from batch.channel import Tls, worker_addresses
-    from batch.errors import BatchError
+    from batch.extras import require_pyarrow
     from batch.progress import choose_mode
     from batch.session import EXIT_INTERRUPTED, RunOptions, run_batch
 
@@ -61,6 +100,13 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
         raise click.UsageError("--tls-cert/--tls-key need --tls-ca (the CA that signed the workers' certificates)")
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    if results_format == "parquet":
+        require_pyarrow()  # before anything runs, not at the first results written
+    _configure_logging(verbose, log_level)
+    if demo.is_missing_default(manifest):
+        demo.write_demo(manifest.parent)
+        if not quiet:
+            click.echo(f"batch: wrote the demo manifest and its images to {manifest.parent}/", err=True)
     options = RunOptions(
         manifest=manifest, out=out, workers=tuple(worker_addresses(workers)), concurrency=concurrency,
         timeout=timeout, retries=retries, restart=restart,
@@ -69,14 +115,27 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
     )
     try:
         summary = run_batch(options)
-    except BatchError as e:
-        click.echo(f"batch run: error: {e}", err=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         click.echo("batch run: interrupted before any row ran", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo(summary.line())
     sys.exit(summary.exit_code)
+
+
+@main.command("demo")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=Path("manifests"))
+def demo_command(folder: Path) -> None:
+    """Write the demo manifest (demo.csv) and its images (demo-images/) into FOLDER (default: manifests).
+
+    Nothing is downloaded. Then: batch run FOLDER/demo.csv
+    """
+    from batch import demo
+
+    manifest = folder / demo.MANIFEST_NAME
+    if manifest.exists() and not demo.is_demo(manifest):
+        raise UsageError(f"{manifest} exists and is not the demo manifest; choose another folder")
+    demo.write_demo(folder)
+    click.echo(f"wrote {manifest} and its images in {folder / demo.IMAGES_DIR}; run it with: batch run {manifest}")
 
 
 main.add_command(report)
