@@ -18,6 +18,7 @@ import ipaddress
 import json
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ SERVICE_CONFIG = json.dumps({
     "healthCheckConfig": {"serviceName": ""},
 })
 DEFAULT_CONNECTIONS = 8  # per worker address; more than a worker's processes, see module docstring
+CONNECT_TIMEOUT = 30.0  # seconds to wait for a named worker to answer health checks before giving up
 ENV_VAR = "BATCH_WORKER"
 URI_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
 
@@ -127,6 +129,7 @@ class Pool:
         ]
         credentials = tls.credentials() if tls else None
         self.targets = targets
+        self.tls = tls
         self._channels = []
         for target in targets:
             for _ in range(connections):
@@ -174,6 +177,27 @@ class Pool:
         finally:
             for w in waits:
                 w.cancel()
+
+    async def connect(self, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Wait for a worker to answer; UsageError at once when gRPC's error shows waiting cannot help (a TLS
+        mismatch), else after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if await self.wait_ready(min(2.0, max(deadline - time.monotonic(), 0.1))):
+                return
+            answers = await self.probe()
+            if None in answers:
+                return
+            # A diagnosis that waiting cannot fix (a TLS mismatch) wins over "connection refused" from another
+            # address.
+            reason, final = max((connect_failure(details, self.tls) for details in answers), key=lambda rf: rf[1])
+            if final or time.monotonic() >= deadline:
+                break
+        raise UsageError(
+            f"no worker answered at {', '.join(self.targets)}"
+            + ("" if final else f" within {timeout:.0f} s")
+            + f": {reason}"
+        )
 
     @asynccontextmanager
     async def call(self) -> AsyncIterator[imageworker_v1_pb2_grpc.ImageWorkerStub]:

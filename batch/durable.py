@@ -17,8 +17,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)  # Linux only; Python's os module has no syncfs
@@ -26,6 +27,40 @@ _syncfs = getattr(_libc, "syncfs", None)  # Linux only; Python's os module has n
 # What a group hands on: (manifest row, outcome, results row); opaque here.
 Entry = tuple[Any, Any, dict[str, str]]
 _DIR_CACHE = 4096  # folders whose device is remembered (outputs usually share a few folders)
+
+
+TEMP_SUFFIX = ".batchtmp"  # ".<name>.batchtmp" beside a file while it is written
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "wb", *, durable: bool = True, **open_args) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success rename it over ``path``, on any error remove it.
+
+    A reader sees the old file or the new one, never half of one. ``durable``
+    fsyncs the file and its folder before returning; rotated outputs pass
+    False because group commit makes them durable together (module docstring).
+    The temporary name depends only on ``path``: a crash's leftover is
+    replaced by the next write of the same file.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    try:
+        with open(tmp, mode, **open_args) as f:
+            yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if durable:
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)  # the rename itself
+        finally:
+            os.close(fd)
 
 
 class SyncError(OSError):

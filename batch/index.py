@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from batch.manifest import ManifestError, Row
-from batch.results import COLUMNS
+from batch.results import COLUMNS, ERROR, Outcome, already_done
 
 _ROW_FIELDS = ("line", "id", "path", "op", "rotation", "output", "input_path", "degrees", "output_path", "error")
 _RESULT_COLUMNS = ", ".join(f'"{c}" TEXT' for c in COLUMNS if c != "id")
@@ -73,25 +73,16 @@ class RunIndex:
         self.db.execute("CREATE INDEX rows_output ON rows (output_real)")
         return count
 
-    def rows(self) -> Iterator[Row]:
-        """Rows in manifest order, read in chunks so a cursor never spans the writes of a run."""
-        after = 0
-        while True:
-            chunk = self.db.execute(
-                f"SELECT {', '.join(_ROW_FIELDS)} FROM rows WHERE line > ? ORDER BY line LIMIT ?", (after, CHUNK)
-            ).fetchall()
-            if not chunk:
-                return
-            for values in chunk:
-                yield _row(values)
-            after = chunk[-1][0]
+    def scan(self) -> Iterator[tuple[Row, Outcome | None]]:
+        """Each row in manifest order with its outcome when it is settled without a call (the row is invalid,
+        its output would overwrite an input or another row's output, or an earlier run did it), else None.
 
-    def rows_checked(self) -> Iterator[tuple[Row, str | None, dict[str, str] | None]]:
-        """``rows()`` with why each row must not write its output (an input, or another row's output; or None)
-        and its ``previous`` result, one query per chunk of rows
-        (three look-ups per row cost more than the row's own SQL work)."""
+        One query per chunk of rows (three look-ups per row cost more than the row's own SQL work), so a
+        cursor never spans the writes of a run.
+        """
         prev_cols = ", ".join(f'p."{c}"' for c in COLUMNS)
         fields = ", ".join(f"r.{f}" for f in _ROW_FIELDS)
+        n = len(_ROW_FIELDS)
         after = 0
         while True:
             chunk = self.db.execute(
@@ -100,34 +91,27 @@ class RunIndex:
             ).fetchall()
             if not chunk:
                 return
-            n = len(_ROW_FIELDS)
             for values in chunk:
                 row = _row(values[:n])
-                problem = _conflict(row, *values[n:n + 6]) if row.output_path is not None else None
+                problem = row.error or (_conflict(row, *values[n:n + 6]) if row.output_path is not None else None)
                 previous = dict(zip(COLUMNS, values[n + 7:], strict=True)) if values[n + 6] else None
-                yield row, problem, previous
+                if problem:
+                    yield row, Outcome(ERROR, error=problem)
+                elif already_done(row, previous):
+                    yield row, Outcome.done_before(previous)
+                else:
+                    yield row, None
             after = chunk[-1][0]
-
-    def count(self, where: str = "1") -> int:
-        return self.db.execute(f"SELECT count(*) FROM rows WHERE {where}").fetchone()[0]
 
     # --- results ----------------------------------------------------------------------------------
 
-    def add_previous(self, results: Iterable[dict[str, str]]) -> None:
-        """Load earlier results; a later row for the same id replaces an earlier one."""
+    def add_previous(self, results: Iterable[tuple[str, ...]]) -> None:
+        """Load earlier results (values in ``COLUMNS`` order); a later row for the same id replaces an earlier one."""
         self.db.execute("BEGIN")
         try:
-            self.db.executemany(
-                f"INSERT OR REPLACE INTO prev VALUES ({', '.join('?' * len(COLUMNS))})",
-                ([r.get(c, "") for c in COLUMNS] for r in results),
-            )
+            self.db.executemany(f"INSERT OR REPLACE INTO prev VALUES ({', '.join('?' * len(COLUMNS))})", results)
         finally:
             self.db.execute("COMMIT")
-
-    def previous(self, id_: str) -> dict[str, str] | None:
-        cursor = self.db.execute("SELECT * FROM prev WHERE id = ?", (id_,))
-        values = cursor.fetchone()
-        return dict(zip(COLUMNS, values, strict=True)) if values else None
 
     def record_many(self, results: list[dict[str, str]]) -> None:
         """This run's results, one transaction per group (a transaction per row costs ~20 lock calls)."""

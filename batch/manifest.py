@@ -149,13 +149,13 @@ def _row(record: list[str], index: dict[str, int], width: int, line: int, base: 
     if not row.op:
         return _failed(row, f"op is empty (expected {' or '.join(OPS)})")
     if row.op not in OPS:
-        return _failed(row, f"unknown op {values['op']!r} (expected {' or '.join(OPS)})")
+        return _failed(row, f"unknown op {_quoted(values['op'])!r} (expected {' or '.join(OPS)})")
     if row.op == "classify":
         return row
     degrees, problem = parse_rotation(row.rotation)
     if problem:
         return _failed(row, problem)
-    output_path, problem = resolve_output(row.output, input_path, base, out_dir)
+    output_path, problem = output_location(row.output, input_path, base, out_dir)
     if problem:
         return _failed(row, problem)
     return replace(row, degrees=degrees, output_path=output_path)
@@ -167,17 +167,21 @@ def parse_rotation(text: str) -> tuple[int | None, str | None]:
         return None, "rotation is required for rotate (degrees counter-clockwise, a multiple of 90)"
     digits = text[1:] if text[:1] in "+-" else text
     if not digits.isascii() or not digits.isdigit():
-        return None, (f"rotation {text!r} is not a whole number of degrees "
+        return None, (f"rotation {_quoted(text)!r} is not a whole number of degrees "
                       "(expected a multiple of 90, e.g. 90, -90, 180)")
-    value = int(text)
-    if abs(value) > INT64_MAX:
-        return None, f"rotation {text} is out of range"
+    if len(digits.lstrip("0")) > len(str(INT64_MAX)) or abs(value := int(text)) > INT64_MAX:
+        # Checked on the length first: int() refuses strings of over 4,300 digits with a ValueError.
+        return None, f"rotation {_quoted(text)} is out of range"
     if value % 90:
         return None, f"rotation {value} is not a multiple of 90 degrees"
     return value, None
 
 
-def resolve_output(output: str, input_path: Path, base: Path, out_dir: Path) -> tuple[Path | None, str | None]:
+def _quoted(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+def output_location(output: str, input_path: Path, base: Path, out_dir: Path) -> tuple[Path | None, str | None]:
     """Where a rotate row writes: its ``output`` (relative to ``out_dir``) or the default under ``out_dir/rotated``."""
     if output:
         target = Path(os.path.normpath(out_dir / output))  # an absolute output replaces out_dir

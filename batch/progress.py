@@ -1,26 +1,73 @@
-"""Progress on stderr: a tqdm bar on a terminal, a plain line every few seconds otherwise, or nothing."""
+"""The run's tally, and its display on stderr: a tqdm bar on a terminal, a plain line every few seconds
+otherwise, or nothing."""
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import TextIO
 
 from tqdm import tqdm
 
+from batch.results import OK, Outcome
+
+
+@dataclass
+class Tally:
+    """The one count of a run's rows: the progress display renders it, the summary and run.json read it."""
+
+    rows: int = 0
+    ok: int = 0  # already-done rows included
+    failed: int = 0
+    skipped: int = 0  # ok from an earlier run, not run again
+    workers: dict[str, int] = field(default_factory=dict)  # "host:port/pid" -> calls answered
+    models: set[str] = field(default_factory=set)  # "name version" of the face models that answered
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.status == OK:
+            self.ok += 1
+        else:
+            self.failed += 1
+        self.skipped += outcome.skipped
+        if outcome.model:
+            self.models.add(outcome.model)
+        if outcome.worker:
+            self.workers[outcome.worker] = self.workers.get(outcome.worker, 0) + 1
+
+    @property
+    def settled(self) -> int:
+        return self.ok + self.failed
+
+    @property
+    def worked(self) -> int:
+        """Rows settled by this run (not skipped as already done): what its rate counts."""
+        return self.settled - self.skipped
+
+    @property
+    def not_run(self) -> int:
+        return self.rows - self.settled
+
+    def counts(self) -> str:
+        skipped = f" ({self.skipped:,} already done)" if self.skipped else ""
+        return f"{self.ok:,} ok{skipped}, {self.failed:,} failed"
+
+    def rate(self, elapsed: float) -> float:
+        return self.worked / elapsed if elapsed > 0 else 0.0
+
 
 class Progress:
-    """Counts finished rows; ``mode`` is "bar", "lines" or "quiet" (see ``choose_mode``)."""
+    """Shows a ``Tally`` as it changes; ``mode`` is "bar", "lines" or "quiet" (see ``choose_mode``)."""
 
-    def __init__(self, total: int, mode: str, stream: TextIO | None = None, interval: float = 10.0) -> None:
-        self.total = total
+    def __init__(self, tally: Tally, mode: str, stream: TextIO | None = None, interval: float = 10.0) -> None:
+        self.tally = tally
         self.mode = mode
         self.stream = stream or sys.stderr
         self.interval = interval
-        self.ok = self.failed = self.skipped = 0
+        self._shown = 0
         self._started = self._last = time.monotonic()
         self._bar = (
-            tqdm(total=total, unit="row", file=self.stream, dynamic_ncols=True, smoothing=0.1)
+            tqdm(total=tally.rows, unit="row", file=self.stream, dynamic_ncols=True, smoothing=0.1)
             if mode == "bar" else None
         )
 
@@ -31,38 +78,25 @@ class Progress:
         elif self.mode == "lines":
             print(text, file=self.stream, flush=True)
 
-    @property
-    def done(self) -> int:
-        return self.ok + self.failed
-
-    def update(self, ok: bool, skipped: bool = False) -> None:
-        if ok:
-            self.ok += 1
-        else:
-            self.failed += 1
-        self.skipped += skipped
+    def update(self) -> None:
+        """The tally has changed."""
         if self._bar is not None:
-            self._bar.set_postfix_str(self._counts(), refresh=False)
-            self._bar.update(1)
+            self._bar.set_postfix_str(self.tally.counts(), refresh=False)
+            self._bar.update(self.tally.settled - self._shown)
+            self._shown = self.tally.settled
         elif self.mode == "lines":
             now = time.monotonic()
             if now - self._last >= self.interval:
                 self._last = now
                 print(self.line(), file=self.stream, flush=True)
 
-    def _counts(self) -> str:
-        skipped = f" ({self.skipped:,} already done)" if self.skipped else ""
-        return f"{self.ok:,} ok{skipped}, {self.failed:,} failed"
-
     def line(self) -> str:
-        elapsed = time.monotonic() - self._started
-        worked = self.done - self.skipped
-        rate = worked / elapsed if elapsed > 0 else 0.0
-        left = self.total - self.done
+        t = self.tally
+        rate = t.rate(time.monotonic() - self._started)
+        left = t.rows - t.settled
         eta = f", ETA {_duration(left / rate)}" if rate > 0 and left else ""
-        percent = 100 * self.done / self.total if self.total else 100
-        return (f"batch: {self.done:,}/{self.total:,} rows ({percent:.0f}%): {self._counts()}, "
-                f"{rate:.1f} rows/s{eta}")
+        percent = 100 * t.settled / t.rows if t.rows else 100
+        return f"batch: {t.settled:,}/{t.rows:,} rows ({percent:.0f}%): {t.counts()}, {rate:.1f} rows/s{eta}"
 
     def close(self) -> None:
         if self._bar is not None:

@@ -1,4 +1,4 @@
-"""The results table: what a row's result is, the append-only journal, resume, the finished file.
+"""The results table, its only owner: the columns, a row's result, the journal, the reader, the finished file.
 
 During a run finished rows are appended to a CSV journal in groups, each
 flushed once its outputs are durable (batch/durable.py), so a crash or
@@ -6,6 +6,13 @@ Ctrl-C loses at most the last ~0.1 s of rows, which then run again. With ``--res
 journal *is* ``results.csv`` (``tail -f`` works); with ``parquet`` it is
 ``results.journal.csv``. When the run ends (or is interrupted) the table is
 rewritten atomically with exactly one row per manifest row, in manifest order.
+
+Reading has one policy, for resume and for ``batch report`` alike
+(``TableReader``): every results file of a folder, oldest first, a later row
+for an id superseding an earlier one; a last line cut short by a crash is
+dropped, and so is any other damaged line (wrong field count, bytes that are
+not UTF-8, a status that is neither ``ok`` nor ``error``), each named with its
+line number in ``notes``. A dropped row simply runs again on resume.
 """
 
 from __future__ import annotations
@@ -18,18 +25,28 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batch.durable import atomic_file
 from batch.errors import BatchError
+from batch.extras import require_pyarrow
 
 COLUMNS = (
     "id", "path", "op", "rotation", "status", "output", "width", "height", "label", "confidence",
     "faces", "error", "attempts", "latency_ms", "worker", "finished_at",
 )
+# Without these a file is not a results table; a missing other column (an older batch run) reads as empty.
+REQUIRED = ("id", "path", "op", "status")
 OK, ERROR = "ok", "error"
-CSV_NAME, PARQUET_NAME, JOURNAL_NAME = "results.csv", "results.parquet", "results.journal.csv"
+CSV_NAME, PARQUET_NAME, JOURNAL_NAME, RUN_NAME = "results.csv", "results.parquet", "results.journal.csv", "run.json"
+TABLE_NAMES = (PARQUET_NAME, CSV_NAME, JOURNAL_NAME)
+# An error message may quote its input (a 40,000-character rotation cell): bounded, so that every cell stays
+# within the csv module's field limit, the one the reader has. Manifest cells are within it already (the
+# manifest is read with the same csv module).
+ERROR_MAX = 2000
+_STATUS = COLUMNS.index("status")
 
 
 class ResultsError(BatchError):
-    """An existing results file that cannot be resumed from (usage error: exit code 2)."""
+    """An existing results file that cannot be read or resumed from; the message says which and why."""
 
 
 @dataclass
@@ -49,10 +66,22 @@ class Outcome:
     worker: str = ""
     model: str = ""  # "name version" of the face model (classify); for run.json, not a results column
     gave_up: bool = False  # retries exhausted on a transient error (no worker answered in time)
+    earlier: dict[str, str] | None = None  # an earlier run's ok result for this row: kept as it is
+
+    @classmethod
+    def done_before(cls, earlier: dict[str, str]) -> Outcome:
+        return cls(OK, output=earlier["output"], earlier=earlier)
+
+    @property
+    def skipped(self) -> bool:
+        return self.earlier is not None
 
 
 def result_row(row, outcome: Outcome) -> dict[str, str]:
     """The one place a manifest row and its outcome become a results row (all values as text)."""
+    if outcome.earlier is not None:
+        return dict(outcome.earlier)
+    error = outcome.error if len(outcome.error) <= ERROR_MAX else outcome.error[:ERROR_MAX - 1] + "…"
     return {
         "id": row.id,
         "path": row.path,
@@ -66,7 +95,7 @@ def result_row(row, outcome: Outcome) -> dict[str, str]:
         "confidence": f"{outcome.confidence:.4f}" if outcome.confidence is not None else "",
         "faces": json.dumps(outcome.faces, separators=(",", ":")) if row.op == "classify" and outcome.status == OK
         else "",
-        "error": outcome.error,
+        "error": error,
         "attempts": str(outcome.attempts),
         "latency_ms": f"{outcome.latency_ms:.1f}" if outcome.latency_ms is not None else "",
         "worker": outcome.worker,
@@ -91,6 +120,17 @@ def already_done(row, previous: dict[str, str] | None) -> bool:
         and previous["output"] == str(row.output_path)
         and os.path.isfile(previous["output"])
     )
+
+
+def faces_json(faces) -> list[dict]:
+    """ClassifyResponse faces as plain dicts for the ``faces`` column."""
+    return [
+        {"box": [f.box.left, f.box.top, f.box.right, f.box.bottom], "label": f.label, "score": round(f.score, 4)}
+        for f in faces
+    ]
+
+
+# --- writing ------------------------------------------------------------------------------------
 
 
 class Journal:
@@ -130,82 +170,42 @@ def table_path(out_dir: Path, fmt: str) -> Path:
     return out_dir / (CSV_NAME if fmt == "csv" else PARQUET_NAME)
 
 
-def result_files(out_dir: Path) -> list[Path]:
-    """Existing results of earlier runs, oldest first (a later file's row for an id wins)."""
-    found = [out_dir / n for n in (PARQUET_NAME, CSV_NAME, JOURNAL_NAME) if (out_dir / n).is_file()]
-    return sorted(found, key=lambda p: p.stat().st_mtime_ns)
-
-
-def read_results(path: Path) -> Iterator[dict[str, str]]:
-    """Stream the rows of an earlier results file (CSV or Parquet) as text dicts."""
-    if path.suffix == ".parquet":
-        yield from _read_parquet(path)
-        return
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
-            return
-        missing = [c for c in ("id", "path", "op", "status", "output") if c not in reader.fieldnames]
-        if missing:
-            raise ResultsError(
-                f"{path} is not a batch results table (no {', '.join(missing)} column); "
-                "use another --out or --restart"
-            )
-        try:
-            for r in reader:
-                if r.get("status") in (OK, ERROR):  # a line cut short by a crash has no valid status
-                    yield {c: r.get(c) or "" for c in COLUMNS}
-        except csv.Error:
-            return  # the tail a crash left half-written: those rows simply run again
-
-
-def _read_parquet(path: Path) -> Iterator[dict[str, str]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise ResultsError(f"{path} cannot be read as Parquet ({e}); use another --out or --restart") from None
-    for batch in parquet.iter_batches(batch_size=1000):
-        for r in batch.to_pylist():
-            yield {c: _text(r.get(c)) for c in COLUMNS}
-
-
 def write_table(rows: Iterable[dict[str, str]], path: Path) -> int:
-    """Write the finished table atomically (temp file + rename); returns the row count."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    count = 0
+    """Write the finished table atomically and durably; returns the row count."""
     if path.suffix == ".parquet":
-        count = _write_parquet(rows, tmp)
-    else:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            for r in rows:
-                writer.writerow(r)
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+        with atomic_file(path, "wb") as f:
+            return _write_parquet(rows, f)
+    count = 0
+    with atomic_file(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r)
+            count += 1
     return count
 
 
-def parquet_schema():
-    import pyarrow as pa
+def _pyarrow():
+    require_pyarrow()  # a clear error naming the extra, not an ImportError
+    import pyarrow
 
+    return pyarrow
+
+
+def parquet_schema():
+    pa = _pyarrow()
     types = {"width": pa.int32(), "height": pa.int32(), "confidence": pa.float64(), "attempts": pa.int32(),
              "latency_ms": pa.float64(), "finished_at": pa.timestamp("ms", tz="UTC")}
     return pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
 
 
-def _write_parquet(rows: Iterable[dict[str, str]], tmp: Path) -> int:
-    import pyarrow as pa
+def _write_parquet(rows: Iterable[dict[str, str]], sink) -> int:
+    pa = _pyarrow()
     import pyarrow.parquet as pq
 
     schema = parquet_schema()
     count = 0
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with pq.ParquetWriter(sink, schema) as writer:
         batch: list[dict] = []
         for r in rows:
             batch.append(_typed(r))
@@ -229,17 +229,141 @@ def _typed(r: dict[str, str]) -> dict:
     return typed
 
 
-def faces_json(faces) -> list[dict]:
-    """ClassifyResponse faces as plain dicts for the ``faces`` column."""
-    return [
-        {"box": [f.box.left, f.box.top, f.box.right, f.box.bottom], "label": f.label, "score": round(f.score, 4)}
-        for f in faces
-    ]
-
-
-def write_run_json(path: Path, info: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+def write_run_info(out_dir: Path, info: dict) -> None:
+    """run.json, replaced atomically (a report reading it while a run ends sees the old or the new one)."""
+    with atomic_file(out_dir / RUN_NAME, "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def table_files(folder: Path) -> list[Path]:
+    """The results files in ``folder``, oldest first: a later file's row for an id supersedes an earlier one.
+
+    ``batch run`` keeps a CSV journal while it runs (``results.csv`` itself, or
+    ``results.journal.csv`` beside ``results.parquet``) and rewrites the table
+    when it ends; a resumed run's journal is newer than the table it resumed.
+    """
+    found = [folder / name for name in TABLE_NAMES if (folder / name).is_file()]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns)
+
+
+class TableReader:
+    """Reads every results file of a folder with one policy (module docstring); see ``notes`` afterwards."""
+
+    def __init__(self, folder: Path) -> None:
+        self.files = table_files(Path(folder))
+        self.notes: list[str] = []  # what was dropped or is missing, and why
+        self.missing: list[str] = []  # columns some file lacks (written by an older batch run)
+
+    def rows(self) -> Iterator[tuple[str, ...]]:
+        """Each valid row as text values in ``COLUMNS`` order, file by file, oldest first."""
+        for path in self.files:
+            yield from (_read_parquet(path) if path.suffix == ".parquet" else self._read_csv(path))
+
+    def _columns(self, path: Path, header: list[str]) -> list[int | None]:
+        absent = [c for c in REQUIRED if c not in header]
+        if absent:
+            raise ResultsError(
+                f"{path} has no column {', '.join(repr(c) for c in absent)} (it has: {', '.join(header) or 'none'}): "
+                "it is not a results table of batch run, or one too old to read; use another --out or --restart"
+            )
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            self.notes.append(f"{path.name} has no column {', '.join(repr(c) for c in missing)} "
+                              "(written by an older batch run?): read as empty")
+            self.missing += [c for c in missing if c not in self.missing]
+        return [header.index(c) if c in header else None for c in COLUMNS]
+
+    def _read_csv(self, path: Path) -> Iterator[tuple[str, ...]]:
+        dropped: dict[str, list[int]] = {}
+        # surrogateescape: a byte that is not UTF-8 costs its line, not the whole read
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            reader = csv.reader(f)
+            try:
+                header = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise ResultsError(f"{path}: the header line is not valid CSV ({e})") from None
+            positions = self._columns(path, header)
+            width = len(header)
+            pending: tuple[int, list[str]] | None = None
+            while True:
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as e:  # e.g. a field over the size limit: that line only
+                    dropped.setdefault(f"not valid CSV ({e})", []).append(reader.line_num)
+                    continue
+                if pending is not None:
+                    yield from self._valid(*pending, width, positions, dropped)
+                pending = (reader.line_num, record)
+            if pending is not None:
+                if _ends_with_newline(path):
+                    yield from self._valid(*pending, width, positions, dropped)
+                else:
+                    self.notes.append(f"{path.name}: ignored an unfinished last line (line {pending[0]}): "
+                                      "a run still writing it, or one that was killed; that row runs again")
+        for why, lines in dropped.items():
+            shown = ", ".join(map(str, lines[:5])) + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
+            self.notes.append(f"{path.name}: dropped {len(lines)} damaged line(s) ({why}): line {shown}; "
+                              "those rows run again on resume")
+
+    @staticmethod
+    def _valid(line: int, record: list[str], width: int, positions: list[int | None],
+               dropped: dict[str, list[int]]) -> Iterator[tuple[str, ...]]:
+        if len(record) != width:
+            if any(record):  # a blank line is no damage
+                dropped.setdefault("wrong number of fields", []).append(line)
+            return
+        values = tuple(record[i] if i is not None else "" for i in positions)
+        if values[_STATUS] not in (OK, ERROR):
+            dropped.setdefault("status is neither ok nor error", []).append(line)
+            return
+        try:
+            "".join(values).encode("utf-8")
+        except UnicodeEncodeError:  # a surrogate: undecodable bytes in the file
+            dropped.setdefault("not UTF-8 text", []).append(line)
+            return
+        yield values
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, ...]]:
+    pa = _pyarrow()
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ResultsError(f"{path} cannot be read as Parquet ({e}); use another --out or --restart") from None
+    absent = [c for c in REQUIRED if c not in parquet.schema_arrow.names]
+    if absent:
+        raise ResultsError(f"{path} has no column {', '.join(repr(c) for c in absent)}: it is not a results "
+                           "table of batch run; use another --out or --restart")
+    for batch in parquet.iter_batches(batch_size=10_000):
+        for r in batch.to_pylist():
+            yield tuple(_parquet_text(r.get(c)) for c in COLUMNS)
+
+
+def _parquet_text(value) -> str:
+    if isinstance(value, datetime.datetime):  # the same text the CSV journal holds
+        return value.isoformat(timespec="milliseconds")
+    return _text(value)
+
+
+def read_run_info(folder: Path) -> tuple[dict, list[str]]:
+    """run.json as a dict ({} with a note when absent or unreadable: the table alone still says a lot)."""
+    path = Path(folder) / RUN_NAME
+    if not path.is_file():
+        return {}, [f"{path.name} not found: run details (command, start, workers) unknown"]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return {}, [f"{path.name} unreadable ({err}): run details unknown"]
+    if not isinstance(data, dict):
+        return {}, [f"{path.name} is not a JSON object: run details unknown"]
+    return data, []

@@ -9,7 +9,6 @@ row ends as an ``Outcome``; the caller turns it into a results row.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import random
@@ -21,6 +20,7 @@ from pathlib import Path
 import grpc
 
 from batch.channel import Pool
+from batch.durable import atomic_file
 from batch.manifest import Row
 from batch.results import ERROR, OK, Outcome, faces_json
 from worker.api import imageworker_v1_pb2 as v1
@@ -29,7 +29,6 @@ from worker.api import imageworker_v1_pb2 as v1
 # worker shutting down cancels a call that reached it as it stopped; another worker can answer it.
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
              grpc.StatusCode.CANCELLED)
-TEMP_SUFFIX = ".batchtmp"  # ".<name>.batchtmp" beside the output while it is written
 # Files up to this size are read and written in the event loop: on a local disk (page cache) that takes well
 # under a millisecond, less than the two thread hops it saves: 0.2 ms of driver CPU per 3 KiB image, 0.7 ms
 # per 0.9 MB photo (docs/benchmarks.md). Bigger ones (24 MP images) go to a thread so a long read or write
@@ -98,27 +97,19 @@ def read_input(path: Path, limit: int | None = None) -> bytes | None:
 
 
 def write_output(path: Path, data: bytes) -> None:
-    """Write atomically: a temporary file in the same folder, renamed over ``path``.
-
-    No fsync here: the run makes outputs durable in groups before journaling
-    their rows (batch/durable.py). The temporary name depends only on
-    ``path`` so a crash's leftover is replaced by the next run of that row.
-    """
-    tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    """Write atomically, without an fsync: the run makes outputs durable in groups before journaling
+    their rows (batch/durable.py)."""
     try:
         _make_folder(path.parent)
         try:
-            f = open(tmp, "wb")  # noqa: SIM115 - closed below
+            with atomic_file(path, durable=False) as f:
+                f.write(data)
         except FileNotFoundError:  # the folder was removed during the run
             _made.discard(path.parent)
             _make_folder(path.parent)
-            f = open(tmp, "wb")  # noqa: SIM115
-        with f:
-            f.write(data)
-        os.replace(tmp, path)
+            with atomic_file(path, durable=False) as f:
+                f.write(data)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise RowFailed(f"cannot write output {path}: {e.strerror or e}") from None
 
 

@@ -1,10 +1,12 @@
 """One `batch run`: lock the results folder, index the manifest, reach the workers, fan out, finish the table.
 
 Order matters for the promises the command makes: the whole manifest is
-checked (exit 2) before any worker is started or called; a finished row is
-journaled only once its output is durable (batch/durable.py: group commit),
-and reported only once journaled; the finished table and
-run.json are written however the run ends (done, Ctrl-C, error).
+checked (exit 2) before any worker is started or called; every row, whether
+it made a call or was settled without one (invalid, conflicting, already
+done), goes the same way: ``Run.settle``, then made durable with its group
+(batch/durable.py: group commit), then ``Run.commit`` journals it and only
+then counts it in the tally; the finished table and run.json are written
+however the run ends (done, SIGINT, SIGTERM, error).
 """
 
 from __future__ import annotations
@@ -19,36 +21,40 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from batch import demo
-from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, address_count, connect_failure, grpc_targets
+from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, address_count, grpc_targets
 from batch.durable import Entry, GroupCommit
 from batch.errors import BatchError, UsageError
 from batch.index import RunIndex
 from batch.manifest import Row, read_rows
-from batch.progress import Progress
+from batch.progress import Progress, Tally
 from batch.results import (
-    ERROR,
-    OK,
     Journal,
     Outcome,
-    already_done,
+    TableReader,
     journal_path,
-    read_results,
-    result_files,
     result_row,
     table_path,
-    write_run_json,
+    write_run_info,
     write_table,
 )
 from batch.runner import Settings, fan_out
 from worker.local import LocalWorker, LocalWorkerError, cpu_count
 
-CONNECT_TIMEOUT = 30.0  # seconds to wait for a named worker to answer health checks before giving up
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; the run stops, keeps what it finished, and exits 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -73,49 +79,107 @@ class RunOptions:
 
 @dataclass
 class Summary:
-    rows: int = 0
-    ok: int = 0
-    failed: int = 0
-    skipped: int = 0  # ok from an earlier run, not run again
-    interrupted: bool = False
+    """How a run ended: its tally and why it stopped, for the last line, the exit code and run.json."""
+
+    tally: Tally
+    results: Path
     elapsed: float = 0.0
-    results: Path | None = None
-    workers: dict[str, int] = field(default_factory=dict)  # "host:port/pid" -> calls answered
-    models: set[str] = field(default_factory=set)  # "name version" of the face models that answered
+    signal: int | None = None  # the signal that interrupted the run
+    stopped: str | None = None  # why the run stopped early without a signal
     concurrency: int | None = None
     connections: int | None = None
-    stopped: str | None = None  # why the run stopped early without an interrupt
-
-    @property
-    def not_reached(self) -> int:
-        return self.rows - self.ok - self.failed
 
     @property
     def exit_code(self) -> int:
-        if self.interrupted:
-            return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.failed or self.stopped else EXIT_OK
+        if self.signal is not None:
+            return 128 + self.signal  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+        return EXIT_FAILED if self.tally.failed or self.stopped else EXIT_OK
 
     def line(self) -> str:
-        worked = self.ok + self.failed - self.skipped
-        rate = worked / self.elapsed if self.elapsed > 0 else 0.0
-        skipped = f" ({self.skipped:,} already done)" if self.skipped else ""
-        text = (f"{self.rows:,} rows: {self.ok:,} ok{skipped}, {self.failed:,} failed in {self.elapsed:.1f} s "
-                f"({rate:.1f} rows/s)")
-        if self.interrupted:
-            text = (f"interrupted: {text}, {self.not_reached:,} not run; "
+        t = self.tally
+        text = (f"{t.rows:,} rows: {t.counts()} in {self.elapsed:.1f} s ({t.rate(self.elapsed):.1f} rows/s)")
+        if self.signal is not None:
+            text = (f"interrupted ({signal.Signals(self.signal).name}): {text}, {t.not_run:,} not run; "
                     "run the same command again to finish (rows already ok are skipped)")
         elif self.stopped:
-            text = (f"stopped: {self.stopped}: {text}, {self.not_reached:,} not run; "
+            text = (f"stopped: {self.stopped}: {text}, {t.not_run:,} not run; "
                     "run the same command again once workers are up")
-        elif self.failed:
+        elif t.failed:
             text += f"; see the error column of {_shown(self.results)}"
         return f"{text}. Results: {_shown(self.results)}"
 
 
+class Run:
+    """The rows of one run on their way to the journal: ``start``, ``settle`` each row, ``commit`` each
+    durable group (called by the group commit), ``close``."""
+
+    def __init__(self, index: RunIndex, journal: Journal, progress: Progress) -> None:
+        self.index = index
+        self.journal = journal
+        self.progress = progress
+        self.tally = progress.tally
+        self.stopped: str | None = None
+        # When no worker answers for this many rows in a row, stop instead of failing the whole manifest slowly;
+        # set from the concurrency once it is known.
+        self.give_up_after = 10
+        self._unanswered = 0
+        self._group = GroupCommit(self.commit)
+        self._committer: asyncio.Task | None = None
+
+    def start(self, on_failure) -> None:
+        """Commit groups in the background; ``on_failure`` is called if that stops (a failed sync)."""
+        self._committer = asyncio.create_task(self._group.run())
+        self._committer.add_done_callback(lambda t: t.cancelled() or on_failure())
+
+    @property
+    def commit_failed(self) -> bool:
+        return self._committer is not None and self._committer.done() and not self._committer.cancelled()
+
+    def settle(self, row: Row, outcome: Outcome) -> None:
+        """A row's outcome is known: it waits for its output to be durable, then is committed."""
+        self._unanswered = self._unanswered + 1 if outcome.gave_up else 0 if outcome.worker else self._unanswered
+        if self._unanswered >= self.give_up_after and not self.stopped:
+            self.stopped = f"no worker answered for {self._unanswered} rows in a row ({outcome.error})"
+        written = outcome.output if outcome.output and not outcome.skipped else None
+        self._group.add((row, outcome, result_row(row, outcome)), written)
+
+    def commit(self, entries: list[Entry]) -> None:
+        """A group whose outputs are durable: journal it (one flush), then count and show it."""
+        results = [result for _row, _outcome, result in entries]
+        self.journal.append_many(results)  # first: a crash right after still keeps these rows
+        self.index.record_many(results)
+        for _row, outcome, _result in entries:
+            self.tally.add(outcome)
+        self.progress.update()
+
+    def calls(self, scan: Iterator[tuple[Row, Outcome | None]]) -> Iterator[Row]:
+        """The rows of ``scan`` that need a call; the others are settled on the way. Ends early once stopped."""
+        for row, outcome in scan:
+            if self.stopped:
+                return
+            if outcome is None:
+                yield row
+            else:
+                self.settle(row, outcome)
+
+    async def stop(self) -> None:
+        """Stop the background commits (raises the error of a sync that failed)."""
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+
+    def close(self) -> None:
+        """Commit every row settled so far: durable, then journaled. Safe to call again."""
+        try:
+            self._group.flush()
+        finally:
+            self._group.close()
+
+
 def run_batch(options: RunOptions) -> Summary:
-    """Run ``options.manifest`` to the end (or Ctrl-C). Raises ManifestError, UsageError, ResultsError or
-    LocalWorkerError, all before any row is run."""
+    """Run ``options.manifest`` to the end, or until SIGINT/SIGTERM. Raises a BatchError before any row is
+    run when the run cannot start; Interrupted when a signal comes before the first row."""
     out = options.out_dir
     started_at = datetime.datetime.now(datetime.UTC)
     clock = time.monotonic()
@@ -125,22 +189,27 @@ def run_batch(options: RunOptions) -> Summary:
     if demo.is_demo(options.manifest):
         demo.ensure_demo_images(Path(options.manifest).resolve().parent)
     out.mkdir(parents=True, exist_ok=True)
-    with _locked(out), contextlib.closing(RunIndex(out / ".batch-index.sqlite")) as index:
+    with _stop_signals_raise(), _locked(out), contextlib.closing(RunIndex(out / ".batch-index.sqlite")) as index:
         total = index.add_rows(read_rows(Path(options.manifest), out), Path(options.manifest))
+        reader = TableReader(out)
         if options.restart:
-            for path in result_files(out):
+            for path in reader.files:
                 path.unlink()
         else:
-            for path in result_files(out):
-                index.add_previous(read_results(path))
-        summary = Summary(rows=total, results=table_path(out, options.results_format))
+            index.add_previous(reader.rows())
+        progress = Progress(Tally(rows=total), options.progress)
+        for note in reader.notes if not options.restart else ():
+            progress.note(f"batch: {note}")
+        summary = Summary(progress.tally, table_path(out, options.results_format))
         journal = Journal(journal_path(out, options.results_format))
-        progress = Progress(total, options.progress)
         embedded = None
+        run: Run | None = None
         try:
-            if not targets and _needs_a_worker(index):
-                processes = cpu_count()
-                embedded = LocalWorker(processes, out / "worker.log")
+            run = Run(index, journal, progress)
+            calls = run.calls(index.scan())
+            first = next(calls, None)
+            if first is not None and not targets:
+                embedded = LocalWorker(cpu_count(), out / "worker.log")
                 try:
                     targets = grpc_targets([embedded.start()])
                 except LocalWorkerError as e:
@@ -151,26 +220,90 @@ def run_batch(options: RunOptions) -> Summary:
                      else ", ".join(targets) or "no worker (nothing to run)")
             progress.note(f"batch: running {total:,} rows on {where}, {concurrency} calls in flight; "
                           f"results in {_shown(out)}")
+            run.give_up_after = max(2 * concurrency, 10)
             settings = Settings(concurrency=concurrency, timeout=options.timeout, retries=options.retries)
-            summary.interrupted = _run_rows(index, journal, progress, summary, targets, connections, settings,
-                                            options.tls)
-        except KeyboardInterrupt:  # Ctrl-C while the embedded worker was starting
-            summary.interrupted = True
+            summary.signal = asyncio.run(_go(run, first, calls, targets, connections, settings, options.tls))
+        except Interrupted as e:  # a signal outside the event loop (the embedded worker starting, say)
+            summary.signal = e.signum
         finally:
             progress.close()
             if embedded is not None:
                 embedded.stop()
+            if run is not None:
+                run.close()
             journal.close()
             write_table(index.table(), summary.results)
             if journal.path != summary.results:
                 journal.path.unlink(missing_ok=True)
             summary.elapsed = time.monotonic() - clock
-            write_run_json(out / "run.json", _run_info(options, summary, targets, embedded, started_at))
+            summary.stopped = run.stopped if run is not None else None
+            write_run_info(out, _run_info(options, summary, targets, embedded, started_at))
     return summary
 
 
-def _needs_a_worker(index: RunIndex) -> bool:
-    return any(not row.error and not already_done(row, previous) for row, _problem, previous in index.rows_checked())
+async def _go(run: Run, first: Row | None, rest: Iterator[Row], targets: list[str], connections: int,
+              settings: Settings, tls: Tls | None) -> int | None:
+    """The event-loop part: calls for every row that needs one; returns the signal that interrupted it."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    received: list[int] = []
+    closing = False
+
+    def on_signal(signum: int) -> None:
+        if not closing and not received:  # once the calls are over, the last group is flushed whatever happens
+            received.append(signum)
+            task.cancel()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    run.start(on_failure=task.cancel)  # a failed sync stops the run; close() raises its error
+    pool = Pool(targets, connections, tls) if first is not None else None
+    try:
+        if pool is not None:
+            await pool.connect()
+            await fan_out(_chain(first, rest), pool, settings, run.settle)
+    except asyncio.CancelledError:
+        if not received and not run.commit_failed:
+            raise
+    finally:
+        closing = True
+        try:
+            await run.stop()
+            run.close()
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+            _arm_stop_signals()  # remove_signal_handler restored the defaults: SIGTERM would kill unflushed
+            if pool is not None:
+                await pool.close()
+    return received[0] if received else None
+
+
+def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
+    yield first
+    yield from rest
+
+
+def _raise_interrupted(signum: int, _frame) -> None:
+    raise Interrupted(signum)
+
+
+def _arm_stop_signals() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_interrupted)
+
+
+@contextlib.contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """Outside the event loop SIGINT and SIGTERM raise Interrupted, so that ``finally`` writes the results
+    (SIGTERM's default would end the process on the spot)."""
+    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    _arm_stop_signals()
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _defaults(options: RunOptions, targets: list[str], embedded: LocalWorker | None) -> tuple[int, int]:
@@ -191,124 +324,6 @@ def _defaults(options: RunOptions, targets: list[str], embedded: LocalWorker | N
     return options.concurrency or concurrency, options.connections or connections
 
 
-async def _connect(pool: Pool, targets: list[str], tls: Tls | None) -> None:
-    """Wait for a worker to answer; fail at once when gRPC's error shows waiting cannot help (TLS mismatch)."""
-    deadline = time.monotonic() + CONNECT_TIMEOUT
-    reason = "no answer"
-    while True:
-        if await pool.wait_ready(min(2.0, max(deadline - time.monotonic(), 0.1))):
-            return
-        answers = await pool.probe()
-        if None in answers:
-            return
-        # A diagnosis that waiting cannot fix (a TLS mismatch) wins over "connection refused" from another address.
-        reason, final = max((connect_failure(details, tls) for details in answers), key=lambda rf: rf[1])
-        if final or time.monotonic() >= deadline:
-            break
-    raise UsageError(
-        f"no worker answered at {', '.join(targets)}"
-        + ("" if final else f" within {CONNECT_TIMEOUT:.0f} s")
-        + f": {reason}"
-    )
-
-
-def _run_rows(index: RunIndex, journal: Journal, progress: Progress, summary: Summary, targets: list[str],
-              connections: int, settings: Settings, tls: Tls | None) -> bool:
-    """The asynchronous part; returns True when interrupted by SIGINT/SIGTERM."""
-    # When no worker answers for this many rows in a row, stop instead of failing the whole manifest slowly.
-    give_up_after = max(2 * settings.concurrency, 10)
-    unanswered = 0
-
-    def finished(row: Row, outcome: Outcome) -> None:
-        nonlocal unanswered
-        unanswered = unanswered + 1 if outcome.gave_up else 0 if outcome.worker else unanswered
-        if unanswered >= give_up_after and not summary.stopped:
-            summary.stopped = f"no worker answered for {unanswered} rows in a row ({outcome.error})"
-        group.add((row, outcome, result_row(row, outcome)), outcome.output or None)
-
-    def commit(entries: list[Entry]) -> None:
-        """A group whose outputs are durable: journal it (one flush), then count and report it."""
-        results = [result for _row, _outcome, result in entries]
-        journal.append_many(results)  # first: a crash right after still keeps these rows
-        index.record_many(results)
-        for _row, outcome, _result in entries:
-            if outcome.status == OK:
-                summary.ok += 1
-            else:
-                summary.failed += 1
-            if outcome.model:
-                summary.models.add(outcome.model)
-            if outcome.worker:
-                summary.workers[outcome.worker] = summary.workers.get(outcome.worker, 0) + 1
-            progress.update(outcome.status == OK)
-
-    group = GroupCommit(commit)
-
-    def to_run() -> Iterator[Row]:
-        """Rows that need a call; the others are settled here without one."""
-        for row, problem, previous in index.rows_checked():
-            if summary.stopped:
-                return
-            if row.error is not None or problem:
-                finished(row, Outcome(ERROR, error=row.error or problem))
-                continue
-            if already_done(row, previous):
-                summary.ok += 1
-                summary.skipped += 1
-                progress.update(True, skipped=True)
-                continue
-            yield row
-
-    async def main() -> bool:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        interrupted = closing = False
-
-        def on_signal() -> None:
-            nonlocal interrupted
-            if not closing:  # once the calls are over, the last group is flushed whatever happens
-                interrupted = True
-                task.cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
-        pool = Pool(targets, connections, tls) if targets else None
-        committer = asyncio.create_task(group.run())
-        committer.add_done_callback(lambda t: t.cancelled() or task.cancel())  # a failed sync stops the run
-        try:
-            rows = to_run()
-            first = next(rows, None)
-            if first is not None:
-                await _connect(pool, targets, tls)
-                await fan_out(_chain(first, rows), pool, settings, finished)
-        except asyncio.CancelledError:
-            if not interrupted and not committer.done():
-                raise
-        finally:
-            closing = True
-            try:
-                committer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await committer  # raises the SyncError that stopped the run, if one did
-            finally:
-                try:
-                    group.flush()  # every row finished so far: durable, then journaled
-                finally:
-                    group.close()
-                    for sig in (signal.SIGINT, signal.SIGTERM):
-                        loop.remove_signal_handler(sig)
-                    if pool is not None:
-                        await pool.close()
-        return interrupted
-
-    return asyncio.run(main())
-
-
-def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
-    yield first
-    yield from rest
-
-
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """One run per results folder at a time: two would interleave their journals."""
@@ -322,7 +337,7 @@ def _locked(out: Path) -> Iterator[None]:
 
 def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedded: LocalWorker | None,
               started_at: datetime.datetime) -> dict:
-    worked = summary.ok + summary.failed - summary.skipped
+    t = summary.tally
     return {
         "command": list(options.command) or sys.argv,
         "manifest": str(Path(options.manifest).resolve()),
@@ -331,7 +346,7 @@ def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedde
             "targets": targets,
             "embedded": embedded is not None,
             "embedded_processes": embedded.processes if embedded else None,
-            "answered": dict(sorted(summary.workers.items())),
+            "answered": dict(sorted(t.workers.items())),
         },
         "settings": {
             "timeout_s": options.timeout, "retries": options.retries, "concurrency": summary.concurrency,
@@ -341,15 +356,16 @@ def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedde
         "versions": {
             "imagebatch": _version("imagebatch"), "grpcio": _version("grpcio"),
             "protobuf": _version("protobuf"), "python": platform.python_version(),
-            "face_models": sorted(summary.models),
+            "face_models": sorted(t.models),
         },
         "started_at": started_at.isoformat(timespec="milliseconds"),
         "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
         "elapsed_s": round(summary.elapsed, 3),
-        "counts": {"rows": summary.rows, "ok": summary.ok, "failed": summary.failed,
-                   "skipped_already_done": summary.skipped, "not_run": summary.not_reached},
-        "throughput_rows_per_s": round(worked / summary.elapsed, 2) if summary.elapsed > 0 else None,
-        "interrupted": summary.interrupted,
+        "counts": {"rows": t.rows, "ok": t.ok, "failed": t.failed, "skipped_already_done": t.skipped,
+                   "not_run": t.not_run},
+        "throughput_rows_per_s": round(t.rate(summary.elapsed), 2) if summary.elapsed > 0 else None,
+        "interrupted": summary.signal is not None,
+        "signal": signal.Signals(summary.signal).name if summary.signal is not None else None,
         "stopped": summary.stopped,
         "exit_code": summary.exit_code,
         "results": str(summary.results),

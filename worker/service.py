@@ -2,8 +2,9 @@
 
 Each RPC is a few lines: unpack the request, call ``worker.rotate`` or the
 classifier, pack the answer. ``WorkerError``s become their status code with
-the message unchanged; anything else is a bug, logged with its traceback and
-answered ``INTERNAL``.
+the message unchanged and a ``google.rpc.ErrorInfo`` naming their reason (plus
+a ``RetryInfo`` when a retry soon may succeed); anything else is a bug, logged
+with its traceback and answered ``INTERNAL`` with reason INTERNAL.
 """
 
 from __future__ import annotations
@@ -15,15 +16,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from worker import rotate
 from worker.admission import Admission
 from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imageworker_v1_pb2_grpc
 from worker.classifier import Classifier
 from worker.decode import raw_pixels
-from worker.errors import Busy, InvalidArgument, NotReady, TooLarge, WorkerError
+from worker.errors import Busy, InvalidArgument, NotReady, Reason, TooLarge, WorkerError
 
 log = logging.getLogger("worker.service")
+
+ERROR_DOMAIN = "imageworker.v1"  # ErrorInfo.domain: the reasons are imageworker.v1.ErrorReason's names
 
 
 @dataclass
@@ -67,14 +73,26 @@ def rpc(method: Callable) -> Callable:
             # Refusals under overload are routine (clients retry them): not worth a line each.
             log.log(logging.DEBUG if isinstance(e, Busy) else logging.WARNING,
                     "%s from %s failed: %s: %s", name, context.peer(), e.status, e)
-            context.abort(getattr(grpc.StatusCode, e.status), str(e))
+            context.abort_with_status(_error_status(e.status, str(e), e.reason, e.retry_after))
         except Exception:
             log.exception("%s from %s: internal error", name, context.peer())
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the worker's log")
+            message = f"internal error in {method.__name__}; see the worker's log"
+            context.abort_with_status(_error_status("INTERNAL", message, Reason.INTERNAL))
         self.state.count(method.__name__)
         return response
 
     return wrapper
+
+
+def _error_status(code: str, message: str, reason: Reason, retry_after: float | None = None) -> grpc.Status:
+    """gRPC's rich error model: the code and message, with ErrorInfo (and RetryInfo) in the details."""
+    rich = status_pb2.Status(code=code_pb2.Code.Value(code), message=message)
+    rich.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(round(retry_after * 1e9))
+        rich.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return rpc_status.to_status(rich)
 
 
 class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
@@ -139,7 +157,8 @@ class ABImageServicer(abimage_pb2_grpc.ABImageServiceServicer):
         if request.rotation not in _LEGACY_ROTATIONS:
             raise InvalidArgument(
                 f"unknown rotation enum value {request.rotation}; expected NONE=0, NINETY_DEG=1, "
-                "ONE_EIGHTY_DEG=2 or TWO_SEVENTY_DEG=3"
+                "ONE_EIGHTY_DEG=2 or TWO_SEVENTY_DEG=3",
+                Reason.INVALID_ROTATION,
             )
         image = request.image
         degrees = _LEGACY_ROTATIONS[request.rotation]

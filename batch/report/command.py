@@ -27,17 +27,20 @@ def report(results_dir: Path, html_path: Path | None, as_json: bool) -> None:
     rows finished so far.
     """
     # Imported here: pandas and Pillow would slow every `batch` command's start, `batch run` included.
+    from batch.durable import atomic_file
+    from batch.errors import BatchError
     from batch.report import figures, gallery, html, terminal
-    from batch.report.table import ReportError, read_results
+    from batch.report.table import load
 
     try:
-        results = read_results(results_dir)
-    except ReportError as err:
+        results = load(results_dir)
+    except BatchError as err:
         raise click.ClickException(str(err)) from err
     fig = figures.compute(results)
     target = html_path or results_dir / "report.html"
     try:
-        html.write_atomic(target, html.render(fig, gallery.collect(results)))
+        with atomic_file(target, "w", encoding="utf-8") as f:
+            f.write(html.render(fig, gallery.collect(results)))
     except OSError as err:
         raise click.ClickException(f"cannot write the HTML report to {target}: {err.strerror or err}") from err
     fig["html"] = str(target)

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batch.report.table import Results, resolve_input, resolve_output
+from batch.report.table import Results, locate_input, locate_output
 from batch.report.thumbs import ThumbnailError, thumbnail
 
 ROTATE_CAP = 24
@@ -84,8 +84,8 @@ def collect(results: Results) -> Galleries:
     for r in rotated.head(ROTATE_CAP).itertuples(index=False):
         g.rotated.append({
             "id": r.id, "path": r.path, "output": r.output, "rotation": r.rotation,
-            "before": make_thumb(resolve_input(results, r.path)),
-            "after": make_thumb(resolve_output(results, r.output)) if r.output else Thumb(None, "no output"),
+            "before": make_thumb(locate_input(results, r.path)),
+            "after": make_thumb(locate_output(results, r.output)) if r.output else Thumb(None, "no output"),
         })
 
     classified = rows[(rows["op"] == "classify") & (rows["status"] == "ok")]
@@ -99,7 +99,7 @@ def collect(results: Results) -> Galleries:
             faces = parse_faces(r.faces)
             items.append({
                 "id": r.id, "path": r.path, "confidence": r.confidence, "faces": faces,
-                "thumb": make_thumb(resolve_input(results, r.path), [f["box"] for f in faces]),
+                "thumb": make_thumb(locate_input(results, r.path), [f["box"] for f in faces]),
             })
         g.by_label.append({"label": label, "count": int(count), "items": items})
     g.caps["labels_total"] = len(labels)

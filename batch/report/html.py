@@ -8,10 +8,7 @@ a data: image, so even a mistake here could not make the page fetch anything.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from html import escape
-from pathlib import Path
 
 from batch.report import charts
 from batch.report.gallery import Galleries, Thumb
@@ -223,17 +220,3 @@ def render(fig: dict, galleries: Galleries) -> str:
         + _rotated(galleries) + _classified(galleries) + _failed(fig, galleries) + _slowest(fig)
         + "</body></html>\n"
     )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename: a reader never sees half a page."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the report from anyone else serving or reading it
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
