@@ -1,38 +1,69 @@
 """Errors raised by the worker's pure image and model code.
 
-Each carries the gRPC status it maps to by name only (this module imports no
-grpc): the servicers turn ``err.status`` into a ``grpc.StatusCode`` and
-``str(err)`` into the status details, unchanged.
+Each carries the gRPC status it maps to, by name only (this module imports no
+grpc), and a stable ``reason``: the servicers send ``err.status`` as the
+status code, ``str(err)`` unchanged as its message and ``err.reason`` as the
+``google.rpc.ErrorInfo`` reason that clients decide on. The reasons are
+documented in proto/imageworker_v1.proto (enum ErrorReason).
 """
 
 from __future__ import annotations
 
+import enum
+
+
+class Reason(enum.StrEnum):
+    """The ErrorInfo reasons the worker sends: exactly the names of imageworker.v1.ErrorReason."""
+
+    WORKER_BUSY = "WORKER_BUSY"
+    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
+    PIXEL_LIMIT = "PIXEL_LIMIT"
+    UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"
+    CORRUPT_IMAGE = "CORRUPT_IMAGE"
+    EMPTY_IMAGE = "EMPTY_IMAGE"
+    INVALID_ROTATION = "INVALID_ROTATION"
+    INVALID_PIXELS = "INVALID_PIXELS"
+    MODEL_LOADING = "MODEL_LOADING"
+    INTERNAL = "INTERNAL"
+
 
 class WorkerError(Exception):
-    """Base class: a request the worker refuses, with a specific message."""
+    """Base class: a request the worker refuses, with a specific message. Raise a subclass."""
 
-    status = "INVALID_ARGUMENT"
+    status: str
+    reason: Reason
+    retry_after: float | None = None  # seconds a client should wait before retrying, when retrying helps
+
+    def __init__(self, message: str, reason: Reason | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:  # one class, several reasons: the raise site says which
+            self.reason = reason
 
 
 class InvalidArgument(WorkerError):
-    """The request itself is wrong (bad rotation, corrupt or unsupported image...)."""
+    """The request itself is wrong; the reason says how (corrupt by default)."""
 
     status = "INVALID_ARGUMENT"
+    reason = Reason.CORRUPT_IMAGE
 
 
 class TooLarge(WorkerError):
     """The request is over a configured size limit (message size)."""
 
     status = "RESOURCE_EXHAUSTED"
+    reason = Reason.IMAGE_TOO_LARGE
 
 
 class Busy(WorkerError):
     """The process holds as many image calls as it may (--max-concurrent-rpcs); a retry later may succeed."""
 
     status = "RESOURCE_EXHAUSTED"
+    reason = Reason.WORKER_BUSY
+    retry_after = 0.05  # a slot frees within milliseconds: the driver's own first busy backoff
 
 
 class NotReady(WorkerError):
-    """The worker cannot serve yet or any more (models loading, draining)."""
+    """The worker cannot serve yet (the face model is loading)."""
 
     status = "UNAVAILABLE"
+    reason = Reason.MODEL_LOADING

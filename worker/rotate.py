@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from worker import jpeg_transform
-from worker.decode import DECODE_ERRORS, DEFAULT_MAX_PIXELS, load, open_image, raw_pixels
-from worker.errors import InvalidArgument
+from worker.decode import DECODE_ERRORS, DEFAULT_MAX_PIXELS, bomb_refused, load, open_image, raw_pixels
+from worker.errors import InvalidArgument, Reason
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,11 @@ class Rotated:
 def normalize_degrees(degrees: int) -> int:
     """Map any multiple of 90 (-90, 450, ...) to 0, 90, 180 or 270; refuse anything else."""
     if isinstance(degrees, bool) or not isinstance(degrees, int):
-        raise InvalidArgument(f"rotation must be a whole number of degrees, got {degrees!r}")
+        raise InvalidArgument(f"rotation must be a whole number of degrees, got {degrees!r}", Reason.INVALID_ROTATION)
     if degrees % 90:
         raise InvalidArgument(
-            f"rotation must be a multiple of 90 degrees (..., -90, 0, 90, 180, 270, ...), got {degrees}"
+            f"rotation must be a multiple of 90 degrees (..., -90, 0, 90, 180, 270, ...), got {degrees}",
+            Reason.INVALID_ROTATION,
         )
     return degrees % 360
 
@@ -234,6 +235,8 @@ def _reencode(data: bytes, img: Image.Image, op: T | None, max_pixels: int) -> R
     frames, durations = [], []
     try:
         count = getattr(img, "n_frames", 1)
+    except Image.DecompressionBombError as e:  # GIF frames are checked as they are counted
+        raise bomb_refused(e) from None
     except DECODE_ERRORS as e:
         raise InvalidArgument(f"corrupt {fmt} image: cannot count its frames: {e}") from None
     # Every frame or page is decoded and kept, so --max-pixels bounds their sum:
@@ -243,6 +246,8 @@ def _reencode(data: bytes, img: Image.Image, op: T | None, max_pixels: int) -> R
         if count > 1:
             try:
                 img.seek(index)
+            except Image.DecompressionBombError as e:  # a frame over Pillow's guard
+                raise bomb_refused(e) from None
             except DECODE_ERRORS as e:
                 raise InvalidArgument(f"corrupt or truncated {fmt} image at frame {index}: {e}") from None
         decoded += img.width * img.height
@@ -250,7 +255,8 @@ def _reencode(data: bytes, img: Image.Image, op: T | None, max_pixels: int) -> R
             raise InvalidArgument(
                 f"{fmt} image with {count} frames/pages needs over {max_pixels:,} pixels decoded by frame "
                 f"{index + 1} ({img.width}x{img.height}), over the worker's limit (worker serve --max-pixels); "
-                "refused as a possible decompression bomb"
+                "refused as a possible decompression bomb",
+                Reason.PIXEL_LIMIT,
             )
         load(img)
         if op is not None:

@@ -270,10 +270,12 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
 
     from worker.admission import Admission
     from worker.api import abimage_pb2_grpc, imageworker_v1_pb2_grpc
+    from worker.decode import use_own_pixel_limit
     from worker.health import HealthServicer
     from worker.service import ABImageServicer, ImageWorkerServicer, WorkerState
 
     _limit_malloc_arenas(config.threads)
+    use_own_pixel_limit()  # --max-pixels, not Pillow's process-wide default, bounds every image here
     server = new_server(config)
     state = WorkerState(
         identity=f"{socket.gethostname()}:{port}/{os.getpid()}",
