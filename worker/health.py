@@ -9,6 +9,10 @@ worker stops answering (seen under overload: load-balancing clients open and
 close many Watch streams). Here the shared lock only guards the tables, and
 each stream's writes are ordered by a lock of its own that the polling thread
 never takes.
+
+Reported upstream as grpc/grpc pull request 43403
+(https://github.com/grpc/grpc/pull/43403): once a grpcio-health-checking with
+that fix is required, this module can give way to its servicer.
 """
 
 from __future__ import annotations

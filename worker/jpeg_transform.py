@@ -39,7 +39,6 @@ class Op(enum.IntEnum):
 _TJXOPT_PERFECT = 1  # fail rather than trim or pad partial edge MCUs
 _TJXOPT_PROGRESSIVE = 32
 _TJFLAG_LIMITSCANS = 32768  # refuse progressive files with absurd scan counts (CPU bombs)
-_TJERR_WARNING = 0
 
 # Which edges must be whole MCUs for each operation to be exact: the edges that
 # end up at the top or left of the output. Same rule as libjpeg's
@@ -61,11 +60,7 @@ _KNOWN_LUMA_SAMPLING = {(1, 1), (2, 1), (2, 2), (1, 2), (4, 1), (1, 4)}
 
 
 class TransformFailed(Exception):
-    """libjpeg-turbo refused or could not finish the transform (message from the library)."""
-
-    def __init__(self, message: str, warning: bool) -> None:
-        super().__init__(message)
-        self.warning = warning
+    """libjpeg-turbo refused, warned about or could not finish the transform (message from the library)."""
 
 
 class _Region(ctypes.Structure):
@@ -103,7 +98,7 @@ def _library() -> ctypes.CDLL | None:
             continue
         try:
             _declare(lib)
-        except AttributeError:  # too old a TurboJPEG (< 2.0): no tjGetErrorCode
+        except AttributeError:  # too old a TurboJPEG (< 2.0): no tjGetErrorStr2
             continue
         return lib
     return None
@@ -118,8 +113,6 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.tjFree.argtypes = [ctypes.c_void_p]
     lib.tjGetErrorStr2.restype = ctypes.c_char_p
     lib.tjGetErrorStr2.argtypes = [ctypes.c_void_p]
-    lib.tjGetErrorCode.restype = ctypes.c_int
-    lib.tjGetErrorCode.argtypes = [ctypes.c_void_p]
     lib.tjTransform.restype = ctypes.c_int
     lib.tjTransform.argtypes = [
         ctypes.c_void_p,  # handle
@@ -174,15 +167,15 @@ def transform(
     progressive file progressive (the library writes baseline otherwise).
     ``patch`` may edit the output in place before it is copied out (used to
     reset the EXIF orientation without another copy of the file).
-    Raises TransformFailed with ``warning=True`` when libjpeg only warned
-    (e.g. a truncated file): the output is then not trusted.
+    Raises TransformFailed also when libjpeg only warned (e.g. a truncated
+    file): the output is then not trusted.
     """
     lib = _library()
     if lib is None:
-        raise TransformFailed("libturbojpeg is not installed", warning=False)
+        raise TransformFailed("libturbojpeg is not installed")
     handle = lib.tjInitTransform()
     if not handle:
-        raise TransformFailed("tjInitTransform failed (out of memory?)", warning=False)
+        raise TransformFailed("tjInitTransform failed (out of memory?)")
     xform = _Transform(op=int(op), options=_TJXOPT_PERFECT | (_TJXOPT_PROGRESSIVE if progressive else 0))
     out_buf = ctypes.c_void_p()
     out_size = ctypes.c_ulong(0)
@@ -193,7 +186,7 @@ def transform(
         )
         if status != 0:
             message = (lib.tjGetErrorStr2(handle) or b"unknown error").decode("utf-8", "replace")
-            raise TransformFailed(message, warning=lib.tjGetErrorCode(handle) == _TJERR_WARNING)
+            raise TransformFailed(message)
         view = memoryview((ctypes.c_ubyte * out_size.value).from_address(out_buf.value)).cast("B")
         if patch is not None:
             patch(view)
