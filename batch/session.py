@@ -45,7 +45,7 @@ from batch.results import (
 from batch.runner import Settings, fan_out
 from worker.local import LocalWorker, LocalWorkerError, cpu_count
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED = 0, 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 

@@ -41,44 +41,31 @@ def _parse_time(value: object) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _first(run: dict, *keys: str) -> object:
-    for key in keys:
-        if run.get(key) not in (None, ""):
-            return run[key]
-    return None
+# run.json is read as data that may be damaged or hand-edited: a value of the wrong type reads as unknown.
 
 
 def _command(run: dict) -> str | None:
-    command = _first(run, "command", "argv")
-    if isinstance(command, list):
-        return shlex.join(str(part) for part in command)
-    return None if command is None else str(command)
+    command = run.get("command")
+    return shlex.join(str(part) for part in command) if isinstance(command, list) else None
 
 
 def _workers(run: dict) -> str | None:
     """run.json's workers as one line: the targets, or the embedded worker and its processes."""
     workers = run.get("workers")
-    if isinstance(workers, dict):
-        targets = ", ".join(map(str, workers.get("targets") or []))
-        if workers.get("embedded"):
-            processes = workers.get("embedded_processes")
-            return f"embedded worker ({processes} processes) at {targets}" if processes else f"embedded at {targets}"
-        return targets or None
-    if isinstance(workers, list):
-        return ", ".join(map(str, workers))
-    return None if workers is None else str(workers)
+    if not isinstance(workers, dict):
+        return None
+    targets = ", ".join(map(str, workers.get("targets") or []))
+    if workers.get("embedded"):
+        return f"embedded worker ({workers.get('embedded_processes')} processes) at {targets}"
+    return targets or None
 
 
 def _versions(run: dict) -> str | None:
     versions = run.get("versions")
-    if isinstance(versions, dict):
-        parts = []
-        for name, value in versions.items():
-            if isinstance(value, list):
-                value = ", ".join(map(str, value)) or "-"
-            parts.append(f"{name} {value}")
-        return ", ".join(parts)
-    return None if versions is None else str(versions)
+    if not isinstance(versions, dict):
+        return None
+    return ", ".join(f"{name} {', '.join(map(str, value)) or '-' if isinstance(value, list) else value}"
+                     for name, value in versions.items())
 
 
 def run_summary(results: Results) -> dict:
@@ -86,8 +73,8 @@ def run_summary(results: Results) -> dict:
     run = {} if results.run_stale else results.run
     rows = results.rows
     finished = rows["finished_at"].dropna()
-    started = _parse_time(_first(run, "started_at", "start", "started"))
-    ended = _parse_time(_first(run, "finished_at", "ended_at", "end", "finished"))
+    started = _parse_time(run.get("started_at"))
+    ended = _parse_time(run.get("finished_at"))
     last_row = finished.max().to_pydatetime() if len(finished) else None
     begin = started or (finished.min().to_pydatetime() if len(finished) else None)
     end = ended or last_row
@@ -95,7 +82,7 @@ def run_summary(results: Results) -> dict:
     # Rows finished by this run: a resumed run's table also holds rows an earlier run finished.
     this_run = int((finished >= pd.Timestamp(begin)).sum()) if begin else len(rows)
     counts = run.get("counts") if isinstance(run.get("counts"), dict) else {}
-    expected = _first(run, "rows", "total") or _first(counts, "rows", "total")
+    expected = counts.get("rows")
     if run.get("interrupted"):
         state = "interrupted"
     elif ended is not None:
@@ -106,7 +93,7 @@ def run_summary(results: Results) -> dict:
         "folder": str(results.folder),
         "table": results.table_path.name,
         "command": _command(run),
-        "manifest": _first(run, "manifest"),
+        "manifest": run.get("manifest") or None,
         "state": state,
         "complete": state == "finished",
         "started_at": begin.isoformat() if begin else None,

@@ -38,7 +38,7 @@ class Galleries:
 
 
 def parse_faces(text: str) -> list[dict]:
-    """The ``faces`` column: a JSON list of {"box": [l, t, r, b] or {left, top, right, bottom}, label, score}."""
+    """The ``faces`` column: a JSON list of {"box": [l, t, r, b], label, score}; anything else is skipped."""
     if not text:
         return []
     try:
@@ -50,8 +50,6 @@ def parse_faces(text: str) -> list[dict]:
         if not isinstance(face, dict):
             continue
         box = face.get("box")
-        if isinstance(box, dict):
-            box = [box.get(k, 0) for k in ("left", "top", "right", "bottom")]
         if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
             continue
         out.append({"box": box, "label": str(face.get("label", "")), "score": face.get("score")})
