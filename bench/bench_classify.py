@@ -30,13 +30,10 @@ from worker.api import imageworker_v1_pb2 as pb
 from worker.api import imageworker_v1_pb2_grpc as pb_grpc
 from worker.decode import DEFAULT_MAX_PIXELS, upright
 from worker.faces import load_classifier
-from worker.faces.align import face_chip
-from worker.faces.commands import default_lfw
-from worker.faces.dataset import gallery
-from worker.faces.detect import detect_faces
-from worker.faces.embed import embed_chips
-from worker.faces.image import to_rgb
-from worker.faces.paste import pasted
+from worker.faces.pipeline import detect_faces, embed_chips, face_chip, to_rgb
+from worker.faces.training.commands import default_lfw
+from worker.faces.training.dataset import gallery
+from worker.faces.training.scenes import pasted
 
 OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 * 2**20),
            ("grpc.max_send_message_length", 64 * 2**20)]
@@ -101,11 +98,11 @@ def steps(images: list[bytes]) -> dict[str, float]:
         t0 = time.perf_counter()
         rgb = to_rgb(upright(data, DEFAULT_MAX_PIXELS))
         t1 = time.perf_counter()
-        boxes = detect_faces(rgb, d.detector, d.detector_lock)
+        boxes = detect_faces(rgb, d)
         t2 = time.perf_counter()
-        chips = [face_chip(rgb, b, d.predictor, d.predictor_lock) for b in boxes]
+        chips = [face_chip(rgb, b, d) for b in boxes]
         t3 = time.perf_counter()
-        emb = embed_chips(chips, d.net, d.net_lock)
+        emb = embed_chips(chips, d)
         t4 = time.perf_counter()
         model.model.main.predict(emb)
         t5 = time.perf_counter()

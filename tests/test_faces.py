@@ -19,15 +19,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.support.faces import BUSH, MAX_PIXELS, POWELL, SAMPLES, lfw_root, needs_lfw
-from worker.classifier import NO_FACE, UNKNOWN, Classification
+from worker.classifier import NO_FACE, UNKNOWN, Box, Classification
 from worker.errors import InvalidArgument
-from worker.faces import artifact, load_classifier, openset, paste
-from worker.faces.dataset import display_name, gallery, split
-from worker.faces.detect import detect_faces
-from worker.faces.dlib_models import load_dlib_models
-from worker.faces.image import to_rgb
+from worker.faces import artifact, load_classifier, openset
 from worker.faces.legacy import old_client_thumbnail
-from worker.faces.pipeline import FaceClassifier
+from worker.faces.pipeline import FaceClassifier, detect_faces, load_dlib_models, main_face_first, to_rgb
+from worker.faces.training import scenes
+from worker.faces.training.dataset import display_name, gallery, split
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -54,7 +52,7 @@ def small_split(people):
 def small_model(small_split, tmp_path_factory) -> FaceClassifier:
     from PIL import Image as _Image
 
-    from worker.faces.train import train
+    from worker.faces.training.train import train
 
     out = tmp_path_factory.mktemp("model") / "small.npz"
     train(small_split.train_people, small_split.train_negatives, out, seed=3,
@@ -264,7 +262,7 @@ def test_exif_orientation_is_applied_before_detection(shipped, people):
 @needs_lfw
 def test_small_face_in_a_1080p_photo_is_found_at_full_resolution(shipped, people):
     rng = random.Random(5)
-    data, where = paste.pasted(Image.open(people[BUSH][-2]), 60, rng)
+    data, where = scenes.pasted(Image.open(people[BUSH][-2]), 60, rng)
     result = shipped.classify(data, MAX_PIXELS)
     assert (result.width, result.height) == (1920, 1080)
     assert result.label == BUSH
@@ -290,7 +288,7 @@ def test_several_faces_one_entry_each_largest_first(people):
     canvas = Image.new("RGB", (500, 300), (200, 200, 200))
     canvas.paste(b, (10, 70))
     canvas.paste(a, (240, 25))
-    boxes = detect_faces(np.asarray(canvas), models.detector)
+    boxes = detect_faces(np.asarray(canvas), models)
     assert len(boxes) == 2
     assert boxes[0].area > boxes[1].area and boxes[0].left >= 240 and boxes[1].right <= 170
 
@@ -353,8 +351,6 @@ def test_evaluate_command_through_a_real_worker(tmp_path, people):
 
 
 def test_main_face_is_the_central_one_among_equally_large_faces():
-    from worker.faces.detect import Box, main_face_first
-
     side = Box(6, 121, 94, 209)  # 88x88, at the edge
     centre = Box(83, 93, 171, 180)  # 88x87, in the middle: the subject
     small = Box(200, 10, 240, 50)
@@ -380,8 +376,7 @@ def test_concurrent_calls_from_several_threads_agree_with_sequential_ones(shippe
 
 def test_subject_label_picks_the_face_at_the_portraits_centre():
     from worker.api import imageworker_v1_pb2 as v1
-    from worker.faces.detect import Box
-    from worker.faces.evaluate import subject_label
+    from worker.faces.training.evaluate import subject_label
 
     reply = v1.ClassifyResponse(label="unknown", faces=[
         v1.Face(box=v1.Box(left=100, top=100, right=190, bottom=190), label="unknown"),

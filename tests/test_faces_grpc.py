@@ -13,7 +13,7 @@ from tests.support.faces import BUSH, POWELL, SAMPLES, lfw_root, needs_lfw
 from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imageworker_v1_pb2_grpc
 from worker.faces import artifact
 from worker.faces.legacy import old_client_thumbnail
-from worker.faces.service_client import running_worker
+from worker.faces.training.evaluate import running_worker
 
 
 @pytest.fixture(scope="module")

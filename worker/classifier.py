@@ -6,7 +6,7 @@ The servicers depend only on this interface; ``worker.faces`` implements it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -14,11 +14,24 @@ NO_FACE = "no_face"
 UNKNOWN = "unknown"
 
 
+class Box(NamedTuple):
+    """A face box in image pixels: left, top inclusive; right, bottom exclusive."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def area(self) -> int:
+        return max(0, self.right - self.left) * max(0, self.bottom - self.top)
+
+
 @dataclass(frozen=True)
 class FaceResult:
-    """One face: box (left, top, right, bottom) in upright-image pixels, its label and score 0..1."""
+    """One face: its box in upright-image pixels, its label and score 0..1."""
 
-    box: tuple[int, int, int, int]
+    box: Box
     label: str
     score: float
 

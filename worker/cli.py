@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from worker.decode import DEFAULT_MAX_PIXELS
-from worker.faces.commands import evaluate, train
+from worker.faces.training.commands import evaluate, train
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 

@@ -1,32 +1,73 @@
-"""The model artifact: arrays in an ``.npz`` (loaded without pickle) and metadata in a ``.json`` beside it.
+"""The model files: our artifact, and the dlib model files it was made with.
 
-The JSON records the ``.npz``'s SHA-256; a mismatch, a missing key, a
-different format version or a different embedding network is refused with a
-message saying which, never half-loaded.
+Our artifact is arrays in an ``.npz`` (loaded without pickle) and metadata in
+a ``.json`` beside it. The JSON records the ``.npz``'s SHA-256 and that of the
+embedding network it was trained on; a mismatch, a missing key, a different
+format version or a different embedding network is refused with a message
+saying which, never half-loaded.
+
+dlib's model files come from the ``face-recognition-models`` package. We
+locate them through the import system without importing that package, whose
+``__init__`` needs ``pkg_resources`` (gone from recent setuptools).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import zipfile
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-from worker.faces.detect import Box
-from worker.faces.dlib_models import EMBEDDING_FILE, model_file, sha256_file
+from worker.classifier import Box
 from worker.faces.openset import OpenSetModel
 
 FORMAT = "imagebatch-face-model"
 FORMAT_VERSION = 1
 MAIN, LEGACY = "main_", "legacy_"
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "faces.npz"
+LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
+EMBEDDING_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 
 
 class ModelError(RuntimeError):
     """The model artifact is missing, corrupt or made for something else."""
+
+
+class ModelFilesMissing(ModelError):
+    """The dlib model files cannot be found (``face-recognition-models`` not installed?)."""
+
+
+def models_dir() -> Path:
+    """Folder holding face-recognition-models' ``.dat`` files."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelFilesMissing(
+            "the package face-recognition-models is not installed (pip install face-recognition-models)"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+def model_file(name: str) -> Path:
+    """Path of one dlib model file, checked to exist."""
+    path = models_dir() / name
+    if not path.is_file():
+        raise ModelFilesMissing(f"dlib model file {path} is missing; reinstall face-recognition-models")
+    return path
+
+
+@cache
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file (cached: the 22 MB embedding model is hashed once per process)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ portraits have it (the median face box of the training photos): on such
 blurred faces a fixed, well-placed box aligns better than the detector's own
 box. The legacy model is trained on embeddings made this same way from
 thumbnails of the training photos.
+
+This module holds the thumbnail geometry (pure Pillow and numpy); detecting
+and embedding on it are the last steps of ``worker.faces.pipeline``.
 """
 
 from __future__ import annotations
@@ -16,16 +19,9 @@ import numpy as np
 from PIL import Image
 
 from worker.errors import InvalidArgument
-from worker.faces.align import face_chip
-from worker.faces.detect import Box
-from worker.faces.dlib_models import DlibModels
-from worker.faces.embed import embed_chips
 
 WIDTH, HEIGHT = 37, 50
 RESTORED = 250
-# Lenient detection on the blurred, upscaled thumbnail: misses 1.4% of LFW
-# thumbnails while firing on 0.5% of random photo crops (measured at design time).
-DETECT_ADJUST = -0.3
 
 # How old clients may have shrunk: Pillow's resize default (bicubic) and nearest
 # neighbour (Pillow < 7's default); training sees both.
@@ -56,15 +52,3 @@ def restored(thumb: np.ndarray) -> np.ndarray:
     img = Image.fromarray(thumb).resize((RESTORED, RESTORED), Image.Resampling.BICUBIC)
     return np.ascontiguousarray(np.asarray(img.convert("RGB")))
 
-
-def has_face(big: np.ndarray, models: DlibModels) -> bool:
-    """Whether the detector, run leniently, sees a face in a restored thumbnail."""
-    with models.detector_lock:
-        rects, _, _ = models.detector.run(big, 0, DETECT_ADJUST)
-    return len(rects) > 0
-
-
-def legacy_embeddings(thumbs: list[np.ndarray], box: Box, models: DlibModels) -> np.ndarray:
-    """(n, 128) embeddings of thumbnails' faces at the fixed ``box`` (in 250x250 coordinates)."""
-    chips = [face_chip(restored(t), box, models.predictor, models.predictor_lock) for t in thumbs]
-    return embed_chips(chips, models.net, models.net_lock)

@@ -11,11 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from worker.classifier import Box
 from worker.faces import artifact, legacy, openset
-from worker.faces.detect import Box
-from worker.faces.dlib_models import DlibModels, load_dlib_models
-from worker.faces.faces_in import faces_in
-from worker.faces.image import to_rgb
+from worker.faces.pipeline import DlibModels, faces_in, legacy_embeddings, load_dlib_models, to_rgb
 
 log = logging.getLogger(__name__)
 CACHE_DIR = Path(os.environ.get("IMAGEBATCH_CACHE", Path.home() / ".cache" / "imagebatch"))
@@ -56,7 +54,7 @@ def _embed_photo(
 def _embed_thumb(key: tuple[str, int, int], resample: int, box: tuple, net_sha: str, pipeline: int) -> np.ndarray:
     with Image.open(key[0]) as img:
         thumb = legacy.old_client_thumbnail(img, Image.Resampling(resample))
-    return legacy.legacy_embeddings([thumb], Box(*box), load_dlib_models())[0]
+    return legacy_embeddings([thumb], Box(*box), load_dlib_models())[0]
 
 
 def train(
@@ -72,7 +70,7 @@ def train(
     """Train the photo model and the legacy 37x50 model on these galleries and save the artifact."""
     if not people:
         raise ValueError("no people to train on: give at least one folder of photos")
-    from worker.faces.dlib_models import EMBEDDING_FILE, model_file, sha256_file
+    from worker.faces.artifact import EMBEDDING_FILE, model_file, sha256_file
 
     net_sha = sha256_file(model_file(EMBEDDING_FILE))
     embed_photo = _cached(_embed_photo) if cache else _embed_photo

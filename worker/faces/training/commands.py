@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from worker.faces import artifact
-from worker.faces.dataset import gallery, people_folders, split
+from worker.faces.training.dataset import gallery, people_folders, split
 
 _dir = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -42,7 +42,7 @@ def train(people_dir: Path, persons: tuple[str, ...], negatives_dir: Path | None
         --negatives ../shared/data/lfw/lfw-deepfunneled \\
         --hold-out 0.4 --hold-out-negatives 2 --seed 0 --out worker/models/faces.npz
     """
-    from worker.faces.train import train as run
+    from worker.faces.training.train import train as run
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     people = people_folders(people_dir, list(persons)) if persons else gallery(people_dir)
@@ -68,7 +68,7 @@ def default_lfw() -> Path:
     import os
 
     env = os.environ.get("IMAGEBATCH_LFW")
-    root = Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data" / "lfw"
+    root = Path(env) if env else Path(__file__).resolve().parents[4] / "shared" / "data" / "lfw"
     return root / "lfw-deepfunneled" if (root / "lfw-deepfunneled").is_dir() else root
 
 
@@ -92,9 +92,9 @@ def evaluate(model: Path | None, data: Path | None, processes: int, seed: int, r
     `unknown` answers for never-seen people, for the model, the same faces
     small in 1920x1080 scenes, the legacy 37x50 path and an eigenfaces baseline.
     """
-    from worker.faces.evaluate import evaluate as run
-    from worker.faces.evaluate import record as keep
-    from worker.faces.evaluate import report as render
+    from worker.faces.training.evaluate import evaluate as run
+    from worker.faces.training.evaluate import record as keep
+    from worker.faces.training.evaluate import report as render
 
     data = data or default_lfw()
     if not data.is_dir():

@@ -1,23 +1,40 @@
-"""Evaluation on the split a model held out: our model and the legacy path through the real
-gRPC service, small faces pasted into 1080p scenes, and the eigenfaces baseline."""
+"""Evaluation on the split a model held out: our model and the legacy path through a real
+`worker serve` on loopback, small faces pasted into 1080p scenes, and the eigenfaces baseline."""
 
 from __future__ import annotations
 
 import random
+import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 from PIL import Image
 
 from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imageworker_v1_pb2_grpc
-from worker.classifier import NO_FACE, UNKNOWN
-from worker.faces import artifact, baseline, legacy, metrics, paste
-from worker.faces.detect import Box
-from worker.faces.service_client import running_worker
+from worker.classifier import NO_FACE, UNKNOWN, Box
+from worker.faces import artifact, legacy
+from worker.faces.training import baseline, metrics, scenes
+from worker.faces.training.dataset import gallery
+from worker.local import LocalWorker
 
 SMALL_FACES = (60, 120)
+MAX_MESSAGE = 64 * 1024 * 1024
+
+
+@contextmanager
+def running_worker(model: Path | None, processes: int = 1, timeout: float = 120.0) -> Iterator[grpc.Channel]:
+    """A channel to a freshly started local ``worker serve`` whose every process serves."""
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
+        npz = Path(model).with_suffix(".npz") if model is not None else None
+        with LocalWorker(processes, Path(tmp) / "worker.log", timeout, model=npz) as worker:
+            opts = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
+            with grpc.insecure_channel(worker.address, options=opts) as channel:
+                yield channel
 
 
 @dataclass(frozen=True)
@@ -39,8 +56,6 @@ def held_out(meta: dict, data: Path) -> HeldOut:
     for person, files in s["test_people"].items():
         paths += [data / f for f in files]
         truth += [person] * len(files)
-    from worker.faces.dataset import gallery
-
     everyone = gallery(data)
     for person in s["test_negatives"]:
         paths += everyone[person]
@@ -93,7 +108,7 @@ def small_face_photos(paths: list[Path], seed: int) -> list[tuple[bytes, Box]]:
     out = []
     for p in paths:
         with Image.open(p) as img:
-            out.append(paste.pasted(img, rng.randint(*SMALL_FACES), rng))
+            out.append(scenes.pasted(img, rng.randint(*SMALL_FACES), rng))
     return out
 
 
@@ -111,10 +126,10 @@ def evaluate(model_path: Path | None, data: Path, processes: int = 1, seed: int 
             with Image.open(p) as img:
                 thumbs.append(legacy.old_client_thumbnail(img))
         results["legacy"] = (split.truth, list(pool.map(lambda t: _recognize(channel, t), thumbs)))
-        scenes = small_face_photos(split.paths, seed)
-        replies = list(pool.map(lambda s: _classify(channel, s[0]), scenes))
+        pasted = small_face_photos(split.paths, seed)
+        replies = list(pool.map(lambda s: _classify(channel, s[0]), pasted))
         results["small"] = (split.truth, [r.label for r in replies])
-        results["small_subject"] = (split.truth, [subject_label(r, s[1]) for r, s in zip(replies, scenes, strict=True)])
+        results["small_subject"] = (split.truth, [subject_label(r, s[1]) for r, s in zip(replies, pasted, strict=True)])
     clf = baseline.train_eigenfaces(np.array([baseline.lfw_crop(p) for p in split.train_paths]),
                                     split.train_truth, seed)
     answers = clf.predict(np.array([baseline.lfw_crop(p) for p in split.paths]))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from worker.faces.detect import Box
+from worker.classifier import Box
 
 SCENE = (1920, 1080)
 # Width of the face in a 250x250 LFW deep-funneled portrait (median detector box).
@@ -17,7 +17,7 @@ LFW_FACE_PX = 105
 
 
 @cache
-def scenes() -> tuple[Image.Image, ...]:
+def backgrounds() -> tuple[Image.Image, ...]:
     """Two face-free 1920x1080 backgrounds from scikit-learn's sample photos."""
     import sklearn.datasets
 
@@ -31,7 +31,7 @@ def pasted(portrait: Image.Image, face_px: int, rng: random.Random, quality: int
     the portrait went (its box in the scene)."""
     side = round(portrait.width * face_px / LFW_FACE_PX)
     small = portrait.convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
-    scene = rng.choice(scenes()).copy()
+    scene = rng.choice(backgrounds()).copy()
     left, top = rng.randrange(SCENE[0] - side), rng.randrange(SCENE[1] - side)
     scene.paste(small, (left, top))
     buf = io.BytesIO()
