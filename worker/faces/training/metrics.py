@@ -1,38 +1,30 @@
-"""Classification metrics as plain dicts and markdown tables (no plotting, no estimators)."""
+"""scikit-learn's classification metrics as plain dicts, and as markdown tables."""
 
 from __future__ import annotations
 
-from collections import Counter
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 
 def per_label(truth: list[str], pred: list[str], labels: list[str]) -> dict[str, dict[str, float]]:
     """Precision, recall, F1 and support per label (0 where undefined)."""
-    out = {}
-    for lab in labels:
-        tp = sum(t == lab and p == lab for t, p in zip(truth, pred, strict=True))
-        n_pred = sum(p == lab for p in pred)
-        n_true = sum(t == lab for t in truth)
-        precision = tp / n_pred if n_pred else 0.0
-        recall = tp / n_true if n_true else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        out[lab] = {"precision": precision, "recall": recall, "f1": f1, "support": n_true}
-    return out
+    p, r, f1, n = precision_recall_fscore_support(truth, pred, labels=labels, zero_division=0.0)
+    return {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(n[i])}
+            for i, lab in enumerate(labels)}
 
 
 def confusion(truth: list[str], pred: list[str], labels: list[str]) -> list[list[int]]:
     """Rows: true label; columns: predicted label, both in ``labels`` order."""
-    counts = Counter(zip(truth, pred, strict=True))
-    return [[counts[(t, p)] for p in labels] for t in labels]
+    return confusion_matrix(truth, pred, labels=labels).tolist()
 
 
 def summary(truth: list[str], pred: list[str], known: list[str], unknown: str) -> dict[str, float]:
     """Headline rates: known people named right, never-seen people answered ``unknown``."""
     k = [(t, p) for t, p in zip(truth, pred, strict=True) if t in known]
-    n = [p for t, p in zip(truth, pred, strict=True) if t == unknown]
+    n = [(t, p) for t, p in zip(truth, pred, strict=True) if t == unknown]
     return {
-        "known_accuracy": sum(t == p for t, p in k) / len(k) if k else float("nan"),
+        "known_accuracy": float(accuracy_score(*zip(*k, strict=True))) if k else float("nan"),
         "known_photos": len(k),
-        "unknown_rate": sum(p == unknown for p in n) / len(n) if n else float("nan"),
+        "unknown_rate": float(accuracy_score(*zip(*n, strict=True))) if n else float("nan"),
         "never_seen_photos": len(n),
     }
 
