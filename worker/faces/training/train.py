@@ -8,12 +8,14 @@ import platform
 from collections.abc import Callable
 from pathlib import Path
 
+import joblib
 import numpy as np
 from PIL import Image
 
 from worker.classifier import Box
 from worker.faces import artifact, legacy, openset
-from worker.faces.pipeline import DlibModels, faces_in, legacy_embeddings, load_dlib_models, to_rgb
+from worker.faces.artifact import EMBEDDING_FILE, model_file, sha256_file
+from worker.faces.pipeline import NAME, DlibModels, faces_in, legacy_embeddings, load_dlib_models, to_rgb
 
 log = logging.getLogger(__name__)
 CACHE_DIR = Path(os.environ.get("IMAGEBATCH_CACHE", Path.home() / ".cache" / "imagebatch"))
@@ -32,10 +34,6 @@ def photo_faces(path: Path, models: DlibModels) -> tuple[Box | None, np.ndarray 
 
 def _cached(fn: Callable) -> Callable:
     """joblib cache outside the repository (training only: nothing cached ships)."""
-    try:
-        import joblib
-    except ImportError:  # joblib is a dependency; without it we only lose speed
-        return fn
     return joblib.Memory(CACHE_DIR / "joblib", verbose=0).cache(fn)
 
 
@@ -44,6 +42,8 @@ def _photo_key(path: Path) -> tuple[str, int, int]:
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
+# The _embed_* functions' arguments are joblib's cache key: the photo (path, size,
+# mtime), the embedding network's SHA-256 and PIPELINE_VERSION, read or not.
 def _embed_photo(
     key: tuple[str, int, int], net_sha: str, pipeline: int
 ) -> tuple[tuple | None, np.ndarray | None, tuple]:
@@ -70,8 +70,6 @@ def train(
     """Train the photo model and the legacy 37x50 model on these galleries and save the artifact."""
     if not people:
         raise ValueError("no people to train on: give at least one folder of photos")
-    from worker.faces.artifact import EMBEDDING_FILE, model_file, sha256_file
-
     net_sha = sha256_file(model_file(EMBEDDING_FILE))
     embed_photo = _cached(_embed_photo) if cache else _embed_photo
     embed_thumb = _cached(_embed_thumb) if cache else _embed_thumb
@@ -126,7 +124,7 @@ def train(
     import sklearn
 
     meta = {
-        "name": "dlib-resnet-open-set",
+        "name": NAME,
         "training": {
             "people": {n: len(k[1]) for n, k in zip(labels, known, strict=True)},
             "negatives": {n: len(v) for n, v in negatives.items()},
@@ -134,10 +132,6 @@ def train(
             "legacy_resampling": [Image.Resampling(r).name for r in resampling],
             "legacy_box": list(box),
             "seed": seed,
-        },
-        "thresholds": {
-            "photo_distance_at_q_0.5": round(main.threshold, 4),
-            "legacy_distance_at_q_0.5": round(legacy_model.threshold, 4),
         },
         "validation": {"photo": main_val, "legacy": legacy_val},
         "libraries": {
