@@ -2,54 +2,28 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT, wait_for, worker_process
 from PIL import Image
-from reliability_support import results
 
 from batch.cli import main
+from tests.support.images import jpeg
+from tests.support.manifests import make_batch, write_manifest
+from tests.support.processes import run_batch, start_batch, wait_for, worker_process
+from tests.support.results import by_id, results
 
 
-def jpeg(path: Path, width: int = 48, height: int = 32, seed: int = 0) -> Path:
-    """A small gradient JPEG, different for each seed."""
-    img = Image.linear_gradient("L").resize((width, height)).convert("RGB")
-    img.putpixel((seed % width, (seed // width) % height), (255, 0, 0))
+def write_jpeg(path: Path, width: int = 48, height: int = 32, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, "JPEG", quality=90)
+    path.write_bytes(jpeg(width, height, seed))
     return path
-
-
-def png(path: Path, width: int = 20, height: int = 10) -> Path:
-    Image.new("RGBA", (width, height), (10, 200, 30, 128)).save(path, "PNG")
-    return path
-
-
-def write_manifest(path: Path, rows: list[dict], columns=("id", "path", "op", "rotation", "output")) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: r.get(c, "") for c in columns})
-    return path
-
-
-def tiny_manifest(folder: Path, n: int) -> Path:
-    for i in range(n):
-        jpeg(folder / "img" / f"{i:04d}.jpg", seed=i)
-    rows = [{"id": f"r{i}", "path": f"img/{i:04d}.jpg", "op": "rotate", "rotation": 90 * (1 + i % 3)}
-            for i in range(n)]
-    return write_manifest(folder / "many.csv", rows)
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
@@ -57,97 +31,48 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     return r.exit_code, r.stdout, r.stderr
 
 
-def batch_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "batch", "run", *args]
-
-
 def files_named(folder: Path, *suffixes: str) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(suffixes)]
 
 
-# --- the embedded worker and every row-level problem ------------------------------------------
+# --- the embedded worker ----------------------------------------------------------------------------
+
+DECOY = 'raise SystemExit("imported {} from the current folder instead of the real one")\n'
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_mixed_manifest_through_the_embedded_worker(tmp_path):
-    jpeg(tmp_path / "a.jpg", 48, 32)
+def test_embedded_worker_from_a_folder_holding_worker_py_and_batch_py(tmp_path):
+    """The current folder cannot take over the embedded worker (or the driver): children start with -P."""
+    for module in ("worker", "batch"):
+        (tmp_path / f"{module}.py").write_text(DECOY.format(f"{module}.py"))
+    write_jpeg(tmp_path / "a.jpg", 48, 32)
     (tmp_path / "sub").mkdir()
-    png(tmp_path / "sub" / "b.png")
-    (tmp_path / "folder.jpg").mkdir()
-    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
-    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
-    rows = [
+    Image.new("RGBA", (20, 10), (10, 200, 30, 128)).save(tmp_path / "sub" / "b.png")
+    write_manifest(tmp_path / "manifest.csv", [
         {"id": "rot", "path": "a.jpg", "op": "rotate", "rotation": "90"},
         {"id": "png", "path": "sub/b.png", "op": "rotate", "rotation": "-90", "output": "named/b-left.png"},
         {"id": "face", "path": "a.jpg", "op": "classify"},
-        {"id": "missing", "path": "nope.jpg", "op": "rotate", "rotation": "90"},
-        {"id": "dir", "path": "folder.jpg", "op": "classify"},
-        {"id": "loop", "path": "loop.jpg", "op": "classify"},
-        {"id": "corrupt", "path": "corrupt.jpg", "op": "classify"},
-        {"id": "op", "path": "a.jpg", "op": "sharpen"},
-        {"id": "r45", "path": "a.jpg", "op": "rotate", "rotation": "45", "output": "x1.jpg"},
-        {"id": "rabc", "path": "a.jpg", "op": "rotate", "rotation": "abc", "output": "x2.jpg"},
-        {"id": "rempty", "path": "a.jpg", "op": "rotate", "rotation": "", "output": "x3.jpg"},
-        {"id": "r1e9", "path": "a.jpg", "op": "rotate", "rotation": "1e9", "output": "x4.jpg"},
-        {"id": "escape", "path": "a.jpg", "op": "rotate", "rotation": "90", "output": "../../escaped.jpg"},
-        {"id": "inside", "path": "out/keep.jpg", "op": "classify"},
-        {"id": "input", "path": "sub/b.png", "op": "rotate", "rotation": "90", "output": "keep.jpg"},
-        {"id": "ext", "path": "a.jpg", "op": "rotate", "rotation": "180", "output": "wrong.png"},
-    ]
-    manifest = write_manifest(tmp_path / "mixed.csv", rows)
+    ])
+
+    done = run_batch("manifest.csv", "--out", "out", "--quiet", cwd=tmp_path, timeout=200)
+
     out = tmp_path / "out"
-    jpeg(out / "keep.jpg")
-    input_bytes = (tmp_path / "a.jpg").read_bytes()
-
-    code, stdout, stderr = run_cli(str(manifest), "--out", str(out), "--quiet")
-
-    assert code == 1, stderr
-    assert "16 rows: 4 ok, 12 failed" in stdout and "see the error column" in stdout
-    table = results(out)
-    assert [r["id"] for r in table] == [r["id"] for r in rows]  # one row per manifest row, in order
-    by_id = {r["id"]: r for r in table}
-    errors = {k: v["error"] for k, v in by_id.items() if v["status"] == "error"}
-    assert errors["missing"] == f"file not found: {tmp_path / 'nope.jpg'}"
-    assert errors["dir"] == f"is a directory, not an image file: {tmp_path / 'folder.jpg'}"
-    assert errors["loop"] == f"symlink loop: {tmp_path / 'loop.jpg'}"
-    assert errors["corrupt"].startswith("INVALID_ARGUMENT: ")
-    assert errors["op"] == "unknown op 'sharpen' (expected rotate or classify)"
-    assert errors["r45"] == "rotation 45 is not a multiple of 90 degrees"
-    assert errors["rabc"].startswith("rotation 'abc' is not a whole number of degrees")
-    assert errors["rempty"].startswith("rotation is required for rotate")
-    assert errors["r1e9"].startswith("rotation '1e9' is not a whole number of degrees")
-    assert errors["escape"] == f"output '../../escaped.jpg' escapes --out {out} (outputs must stay inside it)"
-    assert errors["input"] == (f"output {out / 'keep.jpg'} is the input of row 'inside' (line 15): "
-                               "refusing to overwrite an input")
-    assert errors["ext"] == (f"output {out / 'wrong.png'} has extension .png but the rotated image is JPEG "
-                             "(rotate keeps the input's format)")
-    assert {k for k, v in by_id.items() if v["status"] == "ok"} == {"rot", "png", "face", "inside"}
-    assert (tmp_path / "a.jpg").read_bytes() == input_bytes  # never overwritten
-    assert not (tmp_path / "escaped.jpg").exists()
-
-    rotated = out / "rotated" / "a.jpg"
-    assert by_id["rot"]["output"] == str(rotated)
-    with Image.open(rotated) as img:
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = by_id(results(out))
+    assert {r["status"] for r in rows.values()} == {"ok"} and sorted(rows) == ["face", "png", "rot"]
+    with Image.open(out / "rotated" / "a.jpg") as img:
         assert (img.format, img.size) == ("JPEG", (32, 48))
-    assert (by_id["rot"]["width"], by_id["rot"]["height"]) == ("32", "48")
     with Image.open(out / "named" / "b-left.png") as img:
         assert (img.format, img.size, img.mode) == ("PNG", (10, 20), "RGBA")
-    face = by_id["face"]
-    assert (face["label"], json.loads(face["faces"])) == ("no_face", [])  # a gradient has no face
-    assert face["output"] == "" and (face["width"], face["height"]) == ("48", "32")
-    assert all(by_id[k]["worker"].count("/") == 1 and by_id[k]["attempts"] == "1" for k in ("rot", "png", "face"))
-    assert by_id["missing"]["attempts"] == "0" and by_id["missing"]["worker"] == ""
-
-    run = json.loads((out / "run.json").read_text())
-    assert run["workers"]["embedded"] is True
-    assert run["counts"] == {"rows": 16, "ok": 4, "failed": 12, "skipped_already_done": 0, "not_run": 0}
-    assert run["exit_code"] == 1 and run["interrupted"] is False
+    assert (rows["face"]["label"], json.loads(rows["face"]["faces"])) == ("no_face", [])  # no face in a gradient
+    assert json.loads((out / "run.json").read_text())["workers"]["embedded"] is True
     assert "stopped after serving" in (out / "worker.log").read_text()  # the embedded worker was stopped
     assert not files_named(out, ".batchtmp", ".tmp")
 
 
 def test_manifest_problem_exits_2_before_any_work(tmp_path):
-    jpeg(tmp_path / "a.jpg")
+    write_jpeg(tmp_path / "a.jpg")
     manifest = write_manifest(tmp_path / "dup.csv", [
         {"id": "x", "path": "a.jpg", "op": "classify"},
         {"id": "x", "path": "a.jpg", "op": "rotate", "rotation": "90"},
@@ -178,36 +103,9 @@ def test_bad_worker_address_is_a_usage_error(tmp_path):
 # --- named workers: spreading, failover, resume, formats ---------------------------------------
 
 
-@pytest.mark.timeout(180)
-def test_two_workers_both_serve_and_one_killed_mid_run_still_all_ok(tmp_path):
-    n = 600
-    manifest = tiny_manifest(tmp_path, n)
-    out = tmp_path / "out"
-    with worker_process() as a, worker_process() as b:
-        proc = subprocess.Popen(
-            batch_cmd(str(manifest), "--out", str(out), "--worker", a.address, "--worker", b.address),
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        journal = out / "results.csv"
-        assert wait_for(lambda: journal.exists() and journal.read_text().count("\n") > 60, timeout=60)
-        a.proc.kill()  # abruptly, calls in flight included
-        assert proc.poll() is None, "the batch finished before the worker was killed: make it longer"
-        stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr.decode()
-    assert f"{n:,} rows: {n:,} ok, 0 failed" in stdout.decode()
-    table = results(out)
-    assert [r["id"] for r in table] == [f"r{i}" for i in range(n)]
-    ports = {r["worker"].split("/")[0].rsplit(":", 1)[1] for r in table}
-    assert ports == {str(a.port), str(b.port)}  # both received calls
-    assert {r["status"] for r in table} == {"ok"}
-    assert sorted(json.loads((out / "run.json").read_text())["workers"]["targets"]) == [
-        f"ipv4:{a.address},{b.address}"
-    ]
-
-
 @pytest.mark.timeout(120)
 def test_every_process_of_a_multi_process_worker_gets_calls(tmp_path):
-    manifest = tiny_manifest(tmp_path, 80)
+    manifest = make_batch(tmp_path, 80)
     out = tmp_path / "out"
     with worker_process(processes=2) as w:
         # 16 connections: the chance that the kernel puts them all on one process is 2^-15.
@@ -219,67 +117,26 @@ def test_every_process_of_a_multi_process_worker_gets_calls(tmp_path):
 
 
 @pytest.mark.timeout(180)
-def test_worker_restarting_mid_run_does_not_fail_the_batch(tmp_path):
-    n = 2000  # enough that the restart lands mid-run at ~1,500 tiny rows/s with journaling in groups
-    manifest = tiny_manifest(tmp_path, n)
-    out = tmp_path / "out"
-    with worker_process() as first:
-        port = first.port
-        proc = subprocess.Popen(batch_cmd(str(manifest), "--out", str(out), "--worker", first.address),
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        journal = out / "results.csv"
-        assert wait_for(lambda: journal.exists() and journal.read_text().count("\n") > 40, timeout=60, interval=0.01)
-        first.proc.kill()
-    assert proc.poll() is None
-    with worker_process(port=port):  # back on the same port a moment later
-        stdout, stderr = proc.communicate(timeout=150)
-    assert proc.returncode == 0, stderr.decode()
-    table = results(out)
-    assert len(table) == n and {r["status"] for r in table} == {"ok"}
-    assert max(int(r["attempts"]) for r in table) > 1  # some calls did hit the gap and were retried
-
-
-@pytest.mark.timeout(120)
-def test_no_worker_left_fails_rows_naming_the_attempts_then_stops(tmp_path):
-    n = 2000  # enough that the kill lands mid-run at ~1,500 tiny rows/s with journaling in groups
-    manifest = tiny_manifest(tmp_path, n)
-    out = tmp_path / "out"
-    with worker_process() as w:
-        proc = subprocess.Popen(batch_cmd(str(manifest), "--out", str(out), "--worker", w.address, "--retries", "1"),
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        journal = out / "results.csv"
-        assert wait_for(lambda: journal.exists() and journal.read_text().count("\n") > 30, timeout=60, interval=0.01)
-        w.proc.kill()
-        stdout, stderr = proc.communicate(timeout=100)
-    assert proc.returncode == 1
-    failed = [r for r in results(out) if r["status"] == "error"]
-    assert failed and all(r["error"].startswith("worker unavailable after 2 attempts: UNAVAILABLE: ")
-                          for r in failed)
-    assert len(failed) < 100  # it stopped rather than failing every remaining row slowly
-    assert "stopped: no worker answered for" in stdout.decode() and "not run" in stdout.decode()
-    assert len(results(out)) < n
-
-
-@pytest.mark.timeout(180)
 def test_ctrl_c_then_the_same_command_finishes_exactly_once(tmp_path, worker):
     n = 1000  # the driver does ~1,000 tiny rows/s and journals in groups every ~0.1 s: room to land mid-run
-    manifest = tiny_manifest(tmp_path, n)
+    manifest = make_batch(tmp_path, n)
     out, reference = tmp_path / "out", tmp_path / "reference"
-    cmd = batch_cmd(str(manifest), "--out", str(out), "--worker", worker.address)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    args = (manifest, "--out", out, "--worker", worker.address)
+    proc = start_batch(*args, log=tmp_path / "driver.log")
     journal = out / "results.csv"
     assert wait_for(lambda: journal.exists() and journal.read_text().count("\n") > 80, timeout=60, interval=0.01)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr.decode()
-    assert "interrupted" in stdout.decode() and "run the same command again" in stdout.decode()
+    code = proc.wait(60)
+    said = (tmp_path / "driver.log").read_text()
+    assert code == 130, said
+    assert "interrupted" in said and "run the same command again" in said
     partial = results(out)
     assert 0 < len(partial) < n and len({r["id"] for r in partial}) == len(partial)
     assert {r["status"] for r in partial} == {"ok"}
 
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, timeout=120)
-    assert again.returncode == 0, again.stderr.decode()
-    assert f"({len(partial):,} already done)" in again.stdout.decode()
+    again = run_batch(*args)
+    assert again.returncode == 0, again.stderr
+    assert f"({len(partial):,} already done)" in again.stdout
     table = results(out)
     assert [r["id"] for r in table] == [f"r{i}" for i in range(n)]
     assert {r["status"] for r in table} == {"ok"}
@@ -295,8 +152,8 @@ def test_ctrl_c_then_the_same_command_finishes_exactly_once(tmp_path, worker):
 
 
 def test_resume_redoes_failed_rows_and_missing_outputs_and_restart_starts_over(tmp_path, worker):
-    jpeg(tmp_path / "a.jpg")
-    jpeg(tmp_path / "b.jpg", seed=3)
+    write_jpeg(tmp_path / "a.jpg")
+    write_jpeg(tmp_path / "b.jpg", seed=3)
     manifest = write_manifest(tmp_path / "m.csv", [
         {"id": "a", "path": "a.jpg", "op": "rotate", "rotation": "90"},
         {"id": "b", "path": "b.jpg", "op": "rotate", "rotation": "180"},
@@ -307,7 +164,7 @@ def test_resume_redoes_failed_rows_and_missing_outputs_and_restart_starts_over(t
     assert run_cli(*args)[0] == 1
     first = {r["id"]: r for r in results(out)}
     (out / "rotated" / "b.jpg").unlink()
-    jpeg(tmp_path / "c.jpg", seed=5)
+    write_jpeg(tmp_path / "c.jpg", seed=5)
 
     code, stdout, _ = run_cli(*args)
     assert code == 0 and "3 rows: 3 ok (1 already done), 0 failed" in stdout
@@ -322,7 +179,7 @@ def test_resume_redoes_failed_rows_and_missing_outputs_and_restart_starts_over(t
 
 
 def test_parquet_results_one_row_per_manifest_row(tmp_path, worker):
-    manifest = tiny_manifest(tmp_path, 12)
+    manifest = make_batch(tmp_path, 12)
     out = tmp_path / "out"
     code, stdout, stderr = run_cli(str(manifest), "--out", str(out), "--worker", worker.address,
                                    "--results-format", "parquet", "--quiet")
@@ -354,23 +211,8 @@ def test_image_over_the_worker_message_limit_is_not_retried(tmp_path):
     assert "18.0 MiB" in by_id["huge"]["error"] and "worker serve --max-message-mb" in by_id["huge"]["error"]
 
 
-def test_tls_worker(tmp_path):
-    from certs import make_pki
-
-    (tmp_path / "pki").mkdir()
-    pki = make_pki(tmp_path / "pki")
-    manifest = tiny_manifest(tmp_path, 3)
-    with worker_process("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
-                        "--tls-client-ca", str(pki.ca)) as w:
-        code, _, stderr = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--worker", w.address,
-                                  "--tls-ca", str(pki.ca), "--tls-cert", str(pki.client_cert),
-                                  "--tls-key", str(pki.client_key), "--quiet")
-    assert code == 0, stderr
-    assert {r["status"] for r in results(tmp_path / "out")} == {"ok"}
-
-
 def test_batch_worker_environment_variable(tmp_path, worker, monkeypatch):
-    manifest = tiny_manifest(tmp_path, 2)
+    manifest = make_batch(tmp_path, 2)
     monkeypatch.setenv("BATCH_WORKER", f" {worker.address} ,")
     code, _, stderr = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--quiet")
     assert code == 0, stderr
@@ -381,7 +223,7 @@ def test_batch_worker_environment_variable(tmp_path, worker, monkeypatch):
 
 
 def test_plain_progress_lines_when_not_a_terminal(tmp_path, worker):
-    manifest = tiny_manifest(tmp_path, 3)
+    manifest = make_batch(tmp_path, 3)
     code, stdout, stderr = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--worker", worker.address)
     assert code == 0
     assert "batch: running 3 rows" in stderr and "\r" not in stderr

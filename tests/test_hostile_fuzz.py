@@ -10,7 +10,6 @@ noise alone rarely gets past the first magic-number check.
 from __future__ import annotations
 
 import io
-import struct
 import zlib
 
 import numpy as np
@@ -18,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_hostile_worker import tiff_with_broken_second_page
 
+from tests.support.hostile import tiff_with_broken_second_page
+from tests.support.images import png_header
 from worker.decode import open_image, upright
 from worker.errors import WorkerError
 
@@ -81,12 +81,7 @@ def mutated_images(draw) -> bytes:
 
 def png_declaring(width: int, height: int, body: bytes) -> bytes:
     """A PNG header with any declared size followed by an arbitrary compressed IDAT."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(body)) + chunk(b"IEND", b"")
+    return png_header(width, height, idat=zlib.compress(body))
 
 
 hostile_bytes = st.one_of(

@@ -13,9 +13,12 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import worker_process
-from reliability_support import by_id, cap_memory, jpeg, results, rotates, run_batch, serving, write_manifest
-from test_hostile_worker import HTML, noise, png_bomb, png_bytes, png_header, truncated
+
+from tests.support.hostile import HTML, noise, png_bomb, truncated
+from tests.support.images import jpeg, png_bytes, png_header
+from tests.support.manifests import write_manifest
+from tests.support.processes import cap_memory, rotates, run_batch, serving, worker_process
+from tests.support.results import by_id, results
 
 SPACES = "photos/my holiday — été ü 東京.jpg"  # spaces, punctuation and non-ASCII letters in a path
 
@@ -79,17 +82,13 @@ def _lay_out(folder):
     (folder / "out" / "inside.jpg").write_bytes(jpeg(32, 32, seed=5))
 
 
-def _csv(value: str) -> str:
-    return '"' + value.replace('"', '""') + '"' if any(c in value for c in ',"\n') else value
-
-
 @pytest.fixture(scope="module")
 def row_run(tmp_path_factory):
     """One run of the mixed manifest against a worker with a 1 MiB message limit; (process, rows by id, worker)."""
     folder = tmp_path_factory.mktemp("rows")
     _lay_out(folder)
-    manifest = write_manifest(folder / "manifest.csv", "id,path,op,rotation,output",
-                              [",".join(_csv(v) for v in row[:5]) for row in ROWS])
+    columns = ("id", "path", "op", "rotation", "output")
+    manifest = write_manifest(folder / "manifest.csv", [dict(zip(columns, row, strict=False)) for row in ROWS])
     with worker_process("--max-message-mb", "1", "--threads", "2") as w:
         cap_memory(w)
         done = run_batch(manifest, "--worker", w.address, "--out", folder / "out", "--retries", "2", "--quiet",
@@ -182,9 +181,11 @@ def test_bom_crlf_and_blank_lines_work(plain_worker, tmp_path, record_property):
     (tmp_path / "img").mkdir()
     for i in range(3):
         (tmp_path / "img" / f"{i}.jpg").write_bytes(jpeg(32, 32, seed=i))
-    manifest = write_manifest(tmp_path / "manifest.csv", "id,path,op,rotation",
-                              ["a,img/0.jpg,rotate,90", "", "b,img/1.jpg,classify,", "c,img/2.jpg,rotate,270", ""],
-                              newline="\r\n", bom=True)
+    rows = [{"id": "a", "path": "img/0.jpg", "op": "rotate", "rotation": 90}, None,
+            {"id": "b", "path": "img/1.jpg", "op": "classify"}, {"id": "c", "path": "img/2.jpg", "op": "rotate",
+                                                                 "rotation": 270}, None]
+    manifest = write_manifest(tmp_path / "manifest.csv", rows, ("id", "path", "op", "rotation"), newline="\r\n",
+                              bom=True)
     done = run_batch(manifest, "--worker", plain_worker.address, "--out", tmp_path / "out", "--quiet")
     rows = by_id(results(tmp_path / "out"))
     record_property("expected", "exit 0, rows a, b, c ok")

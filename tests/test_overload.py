@@ -11,8 +11,10 @@ import threading
 import time
 
 import pytest
-from conftest import worker_process
-from reliability_support import by_id, make_batch, results, serving, start_batch, tree_rss_mb
+
+from tests.support.manifests import make_batch
+from tests.support.processes import serving, start_batch, tree_rss_mb, worker_process
+from tests.support.results import by_id, results
 
 DRIVERS = 4
 ROWS = 32

@@ -14,19 +14,10 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import wait_for, worker_process
-from reliability_support import (
-    by_id,
-    files_under,
-    free_port,
-    kill,
-    make_batch,
-    results,
-    run_batch,
-    start_batch,
-    stray_temporaries,
-    worker_on,
-)
+
+from tests.support.manifests import make_batch
+from tests.support.processes import free_port, kill, run_batch, start_batch, wait_for, worker_process
+from tests.support.results import by_id, files_under, results, stray_temporaries
 
 # The driver does ~1,000 tiny rows/s and journals them in groups every ~0.1 s: enough rows that a fault
 # injected once some are journaled lands mid-run.
@@ -56,13 +47,13 @@ def test_worker_sigkilled_mid_batch_and_restarted_on_the_same_port(tmp_path, rec
     manifest = make_batch(tmp_path, ROWS)
     port = free_port()
     out = tmp_path / "out"
-    with worker_on(port, "--threads", "2") as first:
+    with worker_process("--threads", "2", port=port) as first:
         proc = start_batch(manifest, "--worker", first.address, "--out", out, "--concurrency", "4", "--quiet",
                            log=tmp_path / "driver.log")
         done_at_kill = _wait_rows(out, 100, proc)
         kill(first)
     time.sleep(3)
-    with worker_on(port, "--threads", "2"):
+    with worker_process("--threads", "2", port=port):
         code = _finish(proc)
     rows = results(out)
     retried = sum(int(r["attempts"]) > 1 for r in rows)
@@ -85,7 +76,7 @@ def test_worker_stays_dead_rows_fail_then_a_rerun_finishes(tmp_path, record_prop
     out = tmp_path / "out"
     args = (manifest, "--worker", f"127.0.0.1:{port}", "--out", out, "--concurrency", "4", "--retries", "2",
             "--quiet")
-    with worker_on(port, "--threads", "2") as w:
+    with worker_process("--threads", "2", port=port) as w:
         proc = start_batch(*args, log=tmp_path / "driver.log")
         _wait_rows(out, 30, proc)
         kill(w)
@@ -94,7 +85,7 @@ def test_worker_stays_dead_rows_fail_then_a_rerun_finishes(tmp_path, record_prop
     failed = {k: r for k, r in after_failure.items() if r["status"] == "error"}
     ok_before = {k: (r["finished_at"], r["attempts"], r["output"]) for k, r in after_failure.items()
                  if r["status"] == "ok"}
-    with worker_on(port, "--threads", "2"):
+    with worker_process("--threads", "2", port=port):
         rerun = run_batch(*args)
     final = results(out)
     record_property("expected", "exit 1 with rows 'worker unavailable after 3 attempts'; rerun exit 0, all ok, "
@@ -151,7 +142,7 @@ def test_worker_sigterm_under_load_drains_and_calls_move_on(tmp_path, record_pro
         a_exit = a.proc.wait(60)
         code = _finish(proc)
         rows = results(out)
-        a_log = a.log_text()
+        a_log = a.log.read_text()
     on_a = sum(f":{a.port}/" in r["worker"] for r in rows)
     record_property("expected", "draining worker exits 0 after its calls in flight; exit 0, 300 ok")
     record_property("observed", f"SIGTERM after {at_term} rows; drained worker exit {a_exit} having answered "

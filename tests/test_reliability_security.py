@@ -11,21 +11,20 @@
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from conftest import ROOT
-from reliability_support import jpeg
 
+from tests.support.images import jpeg
+from tests.support.processes import ROOT
 from worker.api import abimage_pb2 as ab
 from worker.api import abimage_pb2_grpc as ab_grpc
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
+from worker.local import LocalServer, python_command
 
 # File-system audit events (PEP 578) a request handler has no business raising.
 WATCHED = ("open", "os.remove", "os.rename", "os.mkdir", "os.rmdir", "os.listdir", "os.scandir", "os.truncate",
@@ -57,20 +56,12 @@ def _python_internal(line: str) -> bool:
 def test_rpc_threads_touch_no_files_even_when_sent_paths(tmp_path, record_property):
     """Rotate, Classify and the legacy RPCs answered with no file opened on a request thread"""
     log = tmp_path / "worker.log"
-    cmd = [sys.executable, "-c", AUDITED_WORKER, "serve", "--port", "0", "--processes", "1", "--threads", "2"]
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
-    try:
-        first: list[bytes] = []
-        reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(60)
-        assert first and first[0].startswith(b"LISTENING "), log.read_text()
-        address = first[0].decode().split()[1]
+    cmd = python_command("-c", AUDITED_WORKER, "serve", "--port", "0", "--processes", "1", "--threads", "2")
+    with LocalServer(cmd, log, startup_timeout=60) as server:
         secret = tmp_path / "secret.jpg"
         secret.write_bytes(jpeg(16, 16))
         answers = []
-        with grpc.insecure_channel(address) as ch:
+        with grpc.insecure_channel(server.address) as ch:
             stub, legacy = v1_grpc.ImageWorkerStub(ch), ab_grpc.ABImageServiceStub(ch)
             for degrees in (90, 180, 0):
                 answers.append(stub.Rotate(v1.RotateRequest(image=jpeg(48, 32), degrees=degrees), timeout=30).format)
@@ -84,9 +75,6 @@ def test_rpc_threads_touch_no_files_even_when_sent_paths(tmp_path, record_proper
                         call()
                     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                     assert "not a supported image" in e.value.details()
-    finally:
-        proc.terminate()
-        proc.wait(30)
     events = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("AUDIT")]
     touched = [e for e in events if not _python_internal(e)]
     record_property("observed", f"{len(answers)} good answers, 8 path-as-bytes requests refused; "

@@ -4,82 +4,26 @@ from __future__ import annotations
 
 import csv
 import json
-import statistics
-from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from report_fixtures import synthetic_rows, synthetic_run, write_results
 
 from batch.report import figures, terminal
 from batch.report.command import report
-from batch.report.table import COLUMNS, read_results
+from batch.report.table import load
+from batch.results import COLUMNS
+from tests.support.reports import check_figures, check_terminal_width
+from tests.support.results import synthetic_rows, synthetic_run, write_results
 
 
 def invoke(*args: str):
     return CliRunner().invoke(report, [str(a) for a in args], catch_exceptions=False)
 
 
-def expected_figures(table: Path) -> dict:
-    """The figures recomputed from the CSV with the standard library only (no pandas, no numpy)."""
-    with open(table, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    by_op: dict[str, Counter] = defaultdict(Counter)
-    for r in rows:
-        by_op[r["op"]][r["status"]] += 1
-    conf: dict[str, list[float]] = defaultdict(list)
-    for r in rows:
-        if r["op"] == "classify" and r["status"] == "ok":
-            conf[r["label"]].append(float(r["confidence"]))
-    lat = [float(r["latency_ms"]) for r in rows if r["latency_ms"]]
-    cuts = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
-    workers = Counter(r["worker"] for r in rows if r["worker"])
-    errors = Counter(r["error"] for r in rows if r["status"] != "ok")
-    return {
-        "total": len(rows),
-        "ok": sum(r["status"] == "ok" for r in rows),
-        "by_op": {op: dict(c) for op, c in by_op.items()},
-        "labels": {k: (len(v), statistics.fmean(v)) for k, v in conf.items()},
-        "p50": cuts[49], "p90": cuts[89], "p99": cuts[98], "max": max(lat) if lat else None,
-        "workers": dict(workers),
-        "errors": errors,
-        "slowest": max(lat) if lat else None,
-    }
-
-
-def check_figures(fig: dict, table: Path) -> None:
-    want = expected_figures(table)
-    assert fig["rows"]["total"] == want["total"]
-    assert fig["rows"]["ok"] == want["ok"]
-    assert fig["rows"]["error"] == want["total"] - want["ok"]
-    for op, counts in want["by_op"].items():
-        assert fig["rows"]["by_op"][op]["ok"] == counts.get("ok", 0)
-        assert fig["rows"]["by_op"][op]["error"] == counts.get("error", 0)
-    assert {x["label"]: x["count"] for x in fig["labels"]} == {k: n for k, (n, _) in want["labels"].items()}
-    for item in fig["labels"]:
-        assert item["mean_confidence"] == pytest.approx(want["labels"][item["label"]][1], abs=0.0005)
-    lat = fig["latency"]
-    for key in ("p50", "p90", "p99", "max"):
-        assert lat[f"{key}_ms"] == pytest.approx(want[key], abs=0.051), key  # figures are rounded to 0.1 ms
-    assert {w["worker"]: w["rows"] for w in fig["workers"]} == want["workers"]
-    assert sum(e["count"] for e in fig["errors"]) == sum(want["errors"].values())
-    for e in fig["errors"]:
-        assert e["sample"]["error"] in want["errors"]
-    if want["slowest"] is not None:
-        assert fig["slowest"][0]["latency_ms"] == pytest.approx(want["slowest"], abs=0.051)
-
-
-def check_terminal_width(text: str) -> None:
-    lines = text.splitlines()
-    assert lines, "empty report"
-    too_wide = [line for line in lines if len(line) > 80]
-    assert not too_wide, too_wide
-
-
 def test_figures_match_the_table(tmp_path: Path) -> None:
     out = synthetic_run(tmp_path, 200)
-    fig = figures.compute(read_results(out))
+    fig = figures.compute(load(out))
     check_figures(fig, out / "results.csv")
     assert fig["run"]["complete"] is True
     assert fig["run"]["duration_s"] == pytest.approx(200.0)  # 09:59:59 to 10:03:19
@@ -117,7 +61,7 @@ def test_json_is_one_object_with_the_same_figures(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     check_figures(data, out / "results.csv")
-    expected = figures.compute(read_results(out))
+    expected = figures.compute(load(out))
     assert {k: v for k, v in data.items() if k != "html"} == json.loads(json.dumps(expected))
     assert data["html"] == str(out / "report.html")
     assert (out / "report.html").is_file()
@@ -194,13 +138,13 @@ def test_parquet_table_gives_the_same_figures(tmp_path: Path) -> None:
     from batch.results import write_table
 
     out = synthetic_run(tmp_path, 60)
-    from_csv = figures.compute(read_results(out))
+    from_csv = figures.compute(load(out))
     with open(out / "results.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     write_table(rows, out / "results.parquet")  # batch run's own writer: typed columns, timestamps
     (out / "results.csv").unlink()
     (out / "run.json").write_bytes((out / "run.json").read_bytes())  # written last, as batch run does
-    from_parquet = figures.compute(read_results(out))
+    from_parquet = figures.compute(load(out))
     assert from_parquet["run"].pop("table") == "results.parquet"
     from_csv["run"].pop("table")
     assert from_parquet == from_csv
@@ -217,7 +161,7 @@ def test_parquet_run_in_progress_reads_the_newer_journal(tmp_path: Path) -> None
     retried = [dict(r, status="ok", error="", latency_ms="5.0") for r in rows[10:30] if r["status"] == "error"]
     write_results(out, rows[20:] + retried)
     (out / "results.csv").rename(out / "results.journal.csv")  # a resumed run, still going
-    data = figures.compute(read_results(out))
+    data = figures.compute(load(out))
     assert data["rows"]["total"] == 30
     assert data["run"]["state"] == "running or killed"  # run.json is the first run's
     assert data["rows"]["error"] == sum(r["status"] == "error" for r in rows[:10])
@@ -236,7 +180,8 @@ def test_malformed_lines_are_skipped_and_counted(tmp_path: Path) -> None:
         f.write("11,imgs/p0.jpg,rotate,90,ok,a,b,c,d,e,f,g,h,i,j,k,l,m,n,o\n")  # too many fields
     data = json.loads(invoke(out, "--json").output)
     assert data["rows"]["total"] == 10
-    assert "results.csv: skipped 1 malformed line(s) with the wrong number of fields" in data["warnings"]
+    assert ("results.csv: dropped 1 damaged line(s) (wrong number of fields): line 12; "
+            "those rows run again on resume") in data["warnings"]
 
 
 def test_html_into_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:

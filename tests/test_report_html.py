@@ -6,20 +6,17 @@ import csv
 import io
 import re
 from collections import Counter
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from report_fixtures import synthetic_rows, synthetic_run, write_results
 
-from batch.report import browser, gallery, thumbs
+from batch.report import gallery, thumbs
 from batch.report.command import report
-
-# In a tag, a src or href to http(s) or protocol-relative //, or a CSS url() that is not data:, would load
-# from outside the file (the same words in escaped text are harmless: they hold no "<").
-EXTERNAL_REF = re.compile(r"""<[^<>]*\b(?:src|href)\s*=\s*["']?(?:https?:)?//|url\(\s*["']?+(?!data:)""", re.IGNORECASE)
+from tests.support import browser
+from tests.support.reports import assert_self_contained, check_visit, parse_tags
+from tests.support.results import synthetic_rows, synthetic_run, write_results
 
 
 def make_report(out: Path, target: Path | None = None) -> str:
@@ -27,33 +24,6 @@ def make_report(out: Path, target: Path | None = None) -> str:
     result = CliRunner().invoke(report, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return (target or out / "report.html").read_text(encoding="utf-8")
-
-
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append((tag, attrs))
-
-
-def parse_tags(page: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
-    """Every start tag as a browser's tokenizer sees it, with its attributes."""
-    parser = _Tags()
-    parser.feed(page)
-    return parser.tags
-
-
-def assert_self_contained(page: str) -> None:
-    for tag, attrs in parse_tags(page):
-        for name, value in attrs:
-            if name in ("src", "href", "srcset", "action", "poster", "background"):
-                assert (value or "").startswith(("data:", "#")), (tag, name, value)
-    assert not EXTERNAL_REF.findall(page), EXTERNAL_REF.findall(page)[:5]
-    assert "<script" not in page.lower()
-    assert "<link" not in page.lower()
-    assert "@import" not in page and "@font-face" not in page
 
 
 def test_html_has_every_section_and_only_embedded_images(tmp_path: Path) -> None:
@@ -140,18 +110,3 @@ def test_chromium_renders_offline_without_any_request_outside_the_file(tmp_path:
     png = tmp_path / "report.png"
     page = browser.screenshot(out / "report.html", png)
     check_visit(page, out / "report.html", png)
-
-
-def check_visit(page: browser.PageVisit, html: Path, png: Path) -> None:
-    """What a reader's browser did with the page: loaded only itself and its data: images, all of them."""
-    own = html.resolve().as_uri()
-    assert page.requests and page.requests[0] == own
-    outside = [u for u in page.requests if u != own and not u.startswith("data:")]
-    assert not outside, outside
-    assert page.images and all(i["complete"] and i["width"] > 0 for i in page.images), page.images
-    # A CSP violation would mean the page tried to load or run something.
-    assert not [m for m in page.console if "Content Security Policy" in m], page.console
-    shot = Image.open(png)
-    assert shot.size == (1200, 2000)
-    # Not a blank page: the screenshot has the blue bars and thumbnails' colours.
-    assert len(shot.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 50

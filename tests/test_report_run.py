@@ -15,13 +15,12 @@ import matplotlib
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_report import check_figures, check_terminal_width
-from test_report_html import assert_self_contained, check_visit
 
 from batch.cli import main
-from batch.report import browser
+from tests.support import browser
+from tests.support.processes import ROOT
+from tests.support.reports import assert_self_contained, check_figures, check_terminal_width, check_visit
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCS_PNG = ROOT / "docs" / "report.png"
 EVIL_NAME = """<b>&"quote'.jpg"""
 

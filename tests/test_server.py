@@ -13,12 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from conftest import BIG_MESSAGES, worker_process
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from PIL import Image
-from reliability_support import jpeg, rotates, serving
 
+from tests.support.images import jpeg
+from tests.support.processes import BIG_MESSAGES, rotates, serving, worker_process
 from worker.api import abimage_pb2 as ab
 from worker.api import abimage_pb2_grpc as ab_grpc
 from worker.api import imageworker_v1_pb2 as v1
@@ -193,7 +193,7 @@ def test_two_processes_both_answer():
                 break
         assert len(seen) == 2, f"only process(es) {seen} answered"
         assert w.stop() == 0
-        assert w.log_text().count("stopped after serving") == 2
+        assert w.log.read_text().count("stopped after serving") == 2
 
 
 def test_past_max_concurrent_rpcs_answers_resource_exhausted(corpus):
@@ -238,13 +238,6 @@ def test_sigterm_lets_calls_in_flight_finish(corpus):
 # --- TLS -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    from certs import make_pki
-
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
 def _tls_rotate(address, pki, *, ca=None, client=False, plaintext=False):
     if plaintext:
         ch = grpc.insecure_channel(address)
@@ -280,7 +273,7 @@ def test_mtls_worker_requires_a_client_certificate(pki):
 
 def test_non_loopback_without_tls_is_warned_about():
     with worker_process("--host", "0.0.0.0") as w:
-        assert "WITHOUT TLS" in w.log_text()
+        assert "WITHOUT TLS" in w.log.read_text()
 
 
 def test_shutdown_does_not_hang_while_health_watch_streams_close():

@@ -10,14 +10,10 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from certs import make_pki
-from conftest import worker_process
-from reliability_support import BATCH, ROOT, batch_env, by_id, make_batch, results, run_batch
 
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return make_pki(tmp_path_factory.mktemp("pki"))
+from tests.support.manifests import make_batch
+from tests.support.processes import BATCH, ROOT, batch_env, run_batch, worker_process
+from tests.support.results import by_id, results
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Helpers, not tests: results folders in the exact format `batch run` writes, for report tests of edge cases
-(a half-written journal, an older table, 10,000 rows) that a real run cannot produce on demand."""
+"""Results folders: reading what `batch run` wrote, and writing synthetic ones in its exact format for report
+tests of edge cases (a half-written journal, an older table, 10,000 rows) that a real run cannot produce on demand."""
 
 from __future__ import annotations
 
@@ -10,21 +10,47 @@ from pathlib import Path
 
 from PIL import Image
 
-from batch.report.table import COLUMNS
+from batch.results import COLUMNS
+from tests.support.images import jpeg
 
 LABELS = ("George W Bush", "Colin Powell", "unknown", "no_face")
+
+
+def results(out: Path) -> list[dict[str, str]]:
+    """The rows of ``out/results.csv`` (empty when it does not exist yet)."""
+    path = out / "results.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def by_id(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {r["id"]: r for r in rows}
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    """Every regular file under ``folder`` by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def stray_temporaries(folder: Path) -> list[str]:
+    """Files that look like an interrupted atomic write (anything not an image, results or run record)."""
+    keep = {".jpg", ".jpeg", ".png", ".csv", ".json", ".parquet", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
+    lock = folder / ".lock"  # the driver's run lock (flock), kept on purpose
+    return [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p != lock
+            and (p.suffix.lower() not in keep or ".tmp" in p.name or p.name.startswith("."))]
+
+
+# --- synthetic results folders ----------------------------------------------------------------------------
 
 
 def make_images(folder: Path, n: int = 4) -> list[Path]:
     """``n`` small distinct JPEGs (landscape, so a rotation shows)."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"p{i}.jpg"
-        img = Image.new("RGB", (120 + 10 * i, 80), (50 * i % 255, 120, 200 - 40 * i % 200))
-        img.paste((250, 250, 250), (10, 10, 40, 40))
-        img.save(path, quality=90)
-        paths.append(path)
+    paths = [folder / f"p{i}.jpg" for i in range(n)]
+    for i, path in enumerate(paths):
+        path.write_bytes(jpeg(120 + 10 * i, 80, seed=i))
     return paths
 
 

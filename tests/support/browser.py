@@ -8,7 +8,7 @@ is what "the page made no request outside the file" needs; the net log would
 also show the browser's own background traffic and make the check flaky.
 
 Refresh the README's screenshot with:
-    python -m batch.report.browser RESULTS_DIR/report.html docs/report.png
+    python -m tests.support.browser RESULTS_DIR/report.html docs/report.png
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def screenshot(html_path: Path, png_path: Path, width: int = 1200, height: int =
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python -m batch.report.browser REPORT.html OUT.png")
+        sys.exit("usage: python -m tests.support.browser REPORT.html OUT.png")
     visited = screenshot(Path(sys.argv[1]), Path(sys.argv[2]), max_width=800)
     outside = [u for u in visited.requests if not u.startswith(("data:", "file:"))]
     print(f"wrote {sys.argv[2]}; {len(visited.requests)} requests, outside the file: {outside or 'none'}")
