@@ -4,49 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import subprocess
-import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import BIN
+from worker.local import LocalServer, python_command
 
 HERE = Path(__file__).resolve().parent
 
 
 @contextlib.contextmanager
 def running(cmd: list[str], timeout: float = 120) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start a server that prints 'LISTENING host:port' when ready; yield (address, process); SIGTERM it after."""
-    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        deadline = time.monotonic() + timeout
-        line = ""
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line.startswith("LISTENING ") or not line:
-                break
-        if not line.startswith("LISTENING "):
-            sys.exit(f"{' '.join(cmd)} did not start (exit code {proc.poll()})")
-        yield line.split()[1], proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """Start a server that prints 'LISTENING host:port' when ready (worker.local's launcher); yield
+    (address, process); SIGTERM it after."""
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp, \
+            LocalServer([*cmd, "--port", "0"], Path(tmp) / "server.log", timeout) as server:
+        yield server.address, server.proc
 
 
 def worker_cmd(*extra: str) -> list[str]:
-    return [str(BIN / "worker"), "serve", "--log-level", "WARNING", *extra]
+    return python_command("-m", "worker", "serve", "--log-level", "WARNING", *extra)
 
 
 def echo_cmd(*extra: str) -> list[str]:
-    return [sys.executable, str(HERE / "echo_server.py"), *extra]
+    return python_command(str(HERE / "echo_server.py"), *extra)
 
 
 @dataclass
