@@ -8,7 +8,7 @@ to show where the time goes: decode (+EXIF, to RGB), detect, align
 
     python bench/bench_classify.py [--photos 200] [--scenes 100] [--processes 2]
 
-Needs the LFW photos in ../shared/data/lfw (or $IMAGEBATCH_LFW).
+Needs the LFW photos: set IMAGEBATCH_LFW to an LFW folder (lfw-deepfunneled).
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from worker.api import imageworker_v1_pb2_grpc as pb_grpc
 from worker.decode import DEFAULT_MAX_PIXELS, upright
 from worker.faces import load_classifier
 from worker.faces.pipeline import detect_faces, embed_chips, face_chip, to_rgb
-from worker.faces.training.commands import default_lfw
-from worker.faces.training.dataset import gallery
+from worker.faces.training.dataset import gallery, lfw_from_env
 from worker.faces.training.scenes import pasted
 
 OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 * 2**20),
@@ -40,9 +39,9 @@ OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_len
 
 
 def corpora(photos: int, scenes: int) -> dict[str, list[bytes]]:
-    lfw = default_lfw()
-    if not lfw.is_dir():
-        sys.exit(f"LFW photos not found at {lfw}: set IMAGEBATCH_LFW")
+    lfw = lfw_from_env()
+    if lfw is None or not lfw.is_dir():
+        sys.exit("set IMAGEBATCH_LFW to an LFW folder (lfw-deepfunneled) to run this")
     files = sorted(f for fs in gallery(lfw).values() for f in fs)
     rng = random.Random(0)
     chosen = rng.sample(files, max(photos, scenes))

@@ -384,3 +384,14 @@ def test_subject_label_picks_the_face_at_the_portraits_centre():
     ])
     assert subject_label(reply, Box(120, 80, 320, 280)) == BUSH
     assert subject_label(reply, Box(1000, 800, 1200, 1000)) == NO_FACE
+
+
+def test_evaluate_without_data_is_a_usage_error_naming_both_sources(monkeypatch):
+    from worker.cli import main
+
+    monkeypatch.delenv("IMAGEBATCH_LFW", raising=False)
+    result = CliRunner().invoke(main, ["evaluate"])
+    assert result.exit_code == 2
+    assert "--data" in result.output and "IMAGEBATCH_LFW" in result.output
+    for command in ("train", "evaluate"):
+        assert "shared" not in CliRunner().invoke(main, [command, "--help"]).output

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import sklearn.datasets
+
+from worker.faces.training.dataset import lfw_from_env
 
 BUSH, POWELL = "George W Bush", "Colin Powell"
 MAX_PIXELS = 150_000_000
@@ -14,12 +15,13 @@ MAX_PIXELS = 150_000_000
 SAMPLES = Path(sklearn.datasets.__file__).parent / "images"
 
 
+NO_LFW = "set IMAGEBATCH_LFW to an LFW folder (lfw-deepfunneled) to run this"
+_LFW = lfw_from_env()
+needs_lfw = pytest.mark.skipif(_LFW is None or not (_LFW / "George_W_Bush").is_dir(), reason=NO_LFW)
+
+
 def lfw_root() -> Path:
-    """The folder-per-person LFW folder named by $IMAGEBATCH_LFW (empty path when unset)."""
-    return Path(os.environ.get("IMAGEBATCH_LFW", ""))
-
-
-needs_lfw = pytest.mark.skipif(
-    not os.environ.get("IMAGEBATCH_LFW") or not (lfw_root() / "George_W_Bush").is_dir(),
-    reason="set IMAGEBATCH_LFW to an LFW folder (lfw-deepfunneled) to run this",
-)
+    """The folder-per-person LFW folder $IMAGEBATCH_LFW names (the test skips when it is unset)."""
+    if _LFW is None:
+        pytest.skip(NO_LFW)
+    return _LFW

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from worker.faces import artifact
-from worker.faces.training.dataset import gallery, people_folders, split
+from worker.faces.training.dataset import LFW_ENV, gallery, people_folders, split
 
 _dir = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -36,10 +36,11 @@ def train(people_dir: Path, persons: tuple[str, ...], negatives_dir: Path | None
     """Train a face model on folder-per-person galleries.
 
     \b
-    The shipped model (worker/models/faces.npz) was made with:
-      worker train --people ../shared/data/lfw/lfw-deepfunneled \\
+    The shipped model (worker/models/faces.npz) was made with, IMAGEBATCH_LFW
+    naming LFW's lfw-deepfunneled folder:
+      worker train --people "$IMAGEBATCH_LFW" \\
         --person George_W_Bush --person Colin_Powell \\
-        --negatives ../shared/data/lfw/lfw-deepfunneled \\
+        --negatives "$IMAGEBATCH_LFW" \\
         --hold-out 0.4 --hold-out-negatives 2 --seed 0 --out worker/models/faces.npz
     """
     from worker.faces.training.train import train as run
@@ -63,21 +64,11 @@ def train(people_dir: Path, persons: tuple[str, ...], negatives_dir: Path | None
     click.echo(json.dumps(model.meta["validation"], indent=1))
 
 
-def default_lfw() -> Path:
-    """``$IMAGEBATCH_LFW`` or ``../shared/data/lfw/lfw-deepfunneled`` beside the checkout."""
-    import os
-
-    env = os.environ.get("IMAGEBATCH_LFW")
-    root = Path(env) if env else Path(__file__).resolve().parents[4] / "shared" / "data" / "lfw"
-    return root / "lfw-deepfunneled" if (root / "lfw-deepfunneled").is_dir() else root
-
-
 @click.command()
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Artifact (.npz) to evaluate; default: the shipped one.")
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="The gallery the model was trained from  [default: $IMAGEBATCH_LFW or "
-                   "../shared/data/lfw/lfw-deepfunneled]")
+@click.option("--data", type=_dir, envvar=LFW_ENV, show_envvar=True, default=None,
+              help="The gallery the model was trained from (for the shipped model: LFW's lfw-deepfunneled).")
 @click.option("--processes", type=click.IntRange(1), default=1, show_default=True,
               help="Worker processes to start for the evaluation.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the small-face scenes and baseline.")
@@ -96,9 +87,8 @@ def evaluate(model: Path | None, data: Path | None, processes: int, seed: int, r
     from worker.faces.training.evaluate import record as keep
     from worker.faces.training.evaluate import report as render
 
-    data = data or default_lfw()
-    if not data.is_dir():
-        raise click.ClickException(f"evaluation data {data} not found (set --data or IMAGEBATCH_LFW)")
+    if data is None:
+        raise click.UsageError(f"no evaluation data: give the gallery with --data DIR or set {LFW_ENV}")
     try:
         results = run(model, data, processes, seed)
     except (artifact.ModelError, ValueError, FileNotFoundError) as e:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+# Names LFW's folder-per-person folder (lfw-deepfunneled), which this repository never holds.
+LFW_ENV = "IMAGEBATCH_LFW"
+
+
+def lfw_from_env() -> Path | None:
+    """The folder ``$IMAGEBATCH_LFW`` names, or None when it is unset or empty."""
+    value = os.environ.get(LFW_ENV)
+    return Path(value) if value else None
 
 
 def display_name(folder: str) -> str:
