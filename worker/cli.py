@@ -15,10 +15,19 @@ from worker.faces.training.commands import evaluate, train
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-@click.group()
+# Every option can also come from the environment, as containers set them: WORKER_<COMMAND>_<OPTION>,
+# e.g. WORKER_SERVE_PORT=50051 or WORKER_SERVE_TLS_CERT=/run/secrets/cert.pem; the command line wins.
+ENV_PREFIX = "WORKER"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": ENV_PREFIX})
 @click.version_option(package_name="imagebatch")
 def main() -> None:
-    """imagebatch's gRPC image worker."""
+    """imagebatch's gRPC image worker.
+
+    Every option can also be set in the environment as WORKER_<COMMAND>_<OPTION>
+    (e.g. WORKER_SERVE_PORT=50052); the command line wins.
+    """
 
 
 @main.command()
@@ -47,8 +56,12 @@ def main() -> None:
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def serve(log_level: str, **options) -> None:
-    """Serve imageworker.v1.ImageWorker and the legacy ABImageService, with health and reflection."""
-    from worker.server import ServerConfig
+    """Serve imageworker.v1.ImageWorker and the legacy ABImageService, with health and reflection.
+
+    Exit status: 0 after SIGTERM/SIGINT (calls in flight drained), 1 the worker
+    could not serve (e.g. port taken), 2 usage error, 3 the face model does not load.
+    """
+    from worker.server import ConfigError, ServerConfig
     from worker.server import serve as run
 
     logging.basicConfig(
@@ -58,7 +71,9 @@ def serve(log_level: str, **options) -> None:
     try:
         config = ServerConfig(**options)
         code = run(config, announce=lambda line: click.echo(line) or sys.stdout.flush())
-    except (ValueError, OSError) as e:
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    except OSError as e:
         raise click.ClickException(str(e)) from None
     sys.exit(code)
 

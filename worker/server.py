@@ -18,14 +18,28 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker.decode import DEFAULT_MAX_PIXELS
+from worker.errors import NotReady
+
+if TYPE_CHECKING:
+    from worker.classifier import Classifier
 
 log = logging.getLogger("worker.server")
+
+# A server process exits with this when it cannot serve as configured (its face model does not load):
+# the supervisor stops instead of restarting it, which could not help.
+EXIT_BROKEN = 3
+
+
+class ConfigError(ValueError):
+    """Options that cannot work together (a usage error: `worker serve` exits 2)."""
 
 SERVICE_NAMES = ("imageworker.v1.ImageWorker", "ABImageService")
 # Calls gRPC admits beyond the image calls: health checks, the first answer of
@@ -105,14 +119,14 @@ def _listening(config: ServerConfig, port: int) -> str:
 
 def _check_config(config: ServerConfig) -> None:
     if (config.tls_cert is None) != (config.tls_key is None):
-        raise ValueError("--tls-cert and --tls-key go together")
+        raise ConfigError("--tls-cert and --tls-key go together")
     if config.tls_client_ca is not None and not config.tls:
-        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
     for path in (config.tls_cert, config.tls_key, config.tls_client_ca):
         if path is not None and not Path(path).is_file():
-            raise ValueError(f"TLS file not found: {path}")
+            raise ConfigError(f"TLS file not found: {path}")
     if config.processes < 1 or config.threads < 1:
-        raise ValueError("--processes and --threads must be at least 1")
+        raise ConfigError("--processes and --threads must be at least 1")
 
 
 def _warn_about_environment(config: ServerConfig) -> None:
@@ -202,6 +216,10 @@ def _supervise(config: ServerConfig, port: int, announce, serve_one: ServeOne) -
             if stopping.is_set():
                 exit_code = max(exit_code, p.exitcode if p.exitcode > 0 else 0)
                 del children[slot]
+            elif p.exitcode == EXIT_BROKEN:
+                log.error("worker process %d cannot serve (see above); stopping", p.pid)
+                exit_code = EXIT_BROKEN
+                on_signal(signal.SIGTERM, None)
             else:
                 log.error("worker process %d died (exit code %s); starting a new one", p.pid, p.exitcode)
                 start(slot)
@@ -299,21 +317,20 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
         log.error("%s", e)
         return 1
     stop = stop_requested()
+    broken = threading.Event()
+
+    def cannot_classify() -> None:  # health must not promise calls that cannot be answered
+        broken.set()
+        _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+        stop.set()
+
+    state.classifier = FaceModel(config.model, cannot_classify)
     server.start()
-
-    from worker.faces import load_classifier
-
-    try:
-        state.classifier = load_classifier(config.model)
-    except Exception:
-        log.exception("cannot load the face model %s", config.model or "(shipped default)")
-        server.stop(0)
-        return 1
     _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "serving %s on %s (%s, model %s %s, %d threads, %d calls in flight at most)",
-        ", ".join(SERVICE_NAMES), address, "TLS" + (" with client certificates" if config.tls_client_ca else "")
-        if config.tls else "plaintext", state.classifier.name, state.classifier.version,
+        "serving %s on %s (%s, %d threads, %d calls in flight at most; face model loaded at the first "
+        "classify call)", ", ".join(SERVICE_NAMES), address,
+        "TLS" + (" with client certificates" if config.tls_client_ca else "") if config.tls else "plaintext",
         config.threads, config.in_flight_limit,
     )
     ready()
@@ -325,7 +342,50 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
     health_servicer.enter_graceful_shutdown()
     server.stop(config.grace).wait()
     log.info("stopped after serving %s", dict(sorted(state.served.items())) or "no calls")
-    return 0
+    return EXIT_BROKEN if broken.is_set() else 0
+
+
+class FaceModel:
+    """The face model, loaded in a thread of its own at the first call that needs it.
+
+    Rotation never waits for it, and a worker that only rotates never pays its
+    start-up (~0.6 s of CPU and ~100 MiB per process). A classify call waits
+    for the load at most until its own deadline; calls arriving meanwhile wait
+    for the same load.
+    """
+
+    def __init__(self, path: str | None, failed: Callable[[], None]) -> None:
+        self._path = path
+        self._failed = failed
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._loader: threading.Thread | None = None
+        self._model: Classifier | None = None
+
+    def __call__(self, timeout: float | None) -> Classifier:
+        with self._lock:
+            if self._loader is None:
+                self._loader = threading.Thread(target=self._load, name="face-model", daemon=True)
+                self._loader.start()
+        if not self._done.wait(timeout):
+            raise NotReady("the face model is still loading ; retry shortly")
+        if self._model is None:
+            raise NotReady("the face model could not be loaded; this worker process is stopping (see its log)")
+        return self._model
+
+    def _load(self) -> None:
+        from worker.faces import load_classifier
+
+        started = time.monotonic()
+        try:
+            self._model = load_classifier(self._path)
+            log.info("face model %s %s loaded in %.1f s", self._model.name, self._model.version,
+                     time.monotonic() - started)
+        except Exception:
+            log.exception("cannot load the face model %s", self._path or "(shipped default)")
+            self._failed()
+        finally:
+            self._done.set()
 
 
 def _limit_malloc_arenas(count: int) -> None:

@@ -40,7 +40,8 @@ class WorkerState:
     max_message_bytes: int
     max_pixels: int
     admission: Admission  # image calls held and working at once
-    classifier: Classifier | None = None  # None while models load
+    # The face model within a call's remaining seconds (worker.server loads it at the first call that needs it).
+    classifier: Callable[[float | None], Classifier] | None = None
     served: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,10 +56,11 @@ class WorkerState:
                 f"{self.max_message_bytes / 2**20:.0f} MiB (worker serve --max-message-mb)"
             )
 
-    def ready_classifier(self) -> Classifier:
+    def ready_classifier(self, context: grpc.ServicerContext) -> Classifier:
+        """The face model, waiting for it to load no longer than the call's deadline (else NotReady)."""
         if self.classifier is None:
-            raise NotReady("worker is starting: the face model is still loading; retry shortly")
-        return self.classifier
+            raise NotReady("this worker has no face model")
+        return self.classifier(context.time_remaining())
 
 
 def rpc(method: Callable) -> Callable:
@@ -117,7 +119,7 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
     @rpc
     def Classify(self, request, context):
         self.state.check_size(request.image)
-        model = self.state.ready_classifier()
+        model = self.state.ready_classifier(context)
         result = model.classify(request.image, self.state.max_pixels)
         return imageworker_v1_pb2.ClassifyResponse(
             label=result.label,
@@ -171,5 +173,5 @@ class ABImageServicer(abimage_pb2_grpc.ABImageServiceServicer):
     def RecognizeFace(self, request, context):
         image = request.image
         pixels = raw_pixels(image.data, image.width, image.height, _channels(image), self.state.max_pixels)
-        label = self.state.ready_classifier().classify_legacy(pixels)
+        label = self.state.ready_classifier(context).classify_legacy(pixels)
         return abimage_pb2.ABCustomImageEndpointResponse(classification=label)
