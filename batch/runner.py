@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import random
 import time
@@ -24,6 +25,8 @@ from batch.durable import atomic_file
 from batch.manifest import Row
 from batch.results import ERROR, OK, Outcome, faces_json
 from worker.api import imageworker_v1_pb2 as v1
+
+log = logging.getLogger("batch.runner")  # `batch run -v`: retries, busy refusals, slow rows as they happen
 
 # CANCELLED here comes from the other side (our own cancellation raises asyncio.CancelledError instead): a
 # worker shutting down cancels a call that reached it as it stopped; another worker can answer it.
@@ -182,7 +185,7 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
         except grpc.aio.AioRpcError as e:
             if permanent(e):
                 return Outcome(ERROR, error=explain_permanent(e, len(data)), attempts=attempts)
-            if busy(e):
+            if refused := busy(e):
                 busy_refusals += 1
                 wait = backoff(busy_refusals, settings, settings.busy_backoff_base)
                 given_up = busy_waited + wait > settings.busy_budget
@@ -192,11 +195,18 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
                 wait = backoff(failures, settings)
                 given_up = failures > settings.retries
             if given_up:
+                log.warning("row %s: giving up after %d attempts: %s", row.id, attempts, describe(e))
                 return Outcome(ERROR, error=explain_exhausted(e, attempts, settings), attempts=attempts,
                                gave_up=True)
+            log.info("row %s: %s; %s in %.2f s", row.id, describe(e),
+                     f"worker busy, busy refusal {busy_refusals}" if refused
+                     else f"retry {failures} of {settings.retries}", wait)
             await asyncio.sleep(wait)
             continue
         latency_ms = (time.monotonic() - started) * 1000
+        if latency_ms > 500 * settings.timeout:
+            log.info("row %s: slow: its call took %.1f s, over half of --timeout %g s", row.id, latency_ms / 1000,
+                     settings.timeout)
         break
     common = dict(attempts=attempts, latency_ms=latency_ms, worker=reply.worker, width=reply.width,
                   height=reply.height)
