@@ -1,0 +1,128 @@
+"""The driver's connection logic without a worker: targets, addresses, diagnosis, and the pool's choice of
+connection. Pure logic and unconnected channels: seconds, no processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from batch.channel import Pool, Tls, address_count, connect_failure, grpc_targets, worker_addresses
+from batch.errors import UsageError
+from tests.support.processes import free_port
+
+# --- addresses and targets -------------------------------------------------------------------------------
+
+
+def test_worker_options_split_on_commas_and_win_over_the_environment():
+    env = {"BATCH_WORKER": "10.0.0.9:1"}
+    assert worker_addresses(["a:1, b:2", " c:3 ,"], env) == ["a:1", "b:2", "c:3"]
+    assert worker_addresses([], {"BATCH_WORKER": " x:1 ,, y:2"}) == ["x:1", "y:2"]
+    assert worker_addresses([], {"BATCH_WORKER": "   "}) == []
+    assert worker_addresses([], {}) == []
+
+
+def test_ip_literals_merge_into_one_target_per_family_and_names_stay_apart():
+    targets = grpc_targets(["127.0.0.1:5", "workers.example:50051", "[::1]:6", "10.0.0.2:7", "[fe80::2]:8",
+                            "dns:///pool.example:9", "unix:/run/worker.sock"])
+    assert targets == ["ipv4:127.0.0.1:5,10.0.0.2:7", "ipv6:[::1]:6,[fe80::2]:8", "dns:///workers.example:50051",
+                       "dns:///pool.example:9", "unix:/run/worker.sock"]
+    assert address_count(targets) == 7
+    assert grpc_targets([]) == []
+
+
+@pytest.mark.parametrize("address", ["localhost", "host:0", "host:65536", "a b:1", "[::1]", "http://host:1",
+                                     "host:port", ":50051", "[not-ip]:1"])
+def test_an_address_that_is_not_host_port_is_a_usage_error_naming_it(address):
+    with pytest.raises(UsageError, match="is not HOST:PORT") as e:
+        grpc_targets(["127.0.0.1:5", address])
+    assert repr(address) in str(e.value)
+
+
+# --- why no worker answered ------------------------------------------------------------------------------
+
+CA = Tls(ca=Path("ca.pem"))
+MTLS = Tls(ca=Path("ca.pem"), cert=Path("client.pem"), key=Path("client.key"))
+REFUSED = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:5: "
+           "Failed to connect to remote host: Connection refused")
+
+
+@pytest.mark.parametrize(("details", "tls", "says", "final"), [
+    (REFUSED, None, "nothing listens there (connection refused)", False),
+    ("... SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED", CA,
+     "the worker's certificate is not signed by the CA in --tls-ca", True),
+    ("Ssl handshake failed: SSL_ERROR_SSL: error:100000f7:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER", CA,
+     "does not seem to speak TLS (drop --tls-ca)", True),
+    ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: Socket closed", None,
+     "it probably requires TLS (give its CA with --tls-ca", True),
+    ("Socket closed", CA, "probably requires a client certificate (mTLS: --tls-cert and --tls-key)", True),
+    ("Connection reset by peer", MTLS, "does not accept our client certificate", True),
+    ("DNS resolution failed for nowhere.invalid:1", None, "DNS resolution failed for nowhere.invalid:1", False),
+], ids=["refused", "wrong CA", "TLS to plaintext", "plaintext to TLS", "no client certificate",
+        "client certificate refused", "anything else: gRPC's words"])
+def test_connection_failures_are_explained_and_hopeless_ones_final(details, tls, says, final):
+    reason, hopeless = connect_failure(details, tls)
+    assert says in reason
+    assert hopeless is final
+
+
+def test_connect_to_nothing_gives_up_after_its_timeout_saying_nothing_listens():
+    address = f"127.0.0.1:{free_port()}"
+
+    async def connect() -> None:
+        pool = Pool(grpc_targets([address]), connections=2)
+        try:
+            await pool.connect(timeout=1.0)
+        finally:
+            await pool.close()
+
+    with pytest.raises(UsageError) as e:
+        asyncio.run(connect())
+    assert str(e.value) == (f"no worker answered at ipv4:{address} within 1 s: nothing listens there "
+                            "(connection refused): is `worker serve` running at that address?")
+
+
+# --- the pool's choice of connection ---------------------------------------------------------------------
+
+
+def _with_pool(connections: int, body) -> None:
+    """Run ``body(pool)`` on a pool whose channels point where nothing listens (none is ever READY)."""
+
+    async def run() -> None:
+        pool = Pool(grpc_targets([f"127.0.0.1:{free_port()}"]), connections=connections)
+        try:
+            await body(pool)
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+
+
+def test_calls_go_round_the_connections_least_busy_first():
+    async def body(pool: Pool) -> None:
+        async with contextlib.AsyncExitStack() as calls:
+            lent = [await calls.enter_async_context(pool.call()) for _ in range(5)]
+        assert len({id(s) for s in lent[:4]}) == 4  # one call on each connection
+        assert lent[4] is lent[0]  # all equally busy: round robin goes on
+
+    _with_pool(4, body)
+
+
+def test_calls_are_balanced_per_worker_process_not_per_connection():
+    """Two connections that reached the same worker process count as one: its two calls in flight make it
+    busier than a connection with one."""
+
+    async def body(pool: Pool) -> None:
+        async with contextlib.AsyncExitStack() as calls:
+            a = await calls.enter_async_context(pool.call())
+            pool.answered(a, "127.0.0.1:5/100")
+            b = await calls.enter_async_context(pool.call())
+            pool.answered(b, "127.0.0.1:5/100")  # the kernel put this connection on the same process
+            c = await calls.enter_async_context(pool.call())
+            assert len({id(a), id(b), id(c)}) == 3
+            # Every connection has one call in flight, but process 100 has two: the fourth call goes to c's.
+            assert await calls.enter_async_context(pool.call()) is c
+
+    _with_pool(3, body)
