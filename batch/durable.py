@@ -44,8 +44,11 @@ def atomic_file(path: Path, mode: str = "wb", *, durable: bool = True, **open_ar
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a crash's leftover, or a link planted there: O_EXCL below never follows one
     try:
-        with open(tmp, mode, **open_args) as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        with open(fd, mode, **open_args) as f:
             yield f
             if durable:
                 f.flush()

@@ -30,17 +30,21 @@ class RunIndex:
         for suffix in ("", "-journal", "-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None)
-        # Scratch data, rebuilt every run: durability would only cost time.
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("PRAGMA cache_size=-1000")  # KiB: bounds memory whatever the row count
-        self.db.executescript(f"""
-            CREATE TABLE rows (line INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, path TEXT, op TEXT,
-                rotation TEXT, output TEXT, input_path TEXT, degrees INTEGER, output_path TEXT, error TEXT,
-                input_real TEXT, output_real TEXT);
-            CREATE TABLE prev (id TEXT PRIMARY KEY, {_RESULT_COLUMNS});
-            CREATE TABLE done (id TEXT PRIMARY KEY, {_RESULT_COLUMNS});
-        """)
+        try:
+            # Scratch data, rebuilt every run: durability would only cost time.
+            self.db.execute("PRAGMA journal_mode=OFF")
+            self.db.execute("PRAGMA synchronous=OFF")
+            self.db.execute("PRAGMA cache_size=-1000")  # KiB: bounds memory whatever the row count
+            self.db.executescript(f"""
+                CREATE TABLE rows (line INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, path TEXT, op TEXT,
+                    rotation TEXT, output TEXT, input_path TEXT, degrees INTEGER, output_path TEXT, error TEXT,
+                    input_real TEXT, output_real TEXT);
+                CREATE TABLE prev (id TEXT PRIMARY KEY, {_RESULT_COLUMNS});
+                CREATE TABLE done (id TEXT PRIMARY KEY, {_RESULT_COLUMNS});
+            """)
+        except BaseException:  # a full disk, say: leave no half-made index behind
+            self.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -124,8 +128,12 @@ class RunIndex:
         finally:
             self.db.execute("COMMIT")
 
+    def count_not_in_manifest(self) -> int:
+        return self.db.execute("SELECT count(*) FROM prev WHERE id NOT IN (SELECT id FROM rows)").fetchone()[0]
+
     def table(self) -> Iterator[dict[str, str]]:
-        """One result per manifest row in manifest order: this run's, else an earlier run's (rows not reached)."""
+        """One result per manifest row in manifest order: this run's, else an earlier run's (rows not reached);
+        then the earlier results whose ids this manifest does not have, kept rather than silently dropped."""
         cols = ", ".join(f'coalesce(d."{c}", p."{c}")' for c in COLUMNS if c != "id")
         after = 0
         while True:
@@ -135,11 +143,15 @@ class RunIndex:
                 "WHERE r.line > ? ORDER BY r.line LIMIT ?", (after, CHUNK),
             ).fetchall()
             if not chunk:
-                return
+                break
             for _line, id_, found, *values in chunk:
                 if found:
                     yield dict(zip(COLUMNS, [id_, *values], strict=True))
             after = chunk[-1][0]
+        cursor = self.db.execute("SELECT * FROM prev WHERE id NOT IN (SELECT id FROM rows) ORDER BY rowid")
+        while chunk := cursor.fetchmany(CHUNK):
+            for values in chunk:
+                yield dict(zip(COLUMNS, values, strict=True))
 
 
 def _row(values) -> Row:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from batch.errors import BatchError
+from batch.results import is_bookkeeping
 
 REQUIRED = ("path", "op")
 COLUMNS = ("path", "op", "rotation", "output", "id")
@@ -77,7 +78,7 @@ def read_rows(manifest: Path, out_dir: Path) -> Iterator[Row]:
             start, previous_end = previous_end + 1, reader.line_num
             if not any(field.strip() for field in record):
                 continue  # blank line (or only commas)
-            yield _row(record, index, len(header), start, base, out_dir)
+            yield _row(record, index, len(header), start, base, out_dir, manifest)
     finally:
         f.close()
 
@@ -132,7 +133,8 @@ def _header(reader, manifest: Path) -> tuple[list[str], int]:
     raise ManifestError(manifest, None, "the manifest is empty: expected a header line such as 'path,op,rotation'")
 
 
-def _row(record: list[str], index: dict[str, int], width: int, line: int, base: Path, out_dir: Path) -> Row:
+def _row(record: list[str], index: dict[str, int], width: int, line: int, base: Path, out_dir: Path,
+         manifest: Path) -> Row:
     def get(name: str) -> str:
         i = index.get(name)
         return record[i].strip() if i is not None and i < len(record) else ""
@@ -144,6 +146,9 @@ def _row(record: list[str], index: dict[str, int], width: int, line: int, base: 
         return _failed(row, f"line has {len(record)} fields but the header has {width} (unquoted comma?)")
     if not row.path:
         return _failed(row, "path is empty")
+    for name in ("path", "output"):
+        if "\x00" in values[name]:  # no file system takes one; os functions would raise ValueError
+            return _failed(row, f"{name} contains a NUL byte")
     input_path = Path(os.path.normpath(base / row.path))
     row = replace(row, input_path=input_path)
     if not row.op:
@@ -155,7 +160,7 @@ def _row(record: list[str], index: dict[str, int], width: int, line: int, base: 
     degrees, problem = parse_rotation(row.rotation)
     if problem:
         return _failed(row, problem)
-    output_path, problem = output_location(row.output, input_path, base, out_dir)
+    output_path, problem = output_location(row.output, input_path, base, out_dir, manifest)
     if problem:
         return _failed(row, problem)
     return replace(row, degrees=degrees, output_path=output_path)
@@ -181,19 +186,29 @@ def _quoted(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
-def output_location(output: str, input_path: Path, base: Path, out_dir: Path) -> tuple[Path | None, str | None]:
+def output_location(output: str, input_path: Path, base: Path, out_dir: Path,
+                    manifest: Path) -> tuple[Path | None, str | None]:
     """Where a rotate row writes: its ``output`` (relative to ``out_dir``) or the default under ``out_dir/rotated``."""
     if output:
         target = Path(os.path.normpath(out_dir / output))  # an absolute output replaces out_dir
         if not _inside(target, out_dir) or target == out_dir:
             return None, f"output {output!r} escapes --out {out_dir} (outputs must stay inside it)"
-        return target, None
-    rotated = out_dir / "rotated"
-    relative = os.path.relpath(input_path, base)
-    if relative.split(os.sep)[0] == os.pardir:
-        # Outside the manifest's folder: mirror the absolute path under rotated/, never outside it.
-        relative = str(input_path).lstrip(os.sep)
-    return Path(os.path.normpath(rotated / relative)), None
+    else:
+        relative = os.path.relpath(input_path, base)
+        if relative.split(os.sep)[0] == os.pardir:
+            # Outside the manifest's folder: mirror the absolute path under rotated/, never outside it.
+            relative = str(input_path).lstrip(os.sep)
+        target = Path(os.path.normpath(out_dir / "rotated" / relative))
+    # Names first, folders resolved only on a match (realpath costs ~10 us a row): an output is renamed over
+    # its path, so only its folder's links matter, and a folder linked back to --out is --out.
+    shown = _quoted(output or str(target))
+    if is_bookkeeping(target.name) and os.path.realpath(target.parent) == os.path.realpath(out_dir):
+        return None, f"output {shown!r} is {target.name}, one of the run's own files in --out"
+    if target.name == manifest.name and os.path.realpath(target.parent) == os.path.realpath(manifest.parent):
+        return None, f"output {shown!r} is the manifest itself"
+    if output and not target.suffix:
+        return None, f"output {shown!r} has no extension: name the image format with one (e.g. .jpg, .png)"
+    return target, None
 
 
 def _inside(path: Path, folder: Path) -> bool:

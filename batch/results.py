@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batch.durable import atomic_file
+from batch.durable import TEMP_SUFFIX, atomic_file
 from batch.errors import BatchError
 from batch.extras import require_pyarrow
 
@@ -38,6 +38,16 @@ REQUIRED = ("id", "path", "op", "status")
 OK, ERROR = "ok", "error"
 CSV_NAME, PARQUET_NAME, JOURNAL_NAME, RUN_NAME = "results.csv", "results.parquet", "results.journal.csv", "run.json"
 TABLE_NAMES = (PARQUET_NAME, CSV_NAME, JOURNAL_NAME)
+# The results folder's own files beside the tables: no row may write over one of them.
+LOCK_NAME, INDEX_NAME, WORKER_LOG_NAME, REPORT_NAME = ".lock", ".batch-index.sqlite", "worker.log", "report.html"
+BOOKKEEPING = (*TABLE_NAMES, RUN_NAME, LOCK_NAME, INDEX_NAME, WORKER_LOG_NAME, REPORT_NAME)
+
+
+def is_bookkeeping(name: str) -> bool:
+    """Whether a file name in the results folder is one of the run's own (or SQLite's and temporary files of
+    them)."""
+    return name in BOOKKEEPING or name.startswith(INDEX_NAME) or (
+        name.startswith(".") and name.endswith(TEMP_SUFFIX) and name[1:-len(TEMP_SUFFIX)] in BOOKKEEPING)
 # An error message may quote its input (a 40,000-character rotation cell): bounded, so that every cell stays
 # within the csv module's field limit, the one the reader has. Manifest cells are within it already (the
 # manifest is read with the same csv module).
@@ -138,8 +148,10 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        # Never through a link planted in the results folder: appending would write wherever it points.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        new = os.fstat(fd).st_size == 0
+        self._file = open(fd, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
         self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
         if new:
             self._writer.writeheader()
@@ -246,7 +258,12 @@ def table_files(folder: Path) -> list[Path]:
     ``results.journal.csv`` beside ``results.parquet``) and rewrites the table
     when it ends; a resumed run's journal is newer than the table it resumed.
     """
-    found = [folder / name for name in TABLE_NAMES if (folder / name).is_file()]
+    found = []
+    for path in (folder / name for name in TABLE_NAMES):
+        if path.is_symlink():  # planted, perhaps: the run would append to wherever it points
+            raise ResultsError(f"{path} is a symbolic link: refusing to follow it (remove it, or use another --out)")
+        if path.is_file():
+            found.append(path)
     return sorted(found, key=lambda p: p.stat().st_mtime_ns)
 
 

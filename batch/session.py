@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
 import fcntl
 import os
 import platform
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -30,11 +32,15 @@ from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, address_count, grpc_ta
 from batch.durable import Entry, GroupCommit
 from batch.errors import BatchError, UsageError
 from batch.index import RunIndex
-from batch.manifest import Row, read_rows
+from batch.manifest import ManifestError, Row, read_rows
 from batch.progress import Progress, Tally
 from batch.results import (
+    INDEX_NAME,
+    LOCK_NAME,
+    WORKER_LOG_NAME,
     Journal,
     Outcome,
+    ResultsError,
     TableReader,
     journal_path,
     result_row,
@@ -188,8 +194,12 @@ def run_batch(options: RunOptions) -> Summary:
     targets = grpc_targets(list(options.workers))  # checks the addresses before anything is written
     if demo.is_demo(options.manifest):
         demo.ensure_demo_images(Path(options.manifest).resolve().parent)
-    out.mkdir(parents=True, exist_ok=True)
-    with _stop_signals_raise(), _locked(out), contextlib.closing(RunIndex(out / ".batch-index.sqlite")) as index:
+    _check_readable(Path(options.manifest))  # before --out exists: a typo leaves no empty results folder
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {out}: {e.strerror}") from None
+    with _stop_signals_raise(), _locked(out), contextlib.closing(_index(out)) as index:
         total = index.add_rows(read_rows(Path(options.manifest), out), Path(options.manifest))
         reader = TableReader(out)
         if options.restart:
@@ -200,16 +210,21 @@ def run_batch(options: RunOptions) -> Summary:
         progress = Progress(Tally(rows=total), options.progress)
         for note in reader.notes if not options.restart else ():
             progress.note(f"batch: {note}")
+        if kept := index.count_not_in_manifest():
+            progress.note(f"batch: {kept:,} rows of earlier runs have ids this manifest does not have: kept at "
+                          "the end of the results table (--restart drops them)")
         summary = Summary(progress.tally, table_path(out, options.results_format))
-        journal = Journal(journal_path(out, options.results_format))
-        embedded = None
-        run: Run | None = None
         try:
-            run = Run(index, journal, progress)
+            journal = Journal(journal_path(out, options.results_format))
+        except OSError as e:
+            raise UsageError(f"cannot write the results journal in --out {out}: {e.strerror}") from None
+        run = Run(index, journal, progress)
+        embedded = None
+        try:
             calls = run.calls(index.scan())
             first = next(calls, None)
             if first is not None and not targets:
-                embedded = LocalWorker(cpu_count(), out / "worker.log")
+                embedded = LocalWorker(cpu_count(), out / WORKER_LOG_NAME)
                 try:
                     targets = grpc_targets([embedded.start()])
                 except LocalWorkerError as e:
@@ -229,15 +244,9 @@ def run_batch(options: RunOptions) -> Summary:
             progress.close()
             if embedded is not None:
                 embedded.stop()
-            if run is not None:
-                run.close()
-            journal.close()
-            write_table(index.table(), summary.results)
-            if journal.path != summary.results:
-                journal.path.unlink(missing_ok=True)
-            summary.elapsed = time.monotonic() - clock
-            summary.stopped = run.stopped if run is not None else None
-            write_run_info(out, _run_info(options, summary, targets, embedded, started_at))
+            summary.stopped = run.stopped
+            _finish(run, journal, index, summary, lambda: _run_info(options, summary, targets, embedded, started_at),
+                    clock)
     return summary
 
 
@@ -324,10 +333,55 @@ def _defaults(options: RunOptions, targets: list[str], embedded: LocalWorker | N
     return options.concurrency or concurrency, options.connections or connections
 
 
+def _finish(run: Run, journal: Journal, index: RunIndex, summary: Summary, info, clock: float) -> None:
+    """Commit what is settled, write the finished table and run.json: each step tried whatever the one before
+    did (a full disk must not cost run.json), then one ResultsError naming every step that failed."""
+    failed: list[str] = []
+
+    def step(what: str, action) -> None:
+        try:
+            action()
+        except OSError as e:
+            failed.append(f"{what}: {e.strerror or e}")
+
+    step("cannot journal the last finished rows", run.close)
+    step("cannot close the journal", journal.close)
+    step(f"cannot write {summary.results.name}", lambda: write_table(index.table(), summary.results))
+    if journal.path != summary.results and not failed:
+        journal.path.unlink(missing_ok=True)  # the table holds every row now
+    summary.elapsed = time.monotonic() - clock
+    step("cannot write run.json", lambda: write_run_info(summary.results.parent, info()))
+    if failed:
+        raise ResultsError("; ".join(failed) + " (rows already journaled are kept: free the space or fix the "
+                           "folder, then run the same command again)")
+
+
+def _check_readable(manifest: Path) -> None:
+    try:
+        with open(manifest, "rb"):
+            pass
+    except OSError as e:
+        raise ManifestError(manifest, None, f"cannot read the manifest: {e.strerror}") from None
+
+
+def _index(out: Path) -> RunIndex:
+    try:
+        return RunIndex(out / INDEX_NAME)
+    except (OSError, sqlite3.Error) as e:
+        raise UsageError(f"cannot write in --out {out}: {e}") from None
+
+
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """One run per results folder at a time: two would interleave their journals."""
-    with open(out / ".lock", "w") as f:
+    try:
+        # Never through a link planted there: it would lock (and could create) a file anywhere.
+        fd = os.open(out / LOCK_NAME, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UsageError(f"{out / LOCK_NAME} is a symbolic link: refusing to follow it (remove it)") from None
+        raise UsageError(f"cannot write in --out {out}: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
