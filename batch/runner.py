@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from batch.channel import Pool
 from batch.durable import atomic_file
@@ -28,6 +31,8 @@ from worker.api import imageworker_v1_pb2 as v1
 
 log = logging.getLogger("batch.runner")  # `batch run -v`: retries, busy refusals, slow rows as they happen
 
+# Not gRPC's own retries (service-config retryPolicy): measured, they skip requests over 256 KiB unless
+# grpc.per_rpc_retry_buffer_size is raised, clamp attempts at 5, and see codes only: busy and too large look alike.
 # CANCELLED here comes from the other side (our own cancellation raises asyncio.CancelledError instead): a
 # worker shutting down cancels a call that reached it as it stopped; another worker can answer it.
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -70,10 +75,10 @@ def backoff(retry: int, settings: Settings, base: float | None = None) -> float:
     return ceiling * random.uniform(0.5, 1.0)
 
 
-def busy(error: grpc.aio.AioRpcError) -> bool:
-    """A worker at its in-flight limit (RESOURCE_EXHAUSTED that is not about size): a slot frees within
-    milliseconds, so these are retried soon, and more often, until ``Settings.busy_budget`` is spent."""
-    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not permanent(error)
+def busy(error: grpc.aio.AioRpcError, size: int) -> bool:
+    """A worker at its in-flight limit (WORKER_BUSY, or gRPC's own cap): a slot frees within milliseconds,
+    so these are retried soon, and more often, until ``Settings.busy_budget`` is spent."""
+    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not permanent(error, size)
 
 
 class RowFailed(Exception):
@@ -131,19 +136,43 @@ def describe(error: grpc.aio.AioRpcError) -> str:
     return f"{error.code().name}: {error.details()}"
 
 
-def permanent(error: grpc.aio.AioRpcError) -> bool:
-    """Whether retrying cannot help: anything but the transient codes, and a message over a size limit."""
+WORKER_DOMAIN = "imageworker.v1"
+WORKER_BUSY = v1.ErrorReason.Name(v1.WORKER_BUSY)
+# gRPC's own RESOURCE_EXHAUSTED carries no reason and means either a request over the worker's transport limit
+# (max-message + max(max-message, 16 MiB): always over this) or, under a burst, a call past gRPC's concurrency
+# cap (worker/server.py): without reading its text, only the size of the request tells them apart.
+TRANSPORT_LIMIT_FLOOR = 16 * 2**20
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str | None:
+    """The worker's ErrorInfo reason (a name of imageworker.v1.ErrorReason) from the status details, if any."""
+    try:
+        status = rpc_status.from_call(error)
+    except (ValueError, DecodeError):  # details that do not parse, or contradict the status: no reason
+        return None
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.domain == WORKER_DOMAIN:
+            return info.reason
+    return None
+
+
+def permanent(error: grpc.aio.AioRpcError, size: int) -> bool:
+    """Whether retrying the ``size``-byte image cannot help: anything but the transient codes, and a
+    RESOURCE_EXHAUSTED but a busy worker's (IMAGE_TOO_LARGE, or gRPC's own refusal of a message over its limit)."""
     if error.code() not in RETRYABLE:
         return True
-    details = error.details() or ""
-    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and (
-        "larger than max" in details or "--max-message-mb" in details
-    )
+    if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return False
+    reason = error_reason(error)
+    if reason is None:
+        return size > TRANSPORT_LIMIT_FLOOR
+    return reason != WORKER_BUSY
 
 
 def explain_permanent(error: grpc.aio.AioRpcError, size: int) -> str:
-    details = error.details() or ""
-    if "larger than max" in details:  # gRPC's own transport limit, before our servicer sees the image
+    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and error_reason(error) is None:
+        # gRPC's own transport limit, before our servicer sees the image
         return (f"{describe(error)}: the image ({size:,} bytes, {size / 2**20:.1f} MiB) is over the worker's "
                 "message limit; start the worker with a larger `worker serve --max-message-mb`")
     return describe(error)
@@ -183,9 +212,9 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
                     reply = await stub.Classify(v1.ClassifyRequest(image=data), timeout=settings.timeout)
                 pool.answered(stub, reply.worker)
         except grpc.aio.AioRpcError as e:
-            if permanent(e):
+            if permanent(e, len(data)):
                 return Outcome(ERROR, error=explain_permanent(e, len(data)), attempts=attempts)
-            if refused := busy(e):
+            if refused := busy(e, len(data)):
                 busy_refusals += 1
                 wait = backoff(busy_refusals, settings, settings.busy_backoff_base)
                 given_up = busy_waited + wait > settings.busy_budget
