@@ -67,8 +67,12 @@ class RunIndex:
                     )
                 except sqlite3.IntegrityError:
                     (first,) = self.db.execute("SELECT line FROM rows WHERE id = ?", (row.id,)).fetchone()
+                    hint = "ids must be unique"
+                    if row.id in (str(row.line), str(first)):
+                        hint = ("a row without an id takes its line number as its id, and here that number is "
+                                "another row's id too: give every row an id, or none")
                     raise ManifestError(
-                        manifest, row.line, f"duplicate id {row.id!r} (first used on line {first}); ids must be unique"
+                        manifest, row.line, f"duplicate id {row.id!r} (first used on line {first}); {hint}"
                     ) from None
                 count += 1
         finally:

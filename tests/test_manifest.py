@@ -125,8 +125,9 @@ def test_default_id_colliding_with_an_explicit_one_is_a_duplicate(tmp_path):
     m = write(tmp_path, "id,path,op\n3,a.jpg,classify\n,b.jpg,classify\n")
     index = RunIndex(tmp_path / "index.sqlite")
     try:
-        with pytest.raises(ManifestError, match="duplicate id '3'"):
+        with pytest.raises(ManifestError, match="duplicate id '3'") as e:
             index.add_rows(read_rows(m, tmp_path / "out"), m)
+        assert "a row without an id takes its line number as its id" in str(e.value)
     finally:
         index.close()
 

@@ -192,3 +192,25 @@ def test_one_scan_settles_invalid_conflicting_and_done_rows(tmp_path: Path) -> N
     assert settled["clash"].status == ERROR and "refusing to overwrite an input" in settled["clash"].error
     assert settled["done"].skipped
     assert settled["todo"] is None
+
+
+def test_spreadsheet_export_marks_formulas_as_text_and_keeps_results_exact(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from batch.report.command import report
+
+    evil = ["=1+2", "@SUM(A1)", "+cmd", "-2+3", "\tx", "plain"]
+    rows = [ok_row(e, path=f"=HYPERLINK(\"http://x\",\"{i}\")") for i, e in enumerate(evil)]
+    rows.append(ok_row("negative", op="rotate", rotation="-90", output="r.jpg"))
+    write_csv(tmp_path / "results.csv", rows)
+    exact = (tmp_path / "results.csv").read_bytes()
+    sheet = tmp_path / "sheet.csv"
+    done = CliRunner().invoke(report, [str(tmp_path), "--spreadsheet", str(sheet)], catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "results.csv").read_bytes() == exact
+    raw = sheet.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")
+    got = {r["id"]: r for r in csv.DictReader(raw.decode("utf-8-sig").splitlines())}
+    assert set(got) == {"'=1+2", "'@SUM(A1)", "'+cmd", "'-2+3", "'\tx", "plain", "negative"}
+    assert all(r["path"].startswith("'=HYPERLINK") for i, r in got.items() if i != "negative")
+    assert got["negative"]["rotation"] == "-90"

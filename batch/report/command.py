@@ -15,7 +15,12 @@ import click
     help="Where to write the HTML report (default: RESULTS_DIR/report.html).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object instead of text.")
-def report(results_dir: Path, html_path: Path | None, as_json: bool) -> None:
+@click.option(
+    "--spreadsheet", "spreadsheet_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Also write the table as a CSV that is safe to open in a spreadsheet: cells that would run as formulas "
+         "(beginning with = + - @) are marked as text with a leading apostrophe. results.csv stays exact.",
+)
+def report(results_dir: Path, html_path: Path | None, as_json: bool, spreadsheet_path: Path | None) -> None:
     """Summarise a results folder written by `batch run`.
 
     Prints what ran and when, rows by op and status, labels, latency and
@@ -44,8 +49,18 @@ def report(results_dir: Path, html_path: Path | None, as_json: bool) -> None:
     except OSError as err:
         raise click.ClickException(f"cannot write the HTML report to {target}: {err.strerror or err}") from err
     fig["html"] = str(target)
+    if spreadsheet_path is not None:
+        from batch.report.export import write_spreadsheet_csv
+
+        try:
+            write_spreadsheet_csv(results_dir, spreadsheet_path)
+        except OSError as err:
+            raise click.ClickException(f"cannot write {spreadsheet_path}: {err.strerror or err}") from err
+        fig["spreadsheet"] = str(spreadsheet_path)
     if as_json:
         click.echo(json.dumps(fig, indent=2, ensure_ascii=False))
     else:
         click.echo(terminal.render(fig), nl=False)
         click.echo(f"\nHTML report: {target}")
+        if spreadsheet_path is not None:
+            click.echo(f"Spreadsheet-safe table: {spreadsheet_path}")
