@@ -103,6 +103,7 @@ def test_bad_worker_address_is_a_usage_error(tmp_path):
 # --- named workers: spreading, failover, resume, formats ---------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_every_process_of_a_multi_process_worker_gets_calls(tmp_path):
     manifest = make_batch(tmp_path, 80)
@@ -116,6 +117,7 @@ def test_every_process_of_a_multi_process_worker_gets_calls(tmp_path):
     assert len(pids) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_ctrl_c_then_the_same_command_finishes_exactly_once(tmp_path, worker):
     n = 1000  # the driver does ~1,000 tiny rows/s and journals in groups every ~0.1 s: room to land mid-run
@@ -151,6 +153,7 @@ def test_ctrl_c_then_the_same_command_finishes_exactly_once(tmp_path, worker):
     assert not files_named(out, ".batchtmp", ".tmp")
 
 
+@pytest.mark.slow
 def test_resume_redoes_failed_rows_and_missing_outputs_and_restart_starts_over(tmp_path, worker):
     write_jpeg(tmp_path / "a.jpg")
     write_jpeg(tmp_path / "b.jpg", seed=3)
@@ -178,6 +181,7 @@ def test_resume_redoes_failed_rows_and_missing_outputs_and_restart_starts_over(t
     assert results(out)[0]["finished_at"] != first["a"]["finished_at"]
 
 
+@pytest.mark.slow
 def test_parquet_results_one_row_per_manifest_row(tmp_path, worker):
     manifest = make_batch(tmp_path, 12)
     out = tmp_path / "out"
@@ -191,6 +195,7 @@ def test_parquet_results_one_row_per_manifest_row(tmp_path, worker):
     assert not (out / "results.journal.csv").exists() and not (out / "results.csv").exists()
 
 
+@pytest.mark.slow
 def test_image_over_the_worker_message_limit_is_not_retried(tmp_path):
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\xff\xd8\xff" + os.urandom(int(1.5 * 2**20)))
@@ -211,6 +216,7 @@ def test_image_over_the_worker_message_limit_is_not_retried(tmp_path):
     assert "18.0 MiB" in by_id["huge"]["error"] and "worker serve --max-message-mb" in by_id["huge"]["error"]
 
 
+@pytest.mark.slow
 def test_batch_worker_environment_variable(tmp_path, worker, monkeypatch):
     manifest = make_batch(tmp_path, 2)
     monkeypatch.setenv("BATCH_WORKER", f" {worker.address} ,")
@@ -222,6 +228,7 @@ def test_batch_worker_environment_variable(tmp_path, worker, monkeypatch):
     assert sum(run["workers"]["answered"].values()) == 2
 
 
+@pytest.mark.slow
 def test_plain_progress_lines_when_not_a_terminal(tmp_path, worker):
     manifest = make_batch(tmp_path, 3)
     code, stdout, stderr = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--worker", worker.address)

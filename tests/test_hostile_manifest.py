@@ -20,6 +20,8 @@ from tests.support.manifests import write_manifest
 from tests.support.processes import cap_memory, rotates, run_batch, serving, worker_process
 from tests.support.results import by_id, results
 
+pytestmark = pytest.mark.slow  # real worker processes on loopback
+
 SPACES = "photos/my holiday — été ü 東京.jpg"  # spaces, punctuation and non-ASCII letters in a path
 
 # (id, path, op, rotation, output, expected: "ok" or words the row's error must contain)

@@ -30,6 +30,8 @@ from tests.support.processes import BIG_MESSAGES, cap_memory, rotates, serving, 
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 
+pytestmark = pytest.mark.slow  # real worker processes on loopback
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -16,6 +16,8 @@ from tests.support.manifests import make_batch
 from tests.support.processes import serving, start_batch, tree_rss_mb, worker_process
 from tests.support.results import by_id, results
 
+pytestmark = pytest.mark.slow  # real worker processes on loopback
+
 DRIVERS = 4
 ROWS = 32
 IN_FLIGHT = 4  # --threads 2, --max-concurrent-rpcs 4

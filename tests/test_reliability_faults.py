@@ -19,6 +19,8 @@ from tests.support.manifests import make_batch
 from tests.support.processes import free_port, kill, run_batch, start_batch, wait_for, worker_process
 from tests.support.results import by_id, files_under, results, stray_temporaries
 
+pytestmark = pytest.mark.slow  # real worker processes on loopback
+
 # The driver does ~1,000 tiny rows/s and journals them in groups every ~0.1 s: enough rows that a fault
 # injected once some are journaled lands mid-run.
 ROWS = 2000

@@ -52,6 +52,7 @@ def _python_internal(line: str) -> bool:
         ".py" in line or ".so" in line) and ", 'w" not in line and ", 'a" not in line
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_rpc_threads_touch_no_files_even_when_sent_paths(tmp_path, record_property):
     """Rotate, Classify and the legacy RPCs answered with no file opened on a request thread"""

@@ -101,6 +101,7 @@ def test_unreadable_image_gives_a_reason_not_a_crash(tmp_path: Path) -> None:
     assert gallery.make_thumb(tmp_path / "gone.jpg").problem.startswith("cannot read file")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_chromium_renders_offline_without_any_request_outside_the_file(tmp_path: Path) -> None:
     if browser.find_chromium() is None:

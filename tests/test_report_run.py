@@ -21,6 +21,8 @@ from tests.support import browser
 from tests.support.processes import ROOT
 from tests.support.reports import assert_self_contained, check_figures, check_terminal_width, check_visit
 
+pytestmark = pytest.mark.slow  # real worker processes on loopback
+
 DOCS_PNG = ROOT / "docs" / "report.png"
 EVIL_NAME = """<b>&"quote'.jpg"""
 

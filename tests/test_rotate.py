@@ -175,6 +175,7 @@ def test_lossless_jpeg_decodes_like_jpegtran(formats_corpus, name, degrees):
     assert np.array_equal(np.asarray(decode(got.data)), np.asarray(decode(reference)))
 
 
+@pytest.mark.slow
 @needs_turbojpeg
 @pytest.mark.timeout(180)
 def test_24_megapixel_jpeg_is_lossless_at_every_angle():

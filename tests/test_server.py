@@ -24,6 +24,8 @@ from worker.api import abimage_pb2_grpc as ab_grpc
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 
+pytestmark = pytest.mark.slow  # real worker processes on loopback
+
 
 def status_of(call) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as e:

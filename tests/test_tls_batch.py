@@ -15,6 +15,8 @@ from tests.support.manifests import make_batch
 from tests.support.processes import BATCH, ROOT, batch_env, run_batch, worker_process
 from tests.support.results import by_id, results
 
+pytestmark = pytest.mark.slow  # real worker processes on loopback
+
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
