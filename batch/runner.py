@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import random
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
 # per 0.9 MB photo (docs/benchmarks.md). Bigger ones (24 MP images) go to a thread so a long read or write
 # does not stall the calls in flight.
 INLINE_MAX = 2 * 1024 * 1024
+MAX_INPUT = 2**31 - 2**20  # a protobuf message carries under 2 GiB; the request's other fields need a little
 
 # What each format may be called; a rotated image keeps its input's format.
 EXTENSIONS = {
@@ -58,6 +60,7 @@ class Settings:
     backoff_base: float = 1.0  # first retry waits up to this; doubles each time
     backoff_cap: float = 20.0
     busy_backoff_base: float = 0.05  # the same, after a worker refused a call as busy
+    out_root: str = "/"  # --out with links resolved: outputs are written only inside it
 
     @property
     def busy_budget(self) -> float:
@@ -86,29 +89,65 @@ class RowFailed(Exception):
 
 
 def read_input(path: Path, limit: int | None = None) -> bytes | None:
-    """The input file's bytes (None when it is over ``limit`` bytes), or RowFailed saying precisely why not."""
+    """The input file's bytes (None when it is over ``limit`` bytes), or RowFailed saying precisely why not.
+
+    Only a regular file is read, and only as many bytes as ``stat`` said: a FIFO is opened without blocking
+    (it would hold the run in ``open`` for good) and refused, and so is a device (``/dev/zero`` reads without
+    end) or a socket.
+    """
     try:
-        with open(path, "rb") as f:
-            if limit is not None and os.fstat(f.fileno()).st_size > limit:
-                return None
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise RowFailed(f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise RowFailed(f"is a directory, not an image file: {path}") from None
     except PermissionError:
         raise RowFailed(f"permission denied reading {path}") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise RowFailed(f"symlink loop: {path}") from None
+        if e.errno == errno.ENXIO:
+            raise RowFailed(f"not a regular file (a socket): {path}") from None
         raise RowFailed(f"cannot read {path}: {e.strerror}") from None
+    with open(fd, "rb") as f:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise RowFailed(f"is a directory, not an image file: {path}")
+        if not stat.S_ISREG(info.st_mode):
+            raise RowFailed(f"not a regular file ({_file_kind(info.st_mode)}): {path}")
+        if info.st_size > MAX_INPUT:
+            raise RowFailed(f"file is {info.st_size:,} bytes ({info.st_size / 2**30:.1f} GiB): over the "
+                            f"{MAX_INPUT / 2**30:.0f} GiB one call can carry")
+        if limit is not None and info.st_size > limit:
+            return None
+        try:
+            data = f.read(info.st_size + 1)
+        except OSError as e:
+            raise RowFailed(f"cannot read {path}: {e.strerror}") from None
+        if len(data) > info.st_size:
+            raise RowFailed(f"file grew while it was read (still being written?): {path}")
+        return data
 
 
-def write_output(path: Path, data: bytes) -> None:
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a plain file"
+
+
+def write_output(path: Path, data: bytes, root: str) -> None:
     """Write atomically, without an fsync: the run makes outputs durable in groups before journaling
-    their rows (batch/durable.py)."""
+    their rows (batch/durable.py). ``root`` is --out with links resolved: the output's folder, resolved
+    when it is written to, must be inside it (a folder inside --out may be a link to elsewhere)."""
     try:
         _make_folder(path.parent)
+        folder = os.path.realpath(path.parent)
+        if os.path.commonpath([folder, root]) != root:
+            raise RowFailed(f"output {path} would be written outside --out: {path.parent} leads to {folder}")
         try:
             with atomic_file(path, durable=False) as f:
                 f.write(data)
@@ -248,9 +287,9 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
                        f"rotated image is {reply.format} (rotate keeps the input's format)", **common)
     try:
         if len(reply.image) <= INLINE_MAX:
-            write_output(row.output_path, reply.image)
+            write_output(row.output_path, reply.image, settings.out_root)
         else:
-            await asyncio.to_thread(write_output, row.output_path, reply.image)
+            await asyncio.to_thread(write_output, row.output_path, reply.image, settings.out_root)
     except RowFailed as e:
         return Outcome(ERROR, error=str(e), **common)
     return Outcome(OK, output=str(row.output_path), **common)

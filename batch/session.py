@@ -236,7 +236,8 @@ def run_batch(options: RunOptions) -> Summary:
             progress.note(f"batch: running {total:,} rows on {where}, {concurrency} calls in flight; "
                           f"results in {_shown(out)}")
             run.give_up_after = max(2 * concurrency, 10)
-            settings = Settings(concurrency=concurrency, timeout=options.timeout, retries=options.retries)
+            settings = Settings(concurrency=concurrency, timeout=options.timeout, retries=options.retries,
+                                out_root=os.path.realpath(out))
             summary.signal = asyncio.run(_go(run, first, calls, targets, connections, settings, options.tls))
         except Interrupted as e:  # a signal outside the event loop (the embedded worker starting, say)
             summary.signal = e.signum

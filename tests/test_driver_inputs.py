@@ -1,0 +1,61 @@
+"""Inputs and outputs that would hang, exhaust or mislead the driver: each is one row's error, the rest of the
+batch goes on, and outputs never leave --out. Through the real `batch run` against a worker on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.support.images import jpeg
+from tests.support.manifests import write_manifest
+from tests.support.processes import run_batch
+from tests.support.results import by_id, results
+
+pytestmark = pytest.mark.slow
+
+
+def test_non_regular_and_oversized_inputs_are_row_errors(tmp_path: Path, worker) -> None:
+    (tmp_path / "good.jpg").write_bytes(jpeg(32, 24))
+    os.mkfifo(tmp_path / "fifo.jpg")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "sock.jpg"))
+    with open(tmp_path / "huge.jpg", "wb") as f:
+        f.truncate(5 * 2**29)  # 2.5 GiB, sparse: costs no disk
+    rows = {"fifo": tmp_path / "fifo.jpg", "zero": "/dev/zero", "urandom": "/dev/urandom",
+            "sock": tmp_path / "sock.jpg", "huge": tmp_path / "huge.jpg", "good": tmp_path / "good.jpg"}
+    manifest = write_manifest(tmp_path / "m.csv", [
+        {"id": i, "path": str(p), "op": "rotate", "rotation": "90"} for i, p in rows.items()])
+    try:
+        done = run_batch(manifest, "--worker", worker.address, "--out", tmp_path / "out", "--quiet", timeout=60)
+    finally:
+        listener.close()
+    assert done.returncode == 1, done.stderr
+    got = by_id(results(tmp_path / "out"))
+    assert got["fifo"]["error"] == f"not a regular file (a FIFO): {tmp_path / 'fifo.jpg'}"
+    assert got["zero"]["error"] == "not a regular file (a character device): /dev/zero"
+    assert got["urandom"]["error"] == "not a regular file (a character device): /dev/urandom"
+    assert got["sock"]["error"] == f"not a regular file (a socket): {tmp_path / 'sock.jpg'}"
+    assert got["huge"]["error"] == "file is 2,684,354,560 bytes (2.5 GiB): over the 2 GiB one call can carry"
+    assert got["good"]["status"] == "ok"
+
+
+def test_a_linked_folder_inside_out_never_takes_outputs_outside(tmp_path: Path, worker) -> None:
+    (tmp_path / "a.jpg").write_bytes(jpeg(32, 24))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "rotated").symlink_to(elsewhere)
+    manifest = write_manifest(tmp_path / "m.csv", [
+        {"id": "default", "path": "a.jpg", "op": "rotate", "rotation": "90"},
+        {"id": "inside", "path": "a.jpg", "op": "rotate", "rotation": "180", "output": "kept/a.jpg"}])
+    done = run_batch(manifest, "--worker", worker.address, "--out", out, "--quiet")
+    assert done.returncode == 1, done.stderr
+    got = by_id(results(out))
+    assert got["default"]["error"] == (f"output {out / 'rotated' / 'a.jpg'} would be written outside --out: "
+                                       f"{out / 'rotated'} leads to {elsewhere}")
+    assert got["inside"]["status"] == "ok" and (out / "kept" / "a.jpg").is_file()
+    assert list(elsewhere.iterdir()) == []
