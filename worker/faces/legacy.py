@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from worker.errors import InvalidArgument
+from worker.errors import InvalidArgument, Reason
 
 WIDTH, HEIGHT = 37, 50
 RESTORED = 250
@@ -36,9 +36,10 @@ def old_client_thumbnail(img: Image.Image, resample: Image.Resampling = Image.Re
 def as_thumbnail(pixels: np.ndarray) -> np.ndarray:
     """A client's pixels (HxW grey or HxWx3 RGB uint8) as the 50x37 grey the model knows."""
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
-        raise InvalidArgument(f"legacy pixels must be HxW grey or HxWx3 RGB uint8, got {pixels.shape} {pixels.dtype}")
+        raise InvalidArgument(f"legacy pixels must be HxW grey or HxWx3 RGB uint8, got {pixels.shape} {pixels.dtype}",
+                              Reason.INVALID_PIXELS)
     if 0 in pixels.shape:
-        raise InvalidArgument(f"legacy image is empty ({pixels.shape[1]}x{pixels.shape[0]})")
+        raise InvalidArgument(f"legacy image is empty ({pixels.shape[1]}x{pixels.shape[0]})", Reason.EMPTY_IMAGE)
     img = Image.fromarray(np.ascontiguousarray(pixels))
     if pixels.ndim == 3:
         img = img.convert("L")

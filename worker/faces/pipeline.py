@@ -20,7 +20,7 @@ from PIL import Image
 
 from worker.classifier import NO_FACE, UNKNOWN, Box, Classification, FaceResult
 from worker.decode import upright
-from worker.errors import InvalidArgument
+from worker.errors import InvalidArgument, Reason
 from worker.faces.artifact import EMBEDDING_FILE, LANDMARKS_FILE, model_file
 from worker.faces.legacy import as_thumbnail, restored
 from worker.faces.openset import UNKNOWN_INDEX, OpenSetModel
@@ -86,7 +86,7 @@ def _to_8bit(values: np.ndarray) -> np.ndarray:
     """Scale 16/32-bit integer or float grey to 0..255 by the range its type implies."""
     v = values.astype(np.float64)
     if v.size == 0:
-        raise InvalidArgument("image has no pixels")
+        raise InvalidArgument("image has no pixels", Reason.EMPTY_IMAGE)
     top = float(np.nanmax(v)) if np.isfinite(v).any() else 0.0
     if values.dtype.kind == "f" and top <= 1.0:
         v = v * 255.0  # float images in 0..1
