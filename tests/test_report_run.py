@@ -11,11 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from batch import demo
 from batch.cli import main
 from tests.support import browser
 from tests.support.processes import ROOT
@@ -31,7 +31,7 @@ def write_inputs(folder: Path) -> Path:
     """Small real images (one with a face) and a manifest of both ops plus two rows that fail."""
     imgs = folder / "imgs"
     imgs.mkdir(parents=True)
-    grace = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    grace = Path(demo.__file__).with_name("grace_hopper.jpg")  # the face photo the package ships
     shutil.copy(grace, imgs / "grace.jpg")
     Image.open(grace).resize((256, 300)).save(imgs / "grace-small.png")
     for i, colour in enumerate(((200, 60, 40), (40, 120, 200), (60, 160, 80))):
