@@ -16,8 +16,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import os
 import re
+import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -37,6 +40,7 @@ DEFAULT_CONNECTIONS = 8  # per worker address; more than a worker's processes, s
 CONNECT_TIMEOUT = 30.0  # seconds to wait for a named worker to answer health checks before giving up
 ENV_VAR = "BATCH_WORKER"
 URI_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+log = logging.getLogger("batch.channel")  # `batch run -v`: connects, lost connections, reconnects
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,93 @@ class Tls:
             except OSError as e:
                 raise UsageError(f"cannot read TLS file {path}: {e.strerror}") from None
 
+        self.context()  # unusable files fail here, named, not as a handshake that never succeeds
         return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+    def context(self) -> ssl.SSLContext:
+        """The same trust and client certificate as a Python SSL context: it checks the files (UsageError
+        naming the file and the problem) and lets ``handshake_problem`` ask a worker what gRPC will not say."""
+        try:
+            ctx = ssl.create_default_context(cafile=str(self.ca))
+        except ssl.SSLError as e:  # before OSError, which it derives from
+            raise UsageError(f"--tls-ca {self.ca} holds no PEM certificate ({e.reason})") from None
+        except OSError as e:
+            raise UsageError(f"cannot read --tls-ca {self.ca}: {e.strerror}") from None
+        if self.cert is not None:
+            try:
+                ctx.load_cert_chain(str(self.cert), str(self.key))
+            except ssl.SSLError as e:
+                if e.reason == "KEY_VALUES_MISMATCH":
+                    raise UsageError(f"--tls-key {self.key} is not the key of --tls-cert {self.cert}") from None
+                raise UsageError(f"--tls-cert {self.cert} and --tls-key {self.key} are not a PEM certificate and "
+                                 f"its private key ({e.reason or e})") from None
+            except OSError as e:
+                raise UsageError(f"cannot read --tls-cert {self.cert} or --tls-key {self.key}: {e.strerror}") from None
+        ctx.set_alpn_protocols(["h2"])
+        return ctx
+
+    def handshake_problem(self, target: str, timeout: float = 3.0) -> str | None:
+        """Why a TLS handshake with ``target``'s first address fails, from the handshake's own codes (gRPC's
+        error text says only "handshake failed"); None when it succeeds or the target is no host:port."""
+        address = _probe_address(target)
+        if address is None:
+            return None
+        host, port = address
+        try:
+            with socket.create_connection((host, port), timeout) as raw, \
+                    self.context().wrap_socket(raw, server_hostname=host) as tls:
+                tls.settimeout(timeout)
+                # Under TLS 1.3 a worker refuses a client certificate after the handshake: with an alert, or
+                # (gRPC's, when it has expired) by closing the connection before it says anything.
+                if not tls.recv(1) and self.cert is not None:
+                    problem = ("the worker closed the connection at once: it does not accept our client certificate "
+                               "(--tls-cert has expired, or is not signed by the CA the worker trusts)")
+                    return f"TLS handshake failed: {problem}"
+        except ssl.SSLCertVerificationError as e:
+            problem = _VERIFY_PROBLEMS.get(e.verify_code, f"the worker's certificate does not verify: "
+                                                          f"{e.verify_message}")
+        except ssl.SSLError as e:
+            problem = _ALERT_PROBLEMS.get(e.reason)
+        except OSError:  # refused, or nothing to read yet: nothing the handshake can tell
+            return None
+        else:
+            return None
+        return f"TLS handshake failed: {problem}" if problem else None
+
+
+# X509_V_ERR_* codes of OpenSSL (x509_vfy.h) that have a cause a user can act on.
+_VERIFY_PROBLEMS = {
+    10: "the worker's certificate has expired: renew it (worker serve --tls-cert)",
+    9: "the worker's certificate is not valid yet (check the clocks, or its start date)",
+    62: "the worker's certificate is for another name than the address given to --worker",
+    64: "the worker's certificate is for another IP address than the one given to --worker",
+    2: "the worker's certificate is not signed by the CA in --tls-ca",
+    18: "the worker's certificate is self-signed, not signed by the CA in --tls-ca",
+    19: "the worker's certificate is not signed by the CA in --tls-ca",
+    20: "the worker's certificate is not signed by the CA in --tls-ca",
+    21: "the worker's certificate is not signed by the CA in --tls-ca",
+}
+# OpenSSL's reasons for alerts a worker sends about our client certificate.
+_ALERT_PROBLEMS = {
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the worker refused our client certificate: it has expired (--tls-cert)",
+    "TLSV1_ALERT_UNKNOWN_CA": "the worker does not trust our client certificate (--tls-cert is not signed by the "
+                              "CA it trusts)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the worker refused our client certificate (--tls-cert)",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the worker requires a client certificate (mTLS: --tls-cert and "
+                                         "--tls-key)",
+    "WRONG_VERSION_NUMBER": "the worker does not speak TLS (drop --tls-ca)",
+}
+
+
+def _probe_address(target: str) -> tuple[str, int] | None:
+    """The first host and port a gRPC target names (ipv4:/ipv6: lists, dns:///name:port, name:port)."""
+    if target.startswith(("ipv4:", "ipv6:")):
+        target = target.split(":", 1)[1].split(",")[0]
+    elif target.startswith("dns:"):
+        target = target.rsplit("/", 1)[-1]
+    elif target.startswith(URI_SCHEMES):
+        return None
+    return _host_port(target)
 
 
 def worker_addresses(options: Iterable[str], environ: dict[str, str] | None = None) -> list[str]:
@@ -146,6 +236,7 @@ class Pool:
         self._process: list[str | None] = [None] * len(self._channels)
         self._index = {id(stub): i for i, stub in enumerate(self._stubs)}
         self._next = 0
+        self._connected: bool | None = None  # whether some channel was ready at the last call; None: no call yet
 
     async def probe(self, timeout: float = 3.0) -> list[str | None]:
         """One health check per channel that does not wait for a connection: None where it answers, else
@@ -191,6 +282,9 @@ class Pool:
             # A diagnosis that waiting cannot fix (a TLS mismatch) wins over "connection refused" from another
             # address.
             reason, final = max((connect_failure(details, self.tls) for details in answers), key=lambda rf: rf[1])
+            if self.tls is not None and (precise := await asyncio.to_thread(self.tls.handshake_problem,
+                                                                             self.targets[0])):
+                reason, final = precise, True
             if final or time.monotonic() >= deadline:
                 break
         raise UsageError(
@@ -220,6 +314,13 @@ class Pool:
             (i + self._next) % n for i in range(n)
             if self._channels[(i + self._next) % n].get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
         ]
+        if bool(ready) != self._connected:  # a line per change, not per call
+            if ready:
+                log.info("%s: %d of %d connections ready", "reconnected" if self._connected is False else "connected",
+                         len(ready), n)
+            else:
+                log.warning("no connection to a worker is ready; reconnecting (calls fail fast and are retried)")
+            self._connected = bool(ready)
         # No channel ready: pick one anyway; the call fails fast with UNAVAILABLE and is retried after a backoff.
         candidates = ready or [(i + self._next) % n for i in range(n)]
         in_flight: dict[str | int, int] = {}  # per worker process; a channel not yet answered is its own group

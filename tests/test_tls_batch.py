@@ -100,3 +100,47 @@ def test_wrong_tls_is_refused_with_a_clear_message(refusals, record_property, ca
     assert code == 2, err
     assert all(r["status"] != "ok" for r in results(folder))
     assert REASONS[case] in message
+
+
+# TLS files and certificates that cannot work: named at once, never a 30 s wait or gRPC's raw handshake text.
+BAD_TLS = {
+    "expired worker certificate": ("expired", [], "TLS handshake failed: the worker's certificate has expired"),
+    "worker certificate for another name": (
+        "elsewhere", [], "TLS handshake failed: the worker's certificate is for another name"),
+    "expired client certificate": (
+        "mtls", ["--tls-cert", "expired_client_cert", "--tls-key", "expired_client_key"],
+        "it does not accept our client certificate (--tls-cert has expired, or is not signed by the CA"),
+    "client key not matching its certificate": (
+        "mtls", ["--tls-cert", "client_cert", "--tls-key", "server_key"], "is not the key of --tls-cert"),
+    "a key given as the client certificate": (
+        "mtls", ["--tls-cert", "client_key", "--tls-key", "client_key"],
+        "are not a PEM certificate and its private key"),
+    "garbage as the CA": ("plain-ca", [], "holds no PEM certificate"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_tls_workers(pki, mtls_worker):
+    with worker_process("--tls-cert", str(pki.expired_server_cert), "--tls-key", str(pki.expired_server_key),
+                        "--threads", "1") as expired, \
+            worker_process("--tls-cert", str(pki.elsewhere_server_cert), "--tls-key",
+                           str(pki.elsewhere_server_key), "--threads", "1") as elsewhere:
+        yield {"expired": expired, "elsewhere": elsewhere, "mtls": mtls_worker, "plain-ca": mtls_worker}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", list(BAD_TLS))
+def test_unusable_tls_is_named(bad_tls_workers, pki, manifest, tmp_path, record_property, case):
+    which, files, expected = BAD_TLS[case]
+    ca = pki.ca
+    if which == "plain-ca":
+        ca = tmp_path / "garbage.pem"
+        ca.write_text("not a certificate\n")
+    args = [str(getattr(pki, f)) if i % 2 else f for i, f in enumerate(files)]
+    done = run_batch(manifest, "--worker", f"localhost:{bad_tls_workers[which].port}", "--tls-ca", ca, *args,
+                     "--out", tmp_path / "out", "--quiet", timeout=60)
+    message = (done.stderr.strip().splitlines() or [""])[-1]
+    record_property("expected", f"exit 2 within seconds: '{expected}'")
+    record_property("observed", f"exit {done.returncode}: {message}")
+    assert done.returncode == 2, done.stderr
+    assert expected in message

@@ -21,6 +21,12 @@ class Pki:
     client_cert: Path
     client_key: Path
     other_ca: Path  # a CA that signed nothing here: trusting it must fail
+    expired_server_cert: Path  # signed by ca for loopback, but expired yesterday
+    expired_server_key: Path
+    elsewhere_server_cert: Path  # signed by ca, valid, for another name only
+    elsewhere_server_key: Path
+    expired_client_cert: Path
+    expired_client_key: Path
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -31,8 +37,9 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _cert(subject, key, issuer, issuer_key, *, ca: bool, sans=None, usage=None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
+def _cert(subject, key, issuer, issuer_key, *, ca: bool, sans=None, usage=None,
+          expired: bool = False) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3 if expired else 0)
     b = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -77,6 +84,13 @@ def make_pki(folder: Path) -> Pki:
                    usage=[ExtendedKeyUsageOID.SERVER_AUTH])
     client = _cert(_name("imagebatch test client"), client_key, ca.subject, ca_key, ca=False,
                    usage=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    expired_key, elsewhere_key, expired_client_key = _key(), _key(), _key()
+    expired = _cert(_name("localhost"), expired_key, ca.subject, ca_key, ca=False, sans=sans,
+                    usage=[ExtendedKeyUsageOID.SERVER_AUTH], expired=True)
+    elsewhere = _cert(_name("elsewhere.example"), elsewhere_key, ca.subject, ca_key, ca=False,
+                      sans=[x509.DNSName("elsewhere.example")], usage=[ExtendedKeyUsageOID.SERVER_AUTH])
+    expired_client = _cert(_name("imagebatch test client"), expired_client_key, ca.subject, ca_key, ca=False,
+                           usage=[ExtendedKeyUsageOID.CLIENT_AUTH], expired=True)
     return Pki(
         ca=_write(folder / "ca.pem", ca),
         server_cert=_write(folder / "server.pem", server),
@@ -84,4 +98,10 @@ def make_pki(folder: Path) -> Pki:
         client_cert=_write(folder / "client.pem", client),
         client_key=_write(folder / "client.key", client_key),
         other_ca=_write(folder / "other-ca.pem", other),
+        expired_server_cert=_write(folder / "expired-server.pem", expired),
+        expired_server_key=_write(folder / "expired-server.key", expired_key),
+        elsewhere_server_cert=_write(folder / "elsewhere-server.pem", elsewhere),
+        elsewhere_server_key=_write(folder / "elsewhere-server.key", elsewhere_key),
+        expired_client_cert=_write(folder / "expired-client.pem", expired_client),
+        expired_client_key=_write(folder / "expired-client.key", expired_client_key),
     )
