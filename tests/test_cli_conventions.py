@@ -172,7 +172,7 @@ def test_batch_run_verbose_logs_retries_and_busy_refusals(tmp_path: Path) -> Non
                               capture_output=True, text=True, timeout=120)
     assert quiet.returncode == loud.returncode == 0, (quiet.stderr, loud.stderr)
     assert " INFO: " not in quiet.stderr
-    assert "busy" in loud.stderr and " INFO: " in loud.stderr
+    assert "busy" in loud.stderr and "connected: " in loud.stderr
     assert late.returncode == 1
     assert "retry 1 of 1" in late.stderr and "DEADLINE_EXCEEDED" in late.stderr
 
