@@ -24,23 +24,21 @@ from pathlib import Path
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-MAKE_CORPUS = REPO.parent / "shared" / "bench" / "make_corpus.py"
+sys.path.insert(0, str(REPO))  # the benchmarks run from a checkout and build their corpus with the tests' own maker
+from tests.support.images import make_corpus  # noqa: E402
+
 DEFAULT_CORPUS = Path("/tmp/ibcorpus")
 BIN = Path(sys.executable).parent  # the venv's console scripts: batch, worker
 
 
 def ensure_corpus(corpus: Path, photos: int = 200, large: int = 8, tiny: int = 2000) -> Path:
-    """Build the deterministic corpus with ../shared/bench/make_corpus.py unless it is already there."""
+    """Build the deterministic corpus (tests.support.images.make_corpus) unless it is already there."""
     wanted = {"photos": photos, "large": large, "tiny": tiny}
     have = {name: len(list((corpus / name).glob("*.jpg"))) for name in wanted}
     if all(have[name] >= n for name, n in wanted.items()):
         return corpus
-    if not MAKE_CORPUS.is_file():
-        sys.exit(f"corpus {corpus} is incomplete ({have}) and {MAKE_CORPUS} is missing to build it")
     print(f"building corpus in {corpus} ({wanted}) ...", file=sys.stderr, flush=True)
-    args = [f"--{k}={max(v, have[k])}" for k, v in wanted.items()]
-    subprocess.run([sys.executable, str(MAKE_CORPUS), str(corpus), *args], check=True)
-    return corpus
+    return make_corpus(corpus, **{k: max(v, have[k]) for k, v in wanted.items()})
 
 
 def corpus_rows(corpus: Path, group: str) -> list[tuple[Path, int]]:
