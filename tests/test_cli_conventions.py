@@ -7,16 +7,10 @@ Through the real commands: click's CliRunner where nothing is served, real `work
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -27,59 +21,19 @@ from PIL import Image
 
 from batch import demo
 from batch.cli import main as batch_main
+from tests.support.images import jpeg, photo
+from tests.support.manifests import write_manifest
+from tests.support.processes import ROOT, run_batch, start_batch, worker_process
+from tests.support.results import results
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.cli import main as worker_main
-
-ROOT = Path(__file__).resolve().parents[1]
-# -P: never import a `batch.py` or `worker.py` from the folder a test runs in.
-PYTHON = [sys.executable, "-P"]
-BATCH = [*PYTHON, "-m", "batch"]
-WORKER = [*PYTHON, "-m", "worker"]
+from worker.local import LocalWorker, python_command
 
 
-def _photo(path: Path, size: tuple[int, int] = (1024, 768)) -> Path:
-    """A noisy (slow to rotate, like a real photo) JPEG."""
-    Image.effect_noise(size, 60).convert("RGB").save(path, quality=90)
-    return path
-
-
-def _manifest(path: Path, rows: list[tuple[str, str, str]]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "path", "op", "rotation", "output"])
-        writer.writerows([f"r{i}", p, op, deg, f"out{i}.jpg" if op == "rotate" else ""]
-                         for i, (p, op, deg) in enumerate(rows))
-    return path
-
-
-def _results(out: Path) -> list[dict[str, str]]:
-    with open(out / "results.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def _serving(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, float]]:
-    """`worker serve ARGS` (one process, a free port unless ARGS or env name one): (address, seconds to LISTENING)."""
-    env = {**os.environ, **(env or {})}
-    if "--port" not in args and "WORKER_SERVE_PORT" not in env:
-        args = ("--port", "0", *args)
-    started = time.monotonic()
-    proc = subprocess.Popen([*WORKER, "serve", "--processes", "1", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("LISTENING "), (line, proc.stderr.read() if proc.poll() is not None else "")
-        yield line.split()[1], time.monotonic() - started
-    finally:
-        proc.terminate()
-        assert proc.wait(30) == 0
+def _rotations(path: Path, images: list[str]) -> Path:
+    return write_manifest(path, [{"id": f"r{i}", "path": image, "op": "rotate", "rotation": "90",
+                                  "output": f"out{i}.jpg"} for i, image in enumerate(images)])
 
 
 # -- help, usage errors, environment ------------------------------------------------------------------
@@ -116,24 +70,29 @@ def test_batch_usage_errors_exit_2(tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
 
 
-def test_worker_serve_options_come_from_the_environment() -> None:
+def test_worker_serve_options_come_from_the_environment(tmp_path: Path) -> None:
     # A usage error read from the environment proves the variable is an option...
     result = CliRunner().invoke(worker_main, ["serve"], env={"WORKER_SERVE_TLS_CERT": "setup.cfg"})
     assert result.exit_code == 2 and "--tls-cert and --tls-key go together" in result.output
-    # ...and a real worker binds the port the environment names, the command line winning over it.
-    port = _free_port()
-    with _serving(env={"WORKER_SERVE_PORT": str(port), "WORKER_SERVE_THREADS": "2"}) as (address, _):
-        assert address == f"127.0.0.1:{port}"
-    other = _free_port()
-    with _serving("--port", str(other), env={"WORKER_SERVE_PORT": str(port)}) as (address, _):
-        assert address == f"127.0.0.1:{other}"
+    # ...and a real worker takes its limits from it, an option on the command line winning over it.
+    image = jpeg(64, 64)  # 4,096 pixels
+    env = {"WORKER_SERVE_MAX_PIXELS": "1000"}
+    for args, refused in (((), True), (("--max-pixels", "100000"), False)):
+        with LocalWorker(1, tmp_path / "worker.log", args=args, env=env) as w, \
+                grpc.insecure_channel(w.address) as channel:
+            call = v1_grpc.ImageWorkerStub(channel).Rotate
+            if refused:
+                with pytest.raises(grpc.RpcError, match="1,000|1000"):
+                    call(v1.RotateRequest(image=image, degrees=90), timeout=10)
+            else:
+                assert call(v1.RotateRequest(image=image, degrees=90), timeout=10).width == 64
 
 
 # -- the worker rotates at once; the face model loads when a classify call needs it --------------------
 
-def test_worker_serves_rotation_at_once_and_classify_waits_for_the_model(tmp_path: Path) -> None:
-    image = _photo(tmp_path / "a.jpg", (320, 240)).read_bytes()
-    with _serving() as (address, _), grpc.insecure_channel(address) as channel:
+def test_worker_serves_rotation_at_once_and_classify_waits_for_the_model() -> None:
+    image = jpeg(320, 240)
+    with worker_process() as w, grpc.insecure_channel(w.address) as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         stub = v1_grpc.ImageWorkerStub(channel)
@@ -144,11 +103,10 @@ def test_worker_serves_rotation_at_once_and_classify_waits_for_the_model(tmp_pat
 
 
 def test_rotate_only_run_never_loads_the_face_model(tmp_path: Path) -> None:
-    _photo(tmp_path / "a.jpg", (320, 240))
-    manifest = _manifest(tmp_path / "m.csv", [("a.jpg", "rotate", "90")] * 3)
+    (tmp_path / "a.jpg").write_bytes(jpeg(320, 240))
+    manifest = _rotations(tmp_path / "m.csv", ["a.jpg"] * 3)
     out = tmp_path / "out"
-    run = subprocess.run([*BATCH, "run", str(manifest), "--out", str(out), "--quiet"], capture_output=True,
-                         text=True, timeout=120)
+    run = run_batch(manifest, "--out", out, "--quiet")
     assert run.returncode == 0, run.stderr
     log = (out / "worker.log").read_text()
     assert "serving imageworker.v1.ImageWorker" in log and "face model" in log
@@ -159,17 +117,15 @@ def test_rotate_only_run_never_loads_the_face_model(tmp_path: Path) -> None:
 
 def test_batch_run_verbose_logs_retries_and_busy_refusals(tmp_path: Path) -> None:
     for i in range(12):
-        _photo(tmp_path / f"p{i}.jpg")
-    manifest = _manifest(tmp_path / "m.csv", [(f"p{i}.jpg", "rotate", "90") for i in range(12)])
-    with _serving("--threads", "1", "--max-concurrent-rpcs", "1") as (address, _):
-        quiet = subprocess.run([*BATCH, "run", str(manifest), "--worker", address, "--out", str(tmp_path / "q"),
-                                "--concurrency", "6"], capture_output=True, text=True, timeout=120)
-        loud = subprocess.run([*BATCH, "run", str(manifest), "--worker", address, "--out", str(tmp_path / "v"),
-                               "--concurrency", "6", "-v"], capture_output=True, text=True, timeout=120)
+        photo(1024, 768, seed=i).save(tmp_path / f"p{i}.jpg", quality=90)
+    manifest = _rotations(tmp_path / "m.csv", [f"p{i}.jpg" for i in range(12)])
+    with worker_process("--threads", "1", "--max-concurrent-rpcs", "1") as w:
+        busy = ("--worker", w.address, "--concurrency", "6")
+        quiet = run_batch(manifest, *busy, "--out", tmp_path / "q")
+        loud = run_batch(manifest, *busy, "--out", tmp_path / "v", "-v")
         # A deadline no call can meet: every attempt is retried, then the row fails.
-        late = subprocess.run([*BATCH, "run", str(manifest), "--worker", address, "--out", str(tmp_path / "t"),
-                               "--timeout", "0.001", "--retries", "1", "--log-level", "info"],
-                              capture_output=True, text=True, timeout=120)
+        late = run_batch(manifest, "--worker", w.address, "--out", tmp_path / "t", "--timeout", "0.001",
+                         "--retries", "1", "--log-level", "info")
     assert quiet.returncode == loud.returncode == 0, (quiet.stderr, loud.stderr)
     assert " INFO: " not in quiet.stderr
     assert "busy" in loud.stderr and "connected: " in loud.stderr
@@ -182,37 +138,36 @@ def test_batch_run_verbose_logs_retries_and_busy_refusals(tmp_path: Path) -> Non
 @pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_batch_run_stopped_by_a_signal(tmp_path: Path, sig: signal.Signals, code: int) -> None:
-    _photo(tmp_path / "p.jpg", (1920, 1080))
-    manifest = _manifest(tmp_path / "m.csv", [("p.jpg", "rotate", "90")] * 400)
+    photo(1920, 1080).save(tmp_path / "p.jpg", quality=90)
+    manifest = _rotations(tmp_path / "m.csv", ["p.jpg"] * 400)
     out = tmp_path / "out"
-    with _serving("--threads", "1") as (address, _):
-        proc = subprocess.Popen([*BATCH, "run", str(manifest), "--worker", address, "--out", str(out),
-                                 "--concurrency", "1", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+    with worker_process("--threads", "1") as w:
+        proc = start_batch(manifest, "--worker", w.address, "--out", out, "--concurrency", "1", "--quiet",
+                           log=tmp_path / "batch.log")
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (
-                (out / "results.csv").is_file() and len((out / "results.csv").read_text().splitlines()) > 3):
+        while time.monotonic() < deadline and len(results(out)) < 3:
             time.sleep(0.05)
         proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == code, (stdout, stderr)
-    done = _results(out)  # the rows finished before the signal, each with its output
+        proc.wait(60)
+    output = (tmp_path / "batch.log").read_text()
+    assert proc.returncode == code, output
+    done = results(out)  # the rows finished before the signal, each with its output
     assert 3 <= len(done) < 400
     assert all(r["status"] == "ok" and Path(r["output"]).is_file() for r in done)
     run = json.loads((out / "run.json").read_text())
     assert run["interrupted"] and run["exit_code"] == code
     assert run["counts"]["ok"] == len(done) and run["counts"]["not_run"] == 400 - len(done)
-    assert "interrupted" in stdout
+    assert "interrupted" in output
 
 
 # -- optional extras -------------------------------------------------------------------------------
 
 def test_parquet_without_pyarrow_names_the_extra(tmp_path: Path) -> None:
-    manifest = _manifest(tmp_path / "m.csv", [("a.jpg", "rotate", "90")])
+    manifest = _rotations(tmp_path / "m.csv", ["a.jpg"])
     # As if pyarrow were not installed: the import system then finds no such module.
     without = "import sys; sys.modules['pyarrow'] = None; from batch.cli import main; main()"
-    run = subprocess.run([*PYTHON, "-c", without, "run", str(manifest), "--results-format", "parquet",
-                          "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(python_command("-c", without, "run", str(manifest), "--results-format", "parquet",
+                                        "--out", str(tmp_path / "out")), capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert "pip install 'imagebatch[parquet]'" in run.stderr
     assert not (tmp_path / "out").exists()
@@ -244,9 +199,8 @@ def test_demo_runs_in_an_empty_folder_with_decoys(tmp_path: Path) -> None:
     and `worker.py` in that folder are never imported (by the driver or its embedded worker)."""
     for decoy in ("batch.py", "worker.py"):
         (tmp_path / decoy).write_text("raise SystemExit('decoy imported')\n")
-    run = subprocess.run([*BATCH, "run", "manifests/demo.csv"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=300)
+    run = run_batch("manifests/demo.csv", cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    rows = _results(tmp_path / "results" / "demo")
+    rows = results(tmp_path / "results" / "demo")
     assert [r["status"] for r in rows] == ["ok"] * 5
     assert {r["label"] for r in rows if r["op"] == "classify"} == {"unknown", "no_face"}
