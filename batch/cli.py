@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
     from batch.channel import Tls, worker_addresses
     from batch.extras import require_pyarrow
     from batch.progress import choose_mode
-    from batch.session import EXIT_INTERRUPTED, RunOptions, run_batch
+    from batch.session import Interrupted, RunOptions, run_batch
 
     if (tls_cert or tls_key) and not tls_ca:
         raise click.UsageError("--tls-cert/--tls-key need --tls-ca (the CA that signed the workers' certificates)")
@@ -115,9 +116,9 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
     )
     try:
         summary = run_batch(options)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Interrupted (SIGINT or SIGTERM), or Ctrl-C before its handler was set
         click.echo("batch run: interrupted before any row ran", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT))
     click.echo(summary.line())
     sys.exit(summary.exit_code)
 
