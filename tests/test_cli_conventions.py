@@ -23,7 +23,7 @@ from batch import demo
 from batch.cli import main as batch_main
 from tests.support.images import jpeg, photo
 from tests.support.manifests import write_manifest
-from tests.support.processes import ROOT, run_batch, start_batch, worker_process
+from tests.support.processes import BATCH, ROOT, batch_env, run_batch, start_batch, worker_process
 from tests.support.results import results
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
@@ -70,6 +70,7 @@ def test_batch_usage_errors_exit_2(tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
 
 
+@pytest.mark.slow
 def test_worker_serve_options_come_from_the_environment(tmp_path: Path) -> None:
     # A usage error read from the environment proves the variable is an option...
     result = CliRunner().invoke(worker_main, ["serve"], env={"WORKER_SERVE_TLS_CERT": "setup.cfg"})
@@ -90,6 +91,7 @@ def test_worker_serve_options_come_from_the_environment(tmp_path: Path) -> None:
 
 # -- the worker rotates at once; the face model loads when a classify call needs it --------------------
 
+@pytest.mark.slow
 def test_worker_serves_rotation_at_once_and_classify_waits_for_the_model() -> None:
     image = jpeg(320, 240)
     with worker_process() as w, grpc.insecure_channel(w.address) as channel:
@@ -102,6 +104,7 @@ def test_worker_serves_rotation_at_once_and_classify_waits_for_the_model() -> No
         assert reply.label == "no_face" and reply.model
 
 
+@pytest.mark.slow
 def test_rotate_only_run_never_loads_the_face_model(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(jpeg(320, 240))
     manifest = _rotations(tmp_path / "m.csv", ["a.jpg"] * 3)
@@ -113,8 +116,19 @@ def test_rotate_only_run_never_loads_the_face_model(tmp_path: Path) -> None:
     assert " loaded in " not in log
 
 
+@pytest.mark.slow
+def test_the_embedded_worker_ignores_worker_serve_options_in_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(jpeg(64, 48))
+    manifest = _rotations(tmp_path / "m.csv", ["a.jpg"])
+    env = dict(batch_env(), WORKER_SERVE_TLS_CERT=str(tmp_path / "none.pem"), WORKER_SERVE_PORT="1")
+    run = subprocess.run([*BATCH, "run", str(manifest), "--out", str(tmp_path / "out"), "--quiet"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+
+
 # -- driver logging --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_batch_run_verbose_logs_retries_and_busy_refusals(tmp_path: Path) -> None:
     for i in range(12):
         photo(1024, 768, seed=i).save(tmp_path / f"p{i}.jpg", quality=90)

@@ -151,6 +151,7 @@ def png(width: int, height: int) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.slow  # a real worker process
 @pytest.mark.parametrize("call, request_, code, reason", [
     ("Rotate", v1.RotateRequest(image=jpeg(16, 16), degrees=45), "INVALID_ARGUMENT", "INVALID_ROTATION"),
     ("Rotate", v1.RotateRequest(image=jpeg(64, 64)[:300], degrees=90), "INVALID_ARGUMENT", "CORRUPT_IMAGE"),
@@ -167,6 +168,7 @@ def test_each_refusal_carries_its_reason_and_the_driver_never_retries_it(small_w
     assert permanent(error, len(request_.image))
 
 
+@pytest.mark.slow  # a real worker process
 @pytest.mark.parametrize("call, request_, reason", [
     ("RotateImage", ab.ABImageRotateRequest(rotation=7, image=ab.ABImage(data=bytes(4), width=2, height=2)),
      "INVALID_ROTATION"),
@@ -177,14 +179,14 @@ def test_the_legacy_service_sends_reasons_too(small_worker, call, request_, reas
     error = refusal(small_worker.address, call, request_, stub=ab_grpc.ABImageServiceStub)
     assert (error.code(), error_reason(error)) == (grpc.StatusCode.INVALID_ARGUMENT, reason), error.details()
 
-
+@pytest.mark.slow  # a real worker process
 def test_a_message_over_grpcs_own_limit_has_no_reason_and_stays_permanent(small_worker):
     error = refusal(small_worker.address, "Rotate", v1.RotateRequest(image=bytes(20 * 2**20), degrees=90))
     assert error.code() == RE and error_reason(error) is None, error.details()
     assert permanent(error, 20 * 2**20) and not busy(error, 20 * 2**20)
     assert "--max-message-mb" in explain_permanent(error, 20 * 2**20)
 
-
+@pytest.mark.slow  # a real worker process
 def test_a_busy_worker_says_so_with_a_retry_delay_and_the_driver_retries_soon(small_worker):
     slow = v1.RotateRequest(image=png(5000, 5000), degrees=90)  # 25 MP to decode and encode, a few KiB to send
 

@@ -123,13 +123,13 @@ def test_table_without_a_required_column_is_refused_by_name(tmp_path: Path) -> N
     rows = synthetic_rows(tmp_path, out, 5)
     write_results(out, rows, columns=tuple(c for c in COLUMNS if c != "status"))
     result = invoke(out)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "results.csv has no column 'status'" in result.output
 
 
 def test_folder_without_results_is_a_clear_error(tmp_path: Path) -> None:
     result = invoke(tmp_path)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert f"no results table in {tmp_path}" in result.output
     assert CliRunner().invoke(report, [str(tmp_path / "nope")]).exit_code == 2
 
@@ -187,7 +187,7 @@ def test_malformed_lines_are_skipped_and_counted(tmp_path: Path) -> None:
 def test_html_into_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     out = synthetic_run(tmp_path, 5)
     result = invoke(out, "--html", tmp_path / "no" / "such" / "report.html")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert f"cannot write the HTML report to {tmp_path / 'no' / 'such' / 'report.html'}" in result.output
 
 

@@ -23,7 +23,10 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-STARTUP_TIMEOUT = 180.0  # loading the face model in every process takes a while on a slow machine
+STARTUP_TIMEOUT = 180.0  # generous: a loaded 2-core machine starting several processes
+# `worker serve` reads its options from these too (worker/cli.py): a local child is configured by its launcher
+# alone, so that a stray WORKER_SERVE_TLS_CERT in the user's environment cannot change the embedded worker.
+OPTION_ENV_PREFIX = "WORKER_SERVE_"
 
 
 class LocalWorkerError(Exception):
@@ -130,8 +133,9 @@ class LocalServer:
 class LocalWorker(LocalServer):
     """`worker serve` on loopback: ``processes`` processes, ``port`` (0: a free one), then ``args``.
 
-    ``start`` returns once the worker prints LISTENING, which it does only when
-    every process has loaded its model and reports SERVING.
+    ``start`` returns once the worker prints LISTENING, which it does when every
+    process serves (rotation at once; the face model loads at the first
+    classify call).
     """
 
     what = "worker"
@@ -144,4 +148,5 @@ class LocalWorker(LocalServer):
                                  "--processes", str(processes))
         if model is not None:
             command += ["--model", str(model)]
+        env = {k: v for k, v in (os.environ if env is None else env).items() if not k.startswith(OPTION_ENV_PREFIX)}
         super().__init__([*command, *args], log, startup_timeout, env)

@@ -8,6 +8,12 @@ from pathlib import Path
 import click
 
 
+class _Failed(click.ClickException):
+    """No report: the folder cannot be read or the report cannot be written. Exit 2, as for `batch run`."""
+
+    exit_code = 2
+
+
 @click.command()
 @click.argument("results_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -40,14 +46,14 @@ def report(results_dir: Path, html_path: Path | None, as_json: bool, spreadsheet
     try:
         results = load(results_dir)
     except BatchError as err:
-        raise click.ClickException(str(err)) from err
+        raise _Failed(str(err)) from err
     fig = figures.compute(results)
     target = html_path or results_dir / "report.html"
     try:
         with atomic_file(target, "w", encoding="utf-8") as f:
             f.write(html.render(fig, gallery.collect(results)))
     except OSError as err:
-        raise click.ClickException(f"cannot write the HTML report to {target}: {err.strerror or err}") from err
+        raise _Failed(f"cannot write the HTML report to {target}: {err.strerror or err}") from err
     fig["html"] = str(target)
     if spreadsheet_path is not None:
         from batch.report.export import write_spreadsheet_csv
@@ -55,7 +61,7 @@ def report(results_dir: Path, html_path: Path | None, as_json: bool, spreadsheet
         try:
             write_spreadsheet_csv(results_dir, spreadsheet_path)
         except OSError as err:
-            raise click.ClickException(f"cannot write {spreadsheet_path}: {err.strerror or err}") from err
+            raise _Failed(f"cannot write {spreadsheet_path}: {err.strerror or err}") from err
         fig["spreadsheet"] = str(spreadsheet_path)
     if as_json:
         click.echo(json.dumps(fig, indent=2, ensure_ascii=False))
