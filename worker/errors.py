@@ -24,6 +24,8 @@ class Reason(enum.StrEnum):
     INVALID_ROTATION = "INVALID_ROTATION"
     INVALID_PIXELS = "INVALID_PIXELS"
     MODEL_LOADING = "MODEL_LOADING"
+    CALL_EXPIRED = "CALL_EXPIRED"
+    CALL_CANCELLED = "CALL_CANCELLED"
     INTERNAL = "INTERNAL"
 
 
@@ -55,7 +57,7 @@ class TooLarge(WorkerError):
 
 
 class Busy(WorkerError):
-    """The process holds as many image calls as it may (--max-concurrent-rpcs); a retry later may succeed."""
+    """The process holds as many image calls, or answers not yet sent, as it may; a retry later may succeed."""
 
     status = "RESOURCE_EXHAUSTED"
     reason = Reason.WORKER_BUSY
@@ -67,3 +69,17 @@ class NotReady(WorkerError):
 
     status = "UNAVAILABLE"
     reason = Reason.MODEL_LOADING
+
+
+class Expired(WorkerError):
+    """The call's deadline passed before its work was done: the rest is not started (the client gave up)."""
+
+    status = "DEADLINE_EXCEEDED"
+    reason = Reason.CALL_EXPIRED
+
+
+class Cancelled(WorkerError):
+    """The client cancelled the call or went away: its work stops at the next point that can stop."""
+
+    status = "CANCELLED"
+    reason = Reason.CALL_CANCELLED

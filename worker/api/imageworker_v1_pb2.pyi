@@ -20,6 +20,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVALID_PIXELS: _ClassVar[ErrorReason]
     MODEL_LOADING: _ClassVar[ErrorReason]
     INTERNAL: _ClassVar[ErrorReason]
+    CALL_EXPIRED: _ClassVar[ErrorReason]
+    CALL_CANCELLED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 WORKER_BUSY: ErrorReason
 IMAGE_TOO_LARGE: ErrorReason
@@ -31,6 +33,8 @@ INVALID_ROTATION: ErrorReason
 INVALID_PIXELS: ErrorReason
 MODEL_LOADING: ErrorReason
 INTERNAL: ErrorReason
+CALL_EXPIRED: ErrorReason
+CALL_CANCELLED: ErrorReason
 
 class RotateRequest(_message.Message):
     __slots__ = ("image", "degrees")
