@@ -1,4 +1,4 @@
-"""How many image calls a worker process holds, and how many work at once.
+"""How many image calls a worker process holds, how many work at once, and how many answer bytes wait.
 
 gRPC's own cap (``maximum_concurrent_rpcs``) counts every call, health checks
 and reflection included, and calls past its thread pool wait in a queue no
@@ -9,44 +9,146 @@ at most ``workers`` of the admitted calls decode and encode at a time, the
 others waiting their turn with only their request bytes. The work runs on the caller's thread: handing
 it to a pool of ``workers`` threads cost 0.3 ms per call (64x64 images:
 3,127 -> 2,633 calls/s, docs/benchmarks.md).
+
+gRPC forgets a call once its handler returns, but the answer stays in the
+process until the client's HTTP/2 window lets it out: a client that never
+reads would grow the process without bound. So answers are counted from the
+handler's return until the call ends (``Call.add_callback``), per process and
+per connection (``Call.peer``), and new calls are refused as busy while
+either count is at its bound.
+
+A call whose deadline has passed, or whose client has gone, is never started
+and stops waiting for its turn (``Expired``, ``Cancelled``); ``check`` is the
+same test for the work itself to run at the points where it can stop.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from worker.errors import Busy
+from worker.errors import Busy, Cancelled, Expired
 
 T = TypeVar("T")
 
+# How often a call waiting for its turn looks at its deadline and its client.
+TURN_POLL = 0.1
+
+
+class Call(Protocol):
+    """What the gate needs of a call; grpc.ServicerContext has it all (this module imports no grpc)."""
+
+    def time_remaining(self) -> float | None: ...
+
+    def is_active(self) -> bool: ...
+
+    def peer(self) -> str: ...
+
+    def add_callback(self, callback: Callable[[], None]) -> bool: ...
+
+
+def check(call: Call) -> None:
+    """Raise Expired once ``call``'s deadline has passed, Cancelled once its client has gone."""
+    remaining = call.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise Expired("the call's deadline passed before its work was done; the worker stopped it")
+    if not call.is_active():
+        raise Cancelled("the client cancelled the call or went away; the worker stopped its work")
+
 
 class Admission:
-    def __init__(self, limit: int, workers: int) -> None:
+    def __init__(self, limit: int, workers: int, unsent_limit: int | None = None,
+                 unsent_per_connection: int | None = None) -> None:
         if limit < 1 or workers < 1:
             raise ValueError("the in-flight limit and the number of workers must be at least 1")
         self.limit = limit
+        self.unsent_limit = unsent_limit
+        self.unsent_per_connection = unsent_per_connection
         self._lock = threading.Lock()
         self._admitted = 0
         self._working = threading.BoundedSemaphore(workers)
+        self._unsent = 0
+        self._unsent_by_peer: dict[str, int] = {}
 
     @property
     def admitted(self) -> int:
         return self._admitted
 
-    def run(self, work: Callable[..., T], *args) -> T:
-        """``work(*args)`` once admitted and given one of the ``workers`` turns; Busy when ``limit`` calls are held."""
+    @property
+    def unsent(self) -> int:
+        """Bytes of answers produced and not yet sent, in this process."""
+        return self._unsent
+
+    def run(self, work: Callable[..., T], *args, call: Call | None = None) -> T:
+        """``work(*args)`` once admitted and given one of the ``workers`` turns.
+
+        Busy when ``limit`` calls are held or ``call``'s answers waiting (in this
+        process or on its connection) are at their bounds; Expired or Cancelled
+        when ``call`` is over before its work starts.
+        """
+        if call is not None:
+            check(call)  # never start work nobody waits for
         with self._lock:
-            if self._admitted >= self.limit:
-                raise Busy(
-                    f"worker busy: {self.limit} image calls in flight already (worker serve "
-                    "--max-concurrent-rpcs); retry after a backoff"
-                )
+            self._refuse_if_full(call)
             self._admitted += 1
         try:
-            with self._working:
+            self._take_turn(call)
+            try:
+                if call is not None:
+                    check(call)
                 return work(*args)
+            finally:
+                self._working.release()
         finally:
             with self._lock:
                 self._admitted -= 1
+
+    def hold_answer(self, call: Call, size: int) -> None:
+        """Count ``size`` bytes of ``call``'s answer as waiting until the call ends (sent or cancelled)."""
+        peer = call.peer()
+        with self._lock:
+            self._unsent += size
+            self._unsent_by_peer[peer] = self._unsent_by_peer.get(peer, 0) + size
+
+        def sent() -> None:  # runs on gRPC's thread when the call ends: the table lock only
+            with self._lock:
+                self._unsent -= size
+                left = self._unsent_by_peer[peer] - size
+                if left:
+                    self._unsent_by_peer[peer] = left
+                else:
+                    del self._unsent_by_peer[peer]
+
+        if not call.add_callback(sent):
+            sent()  # the call has ended already
+
+    def _refuse_if_full(self, call: Call | None) -> None:
+        if self._admitted >= self.limit:
+            raise Busy(
+                f"worker busy: {self.limit} image calls in flight already (worker serve "
+                "--max-concurrent-rpcs); retry after a backoff"
+            )
+        if self.unsent_limit is not None and self._unsent >= self.unsent_limit:
+            raise Busy(
+                f"worker busy: {self._unsent / 2**20:.1f} MiB of answers not yet read by their clients "
+                f"(bound {self.unsent_limit / 2**20:.0f} MiB per process); retry after a backoff"
+            )
+        if call is not None and self.unsent_per_connection is not None:
+            waiting = self._unsent_by_peer.get(call.peer(), 0)
+            if waiting >= self.unsent_per_connection:
+                raise Busy(
+                    f"worker busy: {waiting / 2**20:.1f} MiB of answers on this connection not yet read "
+                    f"(bound {self.unsent_per_connection / 2**20:.0f} MiB per connection); read them first"
+                )
+
+    def _take_turn(self, call: Call | None) -> None:
+        if call is None:
+            self._working.acquire()
+            return
+        while True:
+            remaining = call.time_remaining()
+            wait = TURN_POLL if remaining is None else max(0.0, min(TURN_POLL, remaining))
+            if self._working.acquire(timeout=wait):
+                return
+            check(call)

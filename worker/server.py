@@ -91,6 +91,22 @@ class ServerConfig:
         return self.max_message_bytes + max(self.max_message_bytes, 16 * 2**20)
 
     @property
+    def unsent_per_connection(self) -> int:
+        """Bytes of answers one connection may leave unread before its new calls are refused as busy.
+
+        One largest answer (at least 16 MiB, so ordinary answers in transit never trip it): a client reads
+        its answers, or gets no more of them.
+        """
+        return max(self.max_message_bytes, 16 * 2**20)
+
+    @property
+    def unsent_limit(self) -> int:
+        """Bytes of answers not yet sent per process before every new call is refused as busy: four
+        connections' worth, so one that stops reading cannot starve the rest, and several cannot grow the
+        process without bound (docs/operations.md, "Sizing memory")."""
+        return 4 * self.unsent_per_connection
+
+    @property
     def tls(self) -> bool:
         return self.tls_cert is not None
 
@@ -299,7 +315,8 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
         identity=f"{socket.gethostname()}:{port}/{os.getpid()}",
         max_message_bytes=config.max_message_bytes,
         max_pixels=config.max_pixels,
-        admission=Admission(config.in_flight_limit, config.threads),
+        admission=Admission(config.in_flight_limit, config.threads, config.unsent_limit,
+                            config.unsent_per_connection),
     )
     health_servicer = HealthServicer()
     imageworker_v1_pb2_grpc.add_ImageWorkerServicer_to_server(ImageWorkerServicer(state), server)

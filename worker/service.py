@@ -64,13 +64,20 @@ class WorkerState:
 
 
 def rpc(method: Callable) -> Callable:
-    """Admit the call (or refuse it: busy), map WorkerErrors to status codes, log one line per failed request."""
+    """Check the image's size, admit the call (or refuse it: busy, expired, cancelled), count its answer until
+    sent, map WorkerErrors to status codes, log one line per failed request.
+
+    The servicer's ``image_of(request)`` names the bytes --max-message-mb bounds.
+    """
 
     @functools.wraps(method)
     def wrapper(self, request, context: grpc.ServicerContext):
         name = f"{type(self).__name__}.{method.__name__}"
         try:
-            response = self.state.admission.run(method, self, request, context)
+            self.state.check_size(self.image_of(request))  # one limit for every service, before any slot is held
+            response = self.state.admission.run(method, self, request, context, call=context)
+            # Until gRPC has sent it (the client's window may stay shut), the answer is this process's memory.
+            self.state.admission.hold_answer(context, response.ByteSize())
         except WorkerError as e:
             # Refusals under overload are routine (clients retry them): not worth a line each.
             log.log(logging.DEBUG if isinstance(e, Busy) else logging.WARNING,
@@ -103,9 +110,12 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
     def __init__(self, state: WorkerState) -> None:
         self.state = state
 
+    @staticmethod
+    def image_of(request) -> bytes:
+        return request.image
+
     @rpc
     def Rotate(self, request, context):
-        self.state.check_size(request.image)
         out = rotate.rotate(request.image, request.degrees, max_pixels=self.state.max_pixels)
         return imageworker_v1_pb2.RotateResponse(
             image=out.data,
@@ -118,7 +128,6 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
 
     @rpc
     def Classify(self, request, context):
-        self.state.check_size(request.image)
         model = self.state.ready_classifier(context)
         result = model.classify(request.image, self.state.max_pixels)
         return imageworker_v1_pb2.ClassifyResponse(
@@ -153,6 +162,10 @@ class ABImageServicer(abimage_pb2_grpc.ABImageServiceServicer):
 
     def __init__(self, state: WorkerState) -> None:
         self.state = state
+
+    @staticmethod
+    def image_of(request) -> bytes:
+        return request.image.data
 
     @rpc
     def RotateImage(self, request, context):
