@@ -76,14 +76,19 @@ def _configure_logging(verbose: int, log_level: str | None) -> None:
               show_default="8 per worker address; 4 per process for the embedded worker",
               help="HTTP/2 connections per worker address: keep it above a worker's process count so that each "
                    "of its processes gets calls.")
+@click.option("--name", "name_template", metavar="TEMPLATE", default=None,
+              help="Names of the default outputs (rows without an output), under --out/rotated: fields {folder} "
+                   "(the input's folder relative to the manifest's), {stem}, {ext} (with its dot), {rotation} "
+                   "(0, 90, 180 or 270) and {id}, e.g. '{folder}/{stem}_{rotation}{ext}'. Default: the input's "
+                   "own path, with .r<rotation> before the extension when rows rotate one input several ways.")
 @click.option("-v", "--verbose", count=True,
               help="Log retries, reconnects, busy refusals and slow rows as they happen (-vv: debug).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
               show_default="WARNING, INFO with -v", help="The driver's log level (overrides -v).")
 def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency: int | None, timeout: float,
         retries: int, restart: bool, quiet: bool, tls_ca: Path | None, tls_cert: Path | None,
-        tls_key: Path | None, results_format: str, connections: int | None, verbose: int,
-        log_level: str | None) -> None:
+        tls_key: Path | None, results_format: str, connections: int | None, name_template: str | None,
+        verbose: int, log_level: str | None) -> None:
     """Run every row of MANIFEST (CSV: path, op, rotation, output, id) through the workers.
 
     Resumable: the same command again skips rows already ok and retries the rest.
@@ -112,7 +117,8 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
         manifest=manifest, out=out, workers=tuple(worker_addresses(workers)), concurrency=concurrency,
         timeout=timeout, retries=retries, restart=restart,
         tls=Tls(tls_ca, tls_cert, tls_key) if tls_ca else None, results_format=results_format,
-        connections=connections, progress=choose_mode(quiet), command=("batch", *sys.argv[1:]),
+        connections=connections, name_template=name_template, progress=choose_mode(quiet),
+        command=("batch", *sys.argv[1:]),
     )
     try:
         summary = run_batch(options)

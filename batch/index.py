@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from batch.manifest import ManifestError, Row
+from batch.manifest import ManifestError, Row, rotation_name
 from batch.results import COLUMNS, ERROR, Outcome, already_done
 
 _ROW_FIELDS = ("line", "id", "path", "op", "rotation", "output", "input_path", "degrees", "output_path", "error")
@@ -81,9 +82,33 @@ class RunIndex:
         self.db.execute("CREATE INDEX rows_output ON rows (output_real)")
         return count
 
-    def scan(self) -> Iterator[tuple[Row, Outcome | None]]:
+    def name_rotations(self) -> int:
+        """Default outputs of an input that rows rotate in different ways carry their rotation
+        (``manifest.rotation_name``), decided from the whole manifest so that no name depends on row order.
+        Returns how many rows were renamed."""
+        many = ("SELECT input_real FROM rows WHERE op = 'rotate' AND output = '' AND error IS NULL "
+                "GROUP BY input_real HAVING count(DISTINCT ((degrees % 360) + 360) % 360) > 1")
+        renamed, after = 0, 0
+        while chunk := self.db.execute(
+            f"SELECT line, output_path, degrees FROM rows WHERE line > ? AND op = 'rotate' AND output = '' "
+            f"AND error IS NULL AND input_real IN ({many}) ORDER BY line LIMIT ?", (after, CHUNK),
+        ).fetchall():
+            self.db.execute("BEGIN")
+            try:
+                for line, output_path, degrees in chunk:
+                    named = rotation_name(Path(output_path), degrees)
+                    self.db.execute("UPDATE rows SET output_path = ?, output_real = ? WHERE line = ?",
+                                    (str(named), _real(named), line))
+            finally:
+                self.db.execute("COMMIT")
+            renamed += len(chunk)
+            after = chunk[-1][0]
+        return renamed
+
+    def scan(self) -> Iterator[Scanned]:
         """Each row in manifest order with its outcome when it is settled without a call (the row is invalid,
-        its output would overwrite an input or another row's output, or an earlier run did it), else None.
+        its output would overwrite an input or another row's output, or an earlier run did it), else None;
+        and, for exact duplicates (same input, rotation and output), which row leads them.
 
         One query per chunk of rows (three look-ups per row cost more than the row's own SQL work), so a
         cursor never spans the writes of a run.
@@ -94,21 +119,24 @@ class RunIndex:
         after = 0
         while True:
             chunk = self.db.execute(
-                f"SELECT {fields}, {_CONFLICT_FACTS}, p.id IS NOT NULL, {prev_cols} FROM rows r "
+                f"SELECT {fields}, {_OUTPUT_FACTS}, p.id IS NOT NULL, {prev_cols} FROM rows r {_OUTPUT_JOINS} "
                 "LEFT JOIN prev p ON p.id = r.id WHERE r.line > ? ORDER BY r.line LIMIT ?", (after, CHUNK),
             ).fetchall()
             if not chunk:
                 return
             for values in chunk:
                 row = _row(values[:n])
-                problem = row.error or (_conflict(row, *values[n:n + 6]) if row.output_path is not None else None)
-                previous = dict(zip(COLUMNS, values[n + 7:], strict=True)) if values[n + 6] else None
+                facts = _OutputFacts(*values[n:n + 9])
+                previous = dict(zip(COLUMNS, values[n + 10:], strict=True)) if values[n + 9] else None
+                leader = facts.leader(row)
+                followed = facts.first_writer_line == row.line and facts.writers > 1
+                problem = row.error or (facts.conflict(row) if row.output_path is not None and not leader else None)
                 if problem:
-                    yield row, Outcome(ERROR, error=problem)
+                    yield Scanned(row, Outcome(ERROR, error=problem), followed=followed)
                 elif already_done(row, previous):
-                    yield row, Outcome.done_before(previous)
+                    yield Scanned(row, Outcome.done_before(previous), followed=followed)
                 else:
-                    yield row, None
+                    yield Scanned(row, None, leader, followed)
             after = chunk[-1][0]
 
     # --- results ----------------------------------------------------------------------------------
@@ -165,27 +193,55 @@ def _row(values) -> Row:
     return Row(**row)
 
 
-# What the output-conflict check needs about row ``r``, in one statement: the resolved paths were stored with the row
-# (no second realpath), the first row reading the output, the first row writing it.
-_CONFLICT_FACTS = (
-    "r.input_real, r.output_real, "
-    "(SELECT id FROM rows WHERE input_real = r.output_real ORDER BY line LIMIT 1), "
-    "(SELECT line FROM rows WHERE input_real = r.output_real ORDER BY line LIMIT 1), "
-    "(SELECT id FROM rows WHERE output_real = r.output_real ORDER BY line LIMIT 1), "
-    "(SELECT line FROM rows WHERE output_real = r.output_real ORDER BY line LIMIT 1)"
+# What the output checks need about row ``r``, in one statement: the resolved paths were stored with the row (no
+# second realpath); ``c``, the first row reading r's output as its input; ``w``, the first row writing r's output.
+_OUTPUT_JOINS = (
+    "LEFT JOIN rows c ON c.line = (SELECT line FROM rows WHERE input_real = r.output_real ORDER BY line LIMIT 1) "
+    "LEFT JOIN rows w ON w.line = (SELECT line FROM rows WHERE output_real = r.output_real ORDER BY line LIMIT 1)"
 )
+_OUTPUT_FACTS = ("r.input_real, r.output_real, c.id, c.line, w.id, w.line, w.input_real, w.degrees, "
+                 "(SELECT count(*) FROM rows WHERE output_real = r.output_real)")
 
 
-def _conflict(row: Row, real_input: str | None, real: str | None, clash_id: str | None, clash_line: int | None,
-              first_id: str | None, first_line: int | None) -> str | None:
-    if real == real_input:
-        return f"output {row.output_path} is the input itself: refusing to overwrite an input"
-    if clash_id is not None:
-        return (f"output {row.output_path} is the input of row {clash_id!r} (line {clash_line}): "
-                "refusing to overwrite an input")
-    if first_id is not None and first_line != row.line:
-        return f"output {row.output_path} is also the output of row {first_id!r} (line {first_line})"
-    return None
+@dataclass(frozen=True)
+class _OutputFacts:
+    real_input: str | None
+    real: str | None
+    reader_id: str | None
+    reader_line: int | None
+    first_writer_id: str | None
+    first_writer_line: int | None
+    first_writer_input: str | None
+    first_writer_degrees: int | None
+    writers: int
+
+    def leader(self, row: Row) -> str | None:
+        """The earlier row this one duplicates exactly (same input, same rotation, so the same output)."""
+        if self.first_writer_line is None or self.first_writer_line == row.line or row.degrees is None:
+            return None
+        same = self.first_writer_input == self.real_input and self.first_writer_degrees % 360 == row.degrees % 360
+        return self.first_writer_id if same else None
+
+    def conflict(self, row: Row) -> str | None:
+        if self.real == self.real_input:
+            return f"output {row.output_path} is the input itself: refusing to overwrite an input"
+        if self.reader_id is not None:
+            return (f"output {row.output_path} is the input of row {self.reader_id!r} (line {self.reader_line}): "
+                    "refusing to overwrite an input")
+        if self.first_writer_id is not None and self.first_writer_line != row.line:
+            return (f"output {row.output_path} is also the output of row {self.first_writer_id!r} "
+                    f"(line {self.first_writer_line})")
+        return None
+
+
+@dataclass(frozen=True)
+class Scanned:
+    """One row as the scan sees it: its settled outcome (or None: it needs a call, or its leader's)."""
+
+    row: Row
+    outcome: Outcome | None
+    leader: str | None = None  # id of the earlier row whose outcome this exact duplicate shares
+    followed: bool = False  # later rows duplicate this one exactly
 
 
 def _str(path: Path | None) -> str | None:

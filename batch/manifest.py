@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import csv
 import os
+import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,16 +56,45 @@ class Row:
     error: str | None = None
 
 
-def read_rows(manifest: Path, out_dir: Path) -> Iterator[Row]:
-    """Stream the rows of ``manifest``; relative paths resolve against its folder, outputs against ``out_dir``.
+@dataclass(frozen=True)
+class Places:
+    """Where a run's files are: inputs relative to the manifest's folder (``base``), outputs under ``out_dir``,
+    default outputs named by ``template`` (``--name``) or after their input."""
+
+    manifest: Path
+    base: Path
+    out_dir: Path
+    template: str | None = None
+
+
+NAME_FIELDS = ("folder", "stem", "ext", "rotation", "id")
+
+
+def check_template(template: str) -> str | None:
+    """Why a --name template cannot work (an unknown field, bad braces), or None."""
+    try:
+        fields = [f for _text, f, _spec, _conv in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        return f"--name {template!r} is not a valid template: {e}"
+    unknown = [f for f in fields if f not in NAME_FIELDS]
+    if unknown:
+        return (f"--name {template!r} has unknown field {{{unknown[0]}}}; "
+                f"the fields are {', '.join('{' + f + '}' for f in NAME_FIELDS)}")
+    if not fields:
+        return f"--name {template!r} names every output the same: use fields such as {{stem}} and {{rotation}}"
+    return None
+
+
+def read_rows(manifest: Path, out_dir: Path, template: str | None = None) -> Iterator[Row]:
+    """Stream the rows of ``manifest``; relative paths resolve against its folder, outputs against ``out_dir``,
+    default outputs named by ``template`` (see ``check_template``; checked by the caller).
 
     Raises ManifestError for file-level problems (the header is checked before
     the first row is yielded; a later undecodable or malformed line raises
     when reached).
     """
     manifest = Path(manifest)
-    base = Path(os.path.abspath(manifest.parent))
-    out_dir = Path(os.path.abspath(out_dir))
+    places = Places(manifest, Path(os.path.abspath(manifest.parent)), Path(os.path.abspath(out_dir)), template)
     try:
         f = open(manifest, "rb")  # noqa: SIM115 - closed in finally; bytes so decoding errors name a line
     except OSError as e:
@@ -78,7 +108,7 @@ def read_rows(manifest: Path, out_dir: Path) -> Iterator[Row]:
             start, previous_end = previous_end + 1, reader.line_num
             if not any(field.strip() for field in record):
                 continue  # blank line (or only commas)
-            yield _row(record, index, len(header), start, base, out_dir, manifest)
+            yield _row(record, index, len(header), start, places)
     finally:
         f.close()
 
@@ -133,8 +163,7 @@ def _header(reader, manifest: Path) -> tuple[list[str], int]:
     raise ManifestError(manifest, None, "the manifest is empty: expected a header line such as 'path,op,rotation'")
 
 
-def _row(record: list[str], index: dict[str, int], width: int, line: int, base: Path, out_dir: Path,
-         manifest: Path) -> Row:
+def _row(record: list[str], index: dict[str, int], width: int, line: int, places: Places) -> Row:
     def get(name: str) -> str:
         i = index.get(name)
         return record[i].strip() if i is not None and i < len(record) else ""
@@ -149,7 +178,7 @@ def _row(record: list[str], index: dict[str, int], width: int, line: int, base: 
     for name in ("path", "output"):
         if "\x00" in values[name]:  # no file system takes one; os functions would raise ValueError
             return _failed(row, f"{name} contains a NUL byte")
-    input_path = Path(os.path.normpath(base / row.path))
+    input_path = Path(os.path.normpath(places.base / row.path))
     row = replace(row, input_path=input_path)
     if not row.op:
         return _failed(row, f"op is empty (expected {' or '.join(OPS)})")
@@ -160,7 +189,7 @@ def _row(record: list[str], index: dict[str, int], width: int, line: int, base: 
     degrees, problem = parse_rotation(row.rotation)
     if problem:
         return _failed(row, problem)
-    output_path, problem = output_location(row.output, input_path, base, out_dir, manifest)
+    output_path, problem = output_location(row.output, input_path, degrees, row.id, places)
     if problem:
         return _failed(row, problem)
     return replace(row, degrees=degrees, output_path=output_path)
@@ -186,19 +215,30 @@ def _quoted(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
-def output_location(output: str, input_path: Path, base: Path, out_dir: Path,
-                    manifest: Path) -> tuple[Path | None, str | None]:
-    """Where a rotate row writes: its ``output`` (relative to ``out_dir``) or the default under ``out_dir/rotated``."""
+def output_location(output: str, input_path: Path, degrees: int, id_: str,
+                    places: Places) -> tuple[Path | None, str | None]:
+    """Where a rotate row writes: its ``output`` (relative to ``out_dir``), else under ``out_dir/rotated`` by
+    the template, else mirroring the input's path (an input in several rows at different rotations gets
+    ``RunIndex.name_rotations``'s names)."""
+    out_dir, manifest = places.out_dir, places.manifest
     if output:
         target = Path(os.path.normpath(out_dir / output))  # an absolute output replaces out_dir
         if not _inside(target, out_dir) or target == out_dir:
             return None, f"output {output!r} escapes --out {out_dir} (outputs must stay inside it)"
     else:
-        relative = os.path.relpath(input_path, base)
+        relative = os.path.relpath(input_path, places.base)
         if relative.split(os.sep)[0] == os.pardir:
             # Outside the manifest's folder: mirror the absolute path under rotated/, never outside it.
             relative = str(input_path).lstrip(os.sep)
-        target = Path(os.path.normpath(out_dir / "rotated" / relative))
+        if places.template is not None:
+            folder, name = os.path.split(relative)
+            stem, ext = os.path.splitext(name)
+            relative = places.template.format(folder=folder, stem=stem, ext=ext, rotation=degrees % 360,
+                                              id=id_).lstrip(os.sep)  # "{folder}/…" with no folder
+        rotated = out_dir / "rotated"
+        target = Path(os.path.normpath(rotated / relative))
+        if not _inside(target, rotated) or target == rotated:
+            return None, f"--name gives {relative!r}, which escapes {rotated} (default outputs stay inside it)"
     # Names first, folders resolved only on a match (realpath costs ~10 us a row): an output is renamed over
     # its path, so only its folder's links matter, and a folder linked back to --out is --out.
     shown = _quoted(output or str(target))
@@ -209,6 +249,11 @@ def output_location(output: str, input_path: Path, base: Path, out_dir: Path,
     if output and not target.suffix:
         return None, f"output {shown!r} has no extension: name the image format with one (e.g. .jpg, .png)"
     return target, None
+
+
+def rotation_name(path: Path, degrees: int) -> Path:
+    """The default output of an input rotated several ways in one manifest: ``photo.r90.jpg``."""
+    return path.with_name(f"{path.stem}.r{degrees % 360}{path.suffix}")
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -30,7 +30,7 @@ from batch.errors import BatchError
 from batch.extras import require_pyarrow
 
 COLUMNS = (
-    "id", "path", "op", "rotation", "status", "output", "width", "height", "label", "confidence",
+    "id", "path", "op", "rotation", "status", "output", "format", "width", "height", "label", "confidence",
     "faces", "error", "attempts", "latency_ms", "worker", "finished_at",
 )
 # Without these a file is not a results table; a missing other column (an older batch run) reads as empty.
@@ -66,6 +66,7 @@ class Outcome:
     status: str
     error: str = ""
     output: str = ""
+    format: str = ""  # of the file written (rotate): Pillow's name, e.g. "JPEG"
     width: int | None = None
     height: int | None = None
     label: str = ""
@@ -81,6 +82,16 @@ class Outcome:
     @classmethod
     def done_before(cls, earlier: dict[str, str]) -> Outcome:
         return cls(OK, output=earlier["output"], earlier=earlier)
+
+    @classmethod
+    def shared(cls, leader: Outcome) -> Outcome:
+        """The outcome of a row that exactly duplicates ``leader`` (same input, rotation and output): the same
+        result, written once, without a call of its own."""
+        if leader.earlier is not None:  # the leader was done by an earlier run
+            e = leader.earlier
+            return cls(OK, output=e["output"], width=_int(e["width"]), height=_int(e["height"]), format=e["format"])
+        return cls(leader.status, error=leader.error, output=leader.output, width=leader.width,
+                   height=leader.height, format=leader.format)
 
     @property
     def skipped(self) -> bool:
@@ -99,6 +110,7 @@ def result_row(row, outcome: Outcome) -> dict[str, str]:
         "rotation": row.rotation if row.op == "rotate" else "",
         "status": outcome.status,
         "output": outcome.output,
+        "format": outcome.format,
         "width": _text(outcome.width),
         "height": _text(outcome.height),
         "label": outcome.label,
@@ -115,6 +127,10 @@ def result_row(row, outcome: Outcome) -> dict[str, str]:
 
 def _text(value) -> str:
     return "" if value is None else str(value)
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text else None
 
 
 def already_done(row, previous: dict[str, str] | None) -> bool:

@@ -107,7 +107,7 @@ def read_input(path: Path, limit: int | None = None) -> bytes | None:
         if e.errno == errno.ENXIO:
             raise RowFailed(f"not a regular file (a socket): {path}") from None
         raise RowFailed(f"cannot read {path}: {e.strerror}") from None
-    with open(fd, "rb") as f:
+    try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise RowFailed(f"is a directory, not an image file: {path}")
@@ -116,6 +116,10 @@ def read_input(path: Path, limit: int | None = None) -> bytes | None:
         if info.st_size > MAX_INPUT:
             raise RowFailed(f"file is {info.st_size:,} bytes ({info.st_size / 2**30:.1f} GiB): over the "
                             f"{MAX_INPUT / 2**30:.0f} GiB one call can carry")
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, "rb") as f:
         if limit is not None and info.st_size > limit:
             return None
         try:
@@ -282,7 +286,9 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
         return Outcome(OK, label=reply.label, confidence=reply.confidence, faces=faces_json(reply.faces),
                        model=f"{reply.model} {reply.model_version}", **common)
     suffix = row.output_path.suffix.lower()
-    if suffix and suffix not in EXTENSIONS.get(reply.format, {suffix}):
+    # A default output mirrors its input's name, misnamed or not (PNG bytes in x.jpg stay PNG in x.jpg, and
+    # the format column says so); an output the manifest names must fit what is written.
+    if row.output and suffix not in EXTENSIONS.get(reply.format, {suffix}):
         return Outcome(ERROR, error=f"output {row.output_path} has extension {row.output_path.suffix} but the "
                        f"rotated image is {reply.format} (rotate keeps the input's format)", **common)
     try:
@@ -292,7 +298,7 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
             await asyncio.to_thread(write_output, row.output_path, reply.image, settings.out_root)
     except RowFailed as e:
         return Outcome(ERROR, error=str(e), **common)
-    return Outcome(OK, output=str(row.output_path), **common)
+    return Outcome(OK, output=str(row.output_path), format=reply.format, **common)
 
 
 async def fan_out(rows: Iterable[Row], pool: Pool, settings: Settings,

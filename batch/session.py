@@ -31,8 +31,8 @@ from batch import demo
 from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, address_count, grpc_targets
 from batch.durable import Entry, GroupCommit
 from batch.errors import BatchError, UsageError
-from batch.index import RunIndex
-from batch.manifest import ManifestError, Row, read_rows
+from batch.index import RunIndex, Scanned
+from batch.manifest import ManifestError, Row, check_template, read_rows
 from batch.progress import Progress, Tally
 from batch.results import (
     INDEX_NAME,
@@ -74,6 +74,7 @@ class RunOptions:
     restart: bool = False
     tls: Tls | None = None
     results_format: str = "csv"
+    name_template: str | None = None  # --name: default output names
     connections: int | None = None
     progress: str = "lines"  # "bar", "lines" or "quiet"
     command: tuple[str, ...] = ()
@@ -131,6 +132,11 @@ class Run:
         self._unanswered = 0
         self._group = GroupCommit(self.commit)
         self._committer: asyncio.Task | None = None
+        # Exact duplicates share their leader's outcome: followers waiting for it, and the outcomes of leaders
+        # that later rows follow (bounded by the manifest's duplicate groups, not its length).
+        self._followed: set[str] = set()
+        self._waiting: dict[str, list[Row]] = {}
+        self._led: dict[str, Outcome] = {}
 
     def start(self, on_failure) -> None:
         """Commit groups in the background; ``on_failure`` is called if that stops (a failed sync)."""
@@ -148,6 +154,11 @@ class Run:
             self.stopped = f"no worker answered for {self._unanswered} rows in a row ({outcome.error})"
         written = outcome.output if outcome.output and not outcome.skipped else None
         self._group.add((row, outcome, result_row(row, outcome)), written)
+        if row.id in self._followed:
+            self._followed.discard(row.id)
+            self._led[row.id] = outcome
+            for follower in self._waiting.pop(row.id, ()):
+                self.settle(follower, Outcome.shared(outcome))
 
     def commit(self, entries: list[Entry]) -> None:
         """A group whose outputs are durable: journal it (one flush), then count and show it."""
@@ -158,15 +169,22 @@ class Run:
             self.tally.add(outcome)
         self.progress.update()
 
-    def calls(self, scan: Iterator[tuple[Row, Outcome | None]]) -> Iterator[Row]:
-        """The rows of ``scan`` that need a call; the others are settled on the way. Ends early once stopped."""
-        for row, outcome in scan:
+    def calls(self, scan: Iterator[Scanned]) -> Iterator[Row]:
+        """The rows of ``scan`` that need a call; the others are settled on the way (an exact duplicate once its
+        leader is). Ends early once stopped."""
+        for s in scan:
             if self.stopped:
                 return
-            if outcome is None:
-                yield row
+            if s.followed:
+                self._followed.add(s.row.id)
+            if s.outcome is not None:
+                self.settle(s.row, s.outcome)
+            elif s.leader is None:
+                yield s.row
+            elif s.leader in self._led:
+                self.settle(s.row, Outcome.shared(self._led[s.leader]))
             else:
-                self.settle(row, outcome)
+                self._waiting.setdefault(s.leader, []).append(s.row)
 
     async def stop(self) -> None:
         """Stop the background commits (raises the error of a sync that failed)."""
@@ -191,6 +209,8 @@ def run_batch(options: RunOptions) -> Summary:
     clock = time.monotonic()
     if options.concurrency is not None and options.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if options.name_template is not None and (problem := check_template(options.name_template)):
+        raise UsageError(problem)
     targets = grpc_targets(list(options.workers))  # checks the addresses before anything is written
     if demo.is_demo(options.manifest):
         demo.ensure_demo_images(Path(options.manifest).resolve().parent)
@@ -200,7 +220,10 @@ def run_batch(options: RunOptions) -> Summary:
     except OSError as e:
         raise UsageError(f"cannot create --out {out}: {e.strerror}") from None
     with _stop_signals_raise(), _locked(out), contextlib.closing(_index(out)) as index:
-        total = index.add_rows(read_rows(Path(options.manifest), out), Path(options.manifest))
+        total = index.add_rows(read_rows(Path(options.manifest), out, options.name_template),
+                               Path(options.manifest))
+        if options.name_template is None:
+            index.name_rotations()
         reader = TableReader(out)
         if options.restart:
             for path in reader.files:

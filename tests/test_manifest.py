@@ -142,7 +142,7 @@ def test_outputs_clashing_with_inputs_or_each_other(tmp_path):
     index = RunIndex(tmp_path / "index.sqlite")
     try:
         index.add_rows(read_rows(m, out), m)
-        problems = {r.id: outcome and outcome.error for r, outcome in index.scan()}
+        problems = {s.row.id: s.outcome and s.outcome.error for s in index.scan()}
     finally:
         index.close()
     assert problems["1"] == f"output {tmp_path / 'link.jpg'} is the input itself: refusing to overwrite an input"

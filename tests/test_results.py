@@ -185,7 +185,7 @@ def test_one_scan_settles_invalid_conflicting_and_done_rows(tmp_path: Path) -> N
     try:
         index.add_rows(read_rows(manifest, tmp_path), manifest)
         index.add_previous([tuple(ok_row("done", path="c.jpg").values())])
-        settled = {row.id: outcome for row, outcome in index.scan()}
+        settled = {s.row.id: s.outcome for s in index.scan()}
     finally:
         index.close()
     assert settled["bad"].status == ERROR and "multiple of 90" in settled["bad"].error
