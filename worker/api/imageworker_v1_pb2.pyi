@@ -22,6 +22,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERNAL: _ClassVar[ErrorReason]
     CALL_EXPIRED: _ClassVar[ErrorReason]
     CALL_CANCELLED: _ClassVar[ErrorReason]
+    WORK_LIMIT: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 WORKER_BUSY: ErrorReason
 IMAGE_TOO_LARGE: ErrorReason
@@ -35,6 +36,7 @@ MODEL_LOADING: ErrorReason
 INTERNAL: ErrorReason
 CALL_EXPIRED: ErrorReason
 CALL_CANCELLED: ErrorReason
+WORK_LIMIT: ErrorReason
 
 class RotateRequest(_message.Message):
     __slots__ = ("image", "degrees")
