@@ -39,28 +39,40 @@ CALL_CANCELLED: ErrorReason
 WORK_LIMIT: ErrorReason
 
 class RotateRequest(_message.Message):
-    __slots__ = ("image", "degrees")
+    __slots__ = ("image", "degrees", "format", "quality", "auto")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     DEGREES_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
+    AUTO_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     degrees: int
-    def __init__(self, image: _Optional[bytes] = ..., degrees: _Optional[int] = ...) -> None: ...
+    format: str
+    quality: int
+    auto: bool
+    def __init__(self, image: _Optional[bytes] = ..., degrees: _Optional[int] = ..., format: _Optional[str] = ..., quality: _Optional[int] = ..., auto: _Optional[bool] = ...) -> None: ...
 
 class RotateResponse(_message.Message):
-    __slots__ = ("image", "format", "width", "height", "method", "worker")
+    __slots__ = ("image", "format", "width", "height", "method", "worker", "decided_by", "degrees", "note")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    DEGREES_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     format: str
     width: int
     height: int
     method: str
     worker: str
-    def __init__(self, image: _Optional[bytes] = ..., format: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., method: _Optional[str] = ..., worker: _Optional[str] = ...) -> None: ...
+    decided_by: str
+    degrees: int
+    note: str
+    def __init__(self, image: _Optional[bytes] = ..., format: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., method: _Optional[str] = ..., worker: _Optional[str] = ..., decided_by: _Optional[str] = ..., degrees: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
     __slots__ = ("image",)
@@ -91,7 +103,7 @@ class Face(_message.Message):
     def __init__(self, box: _Optional[_Union[Box, _Mapping]] = ..., label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
-    __slots__ = ("label", "confidence", "faces", "model", "model_version", "width", "height", "worker")
+    __slots__ = ("label", "confidence", "faces", "model", "model_version", "width", "height", "worker", "orientation")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     FACES_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +112,7 @@ class ClassifyResponse(_message.Message):
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
+    ORIENTATION_FIELD_NUMBER: _ClassVar[int]
     label: str
     confidence: float
     faces: _containers.RepeatedCompositeFieldContainer[Face]
@@ -108,4 +121,5 @@ class ClassifyResponse(_message.Message):
     width: int
     height: int
     worker: str
-    def __init__(self, label: _Optional[str] = ..., confidence: _Optional[float] = ..., faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., worker: _Optional[str] = ...) -> None: ...
+    orientation: int
+    def __init__(self, label: _Optional[str] = ..., confidence: _Optional[float] = ..., faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., worker: _Optional[str] = ..., orientation: _Optional[int] = ...) -> None: ...
