@@ -20,6 +20,12 @@ _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 ENV_PREFIX = "WORKER"
 
 
+class _ConfigProblem(click.ClickException):
+    """Options that cannot work (TLS files, --model, --host...): one line naming the problem, exit 2."""
+
+    exit_code = 2
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": ENV_PREFIX})
 @click.version_option(package_name="imagebatch")
 def main() -> None:
@@ -72,7 +78,7 @@ def serve(log_level: str, **options) -> None:
         config = ServerConfig(**options)
         code = run(config, announce=lambda line: click.echo(line) or sys.stdout.flush())
     except ConfigError as e:
-        raise click.UsageError(str(e)) from None
+        raise _ConfigProblem(str(e)) from None
     except OSError as e:
         raise click.ClickException(str(e)) from None
     sys.exit(code)

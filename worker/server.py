@@ -134,6 +134,8 @@ def _listening(config: ServerConfig, port: int) -> str:
 
 
 def _check_config(config: ServerConfig) -> None:
+    if not config.host:
+        raise ConfigError("--host is empty: give an address to bind (127.0.0.1, or 0.0.0.0 for every interface)")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     if config.tls_client_ca is not None and not config.tls:
@@ -143,6 +145,107 @@ def _check_config(config: ServerConfig) -> None:
             raise ConfigError(f"TLS file not found: {path}")
     if config.processes < 1 or config.threads < 1:
         raise ConfigError("--processes and --threads must be at least 1")
+    if config.tls:
+        _check_tls(config)
+    if config.model is not None:
+        _check_model(config.model)
+
+
+def _check_model(path: str) -> None:
+    """The --model artifact loads (its .npz and .json beside it): a bad one is a usage error now, not a
+    traceback at the first classify call."""
+    from worker.faces.artifact import ModelError, load
+
+    try:
+        load(path)
+    except ModelError as e:
+        raise ConfigError(f"--model: {e}") from None
+
+
+def _check_tls(config: ServerConfig) -> None:
+    """The TLS files are a PEM certificate valid now and its key (and a CA bundle): each problem named here,
+    before gRPC fails on them without saying which. A certificate not naming --host is only warned about:
+    clients may connect by another of its names."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    def read(option: str, path: Path) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as e:
+            raise ConfigError(f"cannot read {option} {path}: {e.strerror}") from None
+
+    def certificates(option: str, path: Path) -> list[x509.Certificate]:
+        data = read(option, path)
+        try:
+            return x509.load_pem_x509_certificates(data)
+        except ValueError:
+            if _private_key(data) is not None:
+                raise ConfigError(f"{option} {path} is a private key, not a certificate") from None
+            raise ConfigError(f"{option} {path} holds no PEM certificate") from None
+
+    cert, key = config.tls_cert, config.tls_key
+    leaf = certificates("--tls-cert", cert)[0]  # the server's own; any others are its chain
+    private_key = _private_key(read("--tls-key", key))
+    if private_key is None:
+        raise ConfigError(f"--tls-key {key} is not a PEM private key (unencrypted: the worker asks no passphrase)")
+    raw = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if private_key.public_key().public_bytes(*raw) != leaf.public_key().public_bytes(*raw):
+        raise ConfigError(f"--tls-key {key} is not the private key of --tls-cert {cert}")
+    if config.tls_client_ca is not None:
+        certificates("--tls-client-ca", config.tls_client_ca)
+    start, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    dates = f"valid from {start:%Y-%m-%d %H:%M:%S} to {end:%Y-%m-%d %H:%M:%S} UTC"
+    now = datetime.datetime.now(datetime.UTC)
+    if now < start:
+        raise ConfigError(f"--tls-cert {cert} is not valid yet: {dates}")
+    if now > end:
+        raise ConfigError(f"--tls-cert {cert} has expired: {dates}")
+    names = _certificate_names(leaf)
+    if not _covers(names, config.host):
+        log.warning("--tls-cert %s names %s, not --host %s: clients connecting by %s will refuse it "
+                    "(fine if they connect by one of its names)", cert, ", ".join(names) or "nothing",
+                    config.host, config.host)
+
+
+def _private_key(data: bytes):
+    """The unencrypted PEM private key in ``data``, or None."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):  # not a key; encrypted (TypeError: a password is needed)
+        return None
+
+
+def _certificate_names(cert) -> list[str]:
+    """The subjectAltName DNS names and IPs of ``cert`` (its common name when it has none, as old clients read)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return [*sans.get_values_for_type(x509.DNSName), *map(str, sans.get_values_for_type(x509.IPAddress))]
+
+
+def _covers(names: list[str], host: str) -> bool:
+    """Whether a client connecting by ``host`` accepts a certificate for ``names`` (one-label wildcards)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.lower().rstrip(".").split(".")
+        return any(_dns_match(name.lower().rstrip(".").split("."), labels) for name in names)
+    if address.is_unspecified:  # every interface: clients connect by names and addresses we cannot know
+        return True
+    return any(name == str(address) for name in names)
+
+
+def _dns_match(pattern: list[str], labels: list[str]) -> bool:
+    return len(pattern) == len(labels) and pattern[0] in ("*", labels[0]) and pattern[1:] == labels[1:]
 
 
 def _warn_about_environment(config: ServerConfig) -> None:
@@ -172,8 +275,22 @@ def _is_loopback(host: str) -> bool:
 
 @contextlib.contextmanager
 def reserve_port(host: str, port: int) -> Iterator[int]:
-    """Bind (not listen) the port with SO_REUSEPORT so every child can bind it too."""
+    """Bind (not listen) the port with SO_REUSEPORT so every child can bind it too.
+
+    SO_REUSEPORT would also let this worker share a port that another process of
+    the same user already serves (another `worker serve`, which would take about
+    half of the connections), so the port is first bound without it: that fails
+    while any other socket holds the port.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: connections of an earlier worker in TIME_WAIT do not hold the port; listeners do.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise OSError(f"cannot bind {host}:{port}: {e.strerror}") from None
+        port = probe.getsockname()[1]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
@@ -392,12 +509,16 @@ class FaceModel:
 
     def _load(self) -> None:
         from worker.faces import load_classifier
+        from worker.faces.artifact import ModelError
 
         started = time.monotonic()
         try:
             self._model = load_classifier(self._path)
             log.info("face model %s %s loaded in %.1f s", self._model.name, self._model.version,
                      time.monotonic() - started)
+        except ModelError as e:  # named by the artifact's checks: no traceback to add
+            log.error("cannot load the face model: %s", e)
+            self._failed()
         except Exception:
             log.exception("cannot load the face model %s", self._path or "(shipped default)")
             self._failed()
