@@ -15,11 +15,12 @@ docs/rotation.md says which path each case takes and why.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import io
 import logging
 import re
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,20 @@ import numpy as np
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
 from worker import jpeg_transform
-from worker.decode import DECODE_ERRORS, DEFAULT_MAX_PIXELS, bomb_refused, load, open_image, raw_pixels
+from worker.decode import (
+    DECODE_ERRORS,
+    DEFAULT_CPU_SECONDS,
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_PIXELS,
+    Budget,
+    BudgetedIO,
+    bomb_refused,
+    check_depth,
+    count_frames,
+    load,
+    open_image,
+    raw_pixels,
+)
 from worker.errors import InvalidArgument, Reason
 
 log = logging.getLogger(__name__)
@@ -87,15 +101,23 @@ def lossless_jpeg_available() -> bool:
     return jpeg_transform.available()
 
 
-def rotate(data: bytes, degrees: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Rotated:
+def rotate(data: bytes, degrees: int, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+           max_frames: int = DEFAULT_MAX_FRAMES, cpu_seconds: float | None = DEFAULT_CPU_SECONDS,
+           check: Callable[[], None] | None = None) -> Rotated:
     """Rotate the encoded image ``data`` as displayed by ``degrees`` counter-clockwise.
 
-    Never changes the pixel count; keeps format, mode, ICC profile, DPI and
-    metadata; resets EXIF orientation to 1. Raises InvalidArgument for a bad
-    rotation and for empty, corrupt, truncated, unsupported or oversized images.
+    Never changes the pixel count; keeps format, mode, bit depth, ICC profile,
+    DPI and metadata; resets EXIF orientation to 1. Raises InvalidArgument for
+    a bad rotation and for empty, corrupt, truncated, unsupported, oversized
+    images or images that would cost too much work (over 500 JPEG scans,
+    ``max_frames`` frames/pages, ``cpu_seconds`` of this thread's CPU time).
+    ``check`` is called at the same points as the CPU budget (every block the
+    codecs read or write, every frame): the caller stops an abandoned call by
+    raising from it (its deadline passed, its client went away).
     """
     turn = normalize_degrees(degrees)
-    img = open_image(data, max_pixels)
+    budget = Budget(cpu_seconds, check)
+    img = open_image(data, max_pixels, budget)
     orientation = _orientation(img)
     op = _compose(_UPRIGHT[orientation], _TURN[turn])
     if op is None and orientation == 1:
@@ -106,8 +128,8 @@ def rotate(data: bytes, degrees: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
         done = _jpeg_lossless(data, img, op)
         if done is not None:
             return done
-        return _jpeg_reencode(img, op)
-    return _reencode(data, img, op, max_pixels)
+        return _jpeg_reencode(img, op, budget)
+    return _reencode(data, img, op, max_pixels, max_frames, budget)
 
 
 def rotate_pixels(data: bytes, width: int, height: int, channels: int, degrees: int,
@@ -204,7 +226,7 @@ _PILLOW_WRITES = {"APP0": (b"JFIF",), "APP1": (b"Exif", b"http://ns.adobe.com/xa
                   "APP2": (b"ICC_PROFILE", b"MPF"), "APP14": (b"Adobe",)}
 
 
-def _jpeg_reencode(img: Image.Image, op: T | None) -> Rotated:
+def _jpeg_reencode(img: Image.Image, op: T | None, budget: Budget) -> Rotated:
     load(img)
     out = img if op is None else img.transpose(op)
     extra = b""
@@ -224,21 +246,17 @@ def _jpeg_reencode(img: Image.Image, op: T | None) -> Rotated:
         "extra": extra,
     }
     kw.update(_common_metadata(img, op, out.size))
-    return _save(out, "JPEG", kw)
+    return _save(out, "JPEG", kw, budget)
 
 
 # --- everything else ------------------------------------------------------
 
 
-def _reencode(data: bytes, img: Image.Image, op: T | None, max_pixels: int) -> Rotated:
+def _reencode(data: bytes, img: Image.Image, op: T | None, max_pixels: int, max_frames: int,
+              budget: Budget) -> Rotated:
     fmt = img.format or ""
     frames, durations = [], []
-    try:
-        count = getattr(img, "n_frames", 1)
-    except Image.DecompressionBombError as e:  # GIF frames are checked as they are counted
-        raise bomb_refused(e) from None
-    except DECODE_ERRORS as e:
-        raise InvalidArgument(f"corrupt {fmt} image: cannot count its frames: {e}") from None
+    count = count_frames(img, max_frames)
     # Every frame or page is decoded and kept, so --max-pixels bounds their sum:
     # a few KiB of GIF can declare hundreds of full-canvas frames.
     decoded = 0
@@ -250,6 +268,8 @@ def _reencode(data: bytes, img: Image.Image, op: T | None, max_pixels: int) -> R
                 raise bomb_refused(e) from None
             except DECODE_ERRORS as e:
                 raise InvalidArgument(f"corrupt or truncated {fmt} image at frame {index}: {e}") from None
+        budget.check()
+        check_depth(img, data)  # per page: a TIFF's pages may differ
         decoded += img.width * img.height
         if decoded > max_pixels:
             raise InvalidArgument(
@@ -272,7 +292,10 @@ def _reencode(data: bytes, img: Image.Image, op: T | None, max_pixels: int) -> R
         if "loop" in img.info:
             kw["loop"] = img.info["loop"]
     kw.update(_FORMAT_OPTIONS[fmt](data, img, op, frames))
-    return _save(frames[0], fmt, kw)
+    out = _save(frames[0], fmt, kw, budget)
+    if fmt == "BMP" and frames[0].mode == "RGBA":
+        return dataclasses.replace(out, data=_bmp_declaring_alpha(out.data))
+    return out
 
 
 def _png_options(data: bytes, img: Image.Image, op: T | None, frames: list[Image.Image]) -> dict[str, Any]:
@@ -367,10 +390,33 @@ def _common_metadata(img: Image.Image, op: T | None, size: tuple[int, int]) -> d
     return kw
 
 
-def _save(image: Image.Image, fmt: str, kw: dict[str, Any]) -> Rotated:
-    buf = io.BytesIO()
+def _save(image: Image.Image, fmt: str, kw: dict[str, Any], budget: Budget) -> Rotated:
+    buf = BudgetedIO(budget=budget)  # encoders write block by block: the budget is checked there too
     image.save(buf, fmt, **kw)
     return Rotated(buf.getvalue(), fmt, image.width, image.height, "reencoded")
+
+
+# BITMAPV4HEADER (108 bytes) after the 40 of BITMAPINFOHEADER: BI_BITFIELDS
+# masks for Pillow's BGRA byte order, alpha included, and colour space sRGB.
+_BMP_V4_MASKS = struct.pack("<IIII", 0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000) + b"BGRs" + bytes(48)
+_BI_BITFIELDS = 3
+
+
+def _bmp_declaring_alpha(bmp: bytes) -> bytes:
+    """Pillow's 32-bit RGBA BMP with a V4 header whose alpha mask declares the fourth byte as alpha.
+
+    Pillow writes RGBA as BGRA under a 40-byte BITMAPINFOHEADER (BI_RGB), which
+    readers, Pillow included, take as RGB with a padding byte: the alpha is
+    lost. Pillow has no option to write a V4/V5 header, so it is rewritten
+    here: same pixels, only the header grows.
+    """
+    info_end = 14 + 40
+    header = bytearray(bmp[14:info_end])
+    struct.pack_into("<I", header, 0, 108)
+    struct.pack_into("<I", header, 16, _BI_BITFIELDS)
+    grown = len(_BMP_V4_MASKS)
+    file_header = b"BM" + struct.pack("<IHHI", len(bmp) + grown, 0, 0, struct.unpack_from("<I", bmp, 10)[0] + grown)
+    return file_header + bytes(header) + _BMP_V4_MASKS + bmp[info_end:]
 
 
 def _out_size(img: Image.Image, op: T | None) -> tuple[int, int]:
@@ -425,8 +471,9 @@ def _patch_exif(exif: memoryview, width: int, height: int, swap: bool) -> None:
         exif_ifd = None
         resolution = {}
         for pos, tag, kind in _ifd_entries(exif, order, struct.unpack_from(order + "I", exif, 4)[0]):
-            if tag == _ORIENTATION_TAG and kind == 3:
-                struct.pack_into(order + "H", exif, pos + 8, 1)
+            if tag == _ORIENTATION_TAG and kind in _INTEGER_FORMATS:
+                # Whatever its type: viewers (and Pillow) honour a LONG orientation too.
+                struct.pack_into(order + _INTEGER_FORMATS[kind], exif, pos + 8, 1)
             elif tag == _EXIF_IFD_TAG and kind in (4, 13):
                 exif_ifd = struct.unpack_from(order + "I", exif, pos + 8)[0]
             elif tag in (_X_RESOLUTION_TAG, _Y_RESOLUTION_TAG) and kind == 5:  # RATIONAL, by offset
@@ -446,6 +493,10 @@ def _patch_exif(exif: memoryview, width: int, height: int, swap: bool) -> None:
                     struct.pack_into(order + "H", exif, pos + 8, value)
     except struct.error:
         return
+
+
+# EXIF/TIFF integer types by code: BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG.
+_INTEGER_FORMATS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i"}
 
 
 def _ifd_entries(exif: memoryview, order: str, offset: int):
@@ -494,7 +545,7 @@ def _webp_quality(data: bytes) -> int | None:
     The key-frame header is read as plain bits, which its uniform 50 %
     probabilities allow (as libwebp's extras/quality_estimate.c does).
     """
-    vp8 = _first_vp8_chunk(data, 12, len(data))
+    vp8 = _first_vp8_chunk(data)
     if vp8 is None:
         return None
     if data[vp8 + 3 : vp8 + 6] != b"\x9d\x01\x2a":  # key-frame start code
@@ -532,20 +583,31 @@ def _webp_quality(data: bytes) -> int | None:
     return next(q for q, index in enumerate(_WEBP_QUANTISER) if index <= coarsest)
 
 
-def _first_vp8_chunk(data: bytes, pos: int, end: int) -> int | None:
-    """Offset of the payload of the first lossy ("VP8 ") chunk, looking inside animation frames."""
-    while pos + 8 <= end:
-        fourcc = data[pos : pos + 4]
-        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
-        body = pos + 8
+def _first_vp8_chunk(data: bytes) -> int | None:
+    """Offset of the payload of the first lossy ("VP8 ") chunk, looking inside animation frames.
+
+    Read as libwebp's demuxer reads it: a frame (ANMF) holds an optional ALPH
+    then its VP8/VP8L, and whatever follows is ignored; frames never nest. So
+    only one level is looked into, with loops: no file can make this recurse.
+    """
+    for fourcc, body, end in _riff_chunks(data, 12, len(data)):
         if fourcc == b"VP8 ":
             return body
         if fourcc == b"ANMF":  # 16 bytes of frame header, then the frame's own chunks
-            found = _first_vp8_chunk(data, body + 16, min(body + size, end))
-            if found is not None:
-                return found
-        pos = body + size + (size & 1)
+            for inner, inner_body, _ in _riff_chunks(data, body + 16, end):
+                if inner == b"VP8 ":
+                    return inner_body
+                if inner != b"ALPH":
+                    break
     return None
+
+
+def _riff_chunks(data: bytes, pos: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(fourcc, payload offset, payload end) of each RIFF chunk from ``pos`` to ``end``."""
+    while pos + 8 <= end:
+        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        yield data[pos : pos + 4], pos + 8, min(pos + 8 + size, end)
+        pos += 8 + size + (size & 1)
 
 
 class _Bits:
