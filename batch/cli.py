@@ -81,6 +81,15 @@ def _configure_logging(verbose: int, log_level: str | None) -> None:
                    "(the input's folder relative to the manifest's), {stem}, {ext} (with its dot), {rotation} "
                    "(0, 90, 180 or 270) and {id}, e.g. '{folder}/{stem}_{rotation}{ext}'. Default: the input's "
                    "own path, with .r<rotation> before the extension when rows rotate one input several ways.")
+@click.option("--format", "output_format", metavar="FORMAT", default=None,
+              help="Convert every rotated output to FORMAT (jpeg, png, webp, tiff, bmp, gif); default outputs take "
+                   "its extension. An output cell's own extension names its format in any case.")
+@click.option("--quality", type=click.IntRange(1, 100), default=None,
+              show_default="the input's own when the format stays, else 90",
+              help="Quality of lossy outputs (JPEG, WebP).")
+@click.option("--rotation", "default_rotation", metavar="DEGREES|auto", default=None,
+              help="Rotation of rows whose rotation cell is empty: degrees, or auto (upright: the EXIF orientation "
+                   "applied and reset, else the largest face upright, else unchanged).")
 @click.option("-v", "--verbose", count=True,
               help="Log retries, reconnects, busy refusals and slow rows as they happen (-vv: debug).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
@@ -88,7 +97,8 @@ def _configure_logging(verbose: int, log_level: str | None) -> None:
 def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency: int | None, timeout: float,
         retries: int, restart: bool, quiet: bool, tls_ca: Path | None, tls_cert: Path | None,
         tls_key: Path | None, results_format: str, connections: int | None, name_template: str | None,
-        verbose: int, log_level: str | None) -> None:
+        output_format: str | None, quality: int | None, default_rotation: str | None, verbose: int,
+        log_level: str | None) -> None:
     """Run every row of MANIFEST (CSV: path, op, rotation, output, id) through the workers.
 
     Resumable: the same command again skips rows already ok and retries the rest.
@@ -99,6 +109,7 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
     from batch import demo
     from batch.channel import Tls, worker_addresses
     from batch.extras import require_pyarrow
+    from batch.manifest import format_name
     from batch.progress import choose_mode
     from batch.session import Interrupted, RunOptions, run_batch
 
@@ -106,6 +117,10 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
         raise click.UsageError("--tls-cert/--tls-key need --tls-ca (the CA that signed the workers' certificates)")
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    fmt = None
+    if output_format is not None and (fmt := format_name(output_format)) is None:
+        raise click.BadParameter(f"{output_format!r}: not one of jpeg, png, webp, tiff, bmp, gif",
+                                 param_hint="--format")
     if results_format == "parquet":
         require_pyarrow()  # before anything runs, not at the first results written
     _configure_logging(verbose, log_level)
@@ -117,7 +132,8 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
         manifest=manifest, out=out, workers=tuple(worker_addresses(workers)), concurrency=concurrency,
         timeout=timeout, retries=retries, restart=restart,
         tls=Tls(tls_ca, tls_cert, tls_key) if tls_ca else None, results_format=results_format,
-        connections=connections, name_template=name_template, progress=choose_mode(quiet),
+        connections=connections, name_template=name_template, output_format=fmt, quality=quality or 0,
+        rotation=default_rotation, progress=choose_mode(quiet),
         command=("batch", *sys.argv[1:]),
     )
     try:

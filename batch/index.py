@@ -18,7 +18,8 @@ from pathlib import Path
 from batch.manifest import ManifestError, Row, rotation_name
 from batch.results import COLUMNS, ERROR, Outcome, already_done
 
-_ROW_FIELDS = ("line", "id", "path", "op", "rotation", "output", "input_path", "degrees", "output_path", "error")
+_ROW_FIELDS = ("line", "id", "path", "op", "rotation", "output", "input_path", "degrees", "output_path", "error",
+               "format")
 _RESULT_COLUMNS = ", ".join(f'"{c}" TEXT' for c in COLUMNS if c != "id")
 CHUNK = 1000
 
@@ -39,7 +40,7 @@ class RunIndex:
             self.db.executescript(f"""
                 CREATE TABLE rows (line INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, path TEXT, op TEXT,
                     rotation TEXT, output TEXT, input_path TEXT, degrees INTEGER, output_path TEXT, error TEXT,
-                    input_real TEXT, output_real TEXT);
+                    format TEXT, input_real TEXT, output_real TEXT);
                 CREATE TABLE prev (id TEXT PRIMARY KEY, {_RESULT_COLUMNS});
                 CREATE TABLE done (id TEXT PRIMARY KEY, {_RESULT_COLUMNS});
             """)
@@ -61,9 +62,9 @@ class RunIndex:
             for row in rows:
                 try:
                     self.db.execute(
-                        "INSERT INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        "INSERT INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (row.line, row.id, row.path, row.op, row.rotation, row.output,
-                         _str(row.input_path), row.degrees, _str(row.output_path), row.error,
+                         _str(row.input_path), row.degrees, _str(row.output_path), row.error, row.format,
                          _real(row.input_path), _real(row.output_path)),
                     )
                 except sqlite3.IntegrityError:
@@ -87,7 +88,7 @@ class RunIndex:
         (``manifest.rotation_name``), decided from the whole manifest so that no name depends on row order.
         Returns how many rows were renamed."""
         many = ("SELECT input_real FROM rows WHERE op = 'rotate' AND output = '' AND error IS NULL "
-                "GROUP BY input_real HAVING count(DISTINCT ((degrees % 360) + 360) % 360) > 1")
+                f"GROUP BY input_real HAVING count(DISTINCT {_TURN}) > 1")
         renamed, after = 0, 0
         while chunk := self.db.execute(
             f"SELECT line, output_path, degrees FROM rows WHERE line > ? AND op = 'rotate' AND output = '' "
@@ -126,8 +127,8 @@ class RunIndex:
                 return
             for values in chunk:
                 row = _row(values[:n])
-                facts = _OutputFacts(*values[n:n + 9])
-                previous = dict(zip(COLUMNS, values[n + 10:], strict=True)) if values[n + 9] else None
+                facts = _OutputFacts(*values[n:n + 10])
+                previous = dict(zip(COLUMNS, values[n + 11:], strict=True)) if values[n + 10] else None
                 leader = facts.leader(row)
                 followed = facts.first_writer_line == row.line and facts.writers > 1
                 problem = row.error or (facts.conflict(row) if row.output_path is not None and not leader else None)
@@ -199,8 +200,13 @@ _OUTPUT_JOINS = (
     "LEFT JOIN rows c ON c.line = (SELECT line FROM rows WHERE input_real = r.output_real ORDER BY line LIMIT 1) "
     "LEFT JOIN rows w ON w.line = (SELECT line FROM rows WHERE output_real = r.output_real ORDER BY line LIMIT 1)"
 )
-_OUTPUT_FACTS = ("r.input_real, r.output_real, c.id, c.line, w.id, w.line, w.input_real, w.degrees, "
+_OUTPUT_FACTS = ("r.input_real, r.output_real, c.id, c.line, w.id, w.line, w.input_real, w.degrees, w.format, "
                  "(SELECT count(*) FROM rows WHERE output_real = r.output_real)")
+_TURN = "coalesce(((degrees % 360) + 360) % 360, -1)"  # a quarter turn 0..270, -1 for auto (degrees NULL)
+
+
+def _turn(degrees: int | None) -> int:
+    return -1 if degrees is None else degrees % 360
 
 
 @dataclass(frozen=True)
@@ -213,13 +219,15 @@ class _OutputFacts:
     first_writer_line: int | None
     first_writer_input: str | None
     first_writer_degrees: int | None
+    first_writer_format: str | None
     writers: int
 
     def leader(self, row: Row) -> str | None:
         """The earlier row this one duplicates exactly (same input, same rotation, so the same output)."""
-        if self.first_writer_line is None or self.first_writer_line == row.line or row.degrees is None:
+        if self.first_writer_line is None or self.first_writer_line == row.line:
             return None
-        same = self.first_writer_input == self.real_input and self.first_writer_degrees % 360 == row.degrees % 360
+        same = (self.first_writer_input == self.real_input and _turn(self.first_writer_degrees) == _turn(row.degrees)
+                and self.first_writer_format == row.format)
         return self.first_writer_id if same else None
 
     def conflict(self, row: Row) -> str | None:

@@ -51,9 +51,32 @@ class Row:
     rotation: str
     output: str
     input_path: Path | None = None  # absolute, normalised (symlinks not resolved)
-    degrees: int | None = None
+    degrees: int | None = None  # None for rotation "auto"
     output_path: Path | None = None  # absolute, inside --out; rotate rows only
     error: str | None = None
+    format: str = ""  # the format to write (Pillow's name), from the output's extension or --format; "": keep
+
+    @property
+    def auto(self) -> bool:
+        """Rotation ``auto``: the worker makes the image upright (EXIF orientation, else its faces)."""
+        return self.op == "rotate" and self.rotation.lower() == AUTO
+
+
+AUTO = "auto"
+# The formats the worker writes, by Pillow's name: the extension a default output gets, and every extension that
+# names the format in an output cell.
+FORMAT_EXTENSIONS = {
+    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "PNG": (".png",), "WEBP": (".webp",),
+    "TIFF": (".tif", ".tiff"), "BMP": (".bmp", ".dib"), "GIF": (".gif",),
+}
+_FORMAT_OF = {ext: name for name, exts in FORMAT_EXTENSIONS.items() for ext in exts}
+FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF"}
+
+
+def format_name(text: str) -> str | None:
+    """Pillow's name of a format given as --format (any case; jpg and tif too), or None if it is none we write."""
+    name = FORMAT_ALIASES.get(text.upper(), text.upper())
+    return name if name in FORMAT_EXTENSIONS else None
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,8 @@ class Places:
     base: Path
     out_dir: Path
     template: str | None = None
+    format: str | None = None  # --format: convert every rotated output (Pillow's name)
+    rotation: str | None = None  # --rotation: for rows whose rotation cell is empty
 
 
 NAME_FIELDS = ("folder", "stem", "ext", "rotation", "id")
@@ -85,16 +110,19 @@ def check_template(template: str) -> str | None:
     return None
 
 
-def read_rows(manifest: Path, out_dir: Path, template: str | None = None) -> Iterator[Row]:
+def read_rows(manifest: Path, out_dir: Path, template: str | None = None, fmt: str | None = None,
+              rotation: str | None = None) -> Iterator[Row]:
     """Stream the rows of ``manifest``; relative paths resolve against its folder, outputs against ``out_dir``,
-    default outputs named by ``template`` (see ``check_template``; checked by the caller).
+    default outputs named by ``template`` (see ``check_template``; checked by the caller), converted to ``fmt``
+    (Pillow's name) when given; ``rotation`` is the rotation of rows that leave theirs empty.
 
     Raises ManifestError for file-level problems (the header is checked before
     the first row is yielded; a later undecodable or malformed line raises
     when reached).
     """
     manifest = Path(manifest)
-    places = Places(manifest, Path(os.path.abspath(manifest.parent)), Path(os.path.abspath(out_dir)), template)
+    places = Places(manifest, Path(os.path.abspath(manifest.parent)), Path(os.path.abspath(out_dir)), template,
+                    fmt, rotation)
     try:
         f = open(manifest, "rb")  # noqa: SIM115 - closed in finally; bytes so decoding errors name a line
     except OSError as e:
@@ -169,8 +197,9 @@ def _row(record: list[str], index: dict[str, int], width: int, line: int, places
         return record[i].strip() if i is not None and i < len(record) else ""
 
     values = {name: get(name) for name in COLUMNS}
+    rotation = values["rotation"] or (places.rotation or "" if values["op"].lower() == "rotate" else "")
     row = Row(line=line, id=values["id"] or str(line), path=values["path"], op=values["op"].lower(),
-              rotation=values["rotation"], output=values["output"])
+              rotation=rotation, output=values["output"])
     if len(record) > width:
         return _failed(row, f"line has {len(record)} fields but the header has {width} (unquoted comma?)")
     if not row.path:
@@ -186,13 +215,20 @@ def _row(record: list[str], index: dict[str, int], width: int, line: int, places
         return _failed(row, f"unknown op {_quoted(values['op'])!r} (expected {' or '.join(OPS)})")
     if row.op == "classify":
         return row
-    degrees, problem = parse_rotation(row.rotation)
+    degrees, problem = (None, None) if row.auto else parse_rotation(row.rotation)
     if problem:
         return _failed(row, problem)
     output_path, problem = output_location(row.output, input_path, degrees, row.id, places)
     if problem:
         return _failed(row, problem)
-    return replace(row, degrees=degrees, output_path=output_path)
+    if row.output:
+        fmt = _FORMAT_OF.get(output_path.suffix.lower())
+        if fmt is None:
+            return _failed(row, f"output {_quoted(row.output)!r} has extension {output_path.suffix}, which names no "
+                                f"format rotate writes ({', '.join(e[0] for e in FORMAT_EXTENSIONS.values())})")
+    else:
+        fmt = places.format or ""
+    return replace(row, degrees=degrees, output_path=output_path, format=fmt)
 
 
 def parse_rotation(text: str) -> tuple[int | None, str | None]:
@@ -230,10 +266,12 @@ def output_location(output: str, input_path: Path, degrees: int, id_: str,
         if relative.split(os.sep)[0] == os.pardir:
             # Outside the manifest's folder: mirror the absolute path under rotated/, never outside it.
             relative = str(input_path).lstrip(os.sep)
+        if places.format is not None:  # --format: the default output takes the format's own extension
+            relative = os.path.splitext(relative)[0] + FORMAT_EXTENSIONS[places.format][0]
         if places.template is not None:
             folder, name = os.path.split(relative)
             stem, ext = os.path.splitext(name)
-            relative = places.template.format(folder=folder, stem=stem, ext=ext, rotation=degrees % 360,
+            relative = places.template.format(folder=folder, stem=stem, ext=ext, rotation=_turn(degrees),
                                               id=id_).lstrip(os.sep)  # "{folder}/…" with no folder
         rotated = out_dir / "rotated"
         target = Path(os.path.normpath(rotated / relative))
@@ -251,9 +289,14 @@ def output_location(output: str, input_path: Path, degrees: int, id_: str,
     return target, None
 
 
-def rotation_name(path: Path, degrees: int) -> Path:
-    """The default output of an input rotated several ways in one manifest: ``photo.r90.jpg``."""
-    return path.with_name(f"{path.stem}.r{degrees % 360}{path.suffix}")
+def rotation_name(path: Path, degrees: int | None) -> Path:
+    """The default output of an input rotated several ways in one manifest: ``photo.r90.jpg``, ``photo.auto.jpg``."""
+    turn = _turn(degrees)
+    return path.with_name(f"{path.stem}.{'r' if degrees is not None else ''}{turn}{path.suffix}")
+
+
+def _turn(degrees: int | None) -> str:
+    return AUTO if degrees is None else str(degrees % 360)
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -30,8 +30,8 @@ from batch.errors import BatchError
 from batch.extras import require_pyarrow
 
 COLUMNS = (
-    "id", "path", "op", "rotation", "status", "output", "format", "width", "height", "label", "confidence",
-    "faces", "error", "attempts", "latency_ms", "worker", "finished_at",
+    "id", "path", "op", "rotation", "status", "output", "format", "turned", "decided_by", "width", "height", "label",
+    "confidence", "faces", "error", "note", "attempts", "latency_ms", "worker", "finished_at",
 )
 # Without these a file is not a results table; a missing other column (an older batch run) reads as empty.
 REQUIRED = ("id", "path", "op", "status")
@@ -67,6 +67,9 @@ class Outcome:
     error: str = ""
     output: str = ""
     format: str = ""  # of the file written (rotate): Pillow's name, e.g. "JPEG"
+    turned: int | None = None  # rotate: the quarter turn applied; classify: the one its faces were found under
+    decided_by: str = ""  # rotation auto: "exif", "faces" or "none"
+    note: str = ""  # what a conversion lost, when it lost something
     width: int | None = None
     height: int | None = None
     label: str = ""
@@ -89,9 +92,11 @@ class Outcome:
         result, written once, without a call of its own."""
         if leader.earlier is not None:  # the leader was done by an earlier run
             e = leader.earlier
-            return cls(OK, output=e["output"], width=_int(e["width"]), height=_int(e["height"]), format=e["format"])
+            return cls(OK, output=e["output"], width=_int(e["width"]), height=_int(e["height"]), format=e["format"],
+                       turned=_int(e["turned"]), decided_by=e["decided_by"], note=e["note"])
         return cls(leader.status, error=leader.error, output=leader.output, width=leader.width,
-                   height=leader.height, format=leader.format)
+                   height=leader.height, format=leader.format, turned=leader.turned, decided_by=leader.decided_by,
+                   note=leader.note)
 
     @property
     def skipped(self) -> bool:
@@ -111,6 +116,8 @@ def result_row(row, outcome: Outcome) -> dict[str, str]:
         "status": outcome.status,
         "output": outcome.output,
         "format": outcome.format,
+        "turned": _text(outcome.turned),
+        "decided_by": outcome.decided_by,
         "width": _text(outcome.width),
         "height": _text(outcome.height),
         "label": outcome.label,
@@ -118,6 +125,7 @@ def result_row(row, outcome: Outcome) -> dict[str, str]:
         "faces": json.dumps(outcome.faces, separators=(",", ":")) if row.op == "classify" and outcome.status == OK
         else "",
         "error": error,
+        "note": outcome.note,
         "attempts": str(outcome.attempts),
         "latency_ms": f"{outcome.latency_ms:.1f}" if outcome.latency_ms is not None else "",
         "worker": outcome.worker,
@@ -222,7 +230,8 @@ def _pyarrow():
 
 def parquet_schema():
     pa = _pyarrow()
-    types = {"width": pa.int32(), "height": pa.int32(), "confidence": pa.float64(), "attempts": pa.int32(),
+    types = {"width": pa.int32(), "height": pa.int32(), "turned": pa.int32(), "confidence": pa.float64(),
+             "attempts": pa.int32(),
              "latency_ms": pa.float64(), "finished_at": pa.timestamp("ms", tz="UTC")}
     return pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
 
@@ -251,7 +260,8 @@ def _typed(r: dict[str, str]) -> dict:
         return kind(r[key]) if r.get(key) else None
 
     typed = dict(r)
-    typed.update(width=num("width", int), height=num("height", int), attempts=num("attempts", int),
+    typed.update(width=num("width", int), height=num("height", int), turned=num("turned", int),
+                 attempts=num("attempts", int),
                  confidence=num("confidence", float), latency_ms=num("latency_ms", float),
                  finished_at=datetime.datetime.fromisoformat(r["finished_at"]) if r.get("finished_at") else None)
     return typed

@@ -45,13 +45,6 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
 INLINE_MAX = 2 * 1024 * 1024
 MAX_INPUT = 2**31 - 2**20  # a protobuf message carries under 2 GiB; the request's other fields need a little
 
-# What each format may be called; a rotated image keeps its input's format.
-EXTENSIONS = {
-    "JPEG": {".jpg", ".jpeg", ".jpe", ".jfif"}, "PNG": {".png"}, "WEBP": {".webp"},
-    "TIFF": {".tif", ".tiff"}, "BMP": {".bmp", ".dib"}, "GIF": {".gif"},
-}
-
-
 @dataclass(frozen=True)
 class Settings:
     concurrency: int
@@ -61,6 +54,7 @@ class Settings:
     backoff_cap: float = 20.0
     busy_backoff_base: float = 0.05  # the same, after a worker refused a call as busy
     out_root: str = "/"  # --out with links resolved: outputs are written only inside it
+    quality: int = 0  # --quality for lossy targets; 0: the worker's rule (proto RotateRequest.quality)
 
     @property
     def busy_budget(self) -> float:
@@ -249,8 +243,9 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
         try:
             async with pool.call() as stub:
                 if row.op == "rotate":
-                    reply = await stub.Rotate(v1.RotateRequest(image=data, degrees=row.degrees),
-                                              timeout=settings.timeout)
+                    request = v1.RotateRequest(image=data, degrees=row.degrees or 0, auto=row.auto,
+                                               format=row.format, quality=settings.quality)
+                    reply = await stub.Rotate(request, timeout=settings.timeout)
                 else:
                     reply = await stub.Classify(v1.ClassifyRequest(image=data), timeout=settings.timeout)
                 pool.answered(stub, reply.worker)
@@ -284,13 +279,12 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
                   height=reply.height)
     if row.op == "classify":
         return Outcome(OK, label=reply.label, confidence=reply.confidence, faces=faces_json(reply.faces),
-                       model=f"{reply.model} {reply.model_version}", **common)
-    suffix = row.output_path.suffix.lower()
-    # A default output mirrors its input's name, misnamed or not (PNG bytes in x.jpg stay PNG in x.jpg, and
-    # the format column says so); an output the manifest names must fit what is written.
-    if row.output and suffix not in EXTENSIONS.get(reply.format, {suffix}):
-        return Outcome(ERROR, error=f"output {row.output_path} has extension {row.output_path.suffix} but the "
-                       f"rotated image is {reply.format} (rotate keeps the input's format)", **common)
+                       model=f"{reply.model} {reply.model_version}", turned=reply.orientation, **common)
+    # A default output mirrors its input's name, misnamed or not (PNG bytes in x.jpg stay PNG in x.jpg, and the
+    # format column says so); an output the manifest names, or --format, asked the worker for its format.
+    if row.format and reply.format != row.format:
+        return Outcome(ERROR, error=f"asked for {row.format} for {row.output_path}, the worker wrote {reply.format} "
+                       "(an older worker that cannot convert?)", **common)
     try:
         if len(reply.image) <= INLINE_MAX:
             write_output(row.output_path, reply.image, settings.out_root)
@@ -298,7 +292,9 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
             await asyncio.to_thread(write_output, row.output_path, reply.image, settings.out_root)
     except RowFailed as e:
         return Outcome(ERROR, error=str(e), **common)
-    return Outcome(OK, output=str(row.output_path), format=reply.format, **common)
+    turned = reply.degrees if row.auto else row.degrees % 360
+    return Outcome(OK, output=str(row.output_path), format=reply.format, turned=turned, decided_by=reply.decided_by,
+                   note=reply.note, **common)
 
 
 async def fan_out(rows: Iterable[Row], pool: Pool, settings: Settings,

@@ -32,7 +32,7 @@ from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, address_count, grpc_ta
 from batch.durable import Entry, GroupCommit
 from batch.errors import BatchError, UsageError
 from batch.index import RunIndex, Scanned
-from batch.manifest import ManifestError, Row, check_template, read_rows
+from batch.manifest import AUTO, ManifestError, Row, check_template, parse_rotation, read_rows
 from batch.progress import Progress, Tally
 from batch.results import (
     INDEX_NAME,
@@ -75,6 +75,9 @@ class RunOptions:
     tls: Tls | None = None
     results_format: str = "csv"
     name_template: str | None = None  # --name: default output names
+    output_format: str | None = None  # --format (Pillow's name): convert every rotated output
+    quality: int = 0  # --quality for lossy targets; 0: the worker's rule
+    rotation: str | None = None  # --rotation: for rows that leave theirs empty ("auto" or degrees)
     connections: int | None = None
     progress: str = "lines"  # "bar", "lines" or "quiet"
     command: tuple[str, ...] = ()
@@ -211,6 +214,10 @@ def run_batch(options: RunOptions) -> Summary:
         raise UsageError("--concurrency must be at least 1")
     if options.name_template is not None and (problem := check_template(options.name_template)):
         raise UsageError(problem)
+    if options.rotation is not None and options.rotation.lower() != AUTO:
+        problem = parse_rotation(options.rotation)[1]
+        if problem:
+            raise UsageError(f"--rotation: {problem}")
     targets = grpc_targets(list(options.workers))  # checks the addresses before anything is written
     if demo.is_demo(options.manifest):
         demo.ensure_demo_images(Path(options.manifest).resolve().parent)
@@ -220,8 +227,8 @@ def run_batch(options: RunOptions) -> Summary:
     except OSError as e:
         raise UsageError(f"cannot create --out {out}: {e.strerror}") from None
     with _stop_signals_raise(), _locked(out), contextlib.closing(_index(out)) as index:
-        total = index.add_rows(read_rows(Path(options.manifest), out, options.name_template),
-                               Path(options.manifest))
+        rows = read_rows(Path(options.manifest), out, options.name_template, options.output_format, options.rotation)
+        total = index.add_rows(rows, Path(options.manifest))
         if options.name_template is None:
             index.name_rotations()
         reader = TableReader(out)
@@ -260,7 +267,7 @@ def run_batch(options: RunOptions) -> Summary:
                           f"results in {_shown(out)}")
             run.give_up_after = max(2 * concurrency, 10)
             settings = Settings(concurrency=concurrency, timeout=options.timeout, retries=options.retries,
-                                out_root=os.path.realpath(out))
+                                out_root=os.path.realpath(out), quality=options.quality)
             summary.signal = asyncio.run(_go(run, first, calls, targets, connections, settings, options.tls))
         except Interrupted as e:  # a signal outside the event loop (the embedded worker starting, say)
             summary.signal = e.signum

@@ -88,7 +88,7 @@ def test_already_done_needs_the_same_row_and_its_output(tmp_path: Path) -> None:
 def test_reader_drops_damaged_lines_and_names_them(tmp_path: Path) -> None:
     rows = [ok_row(str(i)) for i in range(1, 7)]
     rows[1]["status"] = "garbled"
-    write_csv(tmp_path / "results.csv", rows, tail="7,a.jpg,classify,,ok,too,many,fields,,,,,,,,,,,,\n")
+    write_csv(tmp_path / "results.csv", rows, tail=",".join(["7", "a.jpg", "classify", "", "ok"] * 5) + "\n")
     reader = TableReader(tmp_path)
     ids = [values[0] for values in reader.rows()]
     assert ids == ["1", "3", "4", "5", "6"]

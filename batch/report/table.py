@@ -15,7 +15,7 @@ import pandas as pd
 from batch.errors import BatchError
 from batch.results import COLUMNS, RUN_NAME, TABLE_NAMES, TableReader, read_run_info
 
-NUMERIC = ("rotation", "width", "height", "confidence", "attempts", "latency_ms")
+NUMERIC = ("rotation", "turned", "width", "height", "confidence", "attempts", "latency_ms")
 
 
 class ReportError(BatchError):
