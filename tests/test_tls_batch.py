@@ -7,10 +7,13 @@ driver's side that points at TLS.
 
 from __future__ import annotations
 
+import datetime
 import subprocess
+import time
 
 import pytest
 
+from tests.support.certificates import issue_server_cert
 from tests.support.manifests import make_batch
 from tests.support.processes import BATCH, ROOT, batch_env, run_batch, worker_process
 from tests.support.results import by_id, results
@@ -120,11 +123,14 @@ BAD_TLS = {
 
 
 @pytest.fixture(scope="module")
-def bad_tls_workers(pki, mtls_worker):
-    with worker_process("--tls-cert", str(pki.expired_server_cert), "--tls-key", str(pki.expired_server_key),
-                        "--threads", "1") as expired, \
+def bad_tls_workers(pki, mtls_worker, tmp_path_factory):
+    # A worker refuses an expired certificate at start-up: this one expires while it serves.
+    expires = time.time() + 8  # time enough for the worker to start on a loaded machine
+    cert, key = issue_server_cert(pki, tmp_path_factory.mktemp("expiring"), datetime.timedelta(seconds=8))
+    with worker_process("--tls-cert", str(cert), "--tls-key", str(key), "--threads", "1") as expired, \
             worker_process("--tls-cert", str(pki.elsewhere_server_cert), "--tls-key",
                            str(pki.elsewhere_server_key), "--threads", "1") as elsewhere:
+        time.sleep(max(0.0, expires + 1 - time.time()))
         yield {"expired": expired, "elsewhere": elsewhere, "mtls": mtls_worker, "plain-ca": mtls_worker}
 
 

@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 STARTUP_TIMEOUT = 180.0  # generous: a loaded 2-core machine starting several processes
-# `worker serve` reads its options from these too (worker/cli.py): a local child is configured by its launcher
-# alone, so that a stray WORKER_SERVE_TLS_CERT in the user's environment cannot change the embedded worker.
+# `worker serve` reads its options from these too (worker/cli.py): a child that inherits the environment drops
+# them, so that a stray WORKER_SERVE_TLS_CERT in the user's environment cannot change the embedded worker.
 OPTION_ENV_PREFIX = "WORKER_SERVE_"
 
 
@@ -148,5 +148,6 @@ class LocalWorker(LocalServer):
                                  "--processes", str(processes))
         if model is not None:
             command += ["--model", str(model)]
-        env = {k: v for k, v in (os.environ if env is None else env).items() if not k.startswith(OPTION_ENV_PREFIX)}
+        if env is None:  # inherited, not chosen: the launcher's arguments alone configure the child
+            env = {k: v for k, v in os.environ.items() if not k.startswith(OPTION_ENV_PREFIX)}
         super().__init__([*command, *args], log, startup_timeout, env)

@@ -16,6 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 @dataclass(frozen=True)
 class Pki:
     ca: Path
+    ca_key: Path  # to issue more certificates in a test (issue_server_cert)
     server_cert: Path
     server_key: Path
     client_cert: Path
@@ -37,8 +38,8 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _cert(subject, key, issuer, issuer_key, *, ca: bool, sans=None, usage=None,
-          expired: bool = False) -> x509.Certificate:
+def _cert(subject, key, issuer, issuer_key, *, ca: bool, sans=None, usage=None, expired: bool = False,
+          lifetime: datetime.timedelta = datetime.timedelta(days=1)) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3 if expired else 0)
     b = (
         x509.CertificateBuilder()
@@ -47,7 +48,7 @@ def _cert(subject, key, issuer, issuer_key, *, ca: bool, sans=None, usage=None,
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if sans:
@@ -69,17 +70,20 @@ def _write(path: Path, obj) -> Path:
     return path
 
 
+_LOOPBACK = [
+    x509.DNSName("localhost"),
+    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    x509.IPAddress(ipaddress.ip_address("::1")),
+]
+
+
 def make_pki(folder: Path) -> Pki:
     """Write a CA, a server cert valid for localhost/127.0.0.1/::1 and a client cert under ``folder``."""
     ca_key, other_key = _key(), _key()
     ca = _cert(_name("imagebatch test CA"), ca_key, _name("imagebatch test CA"), ca_key, ca=True)
     other = _cert(_name("someone else's CA"), other_key, _name("someone else's CA"), other_key, ca=True)
     server_key, client_key = _key(), _key()
-    sans = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.IPAddress(ipaddress.ip_address("::1")),
-    ]
+    sans = _LOOPBACK
     server = _cert(_name("localhost"), server_key, ca.subject, ca_key, ca=False, sans=sans,
                    usage=[ExtendedKeyUsageOID.SERVER_AUTH])
     client = _cert(_name("imagebatch test client"), client_key, ca.subject, ca_key, ca=False,
@@ -93,6 +97,7 @@ def make_pki(folder: Path) -> Pki:
                            usage=[ExtendedKeyUsageOID.CLIENT_AUTH], expired=True)
     return Pki(
         ca=_write(folder / "ca.pem", ca),
+        ca_key=_write(folder / "ca.key", ca_key),
         server_cert=_write(folder / "server.pem", server),
         server_key=_write(folder / "server.key", server_key),
         client_cert=_write(folder / "client.pem", client),
@@ -105,3 +110,14 @@ def make_pki(folder: Path) -> Pki:
         expired_client_cert=_write(folder / "expired-client.pem", expired_client),
         expired_client_key=_write(folder / "expired-client.key", expired_client_key),
     )
+
+
+def issue_server_cert(pki: Pki, folder: Path, lifetime: datetime.timedelta) -> tuple[Path, Path]:
+    """A server certificate for loopback signed by ``pki``'s CA that expires after ``lifetime``: a worker
+    accepts it at start-up, then serves it expired."""
+    ca = x509.load_pem_x509_certificate(pki.ca.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    key = _key()
+    cert = _cert(_name("localhost"), key, ca.subject, ca_key, ca=False, sans=_LOOPBACK,
+                 usage=[ExtendedKeyUsageOID.SERVER_AUTH], lifetime=lifetime)
+    return _write(folder / "expiring.pem", cert), _write(folder / "expiring.key", key)
