@@ -24,27 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fworker/api/imageworker_v1.proto\x12\x0eimageworker.v1\"^\n\rRotateRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0f\n\x07\x64\x65grees\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0f\n\x07quality\x18\x04 \x01(\x05\x12\x0c\n\x04\x61uto\x18\x05 \x01(\x08\"\xa1\x01\n\x0eRotateResponse\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0e\n\x06worker\x18\x06 \x01(\t\x12\x12\n\ndecided_by\x18\x07 \x01(\t\x12\x0f\n\x07\x64\x65grees\x18\x08 \x01(\x05\x12\x0c\n\x04note\x18\t \x01(\t\" \n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\"?\n\x03\x42ox\x12\x0c\n\x04left\x18\x01 \x01(\x05\x12\x0b\n\x03top\x18\x02 \x01(\x05\x12\r\n\x05right\x18\x03 \x01(\x05\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x05\"F\n\x04\x46\x61\x63\x65\x12 \n\x03\x62ox\x18\x01 \x01(\x0b\x32\x13.imageworker.v1.Box\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\xc4\x01\n\x10\x43lassifyResponse\x12\r\n\x05label\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12#\n\x05\x66\x61\x63\x65s\x18\x03 \x03(\x0b\x32\x14.imageworker.v1.Face\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\x12\x0e\n\x06worker\x18\x08 \x01(\t\x12\x13\n\x0borientation\x18\t \x01(\x05*\x9f\x02\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x0f\n\x0bWORKER_BUSY\x10\x01\x12\x13\n\x0fIMAGE_TOO_LARGE\x10\x02\x12\x0f\n\x0bPIXEL_LIMIT\x10\x03\x12\x16\n\x12UNSUPPORTED_FORMAT\x10\x04\x12\x11\n\rCORRUPT_IMAGE\x10\x05\x12\x0f\n\x0b\x45MPTY_IMAGE\x10\x06\x12\x14\n\x10INVALID_ROTATION\x10\x07\x12\x12\n\x0eINVALID_PIXELS\x10\x08\x12\x11\n\rMODEL_LOADING\x10\t\x12\x0c\n\x08INTERNAL\x10\n\x12\x10\n\x0c\x43\x41LL_EXPIRED\x10\x0b\x12\x12\n\x0e\x43\x41LL_CANCELLED\x10\x0c\x12\x0e\n\nWORK_LIMIT\x10\r2\xa5\x01\n\x0bImageWorker\x12G\n\x06Rotate\x12\x1d.imageworker.v1.RotateRequest\x1a\x1e.imageworker.v1.RotateResponse\x12M\n\x08\x43lassify\x12\x1f.imageworker.v1.ClassifyRequest\x1a .imageworker.v1.ClassifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fworker/api/imageworker_v1.proto\x12\x0eimageworker.v1\"&\n\x08ImageRef\x12\x0e\n\x04path\x18\x01 \x01(\tH\x00\x42\n\n\x08location\"\xb7\x01\n\rRotateRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0f\n\x07\x64\x65grees\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0f\n\x07quality\x18\x04 \x01(\x05\x12\x0c\n\x04\x61uto\x18\x05 \x01(\x08\x12(\n\x06source\x18\x06 \x01(\x0b\x32\x18.imageworker.v1.ImageRef\x12-\n\x0b\x64\x65stination\x18\x07 \x01(\x0b\x32\x18.imageworker.v1.ImageRef\"\xa1\x01\n\x0eRotateResponse\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0e\n\x06worker\x18\x06 \x01(\t\x12\x12\n\ndecided_by\x18\x07 \x01(\t\x12\x0f\n\x07\x64\x65grees\x18\x08 \x01(\x05\x12\x0c\n\x04note\x18\t \x01(\t\"J\n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12(\n\x06source\x18\x02 \x01(\x0b\x32\x18.imageworker.v1.ImageRef\"?\n\x03\x42ox\x12\x0c\n\x04left\x18\x01 \x01(\x05\x12\x0b\n\x03top\x18\x02 \x01(\x05\x12\r\n\x05right\x18\x03 \x01(\x05\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x05\"F\n\x04\x46\x61\x63\x65\x12 \n\x03\x62ox\x18\x01 \x01(\x0b\x32\x13.imageworker.v1.Box\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\xc4\x01\n\x10\x43lassifyResponse\x12\r\n\x05label\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12#\n\x05\x66\x61\x63\x65s\x18\x03 \x03(\x0b\x32\x14.imageworker.v1.Face\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\x12\x0e\n\x06worker\x18\x08 \x01(\t\x12\x13\n\x0borientation\x18\t \x01(\x05*\x84\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x0f\n\x0bWORKER_BUSY\x10\x01\x12\x13\n\x0fIMAGE_TOO_LARGE\x10\x02\x12\x0f\n\x0bPIXEL_LIMIT\x10\x03\x12\x16\n\x12UNSUPPORTED_FORMAT\x10\x04\x12\x11\n\rCORRUPT_IMAGE\x10\x05\x12\x0f\n\x0b\x45MPTY_IMAGE\x10\x06\x12\x14\n\x10INVALID_ROTATION\x10\x07\x12\x12\n\x0eINVALID_PIXELS\x10\x08\x12\x11\n\rMODEL_LOADING\x10\t\x12\x0c\n\x08INTERNAL\x10\n\x12\x10\n\x0c\x43\x41LL_EXPIRED\x10\x0b\x12\x12\n\x0e\x43\x41LL_CANCELLED\x10\x0c\x12\x0e\n\nWORK_LIMIT\x10\r\x12\x12\n\x0eREFERENCES_OFF\x10\x0e\x12\x11\n\rOUTSIDE_ROOTS\x10\x0f\x12\x12\n\x0e\x46ILE_NOT_FOUND\x10\x10\x12\x13\n\x0f\x46ILE_UNREADABLE\x10\x11\x12\x13\n\x0f\x46ILE_UNWRITABLE\x10\x12\x32\xa5\x01\n\x0bImageWorker\x12G\n\x06Rotate\x12\x1d.imageworker.v1.RotateRequest\x1a\x1e.imageworker.v1.RotateResponse\x12M\n\x08\x43lassify\x12\x1f.imageworker.v1.ClassifyRequest\x1a .imageworker.v1.ClassifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'worker.api.imageworker_v1_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORREASON']._serialized_start=682
-  _globals['_ERRORREASON']._serialized_end=969
-  _globals['_ROTATEREQUEST']._serialized_start=51
-  _globals['_ROTATEREQUEST']._serialized_end=145
-  _globals['_ROTATERESPONSE']._serialized_start=148
-  _globals['_ROTATERESPONSE']._serialized_end=309
-  _globals['_CLASSIFYREQUEST']._serialized_start=311
-  _globals['_CLASSIFYREQUEST']._serialized_end=343
-  _globals['_BOX']._serialized_start=345
-  _globals['_BOX']._serialized_end=408
-  _globals['_FACE']._serialized_start=410
-  _globals['_FACE']._serialized_end=480
-  _globals['_CLASSIFYRESPONSE']._serialized_start=483
-  _globals['_CLASSIFYRESPONSE']._serialized_end=679
-  _globals['_IMAGEWORKER']._serialized_start=972
-  _globals['_IMAGEWORKER']._serialized_end=1137
+  _globals['_ERRORREASON']._serialized_start=854
+  _globals['_ERRORREASON']._serialized_end=1242
+  _globals['_IMAGEREF']._serialized_start=51
+  _globals['_IMAGEREF']._serialized_end=89
+  _globals['_ROTATEREQUEST']._serialized_start=92
+  _globals['_ROTATEREQUEST']._serialized_end=275
+  _globals['_ROTATERESPONSE']._serialized_start=278
+  _globals['_ROTATERESPONSE']._serialized_end=439
+  _globals['_CLASSIFYREQUEST']._serialized_start=441
+  _globals['_CLASSIFYREQUEST']._serialized_end=515
+  _globals['_BOX']._serialized_start=517
+  _globals['_BOX']._serialized_end=580
+  _globals['_FACE']._serialized_start=582
+  _globals['_FACE']._serialized_end=652
+  _globals['_CLASSIFYRESPONSE']._serialized_start=655
+  _globals['_CLASSIFYRESPONSE']._serialized_end=851
+  _globals['_IMAGEWORKER']._serialized_start=1245
+  _globals['_IMAGEWORKER']._serialized_end=1410
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,11 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CALL_EXPIRED: _ClassVar[ErrorReason]
     CALL_CANCELLED: _ClassVar[ErrorReason]
     WORK_LIMIT: _ClassVar[ErrorReason]
+    REFERENCES_OFF: _ClassVar[ErrorReason]
+    OUTSIDE_ROOTS: _ClassVar[ErrorReason]
+    FILE_NOT_FOUND: _ClassVar[ErrorReason]
+    FILE_UNREADABLE: _ClassVar[ErrorReason]
+    FILE_UNWRITABLE: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 WORKER_BUSY: ErrorReason
 IMAGE_TOO_LARGE: ErrorReason
@@ -37,20 +42,35 @@ INTERNAL: ErrorReason
 CALL_EXPIRED: ErrorReason
 CALL_CANCELLED: ErrorReason
 WORK_LIMIT: ErrorReason
+REFERENCES_OFF: ErrorReason
+OUTSIDE_ROOTS: ErrorReason
+FILE_NOT_FOUND: ErrorReason
+FILE_UNREADABLE: ErrorReason
+FILE_UNWRITABLE: ErrorReason
+
+class ImageRef(_message.Message):
+    __slots__ = ("path",)
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    def __init__(self, path: _Optional[str] = ...) -> None: ...
 
 class RotateRequest(_message.Message):
-    __slots__ = ("image", "degrees", "format", "quality", "auto")
+    __slots__ = ("image", "degrees", "format", "quality", "auto", "source", "destination")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     DEGREES_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
     AUTO_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     degrees: int
     format: str
     quality: int
     auto: bool
-    def __init__(self, image: _Optional[bytes] = ..., degrees: _Optional[int] = ..., format: _Optional[str] = ..., quality: _Optional[int] = ..., auto: _Optional[bool] = ...) -> None: ...
+    source: ImageRef
+    destination: ImageRef
+    def __init__(self, image: _Optional[bytes] = ..., degrees: _Optional[int] = ..., format: _Optional[str] = ..., quality: _Optional[int] = ..., auto: _Optional[bool] = ..., source: _Optional[_Union[ImageRef, _Mapping]] = ..., destination: _Optional[_Union[ImageRef, _Mapping]] = ...) -> None: ...
 
 class RotateResponse(_message.Message):
     __slots__ = ("image", "format", "width", "height", "method", "worker", "decided_by", "degrees", "note")
@@ -75,10 +95,12 @@ class RotateResponse(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., format: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., method: _Optional[str] = ..., worker: _Optional[str] = ..., decided_by: _Optional[str] = ..., degrees: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("image",)
+    __slots__ = ("image", "source")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     image: bytes
-    def __init__(self, image: _Optional[bytes] = ...) -> None: ...
+    source: ImageRef
+    def __init__(self, image: _Optional[bytes] = ..., source: _Optional[_Union[ImageRef, _Mapping]] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("left", "top", "right", "bottom")
