@@ -38,13 +38,19 @@ class FaceResult:
 
 @dataclass(frozen=True)
 class Classification:
-    """The answer for one image: the largest face's label (or ``no_face``) and every face."""
+    """The answer for one image: the largest face's label (or ``no_face``) and every face.
+
+    ``orientation`` is the counter-clockwise quarter turn (0, 90, 180, 270) of the upright image
+    under which its faces were found: 0 unless the upright image had none. Boxes, ``width`` and
+    ``height`` are always those of the upright image (as sent, EXIF orientation applied).
+    """
 
     label: str
     confidence: float
     width: int
     height: int
     faces: list[FaceResult] = field(default_factory=list)
+    orientation: int = 0
 
 
 class Classifier(Protocol):

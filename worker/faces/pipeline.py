@@ -120,15 +120,21 @@ def detection_scale(width: int, height: int, budget: int = DETECT_PIXELS) -> flo
 
 def detect_faces(rgb: np.ndarray, models: DlibModels, budget: int = DETECT_PIXELS) -> list[Box]:
     """Boxes of the faces in an HxWx3 uint8 image, main face first (see ``main_face_first``), in its pixels."""
+    return detect_scored(rgb, models, budget)[0]
+
+
+def detect_scored(rgb: np.ndarray, models: DlibModels, budget: int = DETECT_PIXELS) -> tuple[list[Box], float]:
+    """``detect_faces`` and the detector's best score (``-inf`` without a face): how face-like its
+    most face-like window is (0 is the detector's own threshold)."""
     height, width = rgb.shape[:2]
     scale = detection_scale(width, height, budget)
     work = rgb if scale == 1.0 else _resized(rgb, scale)
     with models.detector_lock:
-        rects = models.detector(work, 0)
+        rects, scores, _ = models.detector.run(work, 0, 0.0)
         if not rects and width * height * 4 <= budget:
-            rects = models.detector(work, 1)
+            rects, scores, _ = models.detector.run(work, 1, 0.0)
     boxes = sorted({_to_box(r, scale, width, height) for r in rects}, key=lambda b: (-b.area, b.left, b.top))
-    return main_face_first([b for b in boxes if b.area > 0], width, height)
+    return main_face_first([b for b in boxes if b.area > 0], width, height), max(scores, default=-math.inf)
 
 
 def main_face_first(boxes: list[Box], width: int, height: int) -> list[Box]:
@@ -199,6 +205,57 @@ def faces_in(rgb: np.ndarray, models: DlibModels, max_faces: int = 16) -> tuple[
     return boxes, embed_chips([face_chip(rgb, b, models) for b in boxes], models)
 
 
+# --- turned photos: scans and cameras that write no orientation ---------------------------------
+
+# Sideways (90, 270) is how portrait shots and scans usually arrive, upside down (180) is rare:
+# the turns are tried in this order, and only while no sure face has been found.
+QUARTER_TURNS = (90, 270, 180)
+# The HOG detector also fires, weakly, on some faces upside down (76 of the 525 training photos,
+# best score 0.72; never on a face turned sideways). A face scoring at least this ends the search;
+# below it every turn is tried and the best-scoring one wins, so a false upside-down face never
+# hides the true one (chosen on the training photos; docs/model-card.md, "Turned photos").
+SURE_FACE = 1.0
+
+
+def turned(rgb: np.ndarray, degrees: int) -> np.ndarray:
+    """``rgb`` turned counter-clockwise by ``degrees`` (0, 90, 180, 270), C-contiguous for dlib."""
+    return np.ascontiguousarray(np.rot90(rgb, degrees // 90))
+
+
+def unturned_box(box: Box, degrees: int, width: int, height: int) -> Box:
+    """A box found in the copy turned counter-clockwise by ``degrees``, in the pixels of the
+    ``width`` x ``height`` image before the turn."""
+    left, top, right, bottom = box
+    if degrees == 90:  # original pixel (x, y) sits at (y, width - 1 - x) in the turned copy
+        return Box(width - bottom, left, width - top, right)
+    if degrees == 180:
+        return Box(width - right, height - bottom, width - left, height - top)
+    if degrees == 270:  # original (x, y) at (height - 1 - y, x)
+        return Box(top, height - right, bottom, height - left)
+    return box
+
+
+def faces_any_turn(rgb: np.ndarray, models: DlibModels, max_faces: int = 16) -> tuple[int, list[Box], np.ndarray]:
+    """Like ``faces_in``, under the quarter turn whose faces are surest: upright unless the upright
+    image has no sure face (``SURE_FACE``). Returns that turn (0 without any face), the boxes in
+    ``rgb``'s pixels (main face first) and their embeddings."""
+    best: tuple[float, int, list[Box], np.ndarray] | None = None
+    for degrees in (0, *QUARTER_TURNS):
+        work = turned(rgb, degrees)
+        boxes, score = detect_scored(work, models)
+        if boxes and (best is None or score > best[0]):
+            best = (score, degrees, boxes[:max_faces], work)
+        if best is not None and best[0] >= SURE_FACE:
+            break
+    if best is None:
+        return 0, [], embed_chips([], models)
+    _, degrees, boxes, work = best
+    # Chips come from the turned copy, where the face is upright for the landmark model.
+    embeddings = embed_chips([face_chip(work, b, models) for b in boxes], models)
+    height, width = rgb.shape[:2]
+    return degrees, [unturned_box(b, degrees, width, height) for b in boxes], embeddings
+
+
 # --- classify: the open-set model names each face, the image takes its main face's label -------
 
 def name_of(model: OpenSetModel, index: int) -> str:
@@ -219,9 +276,13 @@ class FaceClassifier:
         return self.classify_rgb(to_rgb(upright(data, max_pixels)))
 
     def classify_rgb(self, rgb: np.ndarray) -> Classification:
-        """Classify every face in an HxWx3 uint8 array; the image's label is its main face's."""
+        """Classify every face in an HxWx3 uint8 array; the image's label is its main face's.
+
+        Without a sure upright face, the faces of the quarter turn where they are surest
+        (``orientation``, see ``faces_any_turn``); boxes are always in ``rgb``'s pixels.
+        """
         height, width = rgb.shape[:2]
-        boxes, embeddings = faces_in(rgb, self.dlib)
+        orientation, boxes, embeddings = faces_any_turn(rgb, self.dlib)
         if not boxes:
             return Classification(NO_FACE, 1.0, width, height, [])
         classes, scores = self.model.main.predict(embeddings)
@@ -229,7 +290,7 @@ class FaceClassifier:
             FaceResult(b, name_of(self.model.main, int(c)), float(s))
             for b, c, s in zip(boxes, classes, scores, strict=True)
         ]
-        return Classification(faces[0].label, faces[0].score, width, height, faces)
+        return Classification(faces[0].label, faces[0].score, width, height, faces, orientation)
 
     def classify_legacy(self, pixels: np.ndarray) -> str:
         """A legacy client's 37x50 grey whole-photo thumbnail -> a person, ``unknown`` or ``no_face``."""
