@@ -13,6 +13,8 @@ from worker.faces import artifact
 from worker.faces.training.dataset import LFW_ENV, gallery, people_folders, split
 
 _dir = click.Path(exists=True, file_okay=False, path_type=Path)
+# The parts of `worker evaluate` (``evaluate.evaluate``); the baseline runs in-process, no worker.
+GROUPS = ("model", "turned", "legacy", "small", "baseline")
 
 
 @click.command()
@@ -75,13 +77,16 @@ def train(people_dir: Path, persons: tuple[str, ...], negatives_dir: Path | None
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the markdown report to this file.")
 @click.option("--record", is_flag=True, help="Store the headline figures in the model's .json (key 'evaluation').")
+@click.option("--only", "only", multiple=True, type=click.Choice(GROUPS),
+              help="Only these evaluations (repeatable; default: all).")
 def evaluate(model: Path | None, data: Path | None, processes: int, seed: int, report: Path | None,
-             record: bool) -> None:
+             record: bool, only: tuple[str, ...]) -> None:
     """Evaluate a model on the split it held out, through a real `worker serve` on loopback.
 
     Prints precision/recall/F1 per label, the confusion matrix and the rate of
-    `unknown` answers for never-seen people, for the model, the same faces
-    small in 1920x1080 scenes, the legacy 37x50 path and an eigenfaces baseline.
+    `unknown` answers for never-seen people, for the model, the same photos
+    turned by 90, 180 and 270 degrees, the same faces small in 1920x1080
+    scenes, the legacy 37x50 path and an eigenfaces baseline.
     """
     from worker.faces.training.evaluate import evaluate as run
     from worker.faces.training.evaluate import record as keep
@@ -90,7 +95,7 @@ def evaluate(model: Path | None, data: Path | None, processes: int, seed: int, r
     if data is None:
         raise click.UsageError(f"no evaluation data: give the gallery with --data DIR or set {LFW_ENV}")
     try:
-        results = run(model, data, processes, seed)
+        results = run(model, data, processes, seed, only or GROUPS)
     except (artifact.ModelError, ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     text = render(results)

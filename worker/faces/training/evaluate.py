@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import io
 import random
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imagew
 from worker.classifier import NO_FACE, UNKNOWN, Box
 from worker.faces import artifact, legacy
 from worker.faces.training import baseline, metrics, scenes
+from worker.faces.training.commands import GROUPS
 from worker.faces.training.dataset import gallery
 from worker.local import LocalWorker
 
@@ -112,37 +114,65 @@ def small_face_photos(paths: list[Path], seed: int) -> list[tuple[bytes, Box]]:
     return out
 
 
-def evaluate(model_path: Path | None, data: Path, processes: int = 1, seed: int = 0) -> dict[str, tuple]:
-    """``{variant: (truth, answers)}`` for the four variants."""
+def turned_photo(path: Path, degrees: int) -> bytes:
+    """A photo turned clockwise by ``degrees`` as a scanner or a camera that writes no orientation
+    stores it: a JPEG without EXIF, upright again after a counter-clockwise turn by ``degrees``."""
+    with Image.open(path) as img:
+        buf = io.BytesIO()
+        img.convert("RGB").transpose(_CLOCKWISE[degrees]).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+TURNS = (90, 180, 270)
+_CLOCKWISE = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_90}
+
+
+def evaluate(model_path: Path | None, data: Path, processes: int = 1, seed: int = 0,
+             only: Collection[str] = GROUPS) -> dict[str, tuple]:
+    """``{variant: (truth, answers)}`` for the variants of the groups (``GROUPS``) in ``only``."""
     meta = artifact.load(model_path).meta
     split = held_out(meta, data)
     known = list(meta["labels"])
     results: dict[str, tuple] = {}
-    with running_worker(model_path, processes) as channel, ThreadPoolExecutor(4) as pool:
-        files = [p.read_bytes() for p in split.paths]
-        results["model"] = (split.truth, [r.label for r in pool.map(lambda b: _classify(channel, b), files)])
-        thumbs = []
+    thumbs = []
+    if "legacy" in only or "baseline" in only:
         for p in split.paths:
             with Image.open(p) as img:
                 thumbs.append(legacy.old_client_thumbnail(img))
-        results["legacy"] = (split.truth, list(pool.map(lambda t: _recognize(channel, t), thumbs)))
-        pasted = small_face_photos(split.paths, seed)
-        replies = list(pool.map(lambda s: _classify(channel, s[0]), pasted))
-        results["small"] = (split.truth, [r.label for r in replies])
-        results["small_subject"] = (split.truth, [subject_label(r, s[1]) for r, s in zip(replies, pasted, strict=True)])
-    clf = baseline.train_eigenfaces(np.array([baseline.lfw_crop(p) for p in split.train_paths]),
-                                    split.train_truth, seed)
-    answers = clf.predict(np.array([baseline.lfw_crop(p) for p in split.paths]))
-    results["eigenfaces"] = (split.truth, [str(a) for a in answers])
-    # The old prototype's mistake: a model of face crops shown whole-photo thumbnails.
-    answers = clf.predict(np.array([t.ravel() / 255.0 for t in thumbs], dtype=np.float32))
-    results["prototype"] = (split.truth, [str(a) for a in answers])
+    with running_worker(model_path, processes) as channel, ThreadPoolExecutor(4) as pool:
+        if "model" in only:
+            files = [p.read_bytes() for p in split.paths]
+            results["model"] = (split.truth, [r.label for r in pool.map(lambda b: _classify(channel, b), files)])
+        if "turned" in only:
+            for degrees in TURNS:
+                files = [turned_photo(p, degrees) for p in split.paths]
+                replies = list(pool.map(lambda b: _classify(channel, b), files))
+                results[f"turned{degrees}"] = (split.truth, [r.label for r in replies])
+                found = [r.orientation for r in replies if r.label != NO_FACE]
+                results[f"_orientation{degrees}"] = (found.count(degrees), len(found))
+        if "legacy" in only:
+            results["legacy"] = (split.truth, list(pool.map(lambda t: _recognize(channel, t), thumbs)))
+        if "small" in only:
+            pasted = small_face_photos(split.paths, seed)
+            replies = list(pool.map(lambda s: _classify(channel, s[0]), pasted))
+            results["small"] = (split.truth, [r.label for r in replies])
+            results["small_subject"] = (split.truth,
+                                        [subject_label(r, s[1]) for r, s in zip(replies, pasted, strict=True)])
+    if "baseline" in only:
+        clf = baseline.train_eigenfaces(np.array([baseline.lfw_crop(p) for p in split.train_paths]),
+                                        split.train_truth, seed)
+        answers = clf.predict(np.array([baseline.lfw_crop(p) for p in split.paths]))
+        results["eigenfaces"] = (split.truth, [str(a) for a in answers])
+        # The old prototype's mistake: a model of face crops shown whole-photo thumbnails.
+        answers = clf.predict(np.array([t.ravel() / 255.0 for t in thumbs], dtype=np.float32))
+        results["prototype"] = (split.truth, [str(a) for a in answers])
     results["_labels"] = (known + [UNKNOWN, NO_FACE], known)
     return results
 
 
 TITLES = {
     "model": "Our model, 250x250 photos through ImageWorker.Classify",
+    **{f"turned{d}": f"The same photos turned {d}° clockwise (JPEG, no EXIF), through Classify" for d in TURNS},
     "small": "Our model, the same faces pasted at 60-120 px into 1920x1080 scenes, through Classify "
              "(the image's label: its largest face)",
     "small_subject": "The same scenes, scored on the face at the portrait's subject (the label Classify "
@@ -154,12 +184,19 @@ TITLES = {
 }
 
 
+def _section(results: dict[str, tuple], key: str) -> str:
+    labels, known = results["_labels"]
+    notes = ()
+    if key.startswith("turned"):
+        degrees = key.removeprefix("turned")
+        right, found = results["_orientation" + degrees]
+        notes = (f"orientation {degrees} reported for {right} of the {found} photos with a face",)
+    return metrics.markdown(TITLES[key], *results[key], labels, known, UNKNOWN, notes)
+
+
 def report(results: dict[str, tuple]) -> str:
     """Markdown sections for every variant."""
-    labels, known = results["_labels"]
-    return "\n".join(
-        metrics.markdown(TITLES[k], *results[k], labels, known, UNKNOWN) for k in TITLES if k in results
-    )
+    return "\n".join(_section(results, k) for k in TITLES if k in results)
 
 
 def headline(results: dict[str, tuple]) -> dict[str, dict]:

@@ -30,14 +30,16 @@ def summary(truth: list[str], pred: list[str], known: list[str], unknown: str) -
 
 
 def markdown(title: str, truth: list[str], pred: list[str], labels: list[str], known: list[str],
-             unknown: str) -> str:
-    """A section with the headline rates, the per-label table and the confusion matrix."""
+             unknown: str, notes: tuple[str, ...] = ()) -> str:
+    """A section with the headline rates (then ``notes``, one bullet each), the per-label table and
+    the confusion matrix."""
     s = summary(truth, pred, known, unknown)
     lines = [f"### {title}", ""]
     lines.append(f"- known people named right: **{s['known_accuracy']:.4f}** ({s['known_photos']} photos)")
     if s["never_seen_photos"]:
         lines.append(f"- never-seen people answered `{unknown}`: **{s['unknown_rate']:.4f}** "
                      f"({s['never_seen_photos']} photos)")
+    lines += [f"- {n}" for n in notes]
     lines += ["", "| label | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
     for lab, m in per_label(truth, pred, labels).items():
         lines.append(f"| {lab} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
