@@ -174,31 +174,30 @@ def count_frames(img: Image.Image, max_frames: int = DEFAULT_MAX_FRAMES) -> int:
     try:
         if fmt == "TIFF":
             # Pillow's n_frames walks every page directory (quadratic in pages):
-            # seek just past the limit instead, which reads directories only.
-            try:
-                img.seek(max_frames)
-            except EOFError:
-                pass
-            else:
-                raise _too_many_frames(fmt, f"over {max_frames}", max_frames)
-            finally:
-                img.seek(0)
-        count = getattr(img, "n_frames", 1)  # GIF: parsed, not decoded; WebP: from libwebp's demuxer
+            # step through them up to the limit only, reading directories, not pixels.
+            # (One seek far ahead would do, but then Pillow miscounts n_frames.)
+            count = 1
+            while count <= max_frames:
+                try:
+                    img.seek(count)
+                except EOFError:
+                    break
+                count += 1
+            img.seek(0)
+        else:
+            count = getattr(img, "n_frames", 1)  # GIF: parsed, not decoded; WebP: from libwebp's demuxer
     except Image.DecompressionBombError as e:  # GIF frames are checked as they are counted
         raise bomb_refused(e) from None
     except DECODE_ERRORS as e:
         raise InvalidArgument(f"corrupt {fmt} image: cannot count its frames: {e}") from None
     if count > max_frames:
-        raise _too_many_frames(fmt, f"{count:,}", max_frames)
+        counted = f"over {max_frames:,}" if fmt == "TIFF" else f"{count:,}"  # TIFF pages are counted to the limit
+        raise InvalidArgument(
+            f"{fmt} image with {counted} frames/pages, over the worker's limit of {max_frames:,} for one call "
+            "(each is decoded and encoded); refused as a possible decoder work bomb",
+            Reason.WORK_LIMIT,
+        )
     return count
-
-
-def _too_many_frames(fmt: str | None, count: str, max_frames: int) -> InvalidArgument:
-    return InvalidArgument(
-        f"{fmt} image with {count} frames/pages, over the worker's limit of {max_frames:,} for one call "
-        "(each is decoded and encoded); refused as a possible decoder work bomb",
-        Reason.WORK_LIMIT,
-    )
 
 
 # What each Pillow mode holds per sample: (bits, TIFF SampleFormat 1 uint / 2 int / 3 float).

@@ -1,0 +1,231 @@
+"""Rotation never answers ok with less than was sent, and the work one call may cause is bounded.
+
+Deep colour is kept exactly or refused (UNSUPPORTED_FORMAT), EXIF orientation
+is reset whatever its type, RGBA BMP keeps its alpha, and decoder work bombs
+(JPEG scans, TIFF pages, CPU time) are refused with WORK_LIMIT in milliseconds.
+Pure-function checks first, then the same files through a real worker.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from PIL import Image
+
+from tests.support.deep import (
+    bmp_v5_rgba,
+    exif_orientation,
+    jpeg_scan_bomb,
+    png16,
+    ramp,
+    tiff,
+    tiff_pages,
+    webp_nested_anmf,
+)
+from tests.support.images import jpeg, photo
+from worker.api import imageworker_v1_pb2 as v1
+from worker.api import imageworker_v1_pb2_grpc as v1_grpc
+from worker.decode import MAX_JPEG_SCANS, upright
+from worker.errors import Cancelled, InvalidArgument, Reason
+from worker.rotate import rotate
+
+T = Image.Transpose
+
+
+def refused(data: bytes, degrees: int = 90, **kw) -> InvalidArgument:
+    with pytest.raises(InvalidArgument) as err:
+        rotate(data, degrees, **kw)
+    return err.value
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+# --- deep colour: kept exactly, or refused ---------------------------------------------------------------
+
+DEEP_REFUSED = {
+    "16-bit RGB PNG": lambda: png16(ramp(4, 5, 3, "uint16")),
+    "16-bit RGBA PNG": lambda: png16(ramp(4, 5, 4, "uint16")),
+    "16-bit grey+alpha PNG": lambda: png16(ramp(4, 5, 2, "uint16")),
+    "16-bit RGB TIFF": lambda: tiff(ramp(4, 5, 3, "uint16")),
+    "16-bit RGBA TIFF": lambda: tiff(ramp(4, 5, 4, "uint16")),
+    "32-bit unsigned grey TIFF": lambda: tiff(ramp(4, 5, 1, "uint32")),
+    "16-bit signed grey TIFF": lambda: tiff(ramp(4, 5, 1, "int16")),
+}
+
+
+@pytest.mark.parametrize("make", DEEP_REFUSED.values(), ids=DEEP_REFUSED.keys())
+def test_deep_colour_pillow_would_narrow_is_refused_never_ok(make):
+    data = make()
+    err = refused(data)
+    assert err.reason == Reason.UNSUPPORTED_FORMAT
+    assert "-bit" in str(err) and "refused" in str(err)
+    assert rotate(data, 0).data == data  # 0 degrees: the bytes as sent, nothing decoded
+
+
+DEEP_KEPT = {
+    "16-bit grey PNG": lambda: png16(ramp(4, 5, 1, "uint16")),
+    "16-bit grey TIFF": lambda: tiff(ramp(4, 5, 1, "uint16")),
+    "32-bit float grey TIFF": lambda: tiff(np.linspace(-3e38, 3e38, 20, dtype=np.float32).reshape(4, 5)),
+    "32-bit signed grey TIFF": lambda: tiff(ramp(4, 5, 1, "int32")),
+}
+
+
+@pytest.mark.parametrize("make", DEEP_KEPT.values(), ids=DEEP_KEPT.keys())
+def test_deep_colour_pillow_holds_is_kept_exactly(make):
+    data = make()
+    out = rotate(data, 90)
+    assert out.method == "reencoded"
+    got, sent = decoded(out.data), decoded(data)
+    assert got.dtype == sent.dtype and np.array_equal(got, np.rot90(sent))
+    assert Image.open(io.BytesIO(out.data)).mode == Image.open(io.BytesIO(data)).mode
+
+
+@pytest.mark.parametrize("pixels", [np.arange(20, dtype=np.float64).reshape(4, 5), ramp(4, 5, 2, "uint16")],
+                         ids=["float64 grey TIFF", "2-channel 16-bit TIFF"])
+def test_tiff_sample_layouts_without_a_mode_are_unsupported_not_corrupt(pixels):
+    err = refused(tiff(pixels))
+    assert err.reason == Reason.UNSUPPORTED_FORMAT
+    assert "unsupported sample format" in str(err)
+
+
+# --- EXIF orientation of type LONG ------------------------------------------------------------------------
+
+
+def _with_exif(fmt: str, kind: int, **options) -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(jpeg(64, 48))).save(buf, fmt, exif=exif_orientation(6, kind), **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", [3, 4], ids=["SHORT", "LONG"])
+@pytest.mark.parametrize("fmt, options, degrees", [
+    ("JPEG", {"quality": 90}, 90),  # lossless DCT path
+    ("JPEG", {"quality": 90}, 0),  # orientation alone: only the EXIF changes
+    ("PNG", {}, 90),
+    ("WEBP", {"lossless": True}, 180),
+])
+def test_exif_orientation_is_reset_whatever_its_type(fmt, options, degrees, kind):
+    data = _with_exif(fmt, kind, **options)
+    assert Image.open(io.BytesIO(data)).getexif()[0x0112] == 6
+    out = rotate(data, degrees)
+    assert Image.open(io.BytesIO(out.data)).getexif().get(0x0112, 1) == 1
+    want = np.asarray(upright(data).rotate(degrees, expand=True), dtype=np.int16)
+    seen = np.asarray(upright(out.data), dtype=np.int16)  # what a viewer shows
+    assert seen.shape == want.shape and np.abs(seen - want).mean() < 2
+
+
+# --- RGBA BMP ---------------------------------------------------------------------------------------------
+
+
+def test_rgba_bmp_keeps_its_alpha_and_declares_it():
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (6, 10, 4), dtype=np.uint8)
+    out = rotate(bmp_v5_rgba(pixels), 90)
+    header_size, compression = struct.unpack_from("<I", out.data, 14)[0], struct.unpack_from("<I", out.data, 30)[0]
+    alpha_mask = struct.unpack_from("<I", out.data, 14 + 52)[0]
+    assert header_size >= 108 and compression == 3 and alpha_mask == 0xFF000000
+    back = Image.open(io.BytesIO(out.data))
+    assert back.mode == "RGBA" and np.array_equal(np.asarray(back), np.rot90(pixels))
+
+
+# --- decoder work bombs -----------------------------------------------------------------------------------
+
+
+def _refused_fast(data: bytes, **kw) -> tuple[InvalidArgument, float]:
+    start = time.process_time()
+    err = refused(data, **kw)
+    return err, time.process_time() - start
+
+
+def test_jpeg_with_thousands_of_scans_is_refused_before_decoding():
+    err, seconds = _refused_fast(jpeg_scan_bomb(1024, 2000))  # took ~2.7 s of CPU to rotate, answered ok
+    assert err.reason == Reason.WORK_LIMIT and str(MAX_JPEG_SCANS) in str(err)
+    assert seconds < 0.5
+    with pytest.raises(InvalidArgument) as classify:  # Classify decodes through the same door
+        upright(jpeg_scan_bomb(1024, 2000))
+    assert classify.value.reason == Reason.WORK_LIMIT
+
+
+def test_a_progressive_jpeg_with_an_exif_thumbnail_is_not_counted_twice():
+    buf = io.BytesIO()
+    photo(256, 256).save(buf, "JPEG", progressive=True, exif=b"Exif\0\0" + b"\xff\xda" * 600)
+    assert rotate(buf.getvalue(), 90).method == "lossless"
+
+
+def test_tiff_with_too_many_pages_is_refused_without_reading_them_all():
+    err, seconds = _refused_fast(tiff_pages(20_000))  # 2.1 MB: minutes of CPU before
+    assert err.reason == Reason.WORK_LIMIT and "1,000" in str(err)
+    assert seconds < 0.5
+    assert refused(tiff_pages(30), max_frames=20).reason == Reason.WORK_LIMIT
+    assert rotate(tiff_pages(30), 90, max_frames=30).method == "reencoded"
+
+
+def test_cpu_budget_and_the_callers_check_stop_a_call():
+    data = jpeg(640, 480)  # 480 rows: 180 degrees re-encodes (not whole 16-px MCUs at the top)
+    err = refused(data, 180, cpu_seconds=0.0)
+    assert err.reason == Reason.WORK_LIMIT and "CPU" in str(err)
+    calls = []
+
+    def stop() -> None:
+        calls.append(1)
+        if len(calls) > 2:
+            raise Cancelled("client went away")
+
+    with pytest.raises(Cancelled):
+        rotate(data, 180, check=stop)
+    assert len(calls) == 3
+
+
+def test_webp_with_deeply_nested_frames_rotates_without_recursion():
+    data = webp_nested_anmf(2000)
+    out = rotate(data, 90)
+    assert np.array_equal(decoded(out.data), np.rot90(decoded(data)))
+
+
+# --- end to end through a real worker ---------------------------------------------------------------------
+
+E2E = [
+    ("16-bit RGB PNG", lambda: png16(ramp(4, 5, 3, "uint16")), "UNSUPPORTED_FORMAT"),
+    ("32-bit unsigned grey TIFF", lambda: tiff(ramp(4, 5, 1, "uint32")), "UNSUPPORTED_FORMAT"),
+    ("float64 TIFF", lambda: tiff(np.arange(20, dtype=np.float64).reshape(4, 5)), "UNSUPPORTED_FORMAT"),
+    ("progressive JPEG with 30,000 scans (1.2 MB)", lambda: jpeg_scan_bomb(2048, 30_000), "WORK_LIMIT"),
+    ("TIFF of 20,000 1x1 pages (2.1 MB)", lambda: tiff_pages(20_000), "WORK_LIMIT"),
+    ("JPEG with EXIF orientation 6 stored as LONG", lambda: _with_exif("JPEG", 4, quality=90), "OK"),
+    ("RGBA BMP with a V5 header", lambda: bmp_v5_rgba(ramp(4, 6, 4, "uint8")), "OK"),
+    ("WebP with ANMF nested 2,000 deep", lambda: webp_nested_anmf(2000), "OK"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make, expected", [(m, e) for _, m, e in E2E], ids=[c for c, _, _ in E2E])
+def test_through_the_worker(worker, record_property, make, expected):
+    data = make()
+    record_property("expected", expected)
+    start = time.perf_counter()
+    with grpc.insecure_channel(worker.address) as ch:
+        try:
+            answer = v1_grpc.ImageWorkerStub(ch).Rotate(v1.RotateRequest(image=data, degrees=90), timeout=60)
+        except grpc.RpcError as e:
+            status = rpc_status.from_call(e)
+            info = error_details_pb2.ErrorInfo()
+            reason = next((info.reason for d in status.details if d.Unpack(info)), None) if status else None
+            ms = 1000 * (time.perf_counter() - start)
+            record_property("observed", f"{e.code().name} {reason} in {ms:.0f} ms: {e.details()}")
+            assert reason == expected, e.details()
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and ms < 5000
+            return
+    record_property("observed", f"OK, {len(answer.image):,} bytes")
+    assert expected == "OK"
+    out = Image.open(io.BytesIO(answer.image))
+    assert out.getexif().get(0x0112, 1) == 1
+    if out.format == "BMP":
+        assert out.mode == "RGBA"
