@@ -6,7 +6,10 @@ page of HTML named ``.png`` get the same specific message whichever RPC saw it.
 Besides pixels, the work a file may cause is bounded: JPEG scans (counted
 here before Pillow decodes), frames or pages (``count_frames``), and a
 per-call ``Budget`` of CPU time checked each time a decoder or encoder reads
-or writes a block.
+or writes a block. The scan count is a hand-written marker walk because
+neither Pillow nor its libjpeg exposes one before decoding (libjpeg only warns
+about bogus progressions and goes on; libjpeg-turbo's TJFLAG_LIMITSCANS exists
+for its own transform and decompress functions, not for Pillow's decoder).
 """
 
 from __future__ import annotations

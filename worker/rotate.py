@@ -10,6 +10,11 @@ with the orientation reset to 1. Three paths, reported in ``Rotated.method``:
 - ``reencoded``: everything else, decoded with Pillow and written back with
   the input's own settings (JPEG: its quantisation tables and subsampling).
 
+Images Pillow would hold with fewer bits than sent are refused, never
+rotated into less (``decode.check_depth``). RGBA BMP headers are rewritten by
+hand (``_bmp_declaring_alpha``): Pillow writes RGBA BMPs under a header that
+declares no alpha and has no option for another.
+
 docs/rotation.md says which path each case takes and why.
 """
 
