@@ -20,7 +20,7 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from worker import rotate
+from worker import admission, rotate
 from worker.admission import Admission
 from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imageworker_v1_pb2_grpc
 from worker.classifier import Classifier
@@ -116,7 +116,9 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
 
     @rpc
     def Rotate(self, request, context):
-        out = rotate.rotate(request.image, request.degrees, max_pixels=self.state.max_pixels)
+        # The decoder calls check at every block and frame: an abandoned call stops there, not at its end.
+        out = rotate.rotate(request.image, request.degrees, max_pixels=self.state.max_pixels,
+                            check=functools.partial(admission.check, context))
         return imageworker_v1_pb2.RotateResponse(
             image=out.data,
             format=out.format,
@@ -129,6 +131,7 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
     @rpc
     def Classify(self, request, context):
         model = self.state.ready_classifier(context)
+        admission.check(context)  # the model's load may have used up the call (dlib cannot be stopped midway)
         result = model.classify(request.image, self.state.max_pixels)
         return imageworker_v1_pb2.ClassifyResponse(
             label=result.label,
