@@ -70,6 +70,7 @@ class Outcome:
     turned: int | None = None  # rotate: the quarter turn applied; classify: the one its faces were found under
     decided_by: str = ""  # rotation auto: "exif", "faces" or "none"
     note: str = ""  # what a conversion lost, when it lost something
+    durable: bool = False  # the output is on disk already (the worker wrote it by reference)
     width: int | None = None
     height: int | None = None
     label: str = ""

@@ -54,6 +54,9 @@ class Settings:
     backoff_cap: float = 20.0
     busy_backoff_base: float = 0.05  # the same, after a worker refused a call as busy
     out_root: str = "/"  # --out with links resolved: outputs are written only inside it
+    # Reference mode: resolved folders under which the worker reads inputs and writes outputs itself.
+    read_roots: tuple[str, ...] = ()
+    write_roots: tuple[str, ...] = ()
     quality: int = 0  # --quality for lossy targets; 0: the worker's rule (proto RotateRequest.quality)
 
     @property
@@ -226,14 +229,33 @@ def explain_exhausted(error: grpc.aio.AioRpcError, attempts: int, settings: Sett
     return f"worker unavailable after {attempts} attempts: {describe(error)}"
 
 
+def by_reference(row: Row, settings: Settings) -> bool:
+    """Whether the worker reads this row's input (and writes its output) itself: both under the roots it
+    serves (reference mode); else the bytes travel in the messages."""
+    if not settings.read_roots:
+        return False
+    inside = _inside(os.path.realpath(row.input_path), settings.read_roots)
+    if row.op == "rotate":
+        inside = inside and _inside(os.path.realpath(row.output_path.parent), settings.write_roots)
+    return inside
+
+
+def _inside(real: str, roots: tuple[str, ...]) -> bool:
+    return any(os.path.commonpath([real, root]) == root for root in roots)
+
+
 async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
     """Run one valid row to its outcome; never raises for a row-level problem."""
-    try:
-        data = read_input(row.input_path, INLINE_MAX)
-        if data is None:
-            data = await asyncio.to_thread(read_input, row.input_path)
-    except RowFailed as e:
-        return Outcome(ERROR, error=str(e))
+    referenced = by_reference(row, settings)
+    data = b""
+    if not referenced:
+        try:
+            data = read_input(row.input_path, INLINE_MAX)
+            if data is None:
+                data = await asyncio.to_thread(read_input, row.input_path)
+        except RowFailed as e:
+            return Outcome(ERROR, error=str(e))
+    source = v1.ImageRef(path=str(row.input_path)) if referenced else None
     attempts = 0
     failures = 0  # retryable failures other than busy refusals: at most settings.retries are retried
     busy_refusals, busy_waited = 0, 0.0
@@ -244,10 +266,13 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
             async with pool.call() as stub:
                 if row.op == "rotate":
                     request = v1.RotateRequest(image=data, degrees=row.degrees or 0, auto=row.auto,
-                                               format=row.format, quality=settings.quality)
+                                               format=row.format, quality=settings.quality, source=source,
+                                               destination=v1.ImageRef(path=str(row.output_path)) if referenced
+                                               else None)
                     reply = await stub.Rotate(request, timeout=settings.timeout)
                 else:
-                    reply = await stub.Classify(v1.ClassifyRequest(image=data), timeout=settings.timeout)
+                    request = v1.ClassifyRequest(image=data, source=source)
+                    reply = await stub.Classify(request, timeout=settings.timeout)
                 pool.answered(stub, reply.worker)
         except grpc.aio.AioRpcError as e:
             if permanent(e, len(data)):
@@ -285,16 +310,17 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
     if row.format and reply.format != row.format:
         return Outcome(ERROR, error=f"asked for {row.format} for {row.output_path}, the worker wrote {reply.format} "
                        "(an older worker that cannot convert?)", **common)
-    try:
-        if len(reply.image) <= INLINE_MAX:
-            write_output(row.output_path, reply.image, settings.out_root)
-        else:
-            await asyncio.to_thread(write_output, row.output_path, reply.image, settings.out_root)
-    except RowFailed as e:
-        return Outcome(ERROR, error=str(e), **common)
+    if not referenced:  # else the worker wrote it, durably, before it answered
+        try:
+            if len(reply.image) <= INLINE_MAX:
+                write_output(row.output_path, reply.image, settings.out_root)
+            else:
+                await asyncio.to_thread(write_output, row.output_path, reply.image, settings.out_root)
+        except RowFailed as e:
+            return Outcome(ERROR, error=str(e), **common)
     turned = reply.degrees if row.auto else row.degrees % 360
     return Outcome(OK, output=str(row.output_path), format=reply.format, turned=turned, decided_by=reply.decided_by,
-                   note=reply.note, **common)
+                   note=reply.note, durable=referenced, **common)
 
 
 async def fan_out(rows: Iterable[Row], pool: Pool, settings: Settings,

@@ -155,7 +155,7 @@ class Run:
         self._unanswered = self._unanswered + 1 if outcome.gave_up else 0 if outcome.worker else self._unanswered
         if self._unanswered >= self.give_up_after and not self.stopped:
             self.stopped = f"no worker answered for {self._unanswered} rows in a row ({outcome.error})"
-        written = outcome.output if outcome.output and not outcome.skipped else None
+        written = outcome.output if outcome.output and not (outcome.skipped or outcome.durable) else None
         self._group.add((row, outcome, result_row(row, outcome)), written)
         if row.id in self._followed:
             self._followed.discard(row.id)

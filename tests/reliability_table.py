@@ -36,6 +36,17 @@ SECTIONS = [
     ("Property tests (hypothesis)", "test_hostile_fuzz.py",
      "Arbitrary and mutated bytes into the decode path, `worker.rotate` and the manifest parser: "
      "only our own clean errors, never another exception or a hang."),
+    ("Rotation fidelity and decoder work", "test_rotate_fidelity.py",
+     "Deep colour, EXIF orientation of any integer type, RGBA BMP and decoder work bombs through a real worker: "
+     "never `ok` with less than was sent, and no file may cost unbounded work."),
+    ("The worker's limits per call, and its operations", "test_worker_limits.py",
+     "Abandoned and expired calls, clients that never read their answers, one size limit for every service, "
+     "a port already held, unusable TLS files and bad options at start-up."),
+    ("Inputs that would hang or exhaust the driver", "test_driver_inputs.py",
+     "FIFOs, devices, sockets, files over what a call can carry, and folders in --out that link elsewhere."),
+    ("The results folder is the run's own", "test_results_folder.py",
+     "Outputs naming the run's files or the manifest, planted links, full and read-only disks, damaged "
+     "journals, shorter manifests: one line and the right exit code, nothing lost, nothing temporary left."),
     ("Overload", "test_overload.py", "Four drivers at `--concurrency 64` against one small worker."),
     ("TLS and mTLS end to end", "test_tls_batch.py", "`batch run` against TLS and mTLS workers."),
     ("Security", "test_reliability_security.py", "What the worker touches and how models are loaded."),

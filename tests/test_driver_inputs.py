@@ -17,7 +17,8 @@ from tests.support.results import by_id, results
 pytestmark = pytest.mark.slow
 
 
-def test_non_regular_and_oversized_inputs_are_row_errors(tmp_path: Path, worker) -> None:
+def test_non_regular_and_oversized_inputs_are_row_errors(tmp_path: Path, worker, record_property) -> None:
+    """A FIFO, /dev/zero, /dev/urandom, a socket and a 2.5 GiB file: each one row's error, the good row ok"""
     (tmp_path / "good.jpg").write_bytes(jpeg(32, 24))
     os.mkfifo(tmp_path / "fifo.jpg")
     listener = socket.socket(socket.AF_UNIX)
@@ -34,6 +35,9 @@ def test_non_regular_and_oversized_inputs_are_row_errors(tmp_path: Path, worker)
         listener.close()
     assert done.returncode == 1, done.stderr
     got = by_id(results(tmp_path / "out"))
+    record_property("expected", "exit 1 at once; 'not a regular file (…)' or the size named per row; good row ok")
+    record_property("observed", f"exit {done.returncode}; " + "; ".join(f"{i}: {r['error'] or r['status']}"
+                                                                       for i, r in got.items()))
     assert got["fifo"]["error"] == f"not a regular file (a FIFO): {tmp_path / 'fifo.jpg'}"
     assert got["zero"]["error"] == "not a regular file (a character device): /dev/zero"
     assert got["urandom"]["error"] == "not a regular file (a character device): /dev/urandom"
@@ -42,7 +46,8 @@ def test_non_regular_and_oversized_inputs_are_row_errors(tmp_path: Path, worker)
     assert got["good"]["status"] == "ok"
 
 
-def test_a_linked_folder_inside_out_never_takes_outputs_outside(tmp_path: Path, worker) -> None:
+def test_a_linked_folder_inside_out_never_takes_outputs_outside(tmp_path: Path, worker, record_property) -> None:
+    """--out/rotated is a link to a folder elsewhere: that row fails, nothing is written outside --out"""
     (tmp_path / "a.jpg").write_bytes(jpeg(32, 24))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -55,6 +60,9 @@ def test_a_linked_folder_inside_out_never_takes_outputs_outside(tmp_path: Path, 
     done = run_batch(manifest, "--worker", worker.address, "--out", out, "--quiet")
     assert done.returncode == 1, done.stderr
     got = by_id(results(out))
+    record_property("expected", "the linked row fails naming where the link leads; the other row ok; nothing outside")
+    record_property("observed", f"{got['default']['error']}; other row {got['inside']['status']}; "
+                                f"{len(list(elsewhere.iterdir()))} files outside")
     assert got["default"]["error"] == (f"output {out / 'rotated' / 'a.jpg'} would be written outside --out: "
                                        f"{out / 'rotated'} leads to {elsewhere}")
     assert got["inside"]["status"] == "ok" and (out / "kept" / "a.jpg").is_file()

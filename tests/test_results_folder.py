@@ -19,13 +19,21 @@ from tests.support.results import by_id, results, stray_temporaries
 pytestmark = pytest.mark.slow
 
 
+def said(done: subprocess.CompletedProcess) -> str:
+    """What the table records of a run: its exit code and its last line on stderr (or stdout)."""
+    lines = (done.stderr.strip() or done.stdout.strip()).splitlines()
+    return f"exit {done.returncode}: {lines[-1] if lines else ''}"
+
+
 def images(folder: Path, *names: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
         (folder / name).write_bytes(jpeg(32, 24, seed=i))
 
 
-def test_outputs_naming_the_runs_own_files_or_the_manifest_are_refused(tmp_path: Path, worker) -> None:
+def test_outputs_naming_the_runs_own_files_or_the_manifest_are_refused(tmp_path: Path, worker,
+                                                                        record_property) -> None:
+    """Outputs named .lock, results.csv, run.json, the index, worker.log, report.html or without an extension"""
     images(tmp_path, "a.jpg")
     out = tmp_path / "out"
     bookkeeping = (".lock", "results.csv", "run.json", ".batch-index.sqlite", "worker.log", "report.html",
@@ -36,6 +44,7 @@ def test_outputs_naming_the_runs_own_files_or_the_manifest_are_refused(tmp_path:
     manifest = write_manifest(tmp_path / "jobs", rows)
     before = manifest.read_bytes()
     done = run_batch(manifest, "--worker", worker.address, "--out", out, "--quiet")
+    record_property("observed", said(done))
     assert done.returncode == 1, done.stderr
     got = by_id(results(out))
     for name in bookkeeping:
@@ -46,22 +55,26 @@ def test_outputs_naming_the_runs_own_files_or_the_manifest_are_refused(tmp_path:
     assert manifest.read_bytes() == before
 
 
-def test_the_manifest_inside_out_is_never_an_output(tmp_path: Path, worker) -> None:
+def test_the_manifest_inside_out_is_never_an_output(tmp_path: Path, worker, record_property) -> None:
+    """An output naming the manifest itself (--out is its folder): a row error, the manifest untouched"""
     images(tmp_path, "a.jpg")
     manifest = write_manifest(tmp_path / "jobs.csv", [
         {"id": "1", "path": "a.jpg", "op": "rotate", "rotation": "90", "output": "jobs.csv"}])
     before = manifest.read_bytes()
     done = run_batch(manifest, "--worker", worker.address, "--out", tmp_path, "--quiet")  # --out is its folder
+    record_property("observed", said(done))
     assert done.returncode == 1
     assert by_id(results(tmp_path))["1"]["error"] == "output 'jobs.csv' is the manifest itself"
     assert manifest.read_bytes() == before
 
 
-@pytest.mark.parametrize(("name", "said"), [
+@pytest.mark.parametrize(("name", "message"), [
     (".lock", ".lock is a symbolic link: refusing to follow it"),
     ("results.csv", "results.csv is a symbolic link: refusing to follow it"),
 ])
-def test_a_link_planted_in_out_is_never_written_through(tmp_path: Path, name: str, said: str) -> None:
+def test_a_link_planted_in_out_is_never_written_through(tmp_path: Path, name: str, message: str,
+                                                        record_property) -> None:
+    """A symlink planted at --out/.lock or --out/results.csv: refused, exit 2, its target untouched"""
     victim = tmp_path / "precious.txt"
     victim.write_text("keep me\n")
     out = tmp_path / "out"
@@ -69,27 +82,33 @@ def test_a_link_planted_in_out_is_never_written_through(tmp_path: Path, name: st
     (out / name).symlink_to(victim)
     manifest = write_manifest(tmp_path / "m.csv", [{"path": "a.jpg", "op": "rotate", "rotation": "45"}])
     done = run_batch(manifest, "--out", out, "--quiet")
+    record_property("observed", said(done))
     assert done.returncode == 2, done.stderr
-    assert said in done.stderr
+    assert message in done.stderr
     assert victim.read_text() == "keep me\n"
 
 
-def test_out_through_a_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_out_through_a_file_is_one_line_and_exit_2(tmp_path: Path, record_property) -> None:
+    """--out through a file: one line, exit 2"""
     (tmp_path / "file").write_text("x")
     manifest = write_manifest(tmp_path / "m.csv", [{"path": "a.jpg", "op": "classify"}])
     done = run_batch(manifest, "--out", tmp_path / "file" / "out", "--quiet")
+    record_property("observed", said(done))
     assert done.returncode == 2
     assert "cannot create --out" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_a_missing_manifest_leaves_no_results_folder(tmp_path: Path) -> None:
+def test_a_missing_manifest_leaves_no_results_folder(tmp_path: Path, record_property) -> None:
+    """A missing manifest: exit 2, no results folder made"""
     done = run_batch(tmp_path / "nope.csv", "--out", tmp_path / "out", "--quiet")
+    record_property("observed", said(done))
     assert done.returncode == 2
     assert "cannot read the manifest" in done.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_nul_bytes_and_huge_cells_are_row_errors(tmp_path: Path) -> None:
+def test_nul_bytes_and_huge_cells_are_row_errors(tmp_path: Path, record_property) -> None:
+    """NUL bytes in a path or output and a 40,000-digit rotation: row errors, quoted short; resume reads them back"""
     manifest = tmp_path / "m.csv"
     manifest.write_text("id,path,op,rotation,output\n"
                         "nul,a\x00b.jpg,rotate,90,\n"
@@ -97,6 +116,7 @@ def test_nul_bytes_and_huge_cells_are_row_errors(tmp_path: Path) -> None:
                         f"huge,a.jpg,rotate,{'9' * 40_000},\n", encoding="utf-8")
     out = tmp_path / "out"
     done = run_batch(manifest, "--out", out, "--quiet")
+    record_property("observed", said(done))
     assert done.returncode == 1, done.stderr
     got = by_id(results(out))
     assert got["nul"]["error"] == "path contains a NUL byte"
@@ -106,7 +126,8 @@ def test_nul_bytes_and_huge_cells_are_row_errors(tmp_path: Path) -> None:
     assert rerun.returncode == 1 and len(results(out)) == 3
 
 
-def test_a_damaged_journal_is_resumed_and_reported_not_a_traceback(tmp_path: Path, worker) -> None:
+def test_a_damaged_journal_is_resumed_and_reported_not_a_traceback(tmp_path: Path, worker, record_property) -> None:
+    """results.csv with a non-UTF-8 byte mid-file and cut inside a character: named, resumed"""
     names = ("é1.jpg", "é2.jpg", "é3.jpg")
     images(tmp_path, *names)
     manifest = write_manifest(tmp_path / "m.csv",
@@ -127,6 +148,7 @@ def test_a_damaged_journal_is_resumed_and_reported_not_a_traceback(tmp_path: Pat
     assert any("not UTF-8 text): line 3" in w for w in warnings), warnings
     assert any("unfinished last line" in w for w in warnings), warnings
     rerun = run_batch(manifest, "--worker", worker.address, "--out", out)
+    record_property("observed", f"report: {'; '.join(warnings)}; rerun {said(rerun)}")
     assert rerun.returncode == 0, rerun.stderr
     assert "not UTF-8 text): line 3" in rerun.stderr
     got = by_id(results(out))
@@ -134,13 +156,15 @@ def test_a_damaged_journal_is_resumed_and_reported_not_a_traceback(tmp_path: Pat
     assert json.loads((out / "run.json").read_text())["counts"]["skipped_already_done"] == 1
 
 
-def test_a_shorter_manifest_keeps_the_other_rows_and_says_so(tmp_path: Path, worker) -> None:
+def test_a_shorter_manifest_keeps_the_other_rows_and_says_so(tmp_path: Path, worker, record_property) -> None:
+    """A shorter manifest into the same --out: the other rows kept, and the run says so"""
     images(tmp_path, "a.jpg", "b.jpg")
     rows = [{"id": n, "path": f"{n}.jpg", "op": "rotate", "rotation": "90"} for n in ("a", "b")]
     out = tmp_path / "out"
     assert run_batch(write_manifest(tmp_path / "m.csv", rows), "--worker", worker.address, "--out", out,
                      "--quiet").returncode == 0
     shorter = run_batch(write_manifest(tmp_path / "m.csv", rows[:1]), "--worker", worker.address, "--out", out)
+    record_property("observed", said(shorter))
     assert shorter.returncode == 0
     assert "1 rows of earlier runs have ids this manifest does not have: kept" in shorter.stderr
     assert [r["id"] for r in results(out)] == ["a", "b"]
@@ -166,7 +190,9 @@ def fill(disk: Path) -> None:
             f.write(b"\0" * 4096)
 
 
-def test_a_full_disk_is_one_line_and_leaves_nothing_temporary(tmp_path: Path, small_disk: Path, worker) -> None:
+def test_a_full_disk_is_one_line_and_leaves_nothing_temporary(tmp_path: Path, small_disk: Path, worker,
+                                                               record_property) -> None:
+    """A full disk (a 1 MiB tmpfs): one line naming it, no temporaries; freed, the rerun finishes"""
     names = [f"p{i}.jpg" for i in range(20)]
     images(tmp_path, *names)
     rows = [{"id": n, "path": n, "op": "rotate", "rotation": "90"} for n in names]
@@ -176,9 +202,10 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_temporary(tmp_path: Path, sm
     assert first.returncode == 0, first.stderr
     fill(small_disk)
     done = run_batch(write_manifest(tmp_path / "m.csv", rows), "--worker", worker.address, "--out", out, "--quiet")
+    record_property("observed", said(done))
     assert done.returncode in (1, 2), done.stderr
-    said = done.stdout + done.stderr
-    assert ("No space left on device" in said or "disk is full" in said) and "Traceback" not in said
+    output = done.stdout + done.stderr
+    assert ("No space left on device" in output or "disk is full" in output) and "Traceback" not in output
     assert not stray_temporaries(out)
     (small_disk / "filler").unlink()
     rerun = run_batch(write_manifest(tmp_path / "m.csv", rows), "--worker", worker.address, "--out", out,
@@ -187,11 +214,13 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_temporary(tmp_path: Path, sm
     assert [r["status"] for r in results(out)] == ["ok"] * 20
 
 
-def test_a_read_only_out_is_one_line_and_exit_2(tmp_path: Path, small_disk: Path) -> None:
+def test_a_read_only_out_is_one_line_and_exit_2(tmp_path: Path, small_disk: Path, record_property) -> None:
+    """A read-only --out: one line naming it, exit 2"""
     (small_disk / "out").mkdir()
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     manifest = write_manifest(tmp_path / "m.csv", [{"path": "a.jpg", "op": "classify"}])
     done = run_batch(manifest, "--out", small_disk / "out", "--quiet")
+    record_property("observed", said(done))
     assert done.returncode == 2
     assert "cannot write in --out" in done.stderr and "Read-only file system" in done.stderr
     assert "Traceback" not in done.stderr
