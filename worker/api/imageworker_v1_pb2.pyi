@@ -28,6 +28,9 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FILE_NOT_FOUND: _ClassVar[ErrorReason]
     FILE_UNREADABLE: _ClassVar[ErrorReason]
     FILE_UNWRITABLE: _ClassVar[ErrorReason]
+    INVALID_FORMAT: _ClassVar[ErrorReason]
+    INVALID_QUALITY: _ClassVar[ErrorReason]
+    CONVERSION_REFUSED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 WORKER_BUSY: ErrorReason
 IMAGE_TOO_LARGE: ErrorReason
@@ -47,6 +50,9 @@ OUTSIDE_ROOTS: ErrorReason
 FILE_NOT_FOUND: ErrorReason
 FILE_UNREADABLE: ErrorReason
 FILE_UNWRITABLE: ErrorReason
+INVALID_FORMAT: ErrorReason
+INVALID_QUALITY: ErrorReason
+CONVERSION_REFUSED: ErrorReason
 
 class ImageRef(_message.Message):
     __slots__ = ("path",)
