@@ -48,9 +48,6 @@ SECTIONS = [
      "Outputs naming the run's files or the manifest, planted links, full and read-only disks, damaged "
      "journals, shorter manifests: one line and the right exit code, nothing lost, nothing temporary left."),
     ("Overload", "test_overload.py", "Four drivers at `--concurrency 64` against one small worker."),
-    ("Worker limits", "test_worker_limits.py",
-     "Time and memory per call (abandoned calls stop, unread answers are bounded, one message limit for every "
-     "service) and `worker serve`'s start-up checks (held port, TLS files, options), through real workers."),
     ("TLS and mTLS end to end", "test_tls_batch.py", "`batch run` against TLS and mTLS workers."),
     ("Security", "test_reliability_security.py", "What the worker touches and how models are loaded."),
 ]
