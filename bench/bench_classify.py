@@ -5,8 +5,11 @@ Part 1 sends Classify calls to a real `worker serve --processes 2` on loopback
 Part 2 times each step of the pipeline in this process, one image at a time,
 to show where the time goes: decode (+EXIF, to RGB), detect, align
 (landmarks + chip), embed, classify.
+Part 3 prices the search of the other quarter turns (``faces_any_turn``) against
+the upright pass alone (``faces_in``, all there was before), in this process:
+on images without a face (every turn is searched), upright photos and turned ones.
 
-    python bench/bench_classify.py [--photos 200] [--scenes 100] [--processes 2]
+    python bench/bench_classify.py [--photos 200] [--scenes 100] [--processes 2] [--turns 40]
 
 Needs the LFW photos: set IMAGEBATCH_LFW to an LFW folder (lfw-deepfunneled).
 """
@@ -14,6 +17,8 @@ Needs the LFW photos: set IMAGEBATCH_LFW to an LFW folder (lfw-deepfunneled).
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import random
 import statistics
 import sys
@@ -30,9 +35,10 @@ from worker.api import imageworker_v1_pb2 as pb
 from worker.api import imageworker_v1_pb2_grpc as pb_grpc
 from worker.decode import DEFAULT_MAX_PIXELS, upright
 from worker.faces import load_classifier
-from worker.faces.pipeline import detect_faces, embed_chips, face_chip, to_rgb
+from worker.faces.pipeline import DlibModels, detect_faces, embed_chips, face_chip, faces_any_turn, faces_in, to_rgb
 from worker.faces.training.dataset import gallery, lfw_from_env
-from worker.faces.training.scenes import pasted
+from worker.faces.training.evaluate import turned_photo
+from worker.faces.training.scenes import backgrounds, pasted
 
 OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 * 2**20),
            ("grpc.max_send_message_length", 64 * 2**20)]
@@ -111,6 +117,66 @@ def steps(images: list[bytes]) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def turn_corpora(count: int) -> dict[str, list[bytes]]:
+    """Face-free images (crops and mirror images of scikit-learn's two sample photos), and LFW photos
+    upright and turned 90 degrees clockwise (JPEG, no EXIF)."""
+    lfw = lfw_from_env()
+    files = random.Random(1).sample(sorted(f for fs in gallery(lfw).values() for f in fs), count)
+    rng = random.Random(2)
+    scenes = [bg.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if i % 4 >= 2 else bg
+              for i, bg in zip(range(count), itertools.cycle(backgrounds()))]
+    crops = []
+    for bg in scenes:
+        x, y = rng.randrange(bg.width - 250), rng.randrange(bg.height - 250)
+        crops.append(bg.crop((x, y, x + 250, y + 250)))
+    return {"250x250, no face": [_jpeg(c) for c in crops],
+            "1920x1080, no face": [_jpeg(bg) for bg in scenes[:max(4, count // 10)]],
+            "250x250 LFW photo, upright": [f.read_bytes() for f in files],
+            "250x250 LFW photo, turned 90°": [turned_photo(f, 90) for f in files]}
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+class _CountingDetector:
+    """dlib's detector, counting its runs."""
+
+    def __init__(self, detector) -> None:
+        self.detector, self.runs = detector, 0
+
+    def run(self, *args):
+        self.runs += 1
+        return self.detector.run(*args)
+
+
+def turn_cost(images: list[bytes]) -> tuple[float, float, float, float, int, int]:
+    """Median ms of the upright pass alone and of the search with the turns, the extra ms, mean detector
+    runs of the search, how many images it searched past upright and how many it found turned."""
+    d = load_classifier().dlib
+    counting = _CountingDetector(d.detector)
+    models = DlibModels(counting, d.predictor, d.net)
+    upright_ms, turns_ms, runs, searched, turned = [], [], 0, 0, 0
+    for data in images:
+        rgb = to_rgb(upright(data, DEFAULT_MAX_PIXELS))
+        t0 = time.perf_counter()
+        faces_in(rgb, models)
+        t1 = time.perf_counter()
+        upright_runs = counting.runs
+        orientation, _, _ = faces_any_turn(rgb, models)
+        t2 = time.perf_counter()
+        upright_ms.append((t1 - t0) * 1000)
+        turns_ms.append((t2 - t1) * 1000)
+        runs += counting.runs - upright_runs
+        searched += counting.runs - upright_runs > upright_runs
+        turned += orientation != 0
+        counting.runs = 0
+    a, b = statistics.median(upright_ms), statistics.median(turns_ms)
+    return a, b, b - a, runs / len(images), searched, turned
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=200, help="250x250 photos to classify")
@@ -118,27 +184,39 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2, help="worker processes (one per core)")
     ap.add_argument("--concurrency", type=int, default=4, help="calls in flight")
     ap.add_argument("--steps", type=int, default=40, help="images per corpus timed step by step in-process")
+    ap.add_argument("--turns", type=int, default=40, help="images per corpus for the cost of the quarter turns")
+    ap.add_argument("--parts", default="123", help="which parts to run (digits 1-3)")
     args = ap.parse_args()
 
     print_header("Classification throughput and where the time goes")
-    sets = corpora(args.photos, args.scenes)
-    rows = []
-    with running(worker_cmd("--processes", str(args.processes))) as (address, _):
+    if "1" in args.parts or "2" in args.parts:
+        sets = corpora(args.photos, args.scenes)
+    if "1" in args.parts:
+        rows = []
+        with running(worker_cmd("--processes", str(args.processes))) as (address, _):
+            for name, images in sets.items():
+                rate, who, median = throughput(address, images, args.processes, args.concurrency)
+                rows.append((name, len(images), rate, median * 1000, " / ".join(str(v) for v in who.values())))
+        print(table(["images", "count", "images/s", "median latency ms", "calls per worker process"], rows))
+        print(f"\n`worker serve --processes {args.processes}`, {args.concurrency} calls in flight over "
+              "connections spread evenly across the processes.\n")
+    if "2" in args.parts:
+        rows = []
         for name, images in sets.items():
-            rate, who, median = throughput(address, images, args.processes, args.concurrency)
-            rows.append((name, len(images), rate, median * 1000, " / ".join(str(v) for v in who.values())))
-    print(table(["images", "count", "images/s", "median latency ms", "calls per worker process"], rows))
-    print(f"\n`worker serve --processes {args.processes}`, {args.concurrency} calls in flight over "
-          "connections spread evenly across the processes.\n")
-    rows = []
-    for name, images in sets.items():
-        ms = steps(images[: args.steps])
-        rows.append((name, *(ms[k] for k in ("decode", "detect", "align", "embed", "classify", "total")),
-                     1000 / ms["total"]))
-    print(table(["images", "decode ms", "detect ms", "align ms", "embed ms", "classify ms", "total ms",
-                 "images/s, 1 core"], rows))
-    print(f"\nMedian per image over {args.steps} images of each kind, one thread, in-process (no gRPC).")
-
+            ms = steps(images[: args.steps])
+            rows.append((name, *(ms[k] for k in ("decode", "detect", "align", "embed", "classify", "total")),
+                         1000 / ms["total"]))
+        print(table(["images", "decode ms", "detect ms", "align ms", "embed ms", "classify ms", "total ms",
+                     "images/s, 1 core"], rows))
+        print(f"\nMedian per image over {args.steps} images of each kind, one thread, in-process (no gRPC).\n")
+    if "3" in args.parts:
+        rows = [(name, len(images), *turn_cost(images)) for name, images in turn_corpora(args.turns).items()]
+        print(table(["images", "count", "upright pass only ms", "with the turns ms", "extra ms",
+                     "detector runs", "searched the turns", "found turned"], rows))
+        print("\nMedian per image after decoding, one thread, in-process: `faces_in` (the upright pass, all "
+              "there was before) against `faces_any_turn`; detector runs: their mean in the search (a 2x "
+              "upsampled retry of a small image counts too); searched the turns: images whose upright pass "
+              "had no sure face; found turned: images answered under a turn other than 0.")
 
 if __name__ == "__main__":
     main()
