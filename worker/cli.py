@@ -59,6 +59,12 @@ def main() -> None:
               help="Seconds calls in flight get to finish after SIGTERM/SIGINT.")
 @click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Face model artifact (.npz); default: the shipped one.")
+@click.option("--data-root", "data_roots", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="Reference mode: requests may name files under DIR (repeatable) for the worker to read itself "
+                   "instead of sending their bytes; anything resolving outside is refused. Default: off.")
+@click.option("--output-root", "output_roots", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="Reference mode: requests may name outputs under DIR (repeatable) for the worker to write "
+                   "itself, atomically and durably, before it answers. Default: off.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def serve(log_level: str, **options) -> None:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from worker.decode import DEFAULT_MAX_PIXELS
 from worker.errors import NotReady
+from worker.storage import Roots
 
 if TYPE_CHECKING:
     from worker.classifier import Classifier
@@ -61,6 +62,9 @@ class ServerConfig:
     tls_client_ca: Path | None = None
     grace: float = 15.0
     model: str | None = None
+    # Reference mode: folders whose files requests may name instead of sending bytes (off when both are empty).
+    data_roots: tuple[Path, ...] = ()
+    output_roots: tuple[Path, ...] = ()
 
     @property
     def in_flight_limit(self) -> int:
@@ -149,6 +153,10 @@ def _check_config(config: ServerConfig) -> None:
         _check_tls(config)
     if config.model is not None:
         _check_model(config.model)
+    try:
+        Roots.of(config.data_roots, config.output_roots)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_model(path: str) -> None:
@@ -434,6 +442,7 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
         max_pixels=config.max_pixels,
         admission=Admission(config.in_flight_limit, config.threads, config.unsent_limit,
                             config.unsent_per_connection),
+        roots=Roots.of(config.data_roots, config.output_roots),
     )
     health_servicer = HealthServicer()
     imageworker_v1_pb2_grpc.add_ImageWorkerServicer_to_server(ImageWorkerServicer(state), server)

@@ -26,6 +26,7 @@ from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imagew
 from worker.classifier import Classifier
 from worker.decode import raw_pixels
 from worker.errors import Busy, InvalidArgument, NotReady, Reason, TooLarge, WorkerError
+from worker.storage import Roots
 
 log = logging.getLogger("worker.service")
 
@@ -42,6 +43,7 @@ class WorkerState:
     admission: Admission  # image calls held and working at once
     # The face model within a call's remaining seconds (worker.server loads it at the first call that needs it).
     classifier: Callable[[float | None], Classifier] | None = None
+    roots: Roots = field(default_factory=Roots)  # reference mode: what requests may name instead of bytes
     served: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,6 +57,19 @@ class WorkerState:
                 f"image is {len(data) / 2**20:.1f} MiB, over this worker's limit of "
                 f"{self.max_message_bytes / 2**20:.0f} MiB (worker serve --max-message-mb)"
             )
+
+    def input_of(self, request) -> bytes:
+        """The image a request sends, or the file its ``source`` names (reference mode)."""
+        if request.HasField("source"):
+            return self.roots.read_file(request.source.path, self.max_message_bytes)
+        return request.image
+
+    def deliver(self, request, data: bytes) -> bytes:
+        """The answer's image bytes: ``data``, or nothing once written where ``destination`` names."""
+        if request.HasField("destination"):
+            self.roots.write_file(request.destination.path, data)
+            return b""
+        return data
 
     def ready_classifier(self, context: grpc.ServicerContext) -> Classifier:
         """The face model, waiting for it to load no longer than the call's deadline (else NotReady)."""
@@ -117,10 +132,10 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
     @rpc
     def Rotate(self, request, context):
         # The decoder calls check at every block and frame: an abandoned call stops there, not at its end.
-        out = rotate.rotate(request.image, request.degrees, max_pixels=self.state.max_pixels,
+        out = rotate.rotate(self.state.input_of(request), request.degrees, max_pixels=self.state.max_pixels,
                             check=functools.partial(admission.check, context))
         return imageworker_v1_pb2.RotateResponse(
-            image=out.data,
+            image=self.state.deliver(request, out.data),
             format=out.format,
             width=out.width,
             height=out.height,
@@ -132,7 +147,7 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
     def Classify(self, request, context):
         model = self.state.ready_classifier(context)
         admission.check(context)  # the model's load may have used up the call (dlib cannot be stopped midway)
-        result = model.classify(request.image, self.state.max_pixels)
+        result = model.classify(self.state.input_of(request), self.state.max_pixels)
         return imageworker_v1_pb2.ClassifyResponse(
             label=result.label,
             confidence=result.confidence,
