@@ -1,8 +1,10 @@
 """Rotating encoded images at full resolution: pure functions over bytes.
 
 ``rotate`` turns what a viewer sees (EXIF orientation applied first) by a
-multiple of 90 degrees counter-clockwise and writes the same format back,
-with the orientation reset to 1. Three paths, reported in ``Rotated.method``:
+multiple of 90 degrees counter-clockwise and writes the same format back (or
+the ``format`` asked for), with the orientation reset to 1. ``auto_rotate``
+makes an image upright: its EXIF orientation, else its faces decide the turn.
+Three paths, reported in ``Rotated.method``:
 
 - ``copy``: nothing to do (0 degrees, no EXIF orientation): the input bytes.
 - ``lossless``: JPEG whose moved edges are whole MCUs: the DCT coefficients
@@ -15,6 +17,10 @@ rotated into less (``decode.check_depth``). RGBA BMP headers are rewritten by
 hand (``_bmp_declaring_alpha``): Pillow writes RGBA BMPs under a header that
 declares no alpha and has no option for another.
 
+A conversion to another format (``_convert``) keeps what the target can
+hold and says in ``Rotated.note`` what it could not (alpha flattened onto
+white, the first of several frames, 16 to 8 bits, CMYK to RGB, metadata).
+
 docs/rotation.md says which path each case takes and why.
 """
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import logging
 import re
 import struct
@@ -30,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, JpegImagePlugin, PngImagePlugin
+from PIL import Image, ImageCms, JpegImagePlugin, PngImagePlugin
 
 from worker import jpeg_transform
 from worker.decode import (
@@ -38,6 +45,7 @@ from worker.decode import (
     DEFAULT_CPU_SECONDS,
     DEFAULT_MAX_FRAMES,
     DEFAULT_MAX_PIXELS,
+    FORMATS,
     Budget,
     BudgetedIO,
     bomb_refused,
@@ -87,6 +95,15 @@ class Rotated:
     width: int
     height: int
     method: str  # "lossless" | "reencoded" | "copy"
+    # The counter-clockwise turn applied, 0/90/180/270; after a left-right mirror for a mirrored
+    # EXIF orientation (2, 4, 5, 7) applied by auto_rotate.
+    degrees: int = 0
+    decided_by: str = ""  # auto_rotate only: "exif", "faces" or "none"
+    note: str = ""  # what a conversion lost, "; "-separated; empty when nothing was
+
+
+# Quality of a conversion to a lossy format when the caller names none (proto RotateRequest.quality).
+DEFAULT_QUALITY = 90
 
 
 def normalize_degrees(degrees: int) -> int:
@@ -106,35 +123,90 @@ def lossless_jpeg_available() -> bool:
     return jpeg_transform.available()
 
 
-def rotate(data: bytes, degrees: int, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-           max_frames: int = DEFAULT_MAX_FRAMES, cpu_seconds: float | None = DEFAULT_CPU_SECONDS,
-           check: Callable[[], None] | None = None) -> Rotated:
+def rotate(data: bytes, degrees: int, *, format: str = "", quality: int = 0,
+           max_pixels: int = DEFAULT_MAX_PIXELS, max_frames: int = DEFAULT_MAX_FRAMES,
+           cpu_seconds: float | None = DEFAULT_CPU_SECONDS, check: Callable[[], None] | None = None) -> Rotated:
     """Rotate the encoded image ``data`` as displayed by ``degrees`` counter-clockwise.
 
     Never changes the pixel count; keeps format, mode, bit depth, ICC profile,
-    DPI and metadata; resets EXIF orientation to 1. Raises InvalidArgument for
-    a bad rotation and for empty, corrupt, truncated, unsupported, oversized
-    images or images that would cost too much work (over 500 JPEG scans,
-    ``max_frames`` frames/pages, ``cpu_seconds`` of this thread's CPU time).
-    ``check`` is called at the same points as the CPU budget (every block the
-    codecs read or write, every frame): the caller stops an abandoned call by
-    raising from it (its deadline passed, its client went away).
+    DPI and metadata; resets EXIF orientation to 1. ``format`` (Pillow's name;
+    empty: the input's own) converts to another format, keeping what it can
+    hold and saying in ``note`` what it could not; ``quality`` 1..100 is the
+    quality of a lossy output (0: the input's own when the format stays,
+    else ``DEFAULT_QUALITY``). Raises InvalidArgument for a bad rotation,
+    format or quality, for a conversion that would need a loss the worker does
+    not choose (CONVERSION_REFUSED), and for empty, corrupt, truncated,
+    unsupported, oversized images or images that would cost too much work
+    (over 500 JPEG scans, ``max_frames`` frames/pages, ``cpu_seconds`` of this
+    thread's CPU time). ``check`` is called at the same points as the CPU
+    budget (every block the codecs read or write, every frame): the caller
+    stops an abandoned call by raising from it (its deadline passed, its
+    client went away).
     """
     turn = normalize_degrees(degrees)
-    budget = Budget(cpu_seconds, check)
-    img = open_image(data, max_pixels, budget)
+    img, target, budget = _open(data, format, quality, max_pixels, cpu_seconds, check)
+    out = _write(data, img, _orientation(img), turn, target, quality, max_pixels, max_frames, budget)
+    return dataclasses.replace(out, degrees=turn)
+
+
+def auto_rotate(data: bytes, faces: Callable[[], int | None], *, format: str = "",
+                quality: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS, max_frames: int = DEFAULT_MAX_FRAMES,
+                cpu_seconds: float | None = DEFAULT_CPU_SECONDS,
+                check: Callable[[], None] | None = None) -> Rotated:
+    """Make the encoded image ``data`` upright; ``decided_by`` says what decided, ``degrees`` the turn.
+
+    An EXIF orientation other than 1 is applied and reset (``exif``; lossless
+    for JPEG where the edges allow, like ``jpegtran -autorotate``); a mirrored
+    one (2, 4, 5, 7) also flips the image, and ``degrees`` is the turn after a
+    left-right mirror. Without one, ``faces()`` is called: the
+    counter-clockwise quarter turn under which the image's faces were found
+    (0: upright), or None without a face; with a face the image is turned by
+    it (``faces``), else written unchanged (``none``: the input's bytes unless
+    converted). The face search runs within this call's CPU budget and
+    ``check``. Options and errors as ``rotate``.
+    """
+    img, target, budget = _open(data, format, quality, max_pixels, cpu_seconds, check)
     orientation = _orientation(img)
+    if orientation != 1:
+        decided, turn, degrees = "exif", 0, _turn_of(_UPRIGHT[orientation])
+    else:
+        found = faces()
+        decided, turn = ("none", 0) if found is None else ("faces", normalize_degrees(found))
+        degrees = turn
+    out = _write(data, img, orientation, turn, target, quality, max_pixels, max_frames, budget)
+    return dataclasses.replace(out, degrees=degrees, decided_by=decided)
+
+
+def _open(data: bytes, fmt: str, quality: int, max_pixels: int, cpu_seconds: float | None,
+          check: Callable[[], None] | None) -> tuple[Image.Image, str, Budget]:
+    """The checked options, then the opened image: (image, target format or "" to keep its own, budget)."""
+    target = fmt.upper()
+    if target and target not in FORMATS:
+        raise InvalidArgument(f"cannot write format {fmt!r}; the worker writes {', '.join(FORMATS)}",
+                              Reason.INVALID_FORMAT)
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality <= 100:
+        raise InvalidArgument(f"quality must be 1..100 (0: the default), got {quality!r}", Reason.INVALID_QUALITY)
+    budget = Budget(cpu_seconds, check)
+    return open_image(data, max_pixels, budget), target, budget
+
+
+def _write(data: bytes, img: Image.Image, orientation: int, turn: int, target: str, quality: int,
+           max_pixels: int, max_frames: int, budget: Budget) -> Rotated:
+    """``img`` with its orientation applied and turned by ``turn``, in ``target`` (""; its own format)."""
     op = _compose(_UPRIGHT[orientation], _TURN[turn])
-    if op is None and orientation == 1:
+    # MPO (stereo pairs, phones' HDR gain maps) is a JPEG with more images
+    # appended: its primary image is rotated and written as a plain JPEG.
+    source = "JPEG" if img.format == "MPO" else img.format or ""
+    if target not in ("", source):
+        return _convert(data, img, op, target, quality, max_pixels, max_frames, budget)
+    # A quality asked for is honoured on a lossy output of the same format: re-encoded at it.
+    requantise = bool(quality) and (source == "JPEG" or (source == "WEBP" and _webp_quality(data) is not None))
+    if op is None and orientation == 1 and not requantise:
         return Rotated(data, img.format or "", img.width, img.height, "copy")
-    if img.format in ("JPEG", "MPO"):
-        # MPO (stereo pairs, phones' HDR gain maps) is a JPEG with more images
-        # appended: its primary image is rotated and written as a plain JPEG.
-        done = _jpeg_lossless(data, img, op)
-        if done is not None:
-            return done
-        return _jpeg_reencode(img, op, budget)
-    return _reencode(data, img, op, max_pixels, max_frames, budget)
+    if source == "JPEG":
+        done = None if requantise else _jpeg_lossless(data, img, op)
+        return done or _jpeg_reencode(img, op, budget, quality)
+    return _reencode(data, img, op, quality, max_pixels, max_frames, budget)
 
 
 def rotate_pixels(data: bytes, width: int, height: int, channels: int, degrees: int,
@@ -163,6 +235,14 @@ def _orientation(img: Image.Image) -> int:
         raise InvalidArgument(f"corrupt EXIF data in {img.format} image: {e}") from None
     # Out-of-range values are ignored by viewers; so do we.
     return value if isinstance(value, int) and value in _UPRIGHT else 1
+
+
+def _turn_of(op: T | None) -> int:
+    """The counter-clockwise turn in ``op``: ``op`` is that turn, or a left-right mirror then that turn."""
+    for degrees, turn in _TURN.items():
+        if op in (turn, _compose(T.FLIP_LEFT_RIGHT, turn)):
+            return degrees
+    raise AssertionError(f"{op} is neither a turn nor a mirrored one")
 
 
 @functools.cache
@@ -231,7 +311,7 @@ _PILLOW_WRITES = {"APP0": (b"JFIF",), "APP1": (b"Exif", b"http://ns.adobe.com/xa
                   "APP2": (b"ICC_PROFILE", b"MPF"), "APP14": (b"Adobe",)}
 
 
-def _jpeg_reencode(img: Image.Image, op: T | None, budget: Budget) -> Rotated:
+def _jpeg_reencode(img: Image.Image, op: T | None, budget: Budget, quality: int = 0) -> Rotated:
     load(img)
     out = img if op is None else img.transpose(op)
     extra = b""
@@ -241,8 +321,8 @@ def _jpeg_reencode(img: Image.Image, op: T | None, budget: Budget) -> Rotated:
             extra += struct.pack(">HH", marker, len(payload) + 2) + payload
     subsampling = JpegImagePlugin.get_sampling(img)
     kw: dict[str, Any] = {
-        # The input's own tables: same quality, no guessing and no inflating it.
-        "qtables": img.quantization,
+        # The input's own tables: same quality, no guessing and no inflating it (unless one is asked for).
+        **({"quality": quality} if quality else {"qtables": img.quantization}),
         "subsampling": subsampling if subsampling != -1 else 0,
         "progressive": bool(img.info.get("progressive")),
         # libjpeg always optimises Huffman tables for progressive files; do likewise.
@@ -257,15 +337,27 @@ def _jpeg_reencode(img: Image.Image, op: T | None, budget: Budget) -> Rotated:
 # --- everything else ------------------------------------------------------
 
 
-def _reencode(data: bytes, img: Image.Image, op: T | None, max_pixels: int, max_frames: int,
+def _reencode(data: bytes, img: Image.Image, op: T | None, quality: int, max_pixels: int, max_frames: int,
               budget: Budget) -> Rotated:
     fmt = img.format or ""
-    frames, durations = [], []
     count = count_frames(img, max_frames)
+    frames, durations = _frames(data, img, op, count, count, max_pixels, budget)
+    kw = _common_metadata(img, op, frames[0].size)
+    kw.update(_FORMAT_OPTIONS[fmt](data, img, op, frames))
+    if quality and "quality" in kw:  # a lossy WebP at the quality asked for instead of its own
+        kw["quality"] = quality
+    return _save_frames(frames, durations, img.info.get("loop"), fmt, kw, budget)
+
+
+def _frames(data: bytes, img: Image.Image, op: T | None, count: int, keep: int, max_pixels: int,
+            budget: Budget) -> tuple[list[Image.Image], list[int]]:
+    """The first ``keep`` of ``count`` frames or pages, decoded and turned by ``op``, and their durations."""
+    fmt = img.format or ""
+    frames, durations = [], []
     # Every frame or page is decoded and kept, so --max-pixels bounds their sum:
     # a few KiB of GIF can declare hundreds of full-canvas frames.
     decoded = 0
-    for index in range(count):
+    for index in range(keep):
         if count > 1:
             try:
                 img.seek(index)
@@ -290,13 +382,18 @@ def _reencode(data: bytes, img: Image.Image, op: T | None, max_pixels: int, max_
             frames.append(img.copy() if count > 1 else img)
         durations.append(img.info.get("duration", 0))
     if count > 1:
-        img.seek(0)
-    kw = _common_metadata(img, op, frames[0].size)
-    if count > 1:
-        kw.update(save_all=True, append_images=frames[1:], duration=durations)
-        if "loop" in img.info:
-            kw["loop"] = img.info["loop"]
-    kw.update(_FORMAT_OPTIONS[fmt](data, img, op, frames))
+        img.seek(0)  # the metadata read next is the first frame's
+    return frames, durations
+
+
+def _save_frames(frames: list[Image.Image], durations: list[int], loop: int | None, fmt: str,
+                 kw: dict[str, Any], budget: Budget) -> Rotated:
+    if len(frames) > 1:
+        kw.update(save_all=True, append_images=frames[1:])
+        if fmt in _ANIMATED:
+            kw["duration"] = durations
+            if loop is not None:
+                kw["loop"] = loop
     out = _save(frames[0], fmt, kw, budget)
     if fmt == "BMP" and frames[0].mode == "RGBA":
         return dataclasses.replace(out, data=_bmp_declaring_alpha(out.data))
@@ -373,6 +470,171 @@ _FORMAT_OPTIONS = {
     "GIF": _gif_options,
     "BMP": _no_options,
 }
+
+
+# --- conversion to another format -----------------------------------------
+
+_ANIMATED = ("GIF", "PNG", "WEBP")  # formats whose frames are an animation (durations, loop)
+# Modes each target writes as they are (GIF: Pillow's writer maps RGB(A) to a palette itself).
+_HOLDS = {
+    "JPEG": {"L", "RGB", "CMYK"},
+    "PNG": {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"},
+    "WEBP": {"RGB", "RGBA"},
+    "TIFF": {"1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"},
+    "BMP": {"1", "L", "P", "RGB", "RGBA"},
+    "GIF": {"1", "L", "P", "RGB", "RGBA"},
+}
+# Metadata each target can carry, as save() arguments.
+_METADATA = {
+    "JPEG": {"icc_profile", "exif", "xmp", "dpi"},
+    "PNG": {"icc_profile", "exif", "xmp", "dpi"},
+    "WEBP": {"icc_profile", "exif", "xmp"},
+    "TIFF": {"icc_profile", "exif", "xmp", "dpi"},
+    "BMP": {"dpi"},
+    "GIF": set(),
+}
+_METADATA_NAMES = {"exif": "EXIF", "xmp": "XMP", "icc_profile": "ICC profile"}
+# The colour space an ICC profile must describe for each mode's pixels.
+_SPACE = {"1": "GRAY", "L": "GRAY", "LA": "GRAY", "I;16": "GRAY", "I": "GRAY", "F": "GRAY", "CMYK": "CMYK"}
+
+
+def _convert(data: bytes, img: Image.Image, op: T | None, target: str, quality: int, max_pixels: int,
+             max_frames: int, budget: Budget) -> Rotated:
+    """``img`` turned by ``op`` and written as ``target``, another format than its own: what it can hold is
+    kept, what it cannot is said in ``note``."""
+    source = img.format or ""
+    notes: list[str] = []
+    count = keep = count_frames(img, max_frames)
+    if count > 1 and not (source in _ANIMATED and target in _ANIMATED):
+        if target == "TIFF":
+            notes.append(f"{count} frames kept as TIFF pages, without their durations and loop")
+        else:
+            keep = 1  # only the frame kept is decoded
+            holds = "has no pages" if source == "TIFF" else "holds one picture"
+            notes.append(f"first of {count} {'pages' if source == 'TIFF' else 'frames'} kept: {target} {holds}")
+    frames, durations = _frames(data, img, op, count, keep, max_pixels, budget)
+    icc = img.info.get("icc_profile")
+    frames = [_fit_mode(frame, source, target, icc, notes) for frame in frames]
+    if len({frame.mode for frame in frames}) > 1:  # GIF frames after the first decode as RGB(A)
+        mode = "RGBA" if any("A" in frame.mode for frame in frames) else "RGB"
+        frames = [frame.convert(mode) for frame in frames]
+    kw = _target_metadata(img, op, frames[0], target, notes)
+    if target in ("JPEG", "WEBP"):
+        kw["quality"] = quality or DEFAULT_QUALITY
+    elif target == "TIFF":
+        kw["compression"] = "tiff_adobe_deflate"  # lossless and compact
+    elif target == "GIF":
+        kw.update(_gif_options(data, img, op, frames))
+    loop = img.info.get("loop")
+    if loop is None and source == "GIF":
+        loop = 1  # a GIF without a loop count plays once; WebP and APNG would loop forever
+    out = _save_frames(frames, durations, loop, target, kw, budget)
+    return dataclasses.replace(out, note="; ".join(dict.fromkeys(notes)))
+
+
+def _fit_mode(im: Image.Image, source: str, target: str, icc: bytes | None, notes: list[str]) -> Image.Image:
+    """``im`` in a mode ``target`` holds, the losses on the way added to ``notes``."""
+    im = _standard_mode(im, source, target)
+    if "transparency" in im.info and im.mode in ("1", "L", "P", "RGB") and not (
+            target == "GIF" and im.mode in ("L", "P")):
+        im = im.convert("RGBA")  # palette or key-colour transparency as an alpha channel
+    if im.mode == "CMYK" and "CMYK" not in _HOLDS[target]:
+        im = _cmyk_to_rgb(im, icc, target, notes)
+    if im.mode == "I;16" and "I;16" not in _HOLDS[target]:
+        notes.append(f"16-bit grey reduced to 8 bits: {target} holds 8")
+        # Scaled, not clipped (Pillow's convert clips at 255).
+        im = Image.fromarray(((np.asarray(im, np.uint32) + 128) // 257).astype(np.uint8), "L")
+    if im.mode in ("LA", "RGBA") and target == "JPEG":
+        if im.getchannel("A").getextrema()[0] < 255:
+            notes.append("alpha flattened onto white: JPEG has no transparency")
+        flat = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA")).convert("RGB")
+        im = flat.convert("L") if im.mode == "LA" else flat
+    if target == "GIF" and im.mode in ("LA", "RGBA"):
+        im = im.convert("RGBA")
+        if any(im.getchannel("A").histogram()[1:255]):
+            notes.append("partial transparency made on or off: GIF has no partial transparency")
+    if target == "GIF" and im.mode in ("RGB", "RGBA") and im.getcolors(256) is None:
+        notes.append("colours reduced to a 256-colour palette: GIF holds 256")
+    if im.mode not in _HOLDS[target]:
+        im = im.convert("RGBA" if "A" in im.mode else "L" if im.mode == "1" and target == "JPEG" else "RGB")
+    return im
+
+
+def _standard_mode(im: Image.Image, source: str, target: str) -> Image.Image:
+    """Modes few formats write (premultiplied, YCbCr, LAB, big-endian 16-bit) as plain ones; 32-bit and float
+    grey refused for a target that cannot hold them, rather than clipped or scaled by a guess."""
+    if im.mode in ("RGBa", "La", "PA"):
+        return im.convert("RGBA")
+    if im.mode in ("RGBX", "YCbCr", "LAB", "HSV"):
+        try:
+            return im.convert("RGB")
+        except ValueError:
+            raise InvalidArgument(f"cannot convert {source} {im.mode} pixels to {target}",
+                                  Reason.CONVERSION_REFUSED) from None
+    if im.mode.startswith("I;16") and im.mode != "I;16":
+        return Image.fromarray(np.asarray(im).astype(np.uint16), "I;16")
+    if im.mode in ("I", "F") and im.mode not in _HOLDS[target]:
+        low, high = im.getextrema()
+        if im.mode == "F" or low < 0 or high > 65535:
+            kind = "floating-point" if im.mode == "F" else f"integer ({low}..{high})"
+            raise InvalidArgument(
+                f"{source} with 32-bit {kind} grey samples cannot be written as {target} (at most 16-bit "
+                "unsigned) without choosing a scale, which the worker does not do for you; keep TIFF",
+                Reason.CONVERSION_REFUSED,
+            )
+        return Image.fromarray(np.asarray(im).astype(np.uint16), "I;16")  # every value fits: exact
+    return im
+
+
+@functools.cache
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _cmyk_to_rgb(im: Image.Image, icc: bytes | None, target: str, notes: list[str]) -> Image.Image:
+    if icc and _icc_space(icc) == "CMYK":
+        try:
+            rgb = ImageCms.profileToProfile(im, io.BytesIO(icc), _srgb(), outputMode="RGB")
+        except ImageCms.PyCMSError as e:
+            log.debug("CMYK profile unusable (%s); converting without it", e)
+        else:
+            notes.append(f"CMYK converted to sRGB through its ICC profile: {target} has no CMYK")
+            return rgb
+    notes.append(f"CMYK converted to RGB without a colour profile (approximate colours): {target} has no CMYK")
+    return im.convert("RGB")
+
+
+def _icc_space(icc: bytes) -> str | None:
+    try:
+        return ImageCms.ImageCmsProfile(io.BytesIO(icc)).profile.xcolor_space.strip()
+    except (ImageCms.PyCMSError, OSError):
+        return None
+
+
+def _target_metadata(img: Image.Image, op: T | None, frame: Image.Image, target: str,
+                     notes: list[str]) -> dict[str, Any]:
+    """``img``'s metadata that ``target`` can hold for ``frame``'s pixels, as save() arguments."""
+    kw = _common_metadata(img, op, frame.size)
+    icc = kw.get("icc_profile")
+    if icc is not None:
+        space = _icc_space(icc)
+        if space != _SPACE.get(frame.mode, "RGB"):
+            del kw["icc_profile"]
+            if space != "CMYK":  # CMYK to RGB has its own note
+                notes.append(f"ICC profile dropped: it describes {space} pixels, the {target} holds {frame.mode}")
+    dropped = [name for key, name in _METADATA_NAMES.items() if key in kw and key not in _METADATA[target]]
+    if dropped:
+        notes.append(f"{' and '.join(dropped)} dropped: {target} cannot hold {'them' if len(dropped) > 1 else 'it'}")
+    kw = {key: value for key, value in kw.items() if key in _METADATA[target]}
+    if "xmp" in kw and target in ("PNG", "TIFF"):  # Pillow writes XMP itself only to JPEG and WebP
+        xmp = kw.pop("xmp")
+        if target == "TIFF":
+            kw["tiffinfo"] = {700: xmp}
+        else:
+            info = PngImagePlugin.PngInfo()
+            info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
+            kw["pnginfo"] = info
+    return kw
 
 
 def _common_metadata(img: Image.Image, op: T | None, size: tuple[int, int]) -> dict[str, Any]:
