@@ -131,9 +131,20 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
 
     @rpc
     def Rotate(self, request, context):
+        data = self.state.input_of(request)
         # The decoder calls check at every block and frame: an abandoned call stops there, not at its end.
-        out = rotate.rotate(self.state.input_of(request), request.degrees, max_pixels=self.state.max_pixels,
-                            check=functools.partial(admission.check, context))
+        options = {"format": request.format, "quality": request.quality, "max_pixels": self.state.max_pixels,
+                   "check": functools.partial(admission.check, context)}
+        if request.auto:
+            def faces() -> int | None:  # only asked when the file has no EXIF orientation to apply
+                model = self.state.ready_classifier(context)
+                admission.check(context)
+                found = model.classify(data, self.state.max_pixels)
+                return found.orientation if found.faces else None
+
+            out = rotate.auto_rotate(data, faces, **options)
+        else:
+            out = rotate.rotate(data, request.degrees, **options)
         return imageworker_v1_pb2.RotateResponse(
             image=self.state.deliver(request, out.data),
             format=out.format,
@@ -141,6 +152,9 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
             height=out.height,
             method=out.method,
             worker=self.state.identity,
+            decided_by=out.decided_by,
+            degrees=out.degrees,
+            note=out.note,
         )
 
     @rpc
