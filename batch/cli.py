@@ -90,6 +90,11 @@ def _configure_logging(verbose: int, log_level: str | None) -> None:
 @click.option("--rotation", "default_rotation", metavar="DEGREES|auto", default=None,
               help="Rotation of rows whose rotation cell is empty: degrees, or auto (upright: the EXIF orientation "
                    "applied and reset, else the largest face upright, else unchanged).")
+@click.option("--references", is_flag=True,
+              help="Reference mode for named workers on shared storage: send each row's input and output path "
+                   "instead of the image's bytes; the workers read and write the files themselves (worker serve "
+                   "--data-root/--output-root). The embedded worker always does so for files under the manifest's "
+                   "folder and --out.")
 @click.option("-v", "--verbose", count=True,
               help="Log retries, reconnects, busy refusals and slow rows as they happen (-vv: debug).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
@@ -97,8 +102,8 @@ def _configure_logging(verbose: int, log_level: str | None) -> None:
 def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency: int | None, timeout: float,
         retries: int, restart: bool, quiet: bool, tls_ca: Path | None, tls_cert: Path | None,
         tls_key: Path | None, results_format: str, connections: int | None, name_template: str | None,
-        output_format: str | None, quality: int | None, default_rotation: str | None, verbose: int,
-        log_level: str | None) -> None:
+        output_format: str | None, quality: int | None, default_rotation: str | None, references: bool,
+        verbose: int, log_level: str | None) -> None:
     """Run every row of MANIFEST (CSV: path, op, rotation, output, id) through the workers.
 
     Resumable: the same command again skips rows already ok and retries the rest.
@@ -133,7 +138,7 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
         timeout=timeout, retries=retries, restart=restart,
         tls=Tls(tls_ca, tls_cert, tls_key) if tls_ca else None, results_format=results_format,
         connections=connections, name_template=name_template, output_format=fmt, quality=quality or 0,
-        rotation=default_rotation, progress=choose_mode(quiet),
+        rotation=default_rotation, references=references, progress=choose_mode(quiet),
         command=("batch", *sys.argv[1:]),
     )
     try:

@@ -21,6 +21,7 @@ class Tally:
     ok: int = 0  # already-done rows included
     failed: int = 0
     skipped: int = 0  # ok from an earlier run, not run again
+    by_reference: int = 0  # rows whose files the worker read and wrote itself
     workers: dict[str, int] = field(default_factory=dict)  # "host:port/pid" -> calls answered
     models: set[str] = field(default_factory=set)  # "name version" of the face models that answered
 
@@ -30,6 +31,7 @@ class Tally:
         else:
             self.failed += 1
         self.skipped += outcome.skipped
+        self.by_reference += outcome.by_reference
         if outcome.model:
             self.models.add(outcome.model)
         if outcome.worker:

@@ -70,7 +70,7 @@ class Outcome:
     turned: int | None = None  # rotate: the quarter turn applied; classify: the one its faces were found under
     decided_by: str = ""  # rotation auto: "exif", "faces" or "none"
     note: str = ""  # what a conversion lost, when it lost something
-    durable: bool = False  # the output is on disk already (the worker wrote it by reference)
+    by_reference: bool = False  # the worker read the input (and wrote the output, durably) itself
     width: int | None = None
     height: int | None = None
     label: str = ""

@@ -304,7 +304,8 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
                   height=reply.height)
     if row.op == "classify":
         return Outcome(OK, label=reply.label, confidence=reply.confidence, faces=faces_json(reply.faces),
-                       model=f"{reply.model} {reply.model_version}", turned=reply.orientation, **common)
+                       model=f"{reply.model} {reply.model_version}", turned=reply.orientation,
+                       by_reference=referenced, **common)
     # A default output mirrors its input's name, misnamed or not (PNG bytes in x.jpg stay PNG in x.jpg, and the
     # format column says so); an output the manifest names, or --format, asked the worker for its format.
     if row.format and reply.format != row.format:
@@ -320,7 +321,7 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
             return Outcome(ERROR, error=str(e), **common)
     turned = reply.degrees if row.auto else row.degrees % 360
     return Outcome(OK, output=str(row.output_path), format=reply.format, turned=turned, decided_by=reply.decided_by,
-                   note=reply.note, durable=referenced, **common)
+                   note=reply.note, by_reference=referenced, **common)
 
 
 async def fan_out(rows: Iterable[Row], pool: Pool, settings: Settings,

@@ -78,6 +78,7 @@ class RunOptions:
     output_format: str | None = None  # --format (Pillow's name): convert every rotated output
     quality: int = 0  # --quality for lossy targets; 0: the worker's rule
     rotation: str | None = None  # --rotation: for rows that leave theirs empty ("auto" or degrees)
+    references: bool = False  # --references: named workers read and write the files themselves
     connections: int | None = None
     progress: str = "lines"  # "bar", "lines" or "quiet"
     command: tuple[str, ...] = ()
@@ -155,7 +156,7 @@ class Run:
         self._unanswered = self._unanswered + 1 if outcome.gave_up else 0 if outcome.worker else self._unanswered
         if self._unanswered >= self.give_up_after and not self.stopped:
             self.stopped = f"no worker answered for {self._unanswered} rows in a row ({outcome.error})"
-        written = outcome.output if outcome.output and not (outcome.skipped or outcome.durable) else None
+        written = outcome.output if outcome.output and not (outcome.skipped or outcome.by_reference) else None
         self._group.add((row, outcome, result_row(row, outcome)), written)
         if row.id in self._followed:
             self._followed.discard(row.id)
@@ -253,8 +254,10 @@ def run_batch(options: RunOptions) -> Summary:
         try:
             calls = run.calls(index.scan())
             first = next(calls, None)
+            read_roots, write_roots = _reference_roots(options, targets, out)
             if first is not None and not targets:
-                embedded = LocalWorker(cpu_count(), out / WORKER_LOG_NAME)
+                embedded = LocalWorker(cpu_count(), out / WORKER_LOG_NAME,
+                                       args=("--data-root", *read_roots, "--output-root", *write_roots))
                 try:
                     targets = grpc_targets([embedded.start()])
                 except LocalWorkerError as e:
@@ -267,7 +270,8 @@ def run_batch(options: RunOptions) -> Summary:
                           f"results in {_shown(out)}")
             run.give_up_after = max(2 * concurrency, 10)
             settings = Settings(concurrency=concurrency, timeout=options.timeout, retries=options.retries,
-                                out_root=os.path.realpath(out), quality=options.quality)
+                                out_root=os.path.realpath(out), quality=options.quality, read_roots=read_roots,
+                                write_roots=write_roots)
             summary.signal = asyncio.run(_go(run, first, calls, targets, connections, settings, options.tls))
         except Interrupted as e:  # a signal outside the event loop (the embedded worker starting, say)
             summary.signal = e.signum
@@ -344,6 +348,20 @@ def _stop_signals_raise() -> Iterator[None]:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def _reference_roots(options: RunOptions, targets: list[str], out: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Where the worker reads inputs and writes outputs itself (reference mode), as (read, write) roots.
+
+    The embedded worker shares our file system: rooted at the manifest's folder and --out (a row outside them
+    goes by bytes). Named workers only with --references, under roots of their own that we cannot see: every
+    row goes by reference, and a worker's refusal is that row's error.
+    """
+    if not targets:
+        return (os.path.realpath(Path(options.manifest).parent),), (os.path.realpath(out),)
+    if options.references:
+        return ("/",), ("/",)
+    return (), ()
 
 
 def _defaults(options: RunOptions, targets: list[str], embedded: LocalWorker | None) -> tuple[int, int]:
@@ -432,6 +450,7 @@ def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedde
             "embedded": embedded is not None,
             "embedded_processes": embedded.processes if embedded else None,
             "answered": dict(sorted(t.workers.items())),
+            "rows_by_reference": t.by_reference,
         },
         "settings": {
             "timeout_s": options.timeout, "retries": options.retries, "concurrency": summary.concurrency,
