@@ -18,12 +18,21 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.support.faces import BUSH, MAX_PIXELS, POWELL, SAMPLES, lfw_root, needs_lfw
+from tests.support.faces import BUSH, CLOCKWISE, MAX_PIXELS, POWELL, SAMPLES, held_out_photo, lfw_root, needs_lfw
 from worker.classifier import NO_FACE, UNKNOWN, Box, Classification
 from worker.errors import InvalidArgument
-from worker.faces import artifact, load_classifier, openset
+from worker.faces import artifact, load_classifier, openset, pipeline
 from worker.faces.legacy import old_client_thumbnail
-from worker.faces.pipeline import FaceClassifier, detect_faces, load_dlib_models, main_face_first, to_rgb
+from worker.faces.pipeline import (
+    FaceClassifier,
+    detect_faces,
+    faces_any_turn,
+    load_dlib_models,
+    main_face_first,
+    to_rgb,
+    turned,
+    unturned_box,
+)
 from worker.faces.training import scenes
 from worker.faces.training.dataset import display_name, gallery, split
 
@@ -259,6 +268,87 @@ def test_exif_orientation_is_applied_before_detection(shipped, people):
     assert shipped.classify(data, MAX_PIXELS).label == BUSH
 
 
+# --- turned photos: the other quarter turns when the upright image has no sure face ------------
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_a_box_found_in_a_turned_copy_maps_back_exactly(degrees):
+    rgb = np.zeros((40, 70, 3), dtype=np.uint8)  # not square: width and height must not be swapped
+    rgb[0, 69] = 7  # the top-right corner
+    face = Box(5, 9, 23, 31)
+    rgb[face.top:face.bottom, face.left:face.right] = 255
+    copy = turned(rgb, degrees)
+    assert copy.flags.c_contiguous
+    assert (copy[0, 0, 0] == 7) == (degrees == 90)  # counter-clockwise: the top-right corner comes to the top left
+    ys, xs = np.nonzero(copy[:, :, 0] == 255)
+    seen = Box(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    assert unturned_box(seen, degrees, 70, 40) == face
+
+
+@pytest.mark.parametrize(("script", "orientation", "looked"), [
+    ({0: 2.0}, 0, [0]),  # a sure upright face: one pass
+    ({90: 1.5}, 90, [0, 90]),  # the first sure face ends the search
+    ({0: 0.4, 180: 2.0}, 180, [0, 90, 270, 180]),  # a weak face in an upside-down photo loses to the true turn
+    ({90: 0.5, 270: 1.8}, 270, [0, 90, 270]),  # a weak face on the way does not stop the search
+    ({0: 0.4, 180: 0.3}, 0, [0, 90, 270, 180]),  # a weak upright face that no turn beats is kept
+    ({}, 0, [0, 90, 270, 180]),  # no face anywhere
+], ids=["sure-upright", "sure-90", "weak-upright-true-180", "weak-90-true-270", "weak-upright-kept", "none"])
+def test_turns_are_searched_until_a_sure_face_and_the_best_wins(monkeypatch, script, orientation, looked):
+    rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    copies = {d: turned(rgb, d) for d in (0, 90, 180, 270)}
+    seen: list[int] = []
+
+    def detect(work, models, budget=0):
+        degrees = next(d for d, c in copies.items() if c.shape == work.shape and np.array_equal(c, work))
+        seen.append(degrees)
+        return ([Box(1, 2, 5, 9)], script[degrees]) if degrees in script else ([], -np.inf)
+
+    monkeypatch.setattr(pipeline, "detect_scored", detect)
+    monkeypatch.setattr(pipeline, "face_chip", lambda work, box, models: np.zeros((150, 150, 3), np.uint8))
+    monkeypatch.setattr(pipeline, "embed_chips", lambda chips, models: np.zeros((len(chips), 128), np.float32))
+    found, boxes, embeddings = faces_any_turn(rgb, None)
+    assert (found, seen) == (orientation, looked)
+    assert len(boxes) == len(embeddings) == (1 if script else 0)
+    if boxes:
+        assert boxes == [unturned_box(Box(1, 2, 5, 9), found, 30, 20)]
+
+
+@needs_lfw
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_a_turned_photo_is_named_under_its_turn_and_its_box_is_on_the_face(shipped, degrees):
+    # Cropped to 250x210, so that a turn swaps width and height; PNG, so the pixels are exact.
+    photo = Image.open(held_out_photo(BUSH, 1)).convert("RGB").crop((0, 20, 250, 230))
+    upright = shipped.classify(encode(photo, "PNG"), MAX_PIXELS)
+    assert upright.label == BUSH and upright.orientation == 0
+    sent = photo.transpose(CLOCKWISE[degrees])  # no EXIF: nothing says it is turned
+    result = shipped.classify(encode(sent, "PNG"), MAX_PIXELS)
+    assert (result.label, result.orientation) == (BUSH, degrees)
+    assert (result.width, result.height) == sent.size
+    (face,) = result.faces
+    assert 0 <= face.box.left < face.box.right <= sent.width and 0 <= face.box.top < face.box.bottom <= sent.height
+    # The box in the image as sent, turned upright, holds exactly the face the upright photo has.
+    found = turned(np.asarray(sent.crop(face.box)), degrees)
+    assert np.array_equal(found, np.asarray(photo.crop(upright.faces[0].box)))
+
+
+@needs_lfw
+def test_an_upright_photo_reports_orientation_0_after_one_detector_pass(shipped, monkeypatch):
+    passes = []
+    detect = pipeline.detect_scored
+    monkeypatch.setattr(pipeline, "detect_scored", lambda rgb, models: passes.append(1) or detect(rgb, models))
+    result = shipped.classify(held_out_photo(BUSH, 1).read_bytes(), MAX_PIXELS)
+    assert (result.label, result.orientation, len(passes)) == (BUSH, 0, 1)
+
+
+def test_no_face_stays_no_face_with_orientation_0_after_all_four_turns(shipped, monkeypatch):
+    passes = []
+    detect = pipeline.detect_scored
+    monkeypatch.setattr(pipeline, "detect_scored", lambda rgb, models: passes.append(rgb.shape) or detect(rgb, models))
+    result = shipped.classify((SAMPLES / "china.jpg").read_bytes(), MAX_PIXELS)
+    assert (result.label, result.orientation, result.faces) == (NO_FACE, 0, [])
+    assert (result.width, result.height) == (640, 427)
+    assert passes == [(427, 640, 3), (640, 427, 3), (640, 427, 3), (427, 640, 3)]
+
+
 @needs_lfw
 def test_small_face_in_a_1080p_photo_is_found_at_full_resolution(shipped, people):
     rng = random.Random(5)
@@ -339,12 +429,15 @@ def test_evaluate_command_through_a_real_worker(tmp_path, people):
                                        "--report", str(report), "--record"])
     assert result.exit_code == 0, result.output
     text = report.read_text()
-    for title in ("ImageWorker.Classify", "1920x1080", "portrait's subject", "RecognizeFace", "eigenfaces",
-                  "prototype"):
+    for title in ("ImageWorker.Classify", "turned 90°", "turned 180°", "turned 270°", "1920x1080",
+                  "portrait's subject", "RecognizeFace", "eigenfaces", "prototype"):
         assert title in text
     first = text.split("###")[1]
     assert "known people named right: **1.0000** (4 photos)" in first
     assert "never-seen people answered `unknown`: **1.0000** (3 photos)" in first
+    sideways = text.split("###")[2]
+    assert "turned 90°" in sideways and "known people named right: **1.0000** (4 photos)" in sideways
+    assert "orientation 90 reported for 7 of the 7 photos with a face" in sideways
     recorded = json.loads(out.with_suffix(".json").read_text())["evaluation"]
     assert recorded["model"]["known_accuracy"] == 1.0 and recorded["legacy"]["known_photos"] == 4
     load_classifier(str(out))  # recording leaves the checksummed arrays alone

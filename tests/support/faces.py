@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 import sklearn.datasets
+from PIL import Image
 
+from worker.faces import artifact
 from worker.faces.training.dataset import lfw_from_env
 
 BUSH, POWELL = "George W Bush", "Colin Powell"
+# PIL transposes that turn an upright photo clockwise by 90, 180, 270 degrees, as a camera that
+# writes no orientation stores it: Classify should find its faces under that counter-clockwise turn.
+CLOCKWISE = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_90}
 MAX_PIXELS = 150_000_000
 # scikit-learn's sample photos: a landscape and a flower, no faces.
 SAMPLES = Path(sklearn.datasets.__file__).parent / "images"
@@ -25,3 +30,8 @@ def lfw_root() -> Path:
     if _LFW is None:
         pytest.skip(NO_LFW)
     return _LFW
+
+
+def held_out_photo(person: str, index: int) -> Path:
+    """A photo of ``person`` that the shipped model held out of its training."""
+    return lfw_root() / artifact.load().meta["split"]["test_people"][person][index]

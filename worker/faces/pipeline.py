@@ -218,8 +218,9 @@ SURE_FACE = 1.0
 
 
 def turned(rgb: np.ndarray, degrees: int) -> np.ndarray:
-    """``rgb`` turned counter-clockwise by ``degrees`` (0, 90, 180, 270), C-contiguous for dlib."""
-    return np.ascontiguousarray(np.rot90(rgb, degrees // 90))
+    """``rgb`` turned counter-clockwise by ``degrees`` (0, 90, 180, 270), a C-ordered copy for dlib
+    (``ascontiguousarray`` may keep a 1-pixel-wide view's negative strides, which dlib refuses)."""
+    return np.rot90(rgb, degrees // 90).copy() if degrees else rgb
 
 
 def unturned_box(box: Box, degrees: int, width: int, height: int) -> Box:
