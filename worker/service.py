@@ -177,6 +177,7 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
             model_version=model.version,
             width=result.width,
             height=result.height,
+            orientation=result.orientation,
             worker=self.state.identity,
         )
 
