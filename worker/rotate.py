@@ -515,7 +515,8 @@ def _convert(data: bytes, img: Image.Image, op: T | None, target: str, quality: 
     frames, durations = _frames(data, img, op, count, keep, max_pixels, budget)
     icc = img.info.get("icc_profile")
     frames = [_fit_mode(frame, source, target, icc, notes) for frame in frames]
-    if len({frame.mode for frame in frames}) > 1:  # GIF frames after the first decode as RGB(A)
+    # GIF frames after the first decode as RGB(A); a GIF's own frames each have a palette of their own.
+    if target != "GIF" and len({frame.mode for frame in frames}) > 1:
         mode = "RGBA" if any("A" in frame.mode for frame in frames) else "RGB"
         frames = [frame.convert(mode) for frame in frames]
     kw = _target_metadata(img, op, frames[0], target, notes)
@@ -543,18 +544,16 @@ def _fit_mode(im: Image.Image, source: str, target: str, icc: bytes | None, note
     if im.mode == "I;16" and "I;16" not in _HOLDS[target]:
         notes.append(f"16-bit grey reduced to 8 bits: {target} holds 8")
         # Scaled, not clipped (Pillow's convert clips at 255).
-        im = Image.fromarray(((np.asarray(im, np.uint32) + 128) // 257).astype(np.uint8), "L")
+        im = Image.fromarray(((np.asarray(im, np.uint32) + 128) // 257).astype(np.uint8))
     if im.mode in ("LA", "RGBA") and target == "JPEG":
         if im.getchannel("A").getextrema()[0] < 255:
             notes.append("alpha flattened onto white: JPEG has no transparency")
         flat = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA")).convert("RGB")
         im = flat.convert("L") if im.mode == "LA" else flat
-    if target == "GIF" and im.mode in ("LA", "RGBA"):
-        im = im.convert("RGBA")
-        if any(im.getchannel("A").histogram()[1:255]):
-            notes.append("partial transparency made on or off: GIF has no partial transparency")
-    if target == "GIF" and im.mode in ("RGB", "RGBA") and im.getcolors(256) is None:
+    if target == "GIF" and im.mode in ("RGB", "RGBA", "LA") and im.convert("RGB").getcolors(256) is None:
         notes.append("colours reduced to a 256-colour palette: GIF holds 256")
+    if target == "GIF" and im.mode in ("LA", "RGBA"):
+        im = _gif_with_transparency(im.convert("RGBA"), notes)
     if im.mode not in _HOLDS[target]:
         im = im.convert("RGBA" if "A" in im.mode else "L" if im.mode == "1" and target == "JPEG" else "RGB")
     return im
@@ -572,7 +571,7 @@ def _standard_mode(im: Image.Image, source: str, target: str) -> Image.Image:
             raise InvalidArgument(f"cannot convert {source} {im.mode} pixels to {target}",
                                   Reason.CONVERSION_REFUSED) from None
     if im.mode.startswith("I;16") and im.mode != "I;16":
-        return Image.fromarray(np.asarray(im).astype(np.uint16), "I;16")
+        return Image.fromarray(np.asarray(im).astype(np.uint16))
     if im.mode in ("I", "F") and im.mode not in _HOLDS[target]:
         low, high = im.getextrema()
         if im.mode == "F" or low < 0 or high > 65535:
@@ -582,8 +581,28 @@ def _standard_mode(im: Image.Image, source: str, target: str) -> Image.Image:
                 "unsigned) without choosing a scale, which the worker does not do for you; keep TIFF",
                 Reason.CONVERSION_REFUSED,
             )
-        return Image.fromarray(np.asarray(im).astype(np.uint16), "I;16")  # every value fits: exact
+        return Image.fromarray(np.asarray(im).astype(np.uint16))  # every value fits: exact
     return im
+
+
+def _gif_with_transparency(im: Image.Image, notes: list[str]) -> Image.Image:
+    """RGBA as a palette of 255 colours and one transparent entry: alpha under 128 transparent, the rest opaque.
+
+    Pillow's GIF writer keeps transparency only for pictures of few colours; a photo would lose it all.
+    """
+    alpha = np.asarray(im.getchannel("A"))
+    if alpha.min() == 255:
+        return im.convert("RGB")
+    if ((alpha > 0) & (alpha < 255)).any():
+        notes.append("partial transparency made on or off (alpha under 128 transparent): GIF has none")
+    paletted = im.convert("RGB").quantize(255)
+    indices = np.asarray(paletted).copy()
+    indices[alpha < 128] = 255
+    out = Image.frombytes("P", im.size, indices.tobytes())
+    palette = paletted.getpalette() or []
+    out.putpalette(palette[: 3 * 255] + [0] * (3 * 256 - min(len(palette), 3 * 255)))
+    out.info["transparency"] = 255
+    return out
 
 
 @functools.cache
@@ -626,14 +645,18 @@ def _target_metadata(img: Image.Image, op: T | None, frame: Image.Image, target:
     if dropped:
         notes.append(f"{' and '.join(dropped)} dropped: {target} cannot hold {'them' if len(dropped) > 1 else 'it'}")
     kw = {key: value for key, value in kw.items() if key in _METADATA[target]}
-    if "xmp" in kw and target in ("PNG", "TIFF"):  # Pillow writes XMP itself only to JPEG and WebP
-        xmp = kw.pop("xmp")
-        if target == "TIFF":
-            kw["tiffinfo"] = {700: xmp}
-        else:
-            info = PngImagePlugin.PngInfo()
-            info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
-            kw["pnginfo"] = info
+    # Pillow writes XMP itself only to JPEG and WebP; a TIFF's EXIF and XMP are tags of its own directory.
+    if target == "TIFF" and ("exif" in kw or "xmp" in kw):
+        tags = Image.Exif()
+        if "exif" in kw:
+            tags.load(kw["exif"])
+        if "xmp" in kw:
+            tags[700] = kw.pop("xmp")
+        kw["exif"] = tags
+    elif target == "PNG" and "xmp" in kw:
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", kw.pop("xmp").decode("utf-8", "replace"))
+        kw["pnginfo"] = info
     return kw
 
 
