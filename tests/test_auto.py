@@ -1,0 +1,167 @@
+"""Rotation ``auto`` (``auto_rotate``): the EXIF orientation, else the faces, else nothing decides the turn;
+pure with a stand-in for the face search, and through a real worker with its face model.
+
+The EXIF cases are made here: an upright picture stored as each of the eight orientations would store it,
+compared after ``auto`` with Pillow's own ``ImageOps.exif_transpose`` of the stored file.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from tests.support.faces import SAMPLES, lfw_root
+from tests.support.images import photo
+from worker.api import imageworker_v1_pb2 as v1
+from worker.api import imageworker_v1_pb2_grpc as v1_grpc
+from worker.rotate import auto_rotate, rotate
+
+T = Image.Transpose
+ORIENTATION = 0x0112
+# What a camera stores for each orientation, given the upright picture: the inverse of the transpose a viewer
+# applies (PIL.ImageOps.exif_transpose's table).
+STORED = {1: None, 2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM,
+          5: T.TRANSPOSE, 6: T.ROTATE_90, 7: T.TRANSVERSE, 8: T.ROTATE_270}
+TURNS = {0: None, 90: T.ROTATE_90, 180: T.ROTATE_180, 270: T.ROTATE_270}
+MIRRORED = {2, 4, 5, 7}
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def mad(a: Image.Image, b: Image.Image) -> float:
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert x.shape == y.shape
+    return float(np.mean(np.abs(x - y)))
+
+
+def oriented(orientation: int, fmt: str = "JPEG") -> tuple[bytes, Image.Image]:
+    """The upright 64x48 picture stored with ``orientation`` (whole 16x16 MCUs: every JPEG transform exact)."""
+    upright = photo(64, 48)
+    op = STORED[orientation]
+    stored = upright if op is None else upright.transpose(op)
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    options = {"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}
+    return encode(stored, fmt, exif=exif.tobytes(), **options), upright
+
+
+def no_faces() -> int | None:
+    raise AssertionError("the faces are asked only when the file has no orientation to apply")
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_exif_orientation_decides_and_is_applied_losslessly(orientation):
+    data, upright = oriented(orientation)
+    out = auto_rotate(data, no_faces)
+    got = decode(out.data)
+    assert (out.decided_by, out.method) == ("exif", "lossless")
+    assert got.getexif().get(ORIENTATION, 1) == 1 and got.size == upright.size
+    assert mad(got, ImageOps.exif_transpose(decode(data))) < 1
+    assert mad(got, upright) < 3
+    # degrees is the turn, after a left-right mirror for a mirrored orientation: stored pixels, so treated,
+    # are the upright picture.
+    stored = decode(data)
+    if orientation in MIRRORED:
+        stored = stored.transpose(T.FLIP_LEFT_RIGHT)
+    turn = TURNS[out.degrees]
+    assert (stored if turn is None else stored.transpose(turn)).tobytes() == ImageOps.exif_transpose(
+        decode(data)).tobytes()
+
+
+def test_the_degrees_of_each_orientation():
+    got = {o: auto_rotate(oriented(o)[0], no_faces).degrees for o in range(2, 9)}
+    assert got == {2: 0, 3: 180, 4: 180, 5: 90, 6: 270, 7: 270, 8: 90}
+
+
+def test_exif_orientation_of_a_png_decides_too():
+    data, upright = oriented(8, "PNG")
+    out = auto_rotate(data, no_faces)
+    assert (out.decided_by, out.degrees) == ("exif", 90)
+    assert decode(out.data).tobytes() == upright.tobytes()
+
+
+def test_orientation_1_asks_the_faces_and_without_one_writes_the_file_unchanged():
+    data, _ = oriented(1)
+    asked = []
+    out = auto_rotate(data, lambda: asked.append(True))  # None: no face
+    assert asked == [True]
+    assert (out.decided_by, out.degrees, out.method, out.data) == ("none", 0, "copy", data)
+
+
+@pytest.mark.parametrize("turn", [0, 90, 180, 270])
+def test_the_faces_turn_decides_without_an_orientation(turn):
+    data = encode(photo(64, 48), "JPEG", quality=90)
+    out = auto_rotate(data, lambda: turn)
+    assert (out.decided_by, out.degrees) == ("faces", turn)
+    assert out.data == rotate(data, turn).data
+
+
+def test_auto_converts_like_any_rotation():
+    data, upright = oriented(6)
+    out = auto_rotate(data, no_faces, format="PNG")
+    assert (out.format, out.decided_by, out.degrees) == ("PNG", "exif", 270)
+    assert mad(decode(out.data), upright) < 3
+    unchanged = auto_rotate(encode(photo(64, 48), "PNG"), lambda: None, format="JPEG")
+    assert (unchanged.decided_by, unchanged.format, unchanged.method) == ("none", "JPEG", "reencoded")
+
+
+# --- through the worker, with its face model ---------------------------------------------------------------
+
+
+def auto(worker, data: bytes) -> tuple[v1.RotateResponse, float]:
+    """Rotate auto, waiting for the face model to load (MODEL_LOADING is retried); the answer and its seconds."""
+    with grpc.insecure_channel(worker.address) as ch:
+        stub = v1_grpc.ImageWorkerStub(ch)
+        deadline = time.monotonic() + 240
+        while True:
+            start = time.perf_counter()
+            try:
+                return stub.Rotate(v1.RotateRequest(image=data, auto=True), timeout=120), time.perf_counter() - start
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_exif_decides_through_the_worker(worker):
+    data, upright = oriented(6)
+    reply, _ = auto(worker, data)
+    assert (reply.decided_by, reply.degrees, reply.method) == ("exif", 270, "lossless")
+    assert mad(decode(reply.image), upright) < 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_turned_face_photo_is_made_upright_through_the_worker(worker):
+    path = sorted((lfw_root() / "George_W_Bush").glob("*.jpg"))[0]
+    turned = encode(decode(path.read_bytes()).transpose(T.ROTATE_90), "JPEG", quality=95)  # no EXIF
+    reply, _ = auto(worker, turned)
+    assert (reply.decided_by, reply.degrees) == ("faces", 270)
+    assert mad(decode(reply.image), decode(turned).transpose(T.ROTATE_270)) < 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_photo_without_face_or_orientation_comes_back_unchanged(worker, record_property):
+    data = (SAMPLES / "china.jpg").read_bytes()
+    auto(worker, data)  # the first face search loads the model
+    reply, seconds = auto(worker, data)
+    record_property("seconds", f"{seconds:.2f}")  # docs/rotation.md quotes the cost of a face search
+    assert (reply.decided_by, reply.degrees, reply.method, reply.image) == ("none", 0, "copy", data)
