@@ -2,7 +2,11 @@
 
 ``/bench.Echo/Rotate`` takes an ``imageworker.v1.RotateRequest`` and answers a
 ``RotateResponse`` carrying the same image bytes: the same messages, sizes and
-(de)serialisation as the worker's Rotate, minus the image work.
+(de)serialisation as the worker's Rotate, minus the image work. The same
+handler also answers as ``/imageworker.v1.ImageWorker/Rotate``, so that a real
+``batch run --worker`` can use it as a stand-in worker: a request by reference
+(``destination`` set) is answered with the metadata only, as a worker that
+wrote the file would.
 
 It runs on ``worker.server`` itself: ``serve`` reserves the port and forks the
 processes (SO_REUSEPORT, signals, LISTENING line), and ``new_server``/``bind``
@@ -33,7 +37,9 @@ def serve_echo(config: ServerConfig, port: int, ready: Callable[[], None]) -> in
     admission = Admission(config.in_flight_limit, config.threads)  # the worker's gate, as its servicers use it
 
     def answer(request: pb.RotateRequest) -> pb.RotateResponse:
-        return pb.RotateResponse(image=request.image, format="JPEG", method="echo", worker=identity)
+        image = b"" if request.HasField("destination") else request.image
+        return pb.RotateResponse(image=image, format="JPEG", method="echo", worker=identity, width=1, height=1,
+                                 degrees=request.degrees % 360)
 
     def echo(request: pb.RotateRequest, context) -> pb.RotateResponse:
         try:
@@ -46,7 +52,9 @@ def serve_echo(config: ServerConfig, port: int, ready: Callable[[], None]) -> in
         echo, request_deserializer=pb.RotateRequest.FromString,
         response_serializer=pb.RotateResponse.SerializeToString,
     )
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Rotate": handler})])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Rotate": handler}),
+                                     grpc.method_handlers_generic_handler("imageworker.v1.ImageWorker",
+                                                                          {"Rotate": handler})])
     bind(server, config, port)
     stop = stop_requested()
     server.start()
