@@ -65,6 +65,9 @@ def main() -> None:
 @click.option("--output-root", "output_roots", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
               help="Reference mode: requests may name outputs under DIR (repeatable) for the worker to write "
                    "itself, atomically and durably, before it answers. Default: off.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics, summed over every process "
+                   "(plaintext, read-only). Default: off.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def serve(log_level: str, **options) -> None:

@@ -3,7 +3,8 @@
 ``serve`` reserves the port in the parent, then forks one server process per
 CPU *before any grpc object exists*; each binds the same port with
 SO_REUSEPORT, so the kernel spreads connections over them and CPU work is not
-serialised by one interpreter's GIL.
+serialised by one interpreter's GIL. With --metrics-port the parent also
+serves their Prometheus metrics, summed (``worker.metrics``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from worker import metrics
 from worker.decode import DEFAULT_MAX_PIXELS
 from worker.errors import NotReady
+from worker.metrics import Metrics, ModelState
 from worker.storage import Roots
 
 if TYPE_CHECKING:
@@ -65,6 +68,7 @@ class ServerConfig:
     # Reference mode: folders whose files requests may name instead of sending bytes (off when both are empty).
     data_roots: tuple[Path, ...] = ()
     output_roots: tuple[Path, ...] = ()
+    metrics_port: int | None = None  # Prometheus /metrics of the whole worker (off when None)
 
     @property
     def in_flight_limit(self) -> int:
@@ -126,7 +130,7 @@ def serve(config: ServerConfig, announce=print, serve_one: ServeOne | None = Non
     serve_one = serve_one or serve_worker
     _check_config(config)
     _warn_about_environment(config)
-    with reserve_port(config.host, config.port) as port:
+    with reserve_port(config.host, config.port) as port, metrics.exported(config.host, config.metrics_port):
         if config.processes == 1:
             return serve_one(config, port, lambda: announce(_listening(config, port)))
         return _supervise(config, port, announce, serve_one)
@@ -149,6 +153,8 @@ def _check_config(config: ServerConfig) -> None:
             raise ConfigError(f"TLS file not found: {path}")
     if config.processes < 1 or config.threads < 1:
         raise ConfigError("--processes and --threads must be at least 1")
+    if config.metrics_port is not None and config.metrics_port == config.port:
+        raise ConfigError(f"--metrics-port {config.metrics_port} is the --port: give the metrics a port of their own")
     if config.tls:
         _check_tls(config)
     if config.model is not None:
@@ -354,6 +360,7 @@ def _supervise(config: ServerConfig, port: int, announce, serve_one: ServeOne) -
             p.join(timeout=0.2)
             if p.exitcode is None:
                 continue
+            metrics.process_ended(p.pid)
             if stopping.is_set():
                 exit_code = max(exit_code, p.exitcode if p.exitcode > 0 else 0)
                 del children[slot]
@@ -436,6 +443,7 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
     _limit_malloc_arenas(config.threads)
     use_own_pixel_limit()  # --max-pixels, not Pillow's process-wide default, bounds every image here
     server = new_server(config)
+    recorder = metrics.ProcessMetrics() if config.metrics_port is not None else Metrics()
     state = WorkerState(
         identity=f"{socket.gethostname()}:{port}/{os.getpid()}",
         max_message_bytes=config.max_message_bytes,
@@ -443,6 +451,7 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
         admission=Admission(config.in_flight_limit, config.threads, config.unsent_limit,
                             config.unsent_per_connection),
         roots=Roots.of(config.data_roots, config.output_roots),
+        metrics=recorder,
     )
     health_servicer = HealthServicer()
     imageworker_v1_pb2_grpc.add_ImageWorkerServicer_to_server(ImageWorkerServicer(state), server)
@@ -467,7 +476,7 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
         _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
         stop.set()
 
-    state.classifier = FaceModel(config.model, cannot_classify)
+    state.classifier = FaceModel(config.model, cannot_classify, recorder)
     server.start()
     _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -497,9 +506,10 @@ class FaceModel:
     for the same load.
     """
 
-    def __init__(self, path: str | None, failed: Callable[[], None]) -> None:
+    def __init__(self, path: str | None, failed: Callable[[], None], recorder: Metrics) -> None:
         self._path = path
         self._failed = failed
+        self._metrics = recorder
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._loader: threading.Thread | None = None
@@ -509,6 +519,7 @@ class FaceModel:
         with self._lock:
             if self._loader is None:
                 self._loader = threading.Thread(target=self._load, name="face-model", daemon=True)
+                self._metrics.model(ModelState.LOADING)
                 self._loader.start()
         if not self._done.wait(timeout):
             raise NotReady("the face model is still loading ; retry shortly")
@@ -532,6 +543,7 @@ class FaceModel:
             log.exception("cannot load the face model %s", self._path or "(shipped default)")
             self._failed()
         finally:
+            self._metrics.model(ModelState.FAILED if self._model is None else ModelState.READY)
             self._done.set()
 
 

@@ -26,6 +26,7 @@ from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imagew
 from worker.classifier import Classifier
 from worker.decode import raw_pixels
 from worker.errors import Busy, InvalidArgument, NotReady, Reason, TooLarge, WorkerError
+from worker.metrics import Metrics
 from worker.storage import Roots
 
 log = logging.getLogger("worker.service")
@@ -45,7 +46,10 @@ class WorkerState:
     classifier: Callable[[float | None], Classifier] | None = None
     roots: Roots = field(default_factory=Roots)  # reference mode: what requests may name instead of bytes
     served: dict[str, int] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)  # records nothing unless worker serve --metrics-port
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Bytes input_of read from a file for this thread's call: the rpc decorator counts them as received.
+    _read: threading.local = field(default_factory=threading.local)
 
     def count(self, method: str) -> None:
         with self._lock:
@@ -61,7 +65,9 @@ class WorkerState:
     def input_of(self, request) -> bytes:
         """The image a request sends, or the file its ``source`` names (reference mode)."""
         if request.HasField("source"):
-            return self.roots.read_file(request.source.path, self.max_message_bytes)
+            data = self.roots.read_file(request.source.path, self.max_message_bytes)
+            self._read.size = len(data)
+            return data
         return request.image
 
     def deliver(self, request, data: bytes) -> bytes:
@@ -80,29 +86,39 @@ class WorkerState:
 
 def rpc(method: Callable) -> Callable:
     """Check the image's size, admit the call (or refuse it: busy, expired, cancelled), count its answer until
-    sent, map WorkerErrors to status codes, log one line per failed request.
+    sent, map WorkerErrors to status codes, log one line per failed request, record the call's metrics.
 
     The servicer's ``image_of(request)`` names the bytes --max-message-mb bounds.
     """
 
     @functools.wraps(method)
     def wrapper(self, request, context: grpc.ServicerContext):
+        state = self.state
         name = f"{type(self).__name__}.{method.__name__}"
+        image = self.image_of(request)
+        state._read.size = 0
+        code, reason, sent = "OK", "", 0
+        started = state.metrics.started()
         try:
-            self.state.check_size(self.image_of(request))  # one limit for every service, before any slot is held
-            response = self.state.admission.run(method, self, request, context, call=context)
+            state.check_size(image)  # one limit for every service, before any slot is held
+            response = state.admission.run(method, self, request, context, call=context)
             # Until gRPC has sent it (the client's window may stay shut), the answer is this process's memory.
-            self.state.admission.hold_answer(context, response.ByteSize())
+            sent = response.ByteSize()
+            state.admission.hold_answer(context, sent)
         except WorkerError as e:
+            code, reason = e.status, e.reason
             # Refusals under overload are routine (clients retry them): not worth a line each.
             log.log(logging.DEBUG if isinstance(e, Busy) else logging.WARNING,
                     "%s from %s failed: %s: %s", name, context.peer(), e.status, e)
             context.abort_with_status(_error_status(e.status, str(e), e.reason, e.retry_after))
         except Exception:
+            code, reason = "INTERNAL", Reason.INTERNAL
             log.exception("%s from %s: internal error", name, context.peer())
             message = f"internal error in {method.__name__}; see the worker's log"
             context.abort_with_status(_error_status("INTERNAL", message, Reason.INTERNAL))
-        self.state.count(method.__name__)
+        finally:  # abort_with_status raises: failed calls are recorded here too
+            state.metrics.ended(method.__name__, code, reason, started, len(image) + state._read.size, sent)
+        state.count(method.__name__)
         return response
 
     return wrapper
