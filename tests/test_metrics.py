@@ -148,3 +148,16 @@ def test_the_metrics_port_cannot_be_the_grpc_port():
     port = free_port()
     with pytest.raises(ConfigError, match="--metrics-port"):
         serve(ServerConfig(port=port, metrics_port=port))
+
+
+def test_a_file_read_by_reference_counts_as_received(tmp_path: Path):
+    data = jpeg(40, 24)
+    (tmp_path / "a.jpg").write_bytes(data)
+    metrics_port = free_port()
+    with worker_process("--data-root", str(tmp_path), "--metrics-port", str(metrics_port)) as w, \
+            grpc.insecure_channel(w.address) as ch:
+        request = v1.RotateRequest(source=v1.ImageRef(path=str(tmp_path / "a.jpg")), degrees=90)
+        reply = v1_grpc.ImageWorkerStub(ch).Rotate(request, timeout=30)
+        samples = scrape(metrics_port)
+    assert total(samples, "imageworker_received_bytes_total", method="Rotate") == len(data)
+    assert total(samples, "imageworker_sent_bytes_total", method="Rotate") == reply.ByteSize()
