@@ -27,6 +27,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import dns.exception
+import dns.resolver
 import grpc
 
 from batch.errors import UsageError
@@ -204,11 +206,33 @@ def address_count(targets: list[str]) -> int:
     return sum(len(t.split(":", 1)[1].split(",")) if t.startswith(("ipv4:", "ipv6:")) else 1 for t in targets)
 
 
+@dataclass
+class _Connection:
+    """One channel of the pool and what the pool knows of it."""
+
+    channel: grpc.aio.Channel
+    stub: imageworker_v1_pb2_grpc.ImageWorkerStub
+    address: str  # the target, or for a name the pool resolves, the "ip:port" it resolved to
+    busy: int = 0
+    # Which worker process answers on it ("host:port/pid" from the replies), once known: SO_REUSEPORT hands each
+    # *connection* to one process by a hash, so several connections often land on the same process; balancing
+    # calls per process, not per connection, keeps all busy.
+    process: str | None = None
+    retired: bool = False  # its address left the name's records: no new calls, closed once idle
+    name: DnsName | None = None  # the name it was resolved from, if any
+
+
 class Pool:
-    """``connections`` channels per target; ``call()`` lends the least busy ready one's stub."""
+    """``connections`` channels per worker address; ``call()`` lends the least busy ready one's stub.
+
+    A DNS name (``dns:///name:port``, ``dns://server:port/name:port`` or ``name:port``) is resolved here, not
+    by gRPC, and again by ``refresh``: gRPC re-resolves only when connections fail, so a worker joining the
+    name mid-run would wait for a failure to get calls. Each address gets channels of its own, which also
+    lets the run count the fleet it has (``addresses``).
+    """
 
     def __init__(self, targets: list[str], connections: int = DEFAULT_CONNECTIONS, tls: Tls | None = None) -> None:
-        options = [
+        self._options = [
             ("grpc.service_config", SERVICE_CONFIG),
             # Without a local pool, channels to one target would share one connection.
             ("grpc.use_local_subchannel_pool", 1),
@@ -217,26 +241,63 @@ class Pool:
             ("grpc.max_send_message_length", -1),
             ("grpc.keepalive_time_ms", 30_000),
         ]
-        credentials = tls.credentials() if tls else None
+        self._credentials = tls.credentials() if tls else None
         self.targets = targets
         self.tls = tls
-        self._channels = []
+        self.connections = connections
+        self._conns: list[_Connection] = []
+        self._names = {t: name for t in targets if (name := dns_name(t)) is not None}
         for target in targets:
-            for _ in range(connections):
-                if credentials:
-                    channel = grpc.aio.secure_channel(target, credentials, options=options)
-                else:
-                    channel = grpc.aio.insecure_channel(target, options=options)
-                self._channels.append(channel)
-        self._stubs = [imageworker_v1_pb2_grpc.ImageWorkerStub(c) for c in self._channels]
-        self._busy = [0] * len(self._channels)
-        # Which worker process answers on each channel ("host:port/pid" from the replies), once known:
-        # SO_REUSEPORT hands each *connection* to one process by a hash, so several connections often
-        # land on the same process; balancing calls per process, not per connection, keeps all busy.
-        self._process: list[str | None] = [None] * len(self._channels)
-        self._index = {id(stub): i for i, stub in enumerate(self._stubs)}
+            name = self._names.get(target)
+            for address in (name.resolve() if name else []) or [target]:  # unresolvable: gRPC will say why
+                self._open(address, name)
         self._next = 0
         self._connected: bool | None = None  # whether some channel was ready at the last call; None: no call yet
+
+    def _open(self, address: str, name: DnsName | None) -> None:
+        options = list(self._options)
+        target = address if name is None or address.startswith("dns:") else _ip_target(address)
+        if name is not None:  # TLS checks the worker's certificate against the name, not the address
+            options += [("grpc.ssl_target_name_override", name.host), ("grpc.default_authority", name.host)]
+        for _ in range(self.connections):
+            if self._credentials:
+                channel = grpc.aio.secure_channel(target, self._credentials, options=options)
+            else:
+                channel = grpc.aio.insecure_channel(target, options=options)
+            self._conns.append(_Connection(channel, imageworker_v1_pb2_grpc.ImageWorkerStub(channel), address,
+                                           name=name))
+
+    @property
+    def addresses(self) -> int:
+        """Worker addresses the pool has now (each resolved address of a name counts)."""
+        return sum(len(a.split(":", 1)[1].split(",")) if a.startswith(("ipv4:", "ipv6:")) else 1
+                   for a in {c.address for c in self._conns if not c.retired})
+
+    async def refresh(self) -> bool:
+        """Resolve the names again: channels for addresses that joined, none for those that left. Whether the
+        fleet changed."""
+        changed = False
+        for target, name in self._names.items():
+            found = set(await asyncio.to_thread(name.resolve))
+            if not found:
+                continue  # a failed lookup is no news: keep what we have
+            have = {c.address for c in self._conns if c.name is name and not c.retired}
+            for address in sorted(found - have):
+                log.info("%s: worker address %s joined", target, address)
+                self._open(address, name)
+            for conn in self._conns:
+                if conn.name is name and not conn.retired and conn.address not in found:
+                    conn.retired = True
+            for address in sorted(have - found):
+                log.info("%s: worker address %s left", target, address)
+            changed = changed or found != have
+        await self._close_idle_retired()
+        return changed
+
+    async def _close_idle_retired(self) -> None:
+        idle = [c for c in self._conns if c.retired and c.busy == 0]
+        self._conns = [c for c in self._conns if c not in idle]
+        await asyncio.gather(*(c.channel.close() for c in idle))
 
     async def probe(self, timeout: float = 3.0) -> list[str | None]:
         """One health check per channel that does not wait for a connection: None where it answers, else
@@ -251,14 +312,14 @@ class Pool:
             except grpc.aio.AioRpcError as e:
                 return e.details() or e.code().name
 
-        return list(await asyncio.gather(*(check(c) for c in self._channels)))
+        return list(await asyncio.gather(*(check(c.channel) for c in self._conns)))
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait until some channel is ready (a worker answers health checks with SERVING), then briefly for the rest.
 
         Returns False if none is ready within ``timeout`` seconds.
         """
-        waits = [asyncio.ensure_future(c.channel_ready()) for c in self._channels]
+        waits = [asyncio.ensure_future(c.channel.channel_ready()) for c in self._conns]
         try:
             done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:
@@ -295,25 +356,26 @@ class Pool:
 
     @asynccontextmanager
     async def call(self) -> AsyncIterator[imageworker_v1_pb2_grpc.ImageWorkerStub]:
-        i = self._pick()
-        self._busy[i] += 1
+        conn = self._pick()
+        conn.busy += 1
         try:
-            yield self._stubs[i]
+            yield conn.stub
         finally:
-            self._busy[i] -= 1
+            conn.busy -= 1
 
     def answered(self, stub: imageworker_v1_pb2_grpc.ImageWorkerStub, worker: str) -> None:
         """Note which worker process answered a call made with ``stub`` (a reply's ``worker`` field)."""
-        i = self._index.get(id(stub))
-        if i is not None and worker:
-            self._process[i] = worker
+        for conn in self._conns:
+            if conn.stub is stub:
+                if worker:
+                    conn.process = worker
+                return
 
-    def _pick(self) -> int:
-        n = len(self._channels)
-        ready = [
-            (i + self._next) % n for i in range(n)
-            if self._channels[(i + self._next) % n].get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY
-        ]
+    def _pick(self) -> _Connection:
+        live = [c for c in self._conns if not c.retired]
+        n = len(live)
+        order = [live[(i + self._next) % n] for i in range(n)]
+        ready = [c for c in order if c.channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY]
         if bool(ready) != self._connected:  # a line per change, not per call
             if ready:
                 log.info("%s: %d of %d connections ready", "reconnected" if self._connected is False else "connected",
@@ -322,18 +384,75 @@ class Pool:
                 log.warning("no connection to a worker is ready; reconnecting (calls fail fast and are retried)")
             self._connected = bool(ready)
         # No channel ready: pick one anyway; the call fails fast with UNAVAILABLE and is retried after a backoff.
-        candidates = ready or [(i + self._next) % n for i in range(n)]
-        in_flight: dict[str | int, int] = {}  # per worker process; a channel not yet answered is its own group
-        for i in range(n):
-            key = self._process[i] or i
-            in_flight[key] = in_flight.get(key, 0) + self._busy[i]
+        candidates = ready or order
+        in_flight: dict[object, int] = {}  # per worker process; a channel not yet answered is its own group
+        for c in live:
+            key = c.process or id(c)
+            in_flight[key] = in_flight.get(key, 0) + c.busy
         # Least busy process first, then least busy connection; min keeps the first of equals: round robin.
-        best = min(candidates, key=lambda i: (in_flight[self._process[i] or i], self._busy[i]))
-        self._next = (best + 1) % n
+        best = min(candidates, key=lambda c: (in_flight[c.process or id(c)], c.busy))
+        self._next = (live.index(best) + 1) % n
         return best
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self._channels))
+        await asyncio.gather(*(c.channel.close() for c in self._conns))
+
+
+@dataclass
+class DnsName:
+    """A worker name the pool resolves itself: ``host`` and ``port``, asked of ``server`` (host, port) or of the
+    system's resolver."""
+
+    host: str
+    port: int
+    server: tuple[str, int] | None = None
+
+    def resolve(self) -> list[str]:
+        """The name's addresses as "ip:port" (IPv6 bracketed), sorted; [] when the lookup fails."""
+        try:
+            if self.server is None:
+                infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+                ips = {info[4][0] for info in infos}
+            else:
+                ips = set(_query(self.host, self.server))
+        except (OSError, dns.exception.DNSException) as e:
+            log.warning("cannot resolve %s: %s", self.host, e)
+            return []
+        return sorted(f"[{ip}]:{self.port}" if ":" in ip else f"{ip}:{self.port}" for ip in ips)
+
+
+def dns_name(target: str) -> DnsName | None:
+    """The name a ``dns:`` target names (``dns:///name:port``, ``dns://server[:port]/name:port``), else None."""
+    m = re.fullmatch(r"dns:(?://([^/]*)/)?([^/]+)", target)
+    if not m:
+        return None
+    hp = _host_port(m.group(2))
+    if hp is None:
+        return None
+    server = None
+    if m.group(1):
+        sp = _host_port(m.group(1)) or (m.group(1).strip("[]"), 53)
+        server = (sp[0], sp[1])
+    return DnsName(hp[0], hp[1], server)
+
+
+def _query(host: str, server: tuple[str, int]) -> list[str]:
+    """A and AAAA records of ``host`` asked of the DNS server ``server`` (dnspython: the target names it)."""
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [server[0]]
+    resolver.port = server[1]
+    resolver.lifetime = 3.0
+    ips: list[str] = []
+    for rdtype in ("A", "AAAA"):
+        try:
+            ips += [r.address for r in resolver.resolve(host, rdtype)]
+        except dns.resolver.NoAnswer:
+            continue
+    return ips
+
+
+def _ip_target(address: str) -> str:
+    return f"ipv6:{address}" if address.startswith("[") else f"ipv4:{address}"
 
 
 def connect_failure(details: str, tls: Tls | None) -> tuple[str, bool]:

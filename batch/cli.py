@@ -59,7 +59,9 @@ def _configure_logging(verbose: int, log_level: str | None) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               show_default="results/<manifest name>", help="Folder for results, run.json and rotated images.")
 @click.option("--concurrency", type=click.IntRange(1), default=None,
-              show_default="4 per embedded worker process, else 8 per worker address", help="Calls in flight.")
+              show_default="4 per embedded worker process; for named workers 8 per address, adapted to their "
+                           "latency and busy refusals up to 128",
+              help="Calls in flight, fixed at this number.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
               help="Seconds each call may take.")
 @click.option("--retries", type=click.IntRange(0), default=6, show_default=True,
@@ -95,6 +97,9 @@ def _configure_logging(verbose: int, log_level: str | None) -> None:
                    "instead of the image's bytes; the workers read and write the files themselves (worker serve "
                    "--data-root/--output-root). The embedded worker always does so for files under the manifest's "
                    "folder and --out.")
+@click.option("--resolve-every", type=click.FloatRange(0.1), default=5.0, show_default=True, metavar="SECONDS",
+              help="How often to look the workers' DNS names up again, so that workers joining a name get calls "
+                   "and leaving ones none.")
 @click.option("-v", "--verbose", count=True,
               help="Log retries, reconnects, busy refusals and slow rows as they happen (-vv: debug).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
@@ -103,7 +108,7 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
         retries: int, restart: bool, quiet: bool, tls_ca: Path | None, tls_cert: Path | None,
         tls_key: Path | None, results_format: str, connections: int | None, name_template: str | None,
         output_format: str | None, quality: int | None, default_rotation: str | None, references: bool,
-        verbose: int, log_level: str | None) -> None:
+        resolve_every: float, verbose: int, log_level: str | None) -> None:
     """Run every row of MANIFEST (CSV: path, op, rotation, output, id) through the workers.
 
     Resumable: the same command again skips rows already ok and retries the rest.
@@ -138,7 +143,7 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
         timeout=timeout, retries=retries, restart=restart,
         tls=Tls(tls_ca, tls_cert, tls_key) if tls_ca else None, results_format=results_format,
         connections=connections, name_template=name_template, output_format=fmt, quality=quality or 0,
-        rotation=default_rotation, references=references, progress=choose_mode(quiet),
+        rotation=default_rotation, references=references, resolve_every=resolve_every, progress=choose_mode(quiet),
         command=("batch", *sys.argv[1:]),
     )
     try:

@@ -1,4 +1,4 @@
-"""Fan-out: each row read, sent, retried and written, at most ``concurrency`` rows at a time.
+"""Fan-out: each row read, sent, retried and written, as many at a time as the run's limit allows.
 
 The driver never decodes images: it reads the file's bytes, sends them and
 writes the bytes that come back (small files in the event loop, big ones in
@@ -25,6 +25,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from batch.channel import Pool
+from batch.concurrency import AdaptiveLimit
 from batch.durable import atomic_file
 from batch.manifest import Row
 from batch.results import ERROR, OK, Outcome, faces_json
@@ -47,7 +48,6 @@ MAX_INPUT = 2**31 - 2**20  # a protobuf message carries under 2 GiB; the request
 
 @dataclass(frozen=True)
 class Settings:
-    concurrency: int
     timeout: float  # seconds per call
     retries: int  # retries after the first attempt
     backoff_base: float = 1.0  # first retry waits up to this; doubles each time
@@ -244,7 +244,7 @@ def _inside(real: str, roots: tuple[str, ...]) -> bool:
     return any(os.path.commonpath([real, root]) == root for root in roots)
 
 
-async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
+async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit) -> Outcome:
     """Run one valid row to its outcome; never raises for a row-level problem."""
     referenced = by_reference(row, settings)
     data = b""
@@ -278,6 +278,7 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
             if permanent(e, len(data)):
                 return Outcome(ERROR, error=explain_permanent(e, len(data)), attempts=attempts)
             if refused := busy(e, len(data)):
+                limit.refused()
                 busy_refusals += 1
                 wait = backoff(busy_refusals, settings, settings.busy_backoff_base)
                 given_up = busy_waited + wait > settings.busy_budget
@@ -296,6 +297,7 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
             await asyncio.sleep(wait)
             continue
         latency_ms = (time.monotonic() - started) * 1000
+        limit.answered(latency_ms / 1000)
         if latency_ms > 500 * settings.timeout:
             log.info("row %s: slow: its call took %.1f s, over half of --timeout %g s", row.id, latency_ms / 1000,
                      settings.timeout)
@@ -324,27 +326,35 @@ async def process(row: Row, pool: Pool, settings: Settings) -> Outcome:
                    note=reply.note, by_reference=referenced, **common)
 
 
-async def fan_out(rows: Iterable[Row], pool: Pool, settings: Settings,
-                  finished: Callable[[Row, Outcome], None]) -> None:
-    """Process ``rows`` (consumed lazily) with ``settings.concurrency`` tasks; ``finished`` sees each outcome.
+async def fan_out(rows: Iterable[Row], pool: Pool, settings: Settings, finished: Callable[[Row, Outcome], None],
+                  limit: AdaptiveLimit) -> None:
+    """Process ``rows`` (consumed lazily), as many at once as ``limit`` allows; ``finished`` sees each outcome.
 
     A bounded queue keeps at most a few rows ahead of the calls, so memory does
     not depend on the manifest's length. Cancelling this coroutine cancels the
     calls in flight; their rows are simply not reported.
     """
-    queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=settings.concurrency)
+    queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=limit.cap)
+    failed: list[BaseException] = []
 
     async def work() -> None:
         while (row := await queue.get()) is not None:
-            finished(row, await process(row, pool, settings))
+            async with limit:
+                finished(row, await process(row, pool, settings, limit))
 
-    tasks = [asyncio.create_task(work()) for _ in range(settings.concurrency)]
+    def ended(task: asyncio.Task) -> None:
+        # A task only ends early by a bug (or a results file that cannot be written): raise it here.
+        if not task.cancelled() and task.exception() is not None:
+            failed.append(task.exception())
+
+    tasks = [asyncio.create_task(work()) for _ in range(limit.cap)]
+    for t in tasks:
+        t.add_done_callback(ended)
     try:
         for row in rows:
             await queue.put(row)
-            for t in tasks:
-                if t.done():
-                    await t  # a task only ends early by a bug (or a results file that cannot be written): raise it
+            if failed:
+                raise failed[0]
         for _ in tasks:
             await queue.put(None)
         await asyncio.gather(*tasks)

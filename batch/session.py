@@ -29,6 +29,7 @@ from pathlib import Path
 
 from batch import demo
 from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, address_count, grpc_targets
+from batch.concurrency import DEFAULT_CAP, AdaptiveLimit
 from batch.durable import Entry, GroupCommit
 from batch.errors import BatchError, UsageError
 from batch.index import RunIndex, Scanned
@@ -79,6 +80,7 @@ class RunOptions:
     quality: int = 0  # --quality for lossy targets; 0: the worker's rule
     rotation: str | None = None  # --rotation: for rows that leave theirs empty ("auto" or degrees)
     references: bool = False  # --references: named workers read and write the files themselves
+    resolve_every: float = 5.0  # --resolve-every: seconds between lookups of the workers' DNS names
     connections: int | None = None
     progress: str = "lines"  # "bar", "lines" or "quiet"
     command: tuple[str, ...] = ()
@@ -97,7 +99,7 @@ class Summary:
     elapsed: float = 0.0
     signal: int | None = None  # the signal that interrupted the run
     stopped: str | None = None  # why the run stopped early without a signal
-    concurrency: int | None = None
+    limit: AdaptiveLimit | None = None  # the calls in flight
     connections: int | None = None
 
     @property
@@ -262,17 +264,17 @@ def run_batch(options: RunOptions) -> Summary:
                     targets = grpc_targets([embedded.start()])
                 except LocalWorkerError as e:
                     raise BatchError(str(e)) from e  # its message already says what failed
-            concurrency, connections = _defaults(options, targets, embedded)
-            summary.concurrency, summary.connections = concurrency, connections
+            limit, connections = _defaults(options, targets, embedded)
+            summary.limit, summary.connections = limit, connections
             where = (f"an embedded worker ({embedded.processes} processes at {embedded.address})" if embedded
                      else ", ".join(targets) or "no worker (nothing to run)")
-            progress.note(f"batch: running {total:,} rows on {where}, {concurrency} calls in flight; "
-                          f"results in {_shown(out)}")
-            run.give_up_after = max(2 * concurrency, 10)
-            settings = Settings(concurrency=concurrency, timeout=options.timeout, retries=options.retries,
-                                out_root=os.path.realpath(out), quality=options.quality, read_roots=read_roots,
-                                write_roots=write_roots)
-            summary.signal = asyncio.run(_go(run, first, calls, targets, connections, settings, options.tls))
+            in_flight = (f"{limit.current} calls in flight, adapting up to {limit.cap}" if limit.adaptive
+                         else f"{limit.current} calls in flight")
+            progress.note(f"batch: running {total:,} rows on {where}, {in_flight}; results in {_shown(out)}")
+            run.give_up_after = max(2 * limit.current, 10)
+            settings = Settings(timeout=options.timeout, retries=options.retries, out_root=os.path.realpath(out),
+                                quality=options.quality, read_roots=read_roots, write_roots=write_roots)
+            summary.signal = asyncio.run(_go(run, first, calls, targets, connections, settings, limit, options))
         except Interrupted as e:  # a signal outside the event loop (the embedded worker starting, say)
             summary.signal = e.signum
         finally:
@@ -286,7 +288,7 @@ def run_batch(options: RunOptions) -> Summary:
 
 
 async def _go(run: Run, first: Row | None, rest: Iterator[Row], targets: list[str], connections: int,
-              settings: Settings, tls: Tls | None) -> int | None:
+              settings: Settings, limit: AdaptiveLimit, options: RunOptions) -> int | None:
     """The event-loop part: calls for every row that needs one; returns the signal that interrupted it."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -301,11 +303,15 @@ async def _go(run: Run, first: Row | None, rest: Iterator[Row], targets: list[st
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
     run.start(on_failure=task.cancel)  # a failed sync stops the run; close() raises its error
-    pool = Pool(targets, connections, tls) if first is not None else None
+    pool = Pool(targets, connections, options.tls) if first is not None else None
+    watcher = None
     try:
         if pool is not None:
             await pool.connect()
-            await fan_out(_chain(first, rest), pool, settings, run.settle)
+            if limit.adaptive:
+                limit.at_least(8 * pool.addresses)  # a name's addresses count now that they are resolved
+            watcher = asyncio.create_task(_watch_fleet(pool, limit, options.resolve_every))
+            await fan_out(_chain(first, rest), pool, settings, run.settle, limit)
     except asyncio.CancelledError:
         if not received and not run.commit_failed:
             raise
@@ -318,9 +324,21 @@ async def _go(run: Run, first: Row | None, rest: Iterator[Row], targets: list[st
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
             _arm_stop_signals()  # remove_signal_handler restored the defaults: SIGTERM would kill unflushed
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             if pool is not None:
                 await pool.close()
     return received[0] if received else None
+
+
+async def _watch_fleet(pool: Pool, limit: AdaptiveLimit, every: float) -> None:
+    """Resolve the workers' names again every ``every`` seconds: a worker that joins gets calls (and a share
+    of the limit) within that, one that leaves gets none."""
+    while True:
+        await asyncio.sleep(every)
+        if await pool.refresh() and limit.adaptive:
+            limit.at_least(8 * pool.addresses)
 
 
 def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
@@ -364,22 +382,23 @@ def _reference_roots(options: RunOptions, targets: list[str], out: Path) -> tupl
     return (), ()
 
 
-def _defaults(options: RunOptions, targets: list[str], embedded: LocalWorker | None) -> tuple[int, int]:
+def _defaults(options: RunOptions, targets: list[str], embedded: LocalWorker | None) -> tuple[AdaptiveLimit, int]:
     """Calls in flight and connections per target when not given.
 
     Four calls per embedded worker process: with two, a process sometimes
     waited while the single-threaded driver was busy between calls (4 gave
     +6 % on 1920x1080 photos, docs/benchmarks.md); a quarter of the worker's own
-    in-flight limit (4 x its 4 threads). For named workers the process count
-    is unknown: 8 per address.
+    in-flight limit (4 x its 4 threads). For named workers the fleet's size and
+    distance are unknown: 8 per address to start with, then adapted to what
+    they answer (batch/concurrency.py). An explicit --concurrency is kept as given.
     """
+    connections = options.connections or (max(DEFAULT_CONNECTIONS, 4 * embedded.processes) if embedded
+                                          else DEFAULT_CONNECTIONS)
+    if options.concurrency:
+        return AdaptiveLimit(options.concurrency, options.concurrency, adaptive=False), connections
     if embedded is not None:
-        concurrency = 4 * embedded.processes
-        connections = max(DEFAULT_CONNECTIONS, 4 * embedded.processes)
-    else:
-        concurrency = 8 * max(1, address_count(targets))
-        connections = DEFAULT_CONNECTIONS
-    return options.concurrency or concurrency, options.connections or connections
+        return AdaptiveLimit(4 * embedded.processes, 4 * embedded.processes, adaptive=False), connections
+    return AdaptiveLimit(8 * max(1, address_count(targets)), DEFAULT_CAP), connections
 
 
 def _finish(run: Run, journal: Journal, index: RunIndex, summary: Summary, info, clock: float) -> None:
@@ -453,7 +472,10 @@ def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedde
             "rows_by_reference": t.by_reference,
         },
         "settings": {
-            "timeout_s": options.timeout, "retries": options.retries, "concurrency": summary.concurrency,
+            "timeout_s": options.timeout, "retries": options.retries,
+            "concurrency": summary.limit.current if summary.limit else None,
+            "concurrency_peak": round(summary.limit.peak) if summary.limit else None,
+            "concurrency_adaptive": summary.limit.adaptive if summary.limit else None,
             "connections_per_target": summary.connections, "results_format": options.results_format,
             "restart": options.restart, "tls": options.tls is not None,
         },

@@ -224,7 +224,7 @@ def test_batch_worker_environment_variable(tmp_path, worker, monkeypatch):
     assert code == 0, stderr
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["workers"] == {"targets": [f"ipv4:{worker.address}"], "embedded": False, "embedded_processes": None,
-                              "answered": run["workers"]["answered"]}
+                              "answered": run["workers"]["answered"], "rows_by_reference": 0}
     assert sum(run["workers"]["answered"].values()) == 2
 
 

@@ -7,18 +7,18 @@ from batch.runner import Settings, backoff
 
 
 def test_ordinary_retries_double_from_one_second_up_to_the_cap_with_jitter():
-    settings = Settings(concurrency=1, timeout=1, retries=6)
+    settings = Settings(timeout=1, retries=6)
     for retry, ceiling in [(1, 1), (2, 2), (3, 4), (5, 16), (6, 20), (9, 20)]:
         waits = [backoff(retry, settings) for _ in range(200)]
         assert all(ceiling / 2 <= w <= ceiling for w in waits), (retry, min(waits), max(waits))
 
 
 def test_busy_refusals_are_retried_within_milliseconds_at_first():
-    settings = Settings(concurrency=1, timeout=1, retries=6)
+    settings = Settings(timeout=1, retries=6)
     first = [backoff(1, settings, settings.busy_backoff_base) for _ in range(200)]
     assert all(0.025 <= w <= 0.05 for w in first)
 
 
 def test_busy_budget_is_what_the_ordinary_retries_would_wait_at_most():
-    assert Settings(concurrency=1, timeout=1, retries=6).busy_budget == 1 + 2 + 4 + 8 + 16 + 20
-    assert Settings(concurrency=1, timeout=1, retries=0).busy_budget == 0
+    assert Settings(timeout=1, retries=6).busy_budget == 1 + 2 + 4 + 8 + 16 + 20
+    assert Settings(timeout=1, retries=0).busy_budget == 0
