@@ -23,6 +23,7 @@ SCRIPTS = {
     "large": ["bench_large.py"],
     "scale": ["bench_scale.py"],
     "driver": ["bench_driver_cost.py"],
+    "references": ["bench_references.py", "--rounds", "3"],  # the driver's ceiling, bytes vs reference mode
 }
 
 
