@@ -7,16 +7,14 @@ compared after ``auto`` with Pillow's own ``ImageOps.exif_transpose`` of the sto
 
 from __future__ import annotations
 
-import io
 import time
 
 import grpc
-import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
 from tests.support.faces import SAMPLES, lfw_root
-from tests.support.images import photo
+from tests.support.images import decode, encode, mad, photo
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.rotate import auto_rotate, rotate
@@ -31,22 +29,7 @@ TURNS = {0: None, 90: T.ROTATE_90, 180: T.ROTATE_180, 270: T.ROTATE_270}
 MIRRORED = {2, 4, 5, 7}
 
 
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
 
-
-def decode(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
-
-
-def mad(a: Image.Image, b: Image.Image) -> float:
-    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert x.shape == y.shape
-    return float(np.mean(np.abs(x - y)))
 
 
 def oriented(orientation: int, fmt: str = "JPEG") -> tuple[bytes, Image.Image]:

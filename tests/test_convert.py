@@ -7,8 +7,6 @@ lossless targets (PNG, TIFF, BMP; GIF when the picture has at most 256 colours),
 
 from __future__ import annotations
 
-import io
-
 import grpc
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from PIL import Image, ImageCms, ImageSequence
 
-from tests.support.images import photo
+from tests.support.images import decode, encode, mad, photo
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.errors import InvalidArgument, Reason
@@ -28,23 +26,7 @@ CLOSE = 4  # mean absolute difference a lossy target at quality 90 stays under o
 MAKE, ORIENTATION = 0x010F, 0x0112
 
 
-def encode(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
 
-
-def decode(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
-
-
-def mad(a: Image.Image, b: Image.Image) -> float:
-    """Mean absolute difference per sample, 0..255."""
-    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert x.shape == y.shape
-    return float(np.mean(np.abs(x - y)))
 
 
 def few_colours(width: int = 64, height: int = 48) -> Image.Image:

@@ -133,3 +133,24 @@ def make_corpus(out: Path, photos: int = 4, large: int = 1, tiny: int = 16) -> P
         rows += [(f"formats/{name}", "rotate", degrees) for degrees in (90, 180, 270)]
     _write_manifest(out / "manifest-mixed.csv", rows)
     return out
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    """``img`` saved as ``fmt``, as bytes."""
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    """An image opened from bytes and loaded."""
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def mad(a: Image.Image, b: Image.Image) -> float:
+    """Mean absolute difference per sample, 0..255."""
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert x.shape == y.shape
+    return float(np.mean(np.abs(x - y)))
