@@ -59,12 +59,16 @@ def main() -> None:
               help="Seconds calls in flight get to finish after SIGTERM/SIGINT.")
 @click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Face model artifact (.npz); default: the shipped one.")
-@click.option("--data-root", "data_roots", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
-              help="Reference mode: requests may name files under DIR (repeatable) for the worker to read itself "
-                   "instead of sending their bytes; anything resolving outside is refused. Default: off.")
-@click.option("--output-root", "output_roots", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
-              help="Reference mode: requests may name outputs under DIR (repeatable) for the worker to write "
-                   "itself, atomically and durably, before it answers. Default: off.")
+# Text, not click.Path: a pathlib.Path would fold s3://bucket/ into s3:/bucket/.
+@click.option("--data-root", "data_roots", multiple=True, metavar="DIR|URI",
+              help="Reference mode: requests may name files under DIR, or objects under a URI prefix such as "
+                   "s3://bucket/in/ (repeatable), for the worker to read itself instead of sending their bytes; "
+                   "anything outside is refused. Credentials come from the environment (AWS_ENDPOINT_URL, "
+                   "AWS_ACCESS_KEY_ID, ...). Default: off.")
+@click.option("--output-root", "output_roots", multiple=True, metavar="DIR|URI",
+              help="Reference mode: requests may name outputs under DIR, or under a URI prefix such as "
+                   "s3://bucket/out/ (repeatable), for the worker to write itself, atomically and durably, before "
+                   "it answers. Default: off.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics, summed over every process "
                    "(plaintext, read-only). Default: off.")

@@ -65,7 +65,9 @@ class WorkerState:
     def input_of(self, request) -> bytes:
         """The image a request sends, or the file its ``source`` names (reference mode)."""
         if request.HasField("source"):
-            data = self.roots.read_file(request.source.path, self.max_message_bytes)
+            source = request.source
+            data = (self.roots.read_uri(source.uri, self.max_message_bytes) if source.HasField("uri")
+                    else self.roots.read_file(source.path, self.max_message_bytes))
             self._read.size = len(data)
             return data
         return request.image
@@ -73,7 +75,11 @@ class WorkerState:
     def deliver(self, request, data: bytes) -> bytes:
         """The answer's image bytes: ``data``, or nothing once written where ``destination`` names."""
         if request.HasField("destination"):
-            self.roots.write_file(request.destination.path, data)
+            target = request.destination
+            if target.HasField("uri"):
+                self.roots.write_uri(target.uri, data)
+            else:
+                self.roots.write_file(target.path, data)
             return b""
         return data
 

@@ -8,12 +8,22 @@ write); the check is made again on what was actually opened
 Writes are atomic and durable before the worker answers: a temporary file
 created in the target's folder (opened once, by descriptor), fsync, rename,
 fsync of the folder. Nothing here imports grpc; refusals are WorkerErrors.
+
+An object-store reference (``s3://bucket/key``, ``gs://``, ``az://``; ``http(s)://`` to read) is served
+only under roots given as URI prefixes (``--data-root s3://bucket/in/``): normalised (scheme and bucket in
+lower case; a ``.`` or ``..`` segment refused, never interpreted), it must start with one. It is read and
+written through fsspec, with the credentials of the standard environment (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ...); a single PUT is atomic and durable once it is answered. The helpers for URIs
+below are the driver's too (batch/store.py), so both sides agree on what a URI names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import importlib.util
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterable
@@ -34,21 +44,145 @@ class NotFound(WorkerError):
     reason = Reason.FILE_NOT_FOUND
 
 
+# Object stores: each scheme, the one fsspec serves it as, the package that implements it and the extra that
+# installs that package. http(s) is read-only.
+SCHEMES = {"s3": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "az", "http": "http", "https": "https"}
+PACKAGES = {"s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "az": ("adlfs", "azure"), "http": ("aiohttp", "http"),
+            "https": ("aiohttp", "http")}
+READ_ONLY = ("http", "https")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def uri_scheme(text: str) -> str | None:
+    """The scheme of ``scheme://…`` as written (``S3``, ``ftp``), or None for a path."""
+    if "://" not in text:  # the common case, a path: no regular expression
+        return None
+    match = _SCHEME.match(text)
+    return match.group(1) if match else None
+
+
+def normalise_uri(text: str) -> str:
+    """One spelling per object: the canonical scheme, the bucket (or host) in lower case, the key as written.
+
+    ValueError saying why for an unknown scheme, no bucket, credentials in the URI, or a ``.`` or ``..``
+    segment (an object store takes them literally, other tools do not: refused rather than guessed).
+    """
+    scheme = uri_scheme(text) or ""
+    canonical = SCHEMES.get(scheme.lower())
+    if canonical is None:
+        raise ValueError(f"{text!r}: {scheme}:// is not a supported scheme ({', '.join(sorted(set(SCHEMES)))})")
+    bucket, _, key = text[len(scheme) + 3:].partition("/")
+    if not bucket:
+        raise ValueError(f"{text!r} names no bucket")
+    if canonical in READ_ONLY and "@" in bucket:
+        raise ValueError(f"{text!r} carries credentials: give them in the environment, not in the URI")
+    if any(segment in (".", "..") for segment in key.split("/")):
+        raise ValueError(f"{text!r} has a '.' or '..' segment")
+    return f"{canonical}://{bucket.lower()}/{key}"
+
+
+def missing_package(scheme: str) -> tuple[str, str] | None:
+    """(package, extra) when the package that serves ``scheme`` (canonical) is not installed, else None."""
+    package, extra = PACKAGES[scheme]
+    if importlib.util.find_spec("fsspec") is None or importlib.util.find_spec(package) is None:
+        return package, extra
+    return None
+
+
+def _filesystem(uri: str):
+    import fsspec  # an extra: imported only when a URI is served
+
+    # fsspec caches one instance per protocol and process (and makes a new one after a fork).
+    return fsspec.filesystem(uri.partition("://")[0])
+
+
+def read_object(uri: str, max_bytes: int) -> bytes:
+    """At most ``max_bytes + 1`` bytes of the object ``uri`` (normalised), in one ranged GET: more than
+    ``max_bytes`` means it is too large. OSError as fsspec raises it (FileNotFoundError: no such object)."""
+    fs = _filesystem(uri)
+    try:
+        return fs.cat_file(uri, start=0, end=max_bytes + 1)
+    except OSError as e:
+        # An empty object has no byte 0 to range over (416): read it as empty.
+        if e.errno == errno.EINVAL and fs.info(uri).get("size") == 0:
+            return b""
+        raise
+
+
+def write_object(uri: str, data: bytes) -> None:
+    """Store ``data`` as the object ``uri`` (normalised): one PUT (multipart for big ones), atomic, durable once
+    answered. OSError as fsspec raises it."""
+    _filesystem(uri).pipe_file(uri, data)
+
+
+def object_exists(uri: str) -> bool:
+    """Whether ``uri`` (normalised) names an object (not a prefix); False when the store cannot say (a row
+    resumed on that answer runs again, and its own read says what is wrong)."""
+    try:
+        return _filesystem(uri).isfile(uri)
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class Roots:
-    """Resolved folders a worker may read under and write under; empty: references are off."""
+    """Resolved folders, and normalised URI prefixes (``s3://bucket/in/``), a worker may read under and write
+    under; empty: references are off."""
 
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
+    read_uris: tuple[str, ...] = ()
+    write_uris: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, read: Iterable[str | os.PathLike], write: Iterable[str | os.PathLike]) -> Roots:
-        """Roots from the command line: each must be an existing folder (ValueError saying which is not)."""
-        return cls(tuple(_folder(r, "--data-root") for r in read), tuple(_folder(w, "--output-root") for w in write))
+        """Roots from the command line: each an existing folder or a URI prefix whose package is installed
+        (ValueError saying which is not). Nothing is asked of a store here: the parent forks its processes
+        after this."""
+        read, write = [str(r) for r in read], [str(w) for w in write]
+        return cls(tuple(_folder(r, "--data-root") for r in read if not uri_scheme(r)),
+                   tuple(_folder(w, "--output-root") for w in write if not uri_scheme(w)),
+                   tuple(_prefix(r, "--data-root") for r in read if uri_scheme(r)),
+                   tuple(_prefix(w, "--output-root") for w in write if uri_scheme(w)))
 
     @property
     def enabled(self) -> bool:
-        return bool(self.read or self.write)
+        return bool(self.read or self.write or self.read_uris or self.write_uris)
+
+    def read_uri(self, uri: str, max_bytes: int) -> bytes:
+        """The bytes of the object ``uri`` under a --data-root prefix, at most ``max_bytes`` of them."""
+        uri = self._contained(uri, self.read_uris, "--data-root", "read")
+        try:
+            data = read_object(uri, max_bytes)
+        except FileNotFoundError:
+            raise NotFound(f"no such object: {uri}") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {uri}: {e}", Reason.FILE_UNREADABLE) from None
+        if len(data) > max_bytes:
+            raise TooLarge(f"{uri} is over this worker's limit of {max_bytes / 2**20:.0f} MiB "
+                           "(worker serve --max-message-mb)")
+        return data
+
+    def write_uri(self, uri: str, data: bytes) -> None:
+        """Store ``data`` as the object ``uri`` under an --output-root prefix (one PUT: atomic)."""
+        uri = self._contained(uri, self.write_uris, "--output-root", "write")
+        try:
+            write_object(uri, data)
+        except OSError as e:
+            raise StorageError(f"cannot write {uri}: {e}", Reason.FILE_UNWRITABLE) from None
+
+    def _contained(self, uri: str, prefixes: tuple[str, ...], option: str, verb: str) -> str:
+        if not self.enabled:
+            raise StorageError(f"this worker does not {verb} objects (start it with {option} s3://BUCKET/PREFIX/ "
+                               "to use references)", Reason.REFERENCES_OFF)
+        try:
+            normal = normalise_uri(uri)
+        except ValueError as e:
+            raise StorageError(f"reference {e}", Reason.OUTSIDE_ROOTS) from None
+        if not any(normal.startswith(prefix) for prefix in prefixes):
+            raise StorageError(f"{uri} is outside this worker's {option} ({', '.join(prefixes) or 'no URI'})",
+                               Reason.OUTSIDE_ROOTS)
+        return normal
 
     def read_file(self, path: str, max_bytes: int) -> bytes:
         """The bytes of the regular file ``path`` under a read root, at most ``max_bytes`` of them."""
@@ -124,6 +258,21 @@ class Roots:
 
 def _under(real: str, roots: tuple[str, ...]) -> bool:
     return any(os.path.commonpath([real, root]) == root for root in roots)
+
+
+def _prefix(uri: str, option: str) -> str:
+    """A URI root, normalised and ending in ``/``: containment is then a plain prefix test on whole segments."""
+    try:
+        normal = normalise_uri(uri)
+    except ValueError as e:
+        raise ValueError(f"{option} {e}") from None
+    scheme = normal.partition("://")[0]
+    if option == "--output-root" and scheme in READ_ONLY:
+        raise ValueError(f"{option} {uri}: {scheme}:// is read-only")
+    if missing := missing_package(scheme):
+        raise ValueError(f"{option} {uri} needs {missing[0]}, which is not installed: "
+                         f"pip install 'imagebatch[{missing[1]}]'")
+    return normal if normal.endswith("/") else normal + "/"
 
 
 def _folder(path: str | os.PathLike, option: str) -> str:

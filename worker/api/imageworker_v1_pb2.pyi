@@ -31,6 +31,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVALID_FORMAT: _ClassVar[ErrorReason]
     INVALID_QUALITY: _ClassVar[ErrorReason]
     CONVERSION_REFUSED: _ClassVar[ErrorReason]
+    STREAM_INVALID: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 WORKER_BUSY: ErrorReason
 IMAGE_TOO_LARGE: ErrorReason
@@ -53,12 +54,15 @@ FILE_UNWRITABLE: ErrorReason
 INVALID_FORMAT: ErrorReason
 INVALID_QUALITY: ErrorReason
 CONVERSION_REFUSED: ErrorReason
+STREAM_INVALID: ErrorReason
 
 class ImageRef(_message.Message):
-    __slots__ = ("path",)
+    __slots__ = ("path", "uri")
     PATH_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
     path: str
-    def __init__(self, path: _Optional[str] = ...) -> None: ...
+    uri: str
+    def __init__(self, path: _Optional[str] = ..., uri: _Optional[str] = ...) -> None: ...
 
 class RotateRequest(_message.Message):
     __slots__ = ("image", "degrees", "format", "quality", "auto", "source", "destination")
@@ -151,3 +155,25 @@ class ClassifyResponse(_message.Message):
     worker: str
     orientation: int
     def __init__(self, label: _Optional[str] = ..., confidence: _Optional[float] = ..., faces: _Optional[_Iterable[_Union[Face, _Mapping]]] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., worker: _Optional[str] = ..., orientation: _Optional[int] = ...) -> None: ...
+
+class RotateChunk(_message.Message):
+    __slots__ = ("request", "response", "data", "size")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    request: RotateRequest
+    response: RotateResponse
+    data: bytes
+    size: int
+    def __init__(self, request: _Optional[_Union[RotateRequest, _Mapping]] = ..., response: _Optional[_Union[RotateResponse, _Mapping]] = ..., data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
+class ClassifyChunk(_message.Message):
+    __slots__ = ("request", "data", "size")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    request: ClassifyRequest
+    data: bytes
+    size: int
+    def __init__(self, request: _Optional[_Union[ClassifyRequest, _Mapping]] = ..., data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
