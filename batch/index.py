@@ -17,6 +17,7 @@ from pathlib import Path
 
 from batch.manifest import ManifestError, Row, rotation_name
 from batch.results import COLUMNS, ERROR, Outcome, already_done
+from batch.store import Uri, location
 
 _ROW_FIELDS = ("line", "id", "path", "op", "rotation", "output", "input_path", "degrees", "output_path", "error",
                "format")
@@ -190,7 +191,7 @@ class RunIndex:
 def _row(values) -> Row:
     row = dict(zip(_ROW_FIELDS, values, strict=True))
     for key in ("input_path", "output_path"):
-        row[key] = Path(row[key]) if row[key] is not None else None
+        row[key] = location(row[key]) if row[key] is not None else None
     return Row(**row)
 
 
@@ -252,10 +253,13 @@ class Scanned:
     followed: bool = False  # later rows duplicate this one exactly
 
 
-def _str(path: Path | None) -> str | None:
+def _str(path: Path | Uri | None) -> str | None:
     return str(path) if path is not None else None
 
 
-def _real(path: Path | None) -> str | None:
-    # Symlinks resolved so that two spellings of one file compare equal.
-    return os.path.realpath(path) if path is not None else None
+def _real(path: Path | Uri | None) -> str | None:
+    # Symlinks resolved so that two spellings of one file compare equal; a URI is normalised already (and a path
+    # never equals one).
+    if path is None:
+        return None
+    return path if isinstance(path, Uri) else os.path.realpath(path)

@@ -4,6 +4,8 @@ Problems with the whole file (not UTF-8, not CSV, no ``path``/``op`` column)
 raise ``ManifestError`` naming the line; problems with one row are attached
 to that row as ``Row.error`` so the rest of the batch goes on. Nothing here
 opens the images: checks that need the file system happen when a row runs.
+A ``path`` or ``output`` that is an object-store URI (batch/store.py) stays one, normalised: it is not
+joined to a folder, and an output URI is allowed outside --out since it is named explicitly.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from batch.errors import BatchError
 from batch.results import is_bookkeeping
+from batch.store import Uri, is_uri, parse
 
 REQUIRED = ("path", "op")
 COLUMNS = ("path", "op", "rotation", "output", "id")
@@ -50,9 +53,9 @@ class Row:
     op: str
     rotation: str
     output: str
-    input_path: Path | None = None  # absolute, normalised (symlinks not resolved)
+    input_path: Path | Uri | None = None  # absolute, normalised (symlinks not resolved); or a normalised URI
     degrees: int | None = None  # None for rotation "auto"
-    output_path: Path | None = None  # absolute, inside --out; rotate rows only
+    output_path: Path | Uri | None = None  # absolute, inside --out, or a URI the manifest names; rotate rows only
     error: str | None = None
     format: str = ""  # the format to write (Pillow's name), from the output's extension or --format; "": keep
 
@@ -207,7 +210,13 @@ def _row(record: list[str], index: dict[str, int], width: int, line: int, places
     for name in ("path", "output"):
         if "\x00" in values[name]:  # no file system takes one; os functions would raise ValueError
             return _failed(row, f"{name} contains a NUL byte")
-    input_path = Path(os.path.normpath(places.base / row.path))
+    if is_uri(row.path):
+        try:
+            input_path = parse(row.path)
+        except ValueError as e:
+            return _failed(row, f"path {e}")
+    else:
+        input_path = Path(os.path.normpath(places.base / row.path))
     row = replace(row, input_path=input_path)
     if not row.op:
         return _failed(row, f"op is empty (expected {' or '.join(OPS)})")
@@ -251,18 +260,25 @@ def _quoted(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
-def output_location(output: str, input_path: Path, degrees: int, id_: str,
-                    places: Places) -> tuple[Path | None, str | None]:
-    """Where a rotate row writes: its ``output`` (relative to ``out_dir``), else under ``out_dir/rotated`` by
-    the template, else mirroring the input's path (an input in several rows at different rotations gets
-    ``RunIndex.name_rotations``'s names)."""
+def output_location(output: str, input_path: Path | Uri, degrees: int, id_: str,
+                    places: Places) -> tuple[Path | Uri | None, str | None]:
+    """Where a rotate row writes: its ``output`` (a URI, or relative to ``out_dir``), else under
+    ``out_dir/rotated`` by the template, else mirroring the input's path, or an input URI's ``bucket/key``
+    (an input in several rows at different rotations gets ``RunIndex.name_rotations``'s names)."""
     out_dir, manifest = places.out_dir, places.manifest
-    if output:
+    if output and is_uri(output):
+        try:
+            target = parse(output)
+        except ValueError as e:
+            return None, f"output {e}"
+        if not target.writable:
+            return None, f"output {_quoted(output)!r} is on {target.scheme}://, which is read-only"
+    elif output:
         target = Path(os.path.normpath(out_dir / output))  # an absolute output replaces out_dir
         if not _inside(target, out_dir) or target == out_dir:
             return None, f"output {output!r} escapes --out {out_dir} (outputs must stay inside it)"
     else:
-        relative = os.path.relpath(input_path, places.base)
+        relative = input_path.relative if isinstance(input_path, Uri) else os.path.relpath(input_path, places.base)
         if relative.split(os.sep)[0] == os.pardir:
             # Outside the manifest's folder: mirror the absolute path under rotated/, never outside it.
             relative = str(input_path).lstrip(os.sep)
@@ -280,9 +296,10 @@ def output_location(output: str, input_path: Path, degrees: int, id_: str,
     # Names first, folders resolved only on a match (realpath costs ~10 us a row): an output is renamed over
     # its path, so only its folder's links matter, and a folder linked back to --out is --out.
     shown = _quoted(output or str(target))
-    if is_bookkeeping(target.name) and os.path.realpath(target.parent) == os.path.realpath(out_dir):
+    local = not isinstance(target, Uri)  # the run's own files and the manifest are never in a store
+    if local and is_bookkeeping(target.name) and os.path.realpath(target.parent) == os.path.realpath(out_dir):
         return None, f"output {shown!r} is {target.name}, one of the run's own files in --out"
-    if target.name == manifest.name and os.path.realpath(target.parent) == os.path.realpath(manifest.parent):
+    if local and target.name == manifest.name and os.path.realpath(target.parent) == os.path.realpath(manifest.parent):
         return None, f"output {shown!r} is the manifest itself"
     if output and not target.suffix:
         return None, f"output {shown!r} has no extension: name the image format with one (e.g. .jpg, .png)"

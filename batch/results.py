@@ -28,6 +28,8 @@ from pathlib import Path
 from batch.durable import TEMP_SUFFIX, atomic_file
 from batch.errors import BatchError
 from batch.extras import require_pyarrow
+from batch.store import Uri
+from batch.store import exists as object_exists
 
 COLUMNS = (
     "id", "path", "op", "rotation", "status", "output", "format", "turned", "decided_by", "width", "height", "label",
@@ -143,7 +145,8 @@ def _int(text: str) -> int | None:
 
 
 def already_done(row, previous: dict[str, str] | None) -> bool:
-    """Resume: an earlier ``ok`` result for the same id, path, op and rotation whose output still exists."""
+    """Resume: an earlier ``ok`` result for the same id, path, op and rotation whose output still exists
+    (for a URI: the object, asked of its store)."""
     if not previous or previous["status"] != OK or row.error:
         return False
     if (previous["path"], previous["op"]) != (row.path, row.op):
@@ -153,7 +156,7 @@ def already_done(row, previous: dict[str, str] | None) -> bool:
     return (
         previous["rotation"] == row.rotation
         and previous["output"] == str(row.output_path)
-        and os.path.isfile(previous["output"])
+        and (object_exists(row.output_path) if isinstance(row.output_path, Uri) else os.path.isfile(previous["output"]))
     )
 
 

@@ -1,8 +1,8 @@
 """Fan-out: each row read, sent, retried and written, as many at a time as the run's limit allows.
 
 The driver never decodes images: it reads the file's bytes, sends them and
-writes the bytes that come back (small files in the event loop, big ones in
-a thread so a long read or write does not stall the calls in flight). Every
+writes the bytes that come back (small files in the event loop, big ones and
+objects in a store in a thread so a long read or write does not stall the calls in flight). Every
 row ends as an ``Outcome``; the caller turns it into a results row.
 """
 
@@ -24,11 +24,13 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from batch import store
 from batch.channel import Pool
 from batch.concurrency import AdaptiveLimit
 from batch.durable import atomic_file
 from batch.manifest import Row
 from batch.results import ERROR, OK, Outcome, faces_json
+from batch.store import Uri
 from worker.api import imageworker_v1_pb2 as v1
 
 log = logging.getLogger("batch.runner")  # `batch run -v`: retries, busy refusals, slow rows as they happen
@@ -85,13 +87,16 @@ class RowFailed(Exception):
     """A row-level failure with its message (kept verbatim in the results' error column)."""
 
 
-def read_input(path: Path, limit: int | None = None) -> bytes | None:
-    """The input file's bytes (None when it is over ``limit`` bytes), or RowFailed saying precisely why not.
+def read_input(path: Path | Uri, limit: int | None = None) -> bytes | None:
+    """The input's bytes (None when it is over ``limit`` bytes, or an object in a store, whose read always waits
+    on the network: call again without a limit, in a thread), or RowFailed saying precisely why not.
 
     Only a regular file is read, and only as many bytes as ``stat`` said: a FIFO is opened without blocking
     (it would hold the run in ``open`` for good) and refused, and so is a device (``/dev/zero`` reads without
-    end) or a socket.
+    end) or a socket. An object is read in one GET of at most the size one call can carry.
     """
+    if isinstance(path, Uri):
+        return None if limit is not None else _read_object(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -128,6 +133,20 @@ def read_input(path: Path, limit: int | None = None) -> bytes | None:
         return data
 
 
+def _read_object(uri: Uri) -> bytes:
+    try:
+        data = store.read(uri, MAX_INPUT)
+    except FileNotFoundError:
+        raise RowFailed(f"object not found: {uri}") from None
+    except PermissionError:
+        raise RowFailed(f"permission denied reading {uri}") from None
+    except OSError as e:
+        raise RowFailed(f"cannot read {uri}: {e}") from None
+    if len(data) > MAX_INPUT:
+        raise RowFailed(f"object {uri} is over the {MAX_INPUT / 2**30:.0f} GiB one call can carry")
+    return data
+
+
 def _file_kind(mode: int) -> str:
     if stat.S_ISFIFO(mode):
         return "a FIFO"
@@ -140,10 +159,17 @@ def _file_kind(mode: int) -> str:
     return "not a plain file"
 
 
-def write_output(path: Path, data: bytes, root: str) -> None:
+def write_output(path: Path | Uri, data: bytes, root: str) -> None:
     """Write atomically, without an fsync: the run makes outputs durable in groups before journaling
     their rows (batch/durable.py). ``root`` is --out with links resolved: the output's folder, resolved
-    when it is written to, must be inside it (a folder inside --out may be a link to elsewhere)."""
+    when it is written to, must be inside it (a folder inside --out may be a link to elsewhere). An object
+    named by the manifest is one PUT: atomic, and durable once answered."""
+    if isinstance(path, Uri):
+        try:
+            store.write(path, data)
+        except OSError as e:
+            raise RowFailed(f"cannot write output {path}: {e}") from None
+        return
     try:
         _make_folder(path.parent)
         folder = os.path.realpath(path.parent)
@@ -234,14 +260,24 @@ def by_reference(row: Row, settings: Settings) -> bool:
     serves (reference mode); else the bytes travel in the messages."""
     if not settings.read_roots:
         return False
-    inside = _inside(os.path.realpath(row.input_path), settings.read_roots)
+    inside = _served(row.input_path, settings.read_roots)
     if row.op == "rotate":
-        inside = inside and _inside(os.path.realpath(row.output_path.parent), settings.write_roots)
+        inside = inside and _served(row.output_path, settings.write_roots, folder=True)
     return inside
 
 
-def _inside(real: str, roots: tuple[str, ...]) -> bool:
-    return any(os.path.commonpath([real, root]) == root for root in roots)
+def _served(where: Path | Uri, roots: tuple[str, ...], folder: bool = False) -> bool:
+    """Whether a worker with ``roots`` (resolved folders, URI prefixes ending in /) serves ``where`` (for
+    ``folder``, an output, whose folder matters: it is renamed over its path)."""
+    if isinstance(where, Uri):
+        # "/" is --references' "whatever the worker serves": the worker's own roots decide, for URIs too.
+        return any(root == "/" or where.startswith(root) for root in roots)
+    real = os.path.realpath(where.parent if folder else where)
+    return any(root[:1] == "/" and os.path.commonpath([real, root]) == root for root in roots)
+
+
+def _reference(where: Path | Uri) -> v1.ImageRef:
+    return v1.ImageRef(uri=where) if isinstance(where, Uri) else v1.ImageRef(path=str(where))
 
 
 async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit) -> Outcome:
@@ -255,7 +291,7 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
                 data = await asyncio.to_thread(read_input, row.input_path)
         except RowFailed as e:
             return Outcome(ERROR, error=str(e))
-    source = v1.ImageRef(path=str(row.input_path)) if referenced else None
+    source = _reference(row.input_path) if referenced else None
     attempts = 0
     failures = 0  # retryable failures other than busy refusals: at most settings.retries are retried
     busy_refusals, busy_waited = 0, 0.0
@@ -267,7 +303,7 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
                 if row.op == "rotate":
                     request = v1.RotateRequest(image=data, degrees=row.degrees or 0, auto=row.auto,
                                                format=row.format, quality=settings.quality, source=source,
-                                               destination=v1.ImageRef(path=str(row.output_path)) if referenced
+                                               destination=_reference(row.output_path) if referenced
                                                else None)
                     reply = await stub.Rotate(request, timeout=settings.timeout)
                 else:
@@ -315,7 +351,7 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
                        "(an older worker that cannot convert?)", **common)
     if not referenced:  # else the worker wrote it, durably, before it answered
         try:
-            if len(reply.image) <= INLINE_MAX:
+            if len(reply.image) <= INLINE_MAX and not isinstance(row.output_path, Uri):
                 write_output(row.output_path, reply.image, settings.out_root)
             else:
                 await asyncio.to_thread(write_output, row.output_path, reply.image, settings.out_root)

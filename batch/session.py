@@ -50,6 +50,7 @@ from batch.results import (
     write_table,
 )
 from batch.runner import Settings, fan_out
+from batch.store import is_uri
 from worker.local import LocalWorker, LocalWorkerError, cpu_count
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -158,7 +159,9 @@ class Run:
         self._unanswered = self._unanswered + 1 if outcome.gave_up else 0 if outcome.worker else self._unanswered
         if self._unanswered >= self.give_up_after and not self.stopped:
             self.stopped = f"no worker answered for {self._unanswered} rows in a row ({outcome.error})"
-        written = outcome.output if outcome.output and not (outcome.skipped or outcome.by_reference) else None
+        # An object in a store is durable once its PUT is answered: only files wait for a syncfs.
+        written = (outcome.output if outcome.output and not (outcome.skipped or outcome.by_reference
+                                                              or is_uri(outcome.output)) else None)
         self._group.add((row, outcome, result_row(row, outcome)), written)
         if row.id in self._followed:
             self._followed.discard(row.id)

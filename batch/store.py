@@ -1,0 +1,74 @@
+"""Object stores in manifests: ``s3://``, ``gs://``, ``az://`` (``http(s)://`` to read) through fsspec.
+
+A row whose ``path`` or ``output`` is a URI carries it as a ``Uri``, normalised the way the worker normalises
+its references (worker/storage.py: one spelling per object), where other rows carry a ``Path``; local paths
+never reach this module, so their code path costs nothing more. Credentials are the standard environment's
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION`` for S3), read
+by the store's own package; none is ever written down by the run.
+
+The reads, writes and checks are the worker's (one implementation): a read is one ranged GET bounded by its
+size limit, a write one PUT (atomic: no reader sees half an object), and both raise OSError as fsspec does.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+from pathlib import Path
+
+from batch.extras import MissingExtra
+from worker.storage import READ_ONLY, missing_package, normalise_uri, uri_scheme
+from worker.storage import object_exists as exists
+from worker.storage import read_object as read
+from worker.storage import write_object as write
+
+__all__ = ["Uri", "exists", "is_uri", "location", "parse", "read", "require", "write"]
+
+
+class Uri(str):
+    """A normalised object-store URI, where a row has a path (``isinstance`` tells the two apart)."""
+
+    __slots__ = ()
+
+    @property
+    def scheme(self) -> str:
+        return self.partition("://")[0]
+
+    @property
+    def relative(self) -> str:
+        """``bucket/key``: where a default output of this input goes under ``--out/rotated/``."""
+        return self.partition("://")[2]
+
+    @property
+    def suffix(self) -> str:
+        return posixpath.splitext(self)[1]
+
+    @property
+    def writable(self) -> bool:
+        return self.scheme not in READ_ONLY
+
+
+def is_uri(text: str) -> bool:
+    """Whether a manifest cell is a URI (``scheme://…``) rather than a path."""
+    return uri_scheme(text) is not None
+
+
+def parse(text: str) -> Uri:
+    """The normalised URI of a manifest cell: ValueError saying why it names no object (a row's error), or
+    MissingExtra when its store's package is not installed (the run's: no row of that store could run)."""
+    uri = Uri(normalise_uri(text))
+    require(uri.scheme)
+    return uri
+
+
+@functools.cache
+def require(scheme: str) -> None:
+    """Raise MissingExtra unless the package serving ``scheme`` (canonical) is installed; asked once a run."""
+    if missing := missing_package(scheme):
+        package, extra = missing
+        raise MissingExtra(f"{scheme}:// needs {package}, which is not installed: pip install 'imagebatch[{extra}]'")
+
+
+def location(text: str) -> Path | Uri:
+    """A location as the index stores it (``str`` of either), back as what it was."""
+    return Uri(text) if is_uri(text) else Path(text)
