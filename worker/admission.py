@@ -17,6 +17,13 @@ handler's return until the call ends (``Call.add_callback``), per process and
 per connection (``Call.peer``), and new calls are refused as busy while
 either count is at its bound.
 
+Image bytes count too: each call holds its image's size (a unary request's,
+a stream's declared total) from admission until it ends, and past
+``bytes_limit`` in all new calls are refused as busy, so a few large images
+at once cannot exhaust the process (each costs a multiple of its size to
+decode and encode). A call alone is always admitted: an image up to
+--max-image-mb is never refused for good.
+
 A call whose deadline has passed, or whose client has gone, is never started
 and stops waiting for its turn (``Expired``, ``Cancelled``); ``check`` is the
 same test for the work itself to run at the points where it can stop.
@@ -24,8 +31,9 @@ same test for the work itself to run at the points where it can stop.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar
 
 from worker.errors import Busy, Cancelled, Expired
@@ -59,17 +67,19 @@ def check(call: Call) -> None:
 
 class Admission:
     def __init__(self, limit: int, workers: int, unsent_limit: int | None = None,
-                 unsent_per_connection: int | None = None) -> None:
+                 unsent_per_connection: int | None = None, bytes_limit: int | None = None) -> None:
         if limit < 1 or workers < 1:
             raise ValueError("the in-flight limit and the number of workers must be at least 1")
         self.limit = limit
         self.unsent_limit = unsent_limit
         self.unsent_per_connection = unsent_per_connection
+        self.bytes_limit = bytes_limit
         self._lock = threading.Lock()
         self._admitted = 0
         self._working = threading.BoundedSemaphore(workers)
         self._unsent = 0
         self._unsent_by_peer: dict[str, int] = {}
+        self._bytes = 0
 
     @property
     def admitted(self) -> int:
@@ -80,29 +90,48 @@ class Admission:
         """Bytes of answers produced and not yet sent, in this process."""
         return self._unsent
 
-    def run(self, work: Callable[..., T], *args, call: Call | None = None) -> T:
-        """``work(*args)`` once admitted and given one of the ``workers`` turns.
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of images held by the calls admitted in this process."""
+        return self._bytes
 
-        Busy when ``limit`` calls are held or ``call``'s answers waiting (in this
-        process or on its connection) are at their bounds; Expired or Cancelled
-        when ``call`` is over before its work starts.
+    def run(self, work: Callable[..., T], *args, call: Call | None = None, size: int = 0) -> T:
+        """``work(*args)`` once admitted (``held``) and given one of the ``workers`` turns (``turn``)."""
+        with self.held(call, size):
+            return self.turn(work, *args, call=call)
+
+    @contextlib.contextmanager
+    def held(self, call: Call | None = None, size: int = 0) -> Iterator[None]:
+        """Admit ``call`` with its ``size``-byte image for the block (a stream receives and answers in it).
+
+        Busy when ``limit`` calls are held, when the images held would pass
+        ``bytes_limit`` (unless none is), or when ``call``'s answers waiting (in
+        this process or on its connection) are at their bounds; Expired or
+        Cancelled when ``call`` is over already.
         """
         if call is not None:
             check(call)  # never start work nobody waits for
         with self._lock:
-            self._refuse_if_full(call)
+            self._refuse_if_full(call, size)
             self._admitted += 1
+            self._bytes += size
         try:
-            self._take_turn(call)
-            try:
-                if call is not None:
-                    check(call)
-                return work(*args)
-            finally:
-                self._working.release()
+            yield
         finally:
             with self._lock:
                 self._admitted -= 1
+                self._bytes -= size
+
+    def turn(self, work: Callable[..., T], *args, call: Call | None = None) -> T:
+        """``work(*args)`` in one of the ``workers`` turns, for an admitted call; Expired or Cancelled when
+        ``call`` ends while it waits."""
+        self._take_turn(call)
+        try:
+            if call is not None:
+                check(call)
+            return work(*args)
+        finally:
+            self._working.release()
 
     def hold_answer(self, call: Call, size: int) -> None:
         """Count ``size`` bytes of ``call``'s answer as waiting until the call ends (sent or cancelled)."""
@@ -123,11 +152,17 @@ class Admission:
         if not call.add_callback(sent):
             sent()  # the call has ended already
 
-    def _refuse_if_full(self, call: Call | None) -> None:
+    def _refuse_if_full(self, call: Call | None, size: int) -> None:
         if self._admitted >= self.limit:
             raise Busy(
                 f"worker busy: {self.limit} image calls in flight already (worker serve "
                 "--max-concurrent-rpcs); retry after a backoff"
+            )
+        if self.bytes_limit is not None and self._bytes and self._bytes + size > self.bytes_limit:
+            raise Busy(
+                f"worker busy: {self._bytes / 2**20:.1f} MiB of images in flight, with this one's "
+                f"{size / 2**20:.1f} MiB over the bound of {self.bytes_limit / 2**20:.0f} MiB per process "
+                "(worker serve --max-inflight-mb); retry after a backoff"
             )
         if self.unsent_limit is not None and self._unsent >= self.unsent_limit:
             raise Busy(

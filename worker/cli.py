@@ -49,7 +49,13 @@ def main() -> None:
               help="Image calls per process, working or waiting for a thread; past it calls get "
                    "RESOURCE_EXHAUSTED at once instead of queueing (health checks keep room of their own).")
 @click.option("--max-message-mb", default=64, show_default=True, type=click.IntRange(1, 1024),
-              help="Largest image (and answer) per call, in MiB.")
+              help="Largest image (and answer) in a unary call, in MiB; larger ones come by streaming calls.")
+@click.option("--max-image-mb", default=512, show_default=True, type=click.IntRange(1, 1 << 20),
+              help="Largest image, streamed or not, in MiB (a streamed one over it is refused on its first "
+                   "message); never below --max-message-mb.")
+@click.option("--max-inflight-mb", default=1024, show_default=True, type=click.IntRange(1),
+              help="Images held by the calls in flight per process, in MiB; past it new calls are refused as "
+                   "busy (one call alone is always admitted). Each costs a few times its size to decode.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True, type=click.IntRange(1),
               help="Largest image, in pixels, that will be decoded (decompression bombs).")
 @click.option("--tls-cert", type=_file, help="PEM certificate chain; enables TLS.")

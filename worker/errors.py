@@ -35,6 +35,7 @@ class Reason(enum.StrEnum):
     INVALID_FORMAT = "INVALID_FORMAT"
     INVALID_QUALITY = "INVALID_QUALITY"
     CONVERSION_REFUSED = "CONVERSION_REFUSED"
+    STREAM_INVALID = "STREAM_INVALID"
     INTERNAL = "INTERNAL"
 
 
@@ -59,7 +60,7 @@ class InvalidArgument(WorkerError):
 
 
 class TooLarge(WorkerError):
-    """The request is over a configured size limit (message size)."""
+    """The request is over a configured size limit (--max-message-mb for a message, --max-image-mb for an image)."""
 
     status = "RESOURCE_EXHAUSTED"
     reason = Reason.IMAGE_TOO_LARGE

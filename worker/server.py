@@ -58,7 +58,9 @@ class ServerConfig:
     processes: int = os.cpu_count() or 1
     threads: int = 4
     max_concurrent_rpcs: int | None = None  # default: 4 x threads
-    max_message_mb: int = 64
+    max_message_mb: int = 64  # a unary call's image (and answer); larger ones stream
+    max_image_mb: int = 512  # any image, streamed or not: a 10000x10000 RGB scan as raw TIFF is 286 MiB
+    max_inflight_mb: int = 1024  # images held by the calls in flight per process (worker.admission)
     max_pixels: int = DEFAULT_MAX_PIXELS
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -90,6 +92,15 @@ class ServerConfig:
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * 2**20
+
+    @property
+    def max_image_bytes(self) -> int:
+        # Never below the unary limit: an image one call may carry is one the worker accepts.
+        return max(self.max_image_mb, self.max_message_mb) * 2**20
+
+    @property
+    def inflight_bytes_limit(self) -> int:
+        return self.max_inflight_mb * 2**20
 
     @property
     def transport_limit(self) -> int:
@@ -447,9 +458,10 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
     state = WorkerState(
         identity=f"{socket.gethostname()}:{port}/{os.getpid()}",
         max_message_bytes=config.max_message_bytes,
+        max_image_bytes=config.max_image_bytes,
         max_pixels=config.max_pixels,
         admission=Admission(config.in_flight_limit, config.threads, config.unsent_limit,
-                            config.unsent_per_connection),
+                            config.unsent_per_connection, config.inflight_bytes_limit),
         roots=Roots.of(config.data_roots, config.output_roots),
         metrics=recorder,
     )

@@ -1,7 +1,10 @@
 """The servicers: gRPC messages and status codes on one side, plain functions on the other.
 
 Each RPC is a few lines: unpack the request, call ``worker.rotate`` or the
-classifier, pack the answer. ``WorkerError``s become their status code with
+classifier, pack the answer. The streaming RPCs receive the image in chunks
+once admitted by its declared size (refused on the first message when it is
+over --max-image-mb), and answer in chunks; the image itself is decoded whole,
+as in a unary call. ``WorkerError``s become their status code with
 the message unchanged and a ``google.rpc.ErrorInfo`` naming their reason (plus
 a ``RetryInfo`` when a retry soon may succeed); anything else is a bug, logged
 with its traceback and answered ``INTERNAL`` with reason INTERNAL.
@@ -9,10 +12,12 @@ with its traceback and answered ``INTERNAL`` with reason INTERNAL.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -32,6 +37,7 @@ from worker.storage import Roots
 log = logging.getLogger("worker.service")
 
 ERROR_DOMAIN = "imageworker.v1"  # ErrorInfo.domain: the reasons are imageworker.v1.ErrorReason's names
+CHUNK = 2**20  # bytes per message of a streamed answer
 
 
 @dataclass
@@ -40,6 +46,7 @@ class WorkerState:
 
     identity: str  # "host:port/pid", returned in every response
     max_message_bytes: int
+    max_image_bytes: int
     max_pixels: int
     admission: Admission  # image calls held and working at once
     # The face model within a call's remaining seconds (worker.server loads it at the first call that needs it).
@@ -56,18 +63,18 @@ class WorkerState:
             self.served[method] = self.served.get(method, 0) + 1
 
     def check_size(self, data: bytes) -> None:
-        if len(data) > self.max_message_bytes:
-            raise TooLarge(
-                f"image is {len(data) / 2**20:.1f} MiB, over this worker's limit of "
-                f"{self.max_message_bytes / 2**20:.0f} MiB (worker serve --max-message-mb)"
-            )
+        _check_limit(len(data), self.max_message_bytes, "--max-message-mb")
+
+    def check_image(self, size: int) -> None:
+        """A streamed image's declared ``size`` against --max-image-mb."""
+        _check_limit(size, self.max_image_bytes, "--max-image-mb")
 
     def input_of(self, request) -> bytes:
         """The image a request sends, or the file its ``source`` names (reference mode)."""
         if request.HasField("source"):
             source = request.source
-            data = (self.roots.read_uri(source.uri, self.max_message_bytes) if source.HasField("uri")
-                    else self.roots.read_file(source.path, self.max_message_bytes))
+            data = (self.roots.read_uri(source.uri, self.max_image_bytes) if source.HasField("uri")
+                    else self.roots.read_file(source.path, self.max_image_bytes))
             self._read.size = len(data)
             return data
         return request.image
@@ -90,6 +97,52 @@ class WorkerState:
         return self.classifier(context.time_remaining())
 
 
+def _check_limit(size: int, limit: int, flag: str) -> None:
+    if size > limit:
+        raise TooLarge(f"image is {size / 2**20:.1f} MiB, over this worker's limit of {limit / 2**20:.0f} MiB "
+                       f"(worker serve {flag})")
+
+
+@dataclass
+class _Record:
+    """What the metrics record of one call."""
+
+    code: str = "OK"
+    reason: str = ""
+    received: int = 0
+    sent: int = 0
+
+
+@contextlib.contextmanager
+def _handled(servicer, method: str, context: grpc.ServicerContext) -> Iterator[_Record]:
+    """Map WorkerErrors to status codes, log one line per failed request, record the call's metrics."""
+    state = servicer.state
+    name = f"{type(servicer).__name__}.{method}"
+    state._read.size = 0
+    record = _Record()
+    started = state.metrics.started()
+    try:
+        yield record
+    except WorkerError as e:
+        record.code, record.reason = e.status, e.reason
+        # Refusals under overload are routine (clients retry them): not worth a line each.
+        log.log(logging.DEBUG if isinstance(e, Busy) else logging.WARNING,
+                "%s from %s failed: %s: %s", name, context.peer(), e.status, e)
+        context.abort_with_status(_error_status(e.status, str(e), e.reason, e.retry_after))
+    except GeneratorExit:  # a streamed answer the client stopped reading (cancelled, gone)
+        record.code, record.reason = "CANCELLED", Reason.CALL_CANCELLED
+        raise
+    except Exception:
+        record.code, record.reason = "INTERNAL", Reason.INTERNAL
+        log.exception("%s from %s: internal error", name, context.peer())
+        message = f"internal error in {method}; see the worker's log"
+        context.abort_with_status(_error_status("INTERNAL", message, Reason.INTERNAL))
+    finally:  # abort_with_status raises: failed calls are recorded here too
+        state.metrics.ended(method, record.code, record.reason, started, record.received + state._read.size,
+                            record.sent)
+    state.count(method)
+
+
 def rpc(method: Callable) -> Callable:
     """Check the image's size, admit the call (or refuse it: busy, expired, cancelled), count its answer until
     sent, map WorkerErrors to status codes, log one line per failed request, record the call's metrics.
@@ -100,34 +153,58 @@ def rpc(method: Callable) -> Callable:
     @functools.wraps(method)
     def wrapper(self, request, context: grpc.ServicerContext):
         state = self.state
-        name = f"{type(self).__name__}.{method.__name__}"
         image = self.image_of(request)
-        state._read.size = 0
-        code, reason, sent = "OK", "", 0
-        started = state.metrics.started()
-        try:
+        with _handled(self, method.__name__, context) as record:
+            record.received = len(image)
             state.check_size(image)  # one limit for every service, before any slot is held
-            response = state.admission.run(method, self, request, context, call=context)
+            response = state.admission.run(method, self, request, context, call=context, size=len(image))
             # Until gRPC has sent it (the client's window may stay shut), the answer is this process's memory.
-            sent = response.ByteSize()
-            state.admission.hold_answer(context, sent)
-        except WorkerError as e:
-            code, reason = e.status, e.reason
-            # Refusals under overload are routine (clients retry them): not worth a line each.
-            log.log(logging.DEBUG if isinstance(e, Busy) else logging.WARNING,
-                    "%s from %s failed: %s: %s", name, context.peer(), e.status, e)
-            context.abort_with_status(_error_status(e.status, str(e), e.reason, e.retry_after))
-        except Exception:
-            code, reason = "INTERNAL", Reason.INTERNAL
-            log.exception("%s from %s: internal error", name, context.peer())
-            message = f"internal error in {method.__name__}; see the worker's log"
-            context.abort_with_status(_error_status("INTERNAL", message, Reason.INTERNAL))
-        finally:  # abort_with_status raises: failed calls are recorded here too
-            state.metrics.ended(method.__name__, code, reason, started, len(image) + state._read.size, sent)
-        state.count(method.__name__)
+            record.sent = response.ByteSize()
+            state.admission.hold_answer(context, record.sent)
         return response
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _streamed(servicer, method: str, chunks: Iterator, context: grpc.ServicerContext) -> Iterator[tuple]:
+    """A streamed call, as ``rpc`` does a unary one: (its request, its image, its metrics record) once admitted
+    by the size its first message declares and received in full; held admitted until the block ends."""
+    state = servicer.state
+    with _handled(servicer, method, context) as record:
+        first = next(chunks, None)
+        if first is None or first.WhichOneof("part") != "request":
+            admission.check(context)  # no request at all: a client gone or out of time
+            raise InvalidArgument("a stream's first message must be its request, with the image's size",
+                                  Reason.STREAM_INVALID)
+        request, size = first.request, first.size
+        if request.image or any(f.name in ("source", "destination") for f, _ in request.ListFields()):
+            raise InvalidArgument("a streamed request carries its image in the chunks after it: no image bytes "
+                                  "or references in its first message", Reason.STREAM_INVALID)
+        if size < 0:
+            raise InvalidArgument(f"a stream declared {size} bytes", Reason.STREAM_INVALID)
+        state.check_image(size)  # before any of its bytes
+        with state.admission.held(context, size):
+            data = _gather(chunks, size, context)
+            record.received = size
+            yield request, data, record
+
+
+def _gather(chunks: Iterator, size: int, context: grpc.ServicerContext) -> bytes:
+    """The image in the ``data`` chunks, exactly ``size`` bytes (else STREAM_INVALID, or Expired/Cancelled)."""
+    # BytesIO grows in place (mremap) and getvalue hands over its buffer: about one copy of the image, not two.
+    image = io.BytesIO()
+    for chunk in chunks:
+        if chunk.WhichOneof("part") != "data":
+            raise InvalidArgument("a stream carries its request once, in its first message", Reason.STREAM_INVALID)
+        if image.tell() + len(chunk.data) > size:
+            raise InvalidArgument(f"the stream sent more than the {size:,} bytes it declared", Reason.STREAM_INVALID)
+        image.write(chunk.data)
+    admission.check(context)  # the chunks stop too when the client goes or the deadline passes
+    if image.tell() < size:
+        raise InvalidArgument(f"the stream ended after {image.tell():,} of the {size:,} bytes it declared",
+                              Reason.STREAM_INVALID)
+    return image.getvalue()
 
 
 def _error_status(code: str, message: str, reason: Reason, retry_after: float | None = None) -> grpc.Status:
@@ -153,7 +230,18 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
 
     @rpc
     def Rotate(self, request, context):
-        data = self.state.input_of(request)
+        out = self._rotated(request, self.state.input_of(request), context)
+        return self._rotate_response(out, self.state.deliver(request, out.data))
+
+    def RotateStream(self, chunks, context):
+        with _streamed(self, "RotateStream", chunks, context) as (request, data, record):
+            out = self.state.admission.turn(self._rotated, request, data, context, call=context)
+            record.sent = len(out.data)
+            yield imageworker_v1_pb2.RotateChunk(response=self._rotate_response(out, b""), size=len(out.data))
+            for start in range(0, len(out.data), CHUNK):  # gRPC asks for the next once this one is sent
+                yield imageworker_v1_pb2.RotateChunk(data=out.data[start:start + CHUNK])
+
+    def _rotated(self, request, data: bytes, context) -> rotate.Rotated:
         # The decoder calls check at every block and frame: an abandoned call stops there, not at its end.
         options = {"format": request.format, "quality": request.quality, "max_pixels": self.state.max_pixels,
                    "check": functools.partial(admission.check, context)}
@@ -164,11 +252,12 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
                 found = model.classify(data, self.state.max_pixels)
                 return found.orientation if found.faces else None
 
-            out = rotate.auto_rotate(data, faces, **options)
-        else:
-            out = rotate.rotate(data, request.degrees, **options)
+            return rotate.auto_rotate(data, faces, **options)
+        return rotate.rotate(data, request.degrees, **options)
+
+    def _rotate_response(self, out: rotate.Rotated, image: bytes) -> imageworker_v1_pb2.RotateResponse:
         return imageworker_v1_pb2.RotateResponse(
-            image=self.state.deliver(request, out.data),
+            image=image,
             format=out.format,
             width=out.width,
             height=out.height,
@@ -181,9 +270,18 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
 
     @rpc
     def Classify(self, request, context):
+        return self._classified(self.state.input_of(request), context)
+
+    def ClassifyStream(self, chunks, context):
+        with _streamed(self, "ClassifyStream", chunks, context) as (_, data, record):
+            response = self.state.admission.turn(self._classified, data, context, call=context)
+            record.sent = response.ByteSize()
+        return response
+
+    def _classified(self, data: bytes, context) -> imageworker_v1_pb2.ClassifyResponse:
         model = self.state.ready_classifier(context)
         admission.check(context)  # the model's load may have used up the call (dlib cannot be stopped midway)
-        result = model.classify(self.state.input_of(request), self.state.max_pixels)
+        result = model.classify(data, self.state.max_pixels)
         return imageworker_v1_pb2.ClassifyResponse(
             label=result.label,
             confidence=result.confidence,

@@ -44,6 +44,16 @@ class ImageWorkerStub:
                 request_serializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyRequest.SerializeToString,
                 response_deserializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
+        self.RotateStream = channel.stream_stream(
+                '/imageworker.v1.ImageWorker/RotateStream',
+                request_serializer=worker_dot_api_dot_imageworker__v1__pb2.RotateChunk.SerializeToString,
+                response_deserializer=worker_dot_api_dot_imageworker__v1__pb2.RotateChunk.FromString,
+                _registered_method=True)
+        self.ClassifyStream = channel.stream_unary(
+                '/imageworker.v1.ImageWorker/ClassifyStream',
+                request_serializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyChunk.SerializeToString,
+                response_deserializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
 
 
 class ImageWorkerServicer:
@@ -64,6 +74,30 @@ class ImageWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateStream(self, request_iterator, context):
+        """Rotate for images of any size (up to the worker's --max-image-mb): the
+        request as a stream of RotateChunk, the rotated image back as one. The
+        first request message is `request` (a RotateRequest without `image`,
+        `source` or `destination`) with `size`, the image's length in bytes; the
+        image follows as `data` chunks (1 MiB each suggested) adding up to exactly
+        `size`. The answer's first message is `response` (a RotateResponse
+        without `image`) with `size`, then `data` chunks adding up to it. An image
+        over --max-image-mb is refused on the first message (IMAGE_TOO_LARGE), a
+        stream that breaks these rules as STREAM_INVALID. Unary Rotate is cheaper
+        per call for small images (docs/benchmarks.md, "Streaming").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClassifyStream(self, request_iterator, context):
+        """Classify for images of any size: ClassifyChunk messages as RotateStream's
+        request (first `request` and `size`, then `data`), one ClassifyResponse.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +109,16 @@ def add_ImageWorkerServicer_to_server(servicer, server):
             'Classify': grpc.unary_unary_rpc_method_handler(
                     servicer.Classify,
                     request_deserializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyRequest.FromString,
+                    response_serializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'RotateStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.RotateStream,
+                    request_deserializer=worker_dot_api_dot_imageworker__v1__pb2.RotateChunk.FromString,
+                    response_serializer=worker_dot_api_dot_imageworker__v1__pb2.RotateChunk.SerializeToString,
+            ),
+            'ClassifyStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.ClassifyStream,
+                    request_deserializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyChunk.FromString,
                     response_serializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyResponse.SerializeToString,
             ),
     }
@@ -131,6 +175,60 @@ class ImageWorker:
             target,
             '/imageworker.v1.ImageWorker/Classify',
             worker_dot_api_dot_imageworker__v1__pb2.ClassifyRequest.SerializeToString,
+            worker_dot_api_dot_imageworker__v1__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/imageworker.v1.ImageWorker/RotateStream',
+            worker_dot_api_dot_imageworker__v1__pb2.RotateChunk.SerializeToString,
+            worker_dot_api_dot_imageworker__v1__pb2.RotateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/imageworker.v1.ImageWorker/ClassifyStream',
+            worker_dot_api_dot_imageworker__v1__pb2.ClassifyChunk.SerializeToString,
             worker_dot_api_dot_imageworker__v1__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
