@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from batch import store
+from batch import store, stream
 from batch.channel import Pool
 from batch.concurrency import AdaptiveLimit
 from batch.durable import atomic_file
@@ -283,8 +283,10 @@ def _reference(where: Path | Uri) -> v1.ImageRef:
 async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit) -> Outcome:
     """Run one valid row to its outcome; never raises for a row-level problem."""
     referenced = by_reference(row, settings)
+    # A large local file goes by stream, file to file, never whole in memory; the worker's --max-image-mb decides.
+    size = None if referenced or isinstance(row.output_path, Uri) else stream.streamed_size(row.input_path)
     data = b""
-    if not referenced:
+    if not referenced and size is None:
         try:
             data = read_input(row.input_path, INLINE_MAX)
             if data is None:
@@ -305,11 +307,18 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
                                                format=row.format, quality=settings.quality, source=source,
                                                destination=_reference(row.output_path) if referenced
                                                else None)
-                    reply = await stub.Rotate(request, timeout=settings.timeout)
+                    if size is None:
+                        reply = await stub.Rotate(request, timeout=settings.timeout)
+                    else:
+                        reply = await stream.rotate(stub, request, row.input_path, size, row.output_path,
+                                                    settings.out_root, settings.timeout)
                 else:
                     request = v1.ClassifyRequest(image=data, source=source)
-                    reply = await stub.Classify(request, timeout=settings.timeout)
+                    reply = await (stub.Classify(request, timeout=settings.timeout) if size is None else
+                                   stream.classify(stub, request, row.input_path, size, settings.timeout))
                 pool.answered(stub, reply.worker)
+        except stream.StreamFailed as e:
+            return Outcome(ERROR, error=str(e), attempts=attempts)
         except grpc.aio.AioRpcError as e:
             if permanent(e, len(data)):
                 return Outcome(ERROR, error=explain_permanent(e, len(data)), attempts=attempts)
@@ -349,7 +358,7 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
     if row.format and reply.format != row.format:
         return Outcome(ERROR, error=f"asked for {row.format} for {row.output_path}, the worker wrote {reply.format} "
                        "(an older worker that cannot convert?)", **common)
-    if not referenced:  # else the worker wrote it, durably, before it answered
+    if not referenced and size is None:  # else the worker wrote it, durably, before it answered, or it streamed
         try:
             if len(reply.image) <= INLINE_MAX and not isinstance(row.output_path, Uri):
                 write_output(row.output_path, reply.image, settings.out_root)

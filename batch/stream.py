@@ -1,0 +1,141 @@
+"""Streaming calls: an image too large to hold goes file to worker to file in chunks.
+
+The request is its options (the unary request without the image) and the
+file's size, then the file in ``CHUNK``-byte messages read as they are sent;
+the answer is written chunk by chunk to ``atomic_file(output, durable=False)``,
+renamed over the output once its last byte is in and made durable by group
+commit before its row is journaled (batch/durable.py). Memory stays a few
+chunks per call whatever the image's size: gRPC's flow control holds the
+sender until the receiver has taken what it sent.
+
+Files go by stream from ``STREAM_MIN`` bytes up: below it a unary call costs
+less per call, measured (docs/benchmarks.md, "Streaming").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import grpc
+
+from batch.durable import atomic_file
+from worker.api import imageworker_v1_pb2 as v1
+
+CHUNK = 2**20  # bytes per request message; the worker answers in the same size
+STREAM_MIN = 8 * 2**20
+
+
+class StreamFailed(Exception):
+    """A row-level failure on the driver's side of a stream (the file, the output), with its message."""
+
+
+def streamed_size(path: Path) -> int | None:
+    """The size of ``path`` when it goes by stream (a regular file of at least STREAM_MIN bytes), else None:
+    a unary call reads it, and says precisely what is wrong with anything that is not such a file."""
+    try:
+        info = os.stat(path)
+    except (OSError, TypeError):  # TypeError: not a local path (an object in a store)
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) and info.st_size >= STREAM_MIN else None
+
+
+async def rotate(stub, request: v1.RotateRequest, path: Path, size: int, output: Path, root: str,
+                 timeout: float) -> v1.RotateResponse:
+    """``request`` (without its image) on the ``size``-byte file ``path`` by RotateStream; the rotated image
+    written atomically to ``output``, whose folder must resolve inside ``root``; the answer's metadata."""
+    _check_folder(output, root)
+    call = stub.RotateStream(timeout=timeout)
+    with _opened(path) as source, _cancelled_on_error(call):
+        await _send(call, v1.RotateChunk(request=request, size=size), v1.RotateChunk, source, size)
+        first = await call.read()
+        if first is grpc.aio.EOF or first.WhichOneof("part") != "response":
+            raise StreamFailed(f"the worker's answer stream for {path} did not start with its metadata")
+        try:
+            with atomic_file(output, durable=False) as sink:  # removed again if anything below fails
+                await _receive(call, sink, first.size, path)
+        except OSError as e:
+            raise StreamFailed(f"cannot write output {output}: {e.strerror or e}") from None
+    return first.response
+
+
+async def classify(stub, request: v1.ClassifyRequest, path: Path, size: int, timeout: float) -> v1.ClassifyResponse:
+    """``request`` (without its image) on the ``size``-byte file ``path`` by ClassifyStream."""
+    call = stub.ClassifyStream(timeout=timeout)
+    with _opened(path) as source, _cancelled_on_error(call):
+        await _send(call, v1.ClassifyChunk(request=request, size=size), v1.ClassifyChunk, source, size)
+        return await call
+
+
+async def _send(call, first, chunk_type, source: IO[bytes], size: int) -> None:
+    """``first``, then the file in chunks; half-close. A call the worker ended early (a refusal) stops the
+    sending quietly: its status is what the caller then reads."""
+    try:
+        await call.write(first)
+        left = size
+        while left:
+            data = source.read(min(CHUNK, left))  # page cache: well under a millisecond a chunk
+            if not data:
+                raise StreamFailed(f"file shrank while it was sent (being written?): {source.name}")
+            left -= len(data)
+            await call.write(chunk_type(data=data))
+        if source.read(1):
+            raise StreamFailed(f"file grew while it was sent (still being written?): {source.name}")
+        await call.done_writing()
+    except asyncio.InvalidStateError:  # the call is over: reading it raises its status
+        pass
+    except OSError as e:
+        raise StreamFailed(f"cannot read {source.name}: {e.strerror}") from None
+
+
+async def _receive(call, sink: IO[bytes], size: int, path: Path) -> None:
+    got = 0
+    while (chunk := await call.read()) is not grpc.aio.EOF:
+        got += len(chunk.data)
+        if got > size:
+            raise StreamFailed(f"the worker's answer for {path} ran past the {size:,} bytes it declared")
+        sink.write(chunk.data)
+    # An answer cut short by an error raises it above; one that simply ended short is the worker's bug.
+    if got < size:
+        raise StreamFailed(f"the worker's answer for {path} ended after {got:,} of its {size:,} bytes")
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[IO[bytes]]:
+    """The input opened for a stream: a regular file only (a FIFO must not block the run in ``open``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise StreamFailed(f"cannot read {path}: {e.strerror}") from None
+    with open(fd, "rb", buffering=0) as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since it was looked at
+            raise StreamFailed(f"not a regular file: {path}")
+        yield f
+
+
+@contextlib.contextmanager
+def _cancelled_on_error(call) -> Iterator[None]:
+    """Cancel ``call`` when its block fails on our side, so the worker stops and frees its admission."""
+    try:
+        yield
+    except grpc.aio.AioRpcError:
+        raise
+    except BaseException:
+        call.cancel()
+        raise
+
+
+def _check_folder(output: Path, root: str) -> None:
+    """Make ``output``'s folder; refuse it unless it resolves inside ``root`` (--out with links resolved)."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StreamFailed(f"cannot write output {output}: {e.strerror or e}") from None
+    folder = os.path.realpath(output.parent)
+    if os.path.commonpath([folder, root]) != root:
+        raise StreamFailed(f"output {output} would be written outside --out: {output.parent} leads to {folder}")
