@@ -284,7 +284,10 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
     """Run one valid row to its outcome; never raises for a row-level problem."""
     referenced = by_reference(row, settings)
     # A large local file goes by stream, file to file, never whole in memory; the worker's --max-image-mb decides.
-    size = None if referenced or isinstance(row.output_path, Uri) else stream.streamed_size(row.input_path)
+    # A row on an object store never streams: its input is no local file to stat (os.stat would take the URI as
+    # a relative path), and its output is one PUT.
+    on_store = isinstance(row.input_path, Uri) or isinstance(row.output_path, Uri)
+    size = None if referenced or on_store else stream.streamed_size(row.input_path)
     data = b""
     if not referenced and size is None:
         try:
