@@ -160,7 +160,7 @@ class Roots:
             raise StorageError(f"cannot read {uri}: {e}", Reason.FILE_UNREADABLE) from None
         if len(data) > max_bytes:
             raise TooLarge(f"{uri} is over this worker's limit of {max_bytes / 2**20:.0f} MiB "
-                           "(worker serve --max-message-mb)")
+                           "(worker serve --max-image-mb)")
         return data
 
     def write_uri(self, uri: str, data: bytes) -> None:
@@ -200,7 +200,7 @@ class Roots:
                 raise StorageError(f"not a regular file: {path}", Reason.FILE_UNREADABLE)
             if info.st_size > max_bytes:
                 raise TooLarge(f"{path} is {info.st_size / 2**20:.1f} MiB, over this worker's limit of "
-                               f"{max_bytes / 2**20:.0f} MiB (worker serve --max-message-mb)")
+                               f"{max_bytes / 2**20:.0f} MiB (worker serve --max-image-mb)")
             return f.read(info.st_size)
 
     def write_file(self, path: str, data: bytes) -> None:
