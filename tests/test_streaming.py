@@ -107,27 +107,16 @@ def assert_turned(output: Path, pixels: np.ndarray) -> None:
 
 
 @pytest.mark.slow
-def test_a_300_mb_tiff_rotates_pixel_exact_within_the_memory_bounds(tmp_path):
-    image = save(scan(), tmp_path / "scan.tiff", "TIFF")
-    assert image.stat().st_size > 300 * 10**6
+@pytest.mark.parametrize("fmt, pixels", [("TIFF", scan), ("PNG", gradients)], ids=["300 MB TIFF", "100 MP PNG"])
+def test_a_large_image_rotates_pixel_exact_within_the_memory_bounds(tmp_path, fmt, pixels):
+    image = save(pixels(), tmp_path / f"image.{fmt.lower()}", fmt)
+    assert image.stat().st_size > (300 * 10**6 if fmt == "TIFF" else stream.STREAM_MIN)  # streamed either way
     gc.collect()
-    row, peaks = rotate_through_batch(tmp_path, image, "TIFF")
-    print(f"TIFF: driver peak {peaks.driver:.0f} MiB, worker {peaks.worker_idle:.0f} -> {peaks.worker:.0f} MiB")
+    row, peaks = rotate_through_batch(tmp_path, image, fmt)
+    print(f"{fmt}: driver peak {peaks.driver:.0f} MiB, worker {peaks.worker_idle:.0f} -> {peaks.worker:.0f} MiB")
     assert peaks.driver < DRIVER_PEAK_MB
-    assert peaks.worker - peaks.worker_idle < WORKER_GROWTH_PER_IMAGE["TIFF"]
-    assert_turned(Path(row["output"]), scan())
-
-
-@pytest.mark.slow
-def test_a_100_mp_png_rotates_pixel_exact_within_the_memory_bounds(tmp_path):
-    image = save(gradients(), tmp_path / "photo.png", "PNG")
-    assert image.stat().st_size > stream.STREAM_MIN  # goes by stream: over the unary threshold
-    gc.collect()
-    row, peaks = rotate_through_batch(tmp_path, image, "PNG")
-    print(f"PNG: driver peak {peaks.driver:.0f} MiB, worker {peaks.worker_idle:.0f} -> {peaks.worker:.0f} MiB")
-    assert peaks.driver < DRIVER_PEAK_MB
-    assert peaks.worker - peaks.worker_idle < WORKER_GROWTH_PER_IMAGE["PNG"]
-    assert_turned(Path(row["output"]), gradients())
+    assert peaks.worker - peaks.worker_idle < WORKER_GROWTH_PER_IMAGE[fmt]
+    assert_turned(Path(row["output"]), pixels())
 
 
 @pytest.mark.slow
