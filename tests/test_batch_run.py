@@ -200,20 +200,20 @@ def test_image_over_the_worker_message_limit_is_not_retried(tmp_path):
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\xff\xd8\xff" + os.urandom(int(1.5 * 2**20)))
     huge = tmp_path / "huge.jpg"
-    huge.write_bytes(b"\xff\xd8\xff" + os.urandom(18 * 2**20))  # over the worker's transport limit (1 + 16 MiB)
+    huge.write_bytes(b"\xff\xd8\xff" + os.urandom(18 * 2**20))  # streamed (over 2 MiB), over --max-image-mb 16
     manifest = write_manifest(tmp_path / "m.csv", [
         {"id": "big", "path": "big.jpg", "op": "classify"},
         {"id": "huge", "path": "huge.jpg", "op": "rotate", "rotation": "90"},
     ])
     out = tmp_path / "out"
-    with worker_process("--max-message-mb", "1") as w:
+    with worker_process("--max-message-mb", "1", "--max-image-mb", "16") as w:
         code, _, _ = run_cli(str(manifest), "--out", str(out), "--worker", w.address, "--quiet")
     assert code == 1
     by_id = {r["id"]: r for r in results(out)}
     assert by_id["big"]["attempts"] == by_id["huge"]["attempts"] == "1"
     assert "over this worker's limit of 1 MiB (worker serve --max-message-mb)" in by_id["big"]["error"]
     assert by_id["huge"]["error"].startswith("RESOURCE_EXHAUSTED: ")
-    assert "18.0 MiB" in by_id["huge"]["error"] and "worker serve --max-message-mb" in by_id["huge"]["error"]
+    assert "18.0 MiB" in by_id["huge"]["error"] and "worker serve --max-image-mb" in by_id["huge"]["error"]
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ def test_reflection_lists_and_describes_services(channel):
     assert {"imageworker.v1.ImageWorker", "ABImageService", "grpc.health.v1.Health"} <= services
     v1_file = db.FindFileContainingSymbol("imageworker.v1.ImageWorker")
     assert v1_file.package == "imageworker.v1"
-    assert [m.name for m in v1_file.service[0].method] == ["Rotate", "Classify"]
+    assert [m.name for m in v1_file.service[0].method] == ["Rotate", "Classify", "RotateStream", "ClassifyStream"]
     legacy = db.FindFileContainingSymbol("ABImageService")
     assert legacy.package == ""
 
