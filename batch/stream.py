@@ -77,6 +77,9 @@ async def _send(call, first, chunk_type, source: IO[bytes], size: int) -> None:
     sending quietly: its status is what the caller then reads."""
     try:
         await _write(call, first)
+        await call.initial_metadata()  # the worker admitted the image (or ended the call: its status is read next)
+        if call.done():
+            await _raise_status(call)
         left = size
         while left:
             data = source.read(min(CHUNK, left))  # page cache: well under a millisecond a chunk
@@ -100,9 +103,15 @@ async def _write(call, message) -> None:
         if e.code() != grpc.StatusCode.INTERNAL:
             raise
         # gRPC's "Internal error from Core" on a send: the connection broke mid-stream (a worker killed or gone),
-        # which a unary call sees as UNAVAILABLE; retried as that.
+        # which a unary call sees as UNAVAILABLE; retried as that. (A refusal comes before the image is sent.)
         raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
                                    f"the stream was cut while it was sent ({e.details()})") from None
+
+
+async def _raise_status(call) -> None:
+    """The status a finished call ended with, raised as gRPC raises it (with its trailing ErrorInfo)."""
+    raise grpc.aio.AioRpcError(await call.code(), await call.initial_metadata(), await call.trailing_metadata(),
+                               await call.details())
 
 
 async def _receive(call, sink: IO[bytes], size: int, path: Path) -> None:

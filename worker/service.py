@@ -185,6 +185,9 @@ def _streamed(servicer, method: str, chunks: Iterator, context: grpc.ServicerCon
             raise InvalidArgument(f"a stream declared {size} bytes", Reason.STREAM_INVALID)
         state.check_image(size)  # before any of its bytes
         with state.admission.held(context, size):
+            # "Send the image": a client that waits for this sees a refusal above as its status; one refused
+            # while it sends sees only the transport's INTERNAL (gRPC aio loses the status in that race).
+            context.send_initial_metadata(())
             data = _gather(chunks, size, context)
             record.received = size
             yield request, data, record
