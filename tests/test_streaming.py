@@ -8,6 +8,7 @@ pixels decoded). Each test frees its arrays before the next is made.
 from __future__ import annotations
 
 import gc
+import json
 import threading
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from grpc_status import rpc_status
 from PIL import Image
 
 from batch import stream
+from tests.support.faces import BUSH, held_out_photo, needs_lfw
 from tests.support.images import jpeg
 from tests.support.manifests import write_manifest
-from tests.support.processes import free_port, kill, start_batch, tree_rss_mb, wait_for, worker_process
+from tests.support.processes import free_port, kill, run_batch, start_batch, tree_rss_mb, wait_for, worker_process
 from tests.support.results import by_id, results, stray_temporaries
 from worker.admission import Admission
 from worker.api import imageworker_v1_pb2 as v1
@@ -226,3 +228,21 @@ def test_small_files_stay_unary(tmp_path):
     assert stream.streamed_size(big) == stream.STREAM_MIN
     assert stream.streamed_size(tmp_path / "missing.jpg") is None  # the unary path names the problem
 
+
+
+@pytest.mark.slow
+@needs_lfw
+def test_a_large_photo_is_classified_by_stream_with_boxes_in_its_own_pixels(tmp_path):
+    """A 36 MP photo (streamed) of a held-out Bush: classified Bush, its box in the big image's coordinates"""
+    face = Image.open(held_out_photo(BUSH, 1)).convert("RGB")
+    big = face.resize((6000, 6000), Image.Resampling.BICUBIC)  # 24x: the detector scans a reduced copy
+    big.save(tmp_path / "big.png")
+    assert (tmp_path / "big.png").stat().st_size >= stream.STREAM_MIN
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "c", "path": "big.png", "op": "classify"}])
+    with worker_process() as w:
+        done = run_batch(manifest, "--worker", w.address, "--out", tmp_path / "out", "--quiet", timeout=180)
+    assert done.returncode == 0, done.stderr
+    (row,) = results(tmp_path / "out")
+    assert row["label"] == BUSH and (row["width"], row["height"]) == ("6000", "6000")
+    left, top, right, bottom = json.loads(row["faces"])[0]["box"]
+    assert 1000 < right - left < 6000 and left >= 0 and bottom <= 6000  # a face of the upscaled photo, not of a copy
