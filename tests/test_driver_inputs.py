@@ -35,14 +35,18 @@ def test_non_regular_and_oversized_inputs_are_row_errors(tmp_path: Path, worker,
         listener.close()
     assert done.returncode == 1, done.stderr
     got = by_id(results(tmp_path / "out"))
-    record_property("expected", "exit 1 at once; 'not a regular file (…)' or the size named per row; good row ok")
+    record_property("expected", "exit 1 at once; 'not a regular file (…)' per row, the 2.5 GiB file refused by "
+                                "its declared size before its bytes; good row ok")
     record_property("observed", f"exit {done.returncode}; " + "; ".join(f"{i}: {r['error'] or r['status']}"
                                                                        for i, r in got.items()))
     assert got["fifo"]["error"] == f"not a regular file (a FIFO): {tmp_path / 'fifo.jpg'}"
     assert got["zero"]["error"] == "not a regular file (a character device): /dev/zero"
     assert got["urandom"]["error"] == "not a regular file (a character device): /dev/urandom"
     assert got["sock"]["error"] == f"not a regular file (a socket): {tmp_path / 'sock.jpg'}"
-    assert got["huge"]["error"] == "file is 2,684,354,560 bytes (2.5 GiB): over the 2 GiB one call can carry"
+    # streamed, and refused on its first message, by its declared size: never read whole
+    assert got["huge"]["error"] == ("RESOURCE_EXHAUSTED: image is 2560.0 MiB, over this worker's limit of 512 MiB "
+                                    "(worker serve --max-image-mb)")
+    assert got["huge"]["attempts"] == "1"
     assert got["good"]["status"] == "ok"
 
 
