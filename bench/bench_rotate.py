@@ -71,10 +71,12 @@ def main() -> None:
         tmp = Path(tmp)
         rows = [(src, deg, f"r{r}_{src.name}") for r in range(a.repeat) for src, deg in photos]
         n = len(rows)
-        manifest = tmp / "manifest.csv"
+        # Beside its images, as a user's manifest is (the README's demo too): the embedded worker then reads and
+        # writes the files itself (reference mode); a manifest elsewhere would send every photo by bytes.
+        manifest = a.corpus / "bench-rotate.csv"
         write_manifest(manifest, ({"id": f"{i}", "path": str(src), "op": "rotate", "rotation": deg, "output": out}
                                   for i, (src, deg, out) in enumerate(rows)))
-        one = tmp / "one.csv"
+        one = a.corpus / "bench-rotate-one.csv"
         write_manifest(one, [{"id": "0", "path": str(rows[0][0]), "op": "rotate", "rotation": rows[0][1],
                               "output": "one.jpg"}])
 
