@@ -16,6 +16,7 @@ packages, and the algorithm is twenty lines.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 
 DEFAULT_CAP = 128  # calls in flight at most without --concurrency: bytes mode holds each call's image in memory
@@ -32,7 +33,9 @@ class AdaptiveLimit:
         self.limit = float(min(max(initial, 1), cap))
         self.peak = self.limit
         self._in_flight = 0
-        self._changed = asyncio.Condition()
+        # Calls waiting for a slot, woken one per slot that frees: a Condition's notify_all would wake every
+        # waiting task at every answer (up to the cap), which cost the driver more CPU than the calls.
+        self._waiting: collections.deque[asyncio.Future] = collections.deque()
         self._window: list[float] = []
         self._long_term: float | None = None
 
@@ -41,14 +44,31 @@ class AdaptiveLimit:
         return max(1, int(self.limit))
 
     async def __aenter__(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._in_flight < self.current)
+        if self._in_flight < self.current and not self._waiting:
             self._in_flight += 1
+            return
+        slot = asyncio.get_running_loop().create_future()
+        self._waiting.append(slot)
+        try:
+            await slot  # the slot is handed over already counted
+        except asyncio.CancelledError:
+            if slot.done() and not slot.cancelled():  # handed over as it was cancelled: give it on
+                self._release()
+            raise
 
     async def __aexit__(self, *exc) -> None:
-        async with self._changed:
-            self._in_flight -= 1
-            self._changed.notify_all()
+        self._release()
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting and self._in_flight < self.current:
+            slot = self._waiting.popleft()
+            if not slot.done():
+                self._in_flight += 1
+                slot.set_result(None)
 
     def answered(self, seconds: float) -> None:
         """A call was answered after ``seconds``."""
@@ -77,3 +97,4 @@ class AdaptiveLimit:
     def _set(self, limit: float) -> None:
         self.limit = min(float(self.cap), max(1.0, limit))
         self.peak = max(self.peak, self.limit)
+        self._wake()  # a higher limit has slots for waiting calls now

@@ -9,13 +9,12 @@ results files are the durable record) and deleted when the run ends.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from batch.manifest import ManifestError, Row, rotation_name
+from batch.manifest import ManifestError, Row, resolved, rotation_name
 from batch.results import COLUMNS, ERROR, Outcome, already_done
 from batch.store import Uri, location
 
@@ -262,4 +261,4 @@ def _real(path: Path | Uri | None) -> str | None:
     # never equals one).
     if path is None:
         return None
-    return path if isinstance(path, Uri) else os.path.realpath(path)
+    return path if isinstance(path, Uri) else resolved(path)

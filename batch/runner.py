@@ -28,7 +28,7 @@ from batch import store, stream
 from batch.channel import Pool
 from batch.concurrency import AdaptiveLimit
 from batch.durable import atomic_file
-from batch.manifest import Row
+from batch.manifest import Row, real_folder, resolved
 from batch.results import ERROR, OK, Outcome, faces_json
 from batch.store import Uri
 from worker.api import imageworker_v1_pb2 as v1
@@ -272,7 +272,7 @@ def _served(where: Path | Uri, roots: tuple[str, ...], folder: bool = False) -> 
     if isinstance(where, Uri):
         # "/" is --references' "whatever the worker serves": the worker's own roots decide, for URIs too.
         return any(root == "/" or where.startswith(root) for root in roots)
-    real = os.path.realpath(where.parent if folder else where)
+    real = real_folder(str(where.parent)) if folder else resolved(where)
     return any(root[:1] == "/" and os.path.commonpath([real, root]) == root for root in roots)
 
 
