@@ -66,6 +66,13 @@ def atomic_file(path: Path, mode: str = "wb", *, durable: bool = True, **open_ar
             os.close(fd)
 
 
+def escapes(folder: Path, root: str) -> str | None:
+    """Where ``folder`` really leads, when that is outside ``root`` (a resolved folder), else None: checked on
+    the resolved path when an output is about to be written there, since a folder inside --out may be a link."""
+    real = os.path.realpath(folder)
+    return real if os.path.commonpath([real, root]) != root else None
+
+
 class SyncError(OSError):
     """The outputs of a group could not be made durable (an I/O error on their file system)."""
 

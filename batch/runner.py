@@ -27,7 +27,7 @@ from grpc_status import rpc_status
 from batch import store, stream
 from batch.channel import Pool
 from batch.concurrency import AdaptiveLimit
-from batch.durable import atomic_file
+from batch.durable import atomic_file, escapes
 from batch.manifest import Row, real_folder, resolved
 from batch.results import ERROR, OK, Outcome, faces_json
 from batch.store import Uri
@@ -172,9 +172,8 @@ def write_output(path: Path | Uri, data: bytes, root: str) -> None:
         return
     try:
         _make_folder(path.parent)
-        folder = os.path.realpath(path.parent)
-        if os.path.commonpath([folder, root]) != root:
-            raise RowFailed(f"output {path} would be written outside --out: {path.parent} leads to {folder}")
+        if (elsewhere := escapes(path.parent, root)) is not None:
+            raise RowFailed(f"output {path} would be written outside --out: {path.parent} leads to {elsewhere}")
         try:
             with atomic_file(path, durable=False) as f:
                 f.write(data)

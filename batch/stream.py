@@ -24,7 +24,7 @@ from typing import IO
 
 import grpc
 
-from batch.durable import atomic_file
+from batch.durable import atomic_file, escapes
 from worker.api import imageworker_v1_pb2 as v1
 
 CHUNK = 2**20  # bytes per request message; the worker answers in the same size
@@ -157,6 +157,5 @@ def _check_folder(output: Path, root: str) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StreamFailed(f"cannot write output {output}: {e.strerror or e}") from None
-    folder = os.path.realpath(output.parent)
-    if os.path.commonpath([folder, root]) != root:
-        raise StreamFailed(f"output {output} would be written outside --out: {output.parent} leads to {folder}")
+    if (elsewhere := escapes(output.parent, root)) is not None:
+        raise StreamFailed(f"output {output} would be written outside --out: {output.parent} leads to {elsewhere}")
