@@ -270,8 +270,7 @@ class Pool:
     @property
     def addresses(self) -> int:
         """Worker addresses the pool has now (each resolved address of a name counts)."""
-        return sum(len(a.split(":", 1)[1].split(",")) if a.startswith(("ipv4:", "ipv6:")) else 1
-                   for a in {c.address for c in self._conns if not c.retired})
+        return address_count(list({c.address for c in self._conns if not c.retired}))
 
     async def refresh(self) -> bool:
         """Resolve the names again: channels for addresses that joined, none for those that left. Whether the
