@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from worker.admission import Admission
-from worker.errors import Busy
+from worker import admission
+from worker.admission import Admission, bounded
+from worker.errors import Busy, Cancelled, Expired
 
 
 def test_past_the_limit_a_call_is_refused_at_once_and_the_admitted_calls_take_turns():
@@ -61,3 +62,51 @@ def test_a_failing_call_gives_its_place_back_and_its_error_reaches_the_caller():
 def test_limits_below_one_are_refused():
     with pytest.raises(ValueError):
         Admission(limit=0, workers=1)
+
+
+class _Call:
+    """A call as a grpc.ServicerContext presents it: ``remaining`` seconds (None: no deadline) from now."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self._end = None if remaining is None else time.monotonic() + remaining
+        self.active = True
+
+    def time_remaining(self) -> float | None:
+        return None if self._end is None else self._end - time.monotonic()
+
+    def is_active(self) -> bool:
+        return self.active
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    def add_callback(self, callback) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("seconds, limit, wait", [
+    (None, 0.1, 0.1), (float("inf"), 0.1, 0.1), (float("nan"), 0.1, 0.1), (1e300, 0.1, 0.1),
+    (0.05, 0.1, 0.05), (-3.0, 0.1, 0.0), (0.0, 0.1, 0.0),
+])
+def test_a_time_remaining_is_bounded_whatever_the_deadline(seconds, limit, wait):
+    assert bounded(seconds, limit) == wait
+
+
+@pytest.mark.parametrize("remaining", [None, 1e9, 1e19, float("inf")])
+def test_a_wait_without_a_finite_deadline_lasts_until_its_event(remaining):
+    # 1e19 s is what OverflowError'd threading.Event.wait when a client set no deadline.
+    done = threading.Event()
+    threading.Timer(0.3, done.set).start()
+    admission.wait(done, _Call(remaining))
+    assert done.is_set()
+    gate = Admission(limit=2, workers=1)
+    assert gate.run(lambda: "ok", call=_Call(remaining)) == "ok"
+
+
+def test_a_wait_ends_with_its_calls_deadline_or_its_client():
+    with pytest.raises(Expired):
+        admission.wait(threading.Event(), _Call(0.2))
+    call = _Call(None)
+    threading.Timer(0.2, lambda: setattr(call, "active", False)).start()
+    with pytest.raises(Cancelled):
+        admission.wait(threading.Event(), call)

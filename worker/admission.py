@@ -27,6 +27,11 @@ decode and encode). A call alone is always admitted: an image up to
 A call whose deadline has passed, or whose client has gone, is never started
 and stops waiting for its turn (``Expired``, ``Cancelled``); ``check`` is the
 same test for the work itself to run at the points where it can stop.
+
+Every wait for a call is sliced into polls of at most ``POLL`` seconds
+(``bounded``): a client without a deadline (gRPC's default) has a time
+remaining of None or of some 1e10 s and more, which ``threading`` waits refuse
+(OverflowError), and a call must notice its client leave anyway.
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ from worker.errors import Busy, Cancelled, Expired
 
 T = TypeVar("T")
 
-# How often a call waiting for its turn looks at its deadline and its client.
-TURN_POLL = 0.1
+# How often a waiting call looks at its deadline and its client.
+POLL = 0.1
 
 
 class Call(Protocol):
@@ -54,6 +59,23 @@ class Call(Protocol):
     def peer(self) -> str: ...
 
     def add_callback(self, callback: Callable[[], None]) -> bool: ...
+
+
+def bounded(seconds: float | None, limit: float) -> float:
+    """A wait of at most ``limit`` seconds for a time remaining of ``seconds``, never negative.
+
+    None (no deadline), inf, nan and anything past ``limit`` all read as ``limit``.
+    """
+    if seconds is None or not seconds < limit:
+        return limit
+    return max(0.0, seconds)
+
+
+def wait(event: threading.Event, call: Call) -> None:
+    """Wait for ``event`` as long as ``call`` lasts, however far off its deadline (or with none): Expired once
+    the deadline passes first, Cancelled once its client has gone."""
+    while not event.wait(bounded(call.time_remaining(), POLL)):
+        check(call)
 
 
 def check(call: Call) -> None:
@@ -182,8 +204,6 @@ class Admission:
             self._working.acquire()
             return
         while True:
-            remaining = call.time_remaining()
-            wait = TURN_POLL if remaining is None else max(0.0, min(TURN_POLL, remaining))
-            if self._working.acquire(timeout=wait):
+            if self._working.acquire(timeout=bounded(call.time_remaining(), POLL)):
                 return
             check(call)

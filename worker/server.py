@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from worker import metrics
+from worker import admission, metrics
 from worker.decode import DEFAULT_MAX_PIXELS
 from worker.errors import NotReady
 from worker.metrics import Metrics, ModelState
 from worker.storage import Roots
 
 if TYPE_CHECKING:
+    from worker.admission import Call
     from worker.classifier import Classifier
 
 log = logging.getLogger("worker.server")
@@ -514,8 +515,8 @@ class FaceModel:
 
     Rotation never waits for it, and a worker that only rotates never pays its
     start-up (~0.6 s of CPU and ~100 MiB per process). A classify call waits
-    for the load at most until its own deadline; calls arriving meanwhile wait
-    for the same load.
+    for the load while it lasts (until its deadline, if it has one, or its
+    client leaves); calls arriving meanwhile wait for the same load.
     """
 
     def __init__(self, path: str | None, failed: Callable[[], None], recorder: Metrics) -> None:
@@ -527,14 +528,13 @@ class FaceModel:
         self._loader: threading.Thread | None = None
         self._model: Classifier | None = None
 
-    def __call__(self, timeout: float | None) -> Classifier:
+    def __call__(self, call: Call) -> Classifier:
         with self._lock:
             if self._loader is None:
                 self._loader = threading.Thread(target=self._load, name="face-model", daemon=True)
                 self._metrics.model(ModelState.LOADING)
                 self._loader.start()
-        if not self._done.wait(timeout):
-            raise NotReady("the face model is still loading ; retry shortly")
+        admission.wait(self._done, call)
         if self._model is None:
             raise NotReady("the face model could not be loaded; this worker process is stopping (see its log)")
         return self._model

@@ -49,8 +49,8 @@ class WorkerState:
     max_image_bytes: int
     max_pixels: int
     admission: Admission  # image calls held and working at once
-    # The face model within a call's remaining seconds (worker.server loads it at the first call that needs it).
-    classifier: Callable[[float | None], Classifier] | None = None
+    # The face model, waited for while a call lasts (worker.server loads it at the first call that needs it).
+    classifier: Callable[[admission.Call], Classifier] | None = None
     roots: Roots = field(default_factory=Roots)  # reference mode: what requests may name instead of bytes
     served: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)  # records nothing unless worker serve --metrics-port
@@ -91,10 +91,10 @@ class WorkerState:
         return data
 
     def ready_classifier(self, context: grpc.ServicerContext) -> Classifier:
-        """The face model, waiting for it to load no longer than the call's deadline (else NotReady)."""
+        """The face model, waiting for it to load while the call lasts (NotReady once its deadline passes)."""
         if self.classifier is None:
             raise NotReady("this worker has no face model")
-        return self.classifier(context.time_remaining())
+        return self.classifier(context)
 
 
 def _check_limit(size: int, limit: int, flag: str) -> None:
