@@ -51,13 +51,29 @@ def _configure_logging(verbose: int, log_level: str | None) -> None:
     logger.propagate = False
 
 
+def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None):
+    if value is None:
+        return None
+    from batch.shard import parse_shard
+
+    try:
+        return parse_shard(value)
+    except UsageError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @main.command()
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--worker", "workers", multiple=True, metavar="HOST:PORT",
               help="A worker to use (repeatable, or comma-separated; also dns:///NAME:PORT for every address a "
                    "name resolves to). Default: $BATCH_WORKER, else an embedded worker with one process per CPU.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              show_default="results/<manifest name>", help="Folder for results, run.json and rotated images.")
+              show_default="results/<manifest name>, results/<manifest name>/shard-K-of-N with --shard",
+              help="Folder for results, run.json and rotated images.")
+@click.option("--shard", metavar="K/N|N", envvar="BATCH_SHARD", default=None, callback=_shard,
+              help="Run only share K (0 <= K < N) of the manifest's rows, one of N drivers sharing it; with N alone, "
+                   "K is $JOB_COMPLETION_INDEX (Kubernetes Indexed Job), else $SLURM_ARRAY_TASK_ID (minus "
+                   "$SLURM_ARRAY_TASK_MIN). Also $BATCH_SHARD. See docs/batch.md, Scaling past one driver.")
 @click.option("--concurrency", type=click.IntRange(1), default=None,
               show_default="4 per embedded worker process; for named workers 8 per address, adapted to their "
                            "latency and busy refusals up to 128",
@@ -104,7 +120,7 @@ def _configure_logging(verbose: int, log_level: str | None) -> None:
               help="Log retries, reconnects, busy refusals and slow rows as they happen (-vv: debug).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
               show_default="WARNING, INFO with -v", help="The driver's log level (overrides -v).")
-def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency: int | None, timeout: float,
+def run(manifest: Path, workers: tuple[str, ...], out: Path | None, shard, concurrency: int | None, timeout: float,
         retries: int, restart: bool, quiet: bool, tls_ca: Path | None, tls_cert: Path | None,
         tls_key: Path | None, results_format: str, connections: int | None, name_template: str | None,
         output_format: str | None, quality: int | None, default_rotation: str | None, references: bool,
@@ -144,7 +160,7 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, concurrency:
         tls=Tls(tls_ca, tls_cert, tls_key) if tls_ca else None, results_format=results_format,
         connections=connections, name_template=name_template, output_format=fmt, quality=quality or 0,
         rotation=default_rotation, references=references, resolve_every=resolve_every, progress=choose_mode(quiet),
-        command=("batch", *sys.argv[1:]),
+        command=("batch", *sys.argv[1:]), shard=shard,
     )
     try:
         summary = run_batch(options)

@@ -10,7 +10,7 @@ results files are the durable record) and deleted when the run ends.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +25,12 @@ CHUNK = 1000
 
 
 class RunIndex:
-    """The SQLite index at ``path`` (created afresh; removed by ``close``)."""
+    """The SQLite index at ``path`` (created afresh; removed by ``close``) of a whole manifest, of which this run
+    runs and tables the rows of share ``share`` (batch/shard.py; 0 when not sharded)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, share: int = 0) -> None:
         self.path = Path(path)
+        self.share = share
         for suffix in ("", "-journal", "-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None)
@@ -40,7 +42,7 @@ class RunIndex:
             self.db.executescript(f"""
                 CREATE TABLE rows (line INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, path TEXT, op TEXT,
                     rotation TEXT, output TEXT, input_path TEXT, degrees INTEGER, output_path TEXT, error TEXT,
-                    format TEXT, input_real TEXT, output_real TEXT);
+                    format TEXT, input_real TEXT, output_real TEXT, share INTEGER NOT NULL);
                 CREATE TABLE prev (id TEXT PRIMARY KEY, {_RESULT_COLUMNS});
                 CREATE TABLE done (id TEXT PRIMARY KEY, {_RESULT_COLUMNS});
             """)
@@ -54,18 +56,21 @@ class RunIndex:
 
     # --- manifest ---------------------------------------------------------------------------------
 
-    def add_rows(self, rows: Iterable[Row], manifest: Path) -> int:
-        """Store every row; raise ManifestError on a duplicate id, naming both lines. Returns the row count."""
+    def add_rows(self, rows: Iterable[Row], manifest: Path,
+                 share_of: Callable[[Row, str | None], int] | None = None) -> int:
+        """Store every row, with its share from ``share_of(row, resolved output)`` (all in share 0 without);
+        raise ManifestError on a duplicate id, naming both lines. Returns the row count of the whole manifest."""
         count = 0
         self.db.execute("BEGIN")
         try:
             for row in rows:
+                output_real = _real(row.output_path)
                 try:
                     self.db.execute(
-                        "INSERT INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        "INSERT INTO rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (row.line, row.id, row.path, row.op, row.rotation, row.output,
                          _str(row.input_path), row.degrees, _str(row.output_path), row.error, row.format,
-                         _real(row.input_path), _real(row.output_path)),
+                         _real(row.input_path), output_real, share_of(row, output_real) if share_of else 0),
                     )
                 except sqlite3.IntegrityError:
                     (first,) = self.db.execute("SELECT line FROM rows WHERE id = ?", (row.id,)).fetchone()
@@ -82,6 +87,10 @@ class RunIndex:
         self.db.execute("CREATE INDEX rows_input ON rows (input_real)")
         self.db.execute("CREATE INDEX rows_output ON rows (output_real)")
         return count
+
+    def count_share(self) -> int:
+        """Rows in this run's share."""
+        return self.db.execute("SELECT count(*) FROM rows WHERE share = ?", (self.share,)).fetchone()[0]
 
     def name_rotations(self) -> int:
         """Default outputs of an input that rows rotate in different ways carry their rotation
@@ -121,7 +130,8 @@ class RunIndex:
         while True:
             chunk = self.db.execute(
                 f"SELECT {fields}, {_OUTPUT_FACTS}, p.id IS NOT NULL, {prev_cols} FROM rows r {_OUTPUT_JOINS} "
-                "LEFT JOIN prev p ON p.id = r.id WHERE r.line > ? ORDER BY r.line LIMIT ?", (after, CHUNK),
+                "LEFT JOIN prev p ON p.id = r.id WHERE r.line > ? AND r.share = ? ORDER BY r.line LIMIT ?",
+                (after, self.share, CHUNK),
             ).fetchall()
             if not chunk:
                 return
@@ -162,18 +172,19 @@ class RunIndex:
             self.db.execute("COMMIT")
 
     def count_not_in_manifest(self) -> int:
-        return self.db.execute("SELECT count(*) FROM prev WHERE id NOT IN (SELECT id FROM rows)").fetchone()[0]
+        """Earlier results whose ids this run's rows (its share of the manifest) do not have."""
+        return self.db.execute(f"SELECT count(*) FROM prev WHERE {_NOT_OURS}", (self.share,)).fetchone()[0]
 
     def table(self) -> Iterator[dict[str, str]]:
         """One result per manifest row in manifest order: this run's, else an earlier run's (rows not reached);
-        then the earlier results whose ids this manifest does not have, kept rather than silently dropped."""
+        then the earlier results whose ids this run's rows do not have, kept rather than silently dropped."""
         cols = ", ".join(f'coalesce(d."{c}", p."{c}")' for c in COLUMNS if c != "id")
         after = 0
         while True:
             chunk = self.db.execute(
                 f"SELECT r.line, r.id, d.id IS NOT NULL OR p.id IS NOT NULL, {cols} FROM rows r "
                 "LEFT JOIN done d ON d.id = r.id LEFT JOIN prev p ON p.id = r.id AND d.id IS NULL "
-                "WHERE r.line > ? ORDER BY r.line LIMIT ?", (after, CHUNK),
+                "WHERE r.line > ? AND r.share = ? ORDER BY r.line LIMIT ?", (after, self.share, CHUNK),
             ).fetchall()
             if not chunk:
                 break
@@ -181,10 +192,13 @@ class RunIndex:
                 if found:
                     yield dict(zip(COLUMNS, [id_, *values], strict=True))
             after = chunk[-1][0]
-        cursor = self.db.execute("SELECT * FROM prev WHERE id NOT IN (SELECT id FROM rows) ORDER BY rowid")
+        cursor = self.db.execute(f"SELECT * FROM prev WHERE {_NOT_OURS} ORDER BY rowid", (self.share,))
         while chunk := cursor.fetchmany(CHUNK):
             for values in chunk:
                 yield dict(zip(COLUMNS, values, strict=True))
+
+
+_NOT_OURS = "id NOT IN (SELECT id FROM rows WHERE share = ?)"
 
 
 def _row(values) -> Row:

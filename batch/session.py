@@ -50,6 +50,7 @@ from batch.results import (
     write_table,
 )
 from batch.runner import Settings, fan_out
+from batch.shard import Shard, file_sha256, sharer
 from batch.store import is_uri
 from worker.local import LocalWorker, LocalWorkerError, cpu_count
 
@@ -85,10 +86,14 @@ class RunOptions:
     connections: int | None = None
     progress: str = "lines"  # "bar", "lines" or "quiet"
     command: tuple[str, ...] = ()
+    shard: Shard | None = None  # --shard: run only this share of the manifest (batch/shard.py)
 
     @property
     def out_dir(self) -> Path:
-        return Path(os.path.abspath(self.out or Path("results") / Path(self.manifest).stem))
+        default = Path("results") / Path(self.manifest).stem
+        if self.shard is not None:
+            default /= self.shard.folder
+        return Path(os.path.abspath(self.out or default))
 
 
 @dataclass
@@ -232,9 +237,12 @@ def run_batch(options: RunOptions) -> Summary:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create --out {out}: {e.strerror}") from None
-    with _stop_signals_raise(), _locked(out), contextlib.closing(_index(out)) as index:
+    shard = options.shard
+    with _stop_signals_raise(), _locked(out), contextlib.closing(_index(out, shard)) as index:
         rows = read_rows(Path(options.manifest), out, options.name_template, options.output_format, options.rotation)
-        total = index.add_rows(rows, Path(options.manifest))
+        # Every shard indexes the whole manifest: duplicates, clashes and default names are decided from all of it.
+        manifest_rows = index.add_rows(rows, Path(options.manifest), sharer(shard, out) if shard else None)
+        total = index.count_share()
         if options.name_template is None:
             index.name_rotations()
         reader = TableReader(out)
@@ -247,8 +255,9 @@ def run_batch(options: RunOptions) -> Summary:
         for note in reader.notes if not options.restart else ():
             progress.note(f"batch: {note}")
         if kept := index.count_not_in_manifest():
-            progress.note(f"batch: {kept:,} rows of earlier runs have ids this manifest does not have: kept at "
-                          "the end of the results table (--restart drops them)")
+            progress.note(f"batch: {kept:,} rows of earlier runs have ids this manifest does not have"
+                          f"{' in share ' + str(shard) if shard else ''}: kept at the end of the results table "
+                          "(--restart drops them)")
         summary = Summary(progress.tally, table_path(out, options.results_format))
         try:
             journal = Journal(journal_path(out, options.results_format))
@@ -273,7 +282,8 @@ def run_batch(options: RunOptions) -> Summary:
                      else ", ".join(targets) or "no worker (nothing to run)")
             in_flight = (f"{limit.current} calls in flight, adapting up to {limit.cap}" if limit.adaptive
                          else f"{limit.current} calls in flight")
-            progress.note(f"batch: running {total:,} rows on {where}, {in_flight}; results in {_shown(out)}")
+            share = f" (share {shard} of {manifest_rows:,} rows)" if shard else ""
+            progress.note(f"batch: running {total:,} rows{share} on {where}, {in_flight}; results in {_shown(out)}")
             run.give_up_after = max(2 * limit.current, 10)
             settings = Settings(timeout=options.timeout, retries=options.retries, out_root=os.path.realpath(out),
                                 quality=options.quality, read_roots=read_roots, write_roots=write_roots)
@@ -285,8 +295,8 @@ def run_batch(options: RunOptions) -> Summary:
             if embedded is not None:
                 embedded.stop()
             summary.stopped = run.stopped
-            _finish(run, journal, index, summary, lambda: _run_info(options, summary, targets, embedded, started_at),
-                    clock)
+            _finish(run, journal, index, summary,
+                    lambda: _run_info(options, summary, targets, embedded, started_at, manifest_rows), clock)
     return summary
 
 
@@ -435,9 +445,9 @@ def _check_readable(manifest: Path) -> None:
         raise ManifestError(manifest, None, f"cannot read the manifest: {e.strerror}") from None
 
 
-def _index(out: Path) -> RunIndex:
+def _index(out: Path, shard: Shard | None) -> RunIndex:
     try:
-        return RunIndex(out / INDEX_NAME)
+        return RunIndex(out / INDEX_NAME, shard.index if shard else 0)
     except (OSError, sqlite3.Error) as e:
         raise UsageError(f"cannot write in --out {out}: {e}") from None
 
@@ -461,11 +471,15 @@ def _locked(out: Path) -> Iterator[None]:
 
 
 def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedded: LocalWorker | None,
-              started_at: datetime.datetime) -> dict:
+              started_at: datetime.datetime, manifest_rows: int) -> dict:
     t = summary.tally
     return {
         "command": list(options.command) or sys.argv,
         "manifest": str(Path(options.manifest).resolve()),
+        "shard": options.shard.info() if options.shard else None,
+        "manifest_sha256": _fingerprint(Path(options.manifest)),
+        "manifest_rows": manifest_rows,
+        "shard_rows": t.rows,
         "out": str(options.out_dir),
         "workers": {
             "targets": targets,
@@ -499,6 +513,13 @@ def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedde
         "exit_code": summary.exit_code,
         "results": str(summary.results),
     }
+
+
+def _fingerprint(manifest: Path) -> str | None:
+    try:
+        return file_sha256(manifest)
+    except OSError:  # gone since it was read: run.json is still worth writing
+        return None
 
 
 def _version(package: str) -> str | None:

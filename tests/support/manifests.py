@@ -41,3 +41,35 @@ def make_batch(folder: Path, n: int, *, classify_every: int = 0, size: int = 48)
         else:
             rows.append({"id": f"r{i}", "path": name, "op": "rotate", "rotation": (i % 3 + 1) * 90})
     return write_manifest(folder / "manifest.csv", rows, COLUMNS[:4])
+
+
+def make_entangled(folder: Path, n: int) -> Path:
+    """A manifest whose rows depend on each other, for running it in shares (batch/shard.py), with ``n`` plain
+    rows over distinct tiny JPEGs among them: one input rotated three ways (default names ``.r90`` …), exact
+    duplicates of an ok row and of a failing one, two rows writing one output, a row writing another's default
+    output, and rows wrong in themselves."""
+    images = folder / "img"
+    images.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for i in range(n):
+        name = f"img/{i:05d}.jpg"
+        (folder / name).write_bytes(jpeg(48, 40, seed=i))
+        rows.append({"id": f"r{i}", "path": name, "op": "rotate", "rotation": (i % 3 + 1) * 90})
+    for name, seed in (("many.jpg", 1001), ("dup.jpg", 1002), ("a.jpg", 1003), ("b.jpg", 1004)):
+        (folder / name).write_bytes(jpeg(56, 32, seed=seed))
+    special = [
+        *({"id": f"many{d}", "path": "many.jpg", "op": "rotate", "rotation": d} for d in (90, 180, 270)),
+        *({"id": f"dup{k}", "path": "dup.jpg", "op": "rotate", "rotation": 90} for k in range(3)),
+        *({"id": f"gone{k}", "path": "missing.jpg", "op": "rotate", "rotation": 180} for k in range(2)),
+        {"id": "clash-a", "path": "a.jpg", "op": "rotate", "rotation": 90, "output": "clash.jpg"},
+        {"id": "clash-b", "path": "b.jpg", "op": "rotate", "rotation": 90, "output": "clash.jpg"},
+        {"id": "over-default", "path": "b.jpg", "op": "rotate", "rotation": 180, "output": "rotated/img/00000.jpg"},
+        {"id": "bad-rotation", "path": "a.jpg", "op": "rotate", "rotation": 45},
+        {"id": "bad-op", "path": "a.jpg", "op": "sharpen"},
+        {"id": "no-path", "path": "", "op": "rotate", "rotation": 90},
+    ]
+    # Spread among the plain rows, so that manifest order interleaves them.
+    step = max(1, n // len(special))
+    for k, row in enumerate(special):
+        rows.insert(min(len(rows), k * (step + 1)), row)
+    return write_manifest(folder / "manifest.csv", rows)
