@@ -270,7 +270,7 @@ def _jpeg_lossless(data: bytes, img: Image.Image, op: T | None) -> Rotated | Non
     if op is None and img.format == "JPEG":
         # Orientation already cancels the turn: only the metadata changes.
         out = bytearray(data)
-        _patch_jpeg_metadata(memoryview(out), width, height, swap=False)
+        _patch_jpeg_metadata(memoryview(out), width, height, swap=False, reset=True)
         return Rotated(bytes(out), "JPEG", width, height, "lossless")
     if not jpeg_transform.available():
         return None
@@ -282,7 +282,8 @@ def _jpeg_lossless(data: bytes, img: Image.Image, op: T | None) -> Rotated | Non
         out = jpeg_transform.transform(
             data, tj_op,
             progressive=bool(img.info.get("progressive")),
-            patch=lambda view: _patch_jpeg_metadata(view, width, height, swap=op in _SWAPS_AXES),
+            patch=lambda view: _patch_jpeg_metadata(view, width, height, swap=op in _SWAPS_AXES,
+                                                    reset=_orientation(img) != 1),
         )
     except jpeg_transform.TransformFailed as e:
         # Truncated or odd files: Pillow decides below whether they are usable
@@ -406,7 +407,7 @@ def _png_options(data: bytes, img: Image.Image, op: T | None, frames: list[Image
         return {}
     info = PngImagePlugin.PngInfo()
     for key, value in text.items():
-        if key == "XML:com.adobe.xmp":
+        if key == "XML:com.adobe.xmp" and _orientation(img) != 1:
             value = _reset_xmp_text(value)
         if isinstance(value, PngImagePlugin.iTXt):
             info.add_itxt(key, value, value.lang or "", value.tkey or "")
@@ -650,6 +651,11 @@ def _target_metadata(img: Image.Image, op: T | None, frame: Image.Image, target:
         tags = Image.Exif()
         if "exif" in kw:
             tags.load(kw["exif"])
+            value = tags.get(_ORIENTATION_TAG, 1)
+            if not isinstance(value, int) or value not in _UPRIGHT:
+                # Not applied (see _orientation), and libtiff refuses to write what is not 1..8.
+                del tags[_ORIENTATION_TAG]
+                notes.append("malformed EXIF orientation dropped: TIFF cannot hold it (nor was it applied)")
         if "xmp" in kw:
             tags[700] = kw.pop("xmp")
         kw["exif"] = tags
@@ -661,18 +667,20 @@ def _target_metadata(img: Image.Image, op: T | None, frame: Image.Image, target:
 
 
 def _common_metadata(img: Image.Image, op: T | None, size: tuple[int, int]) -> dict[str, Any]:
-    """ICC profile, EXIF (orientation 1), XMP and DPI of ``img`` as save() arguments."""
+    """ICC profile, EXIF (orientation 1 when it was applied), XMP and DPI of ``img`` as save() arguments."""
     kw: dict[str, Any] = {}
     info = img.info
+    reset = _orientation(img) != 1
     if info.get("icc_profile"):
         kw["icc_profile"] = info["icc_profile"]
     if info.get("exif"):
         exif = bytearray(info["exif"])
-        _patch_exif(memoryview(exif), *size, swap=op in _SWAPS_AXES)
+        _patch_exif(memoryview(exif), *size, swap=op in _SWAPS_AXES, reset=reset)
         kw["exif"] = bytes(exif)
     if info.get("xmp"):
         xmp = bytearray(info["xmp"])
-        _patch_xmp(memoryview(xmp))
+        if reset:
+            _patch_xmp(memoryview(xmp))
         kw["xmp"] = bytes(xmp)
     if "dpi" in info:
         dpi = info["dpi"]
@@ -716,8 +724,9 @@ def _out_size(img: Image.Image, op: T | None) -> tuple[int, int]:
 # --- metadata patched in place (same length, so nothing else moves) --------
 
 
-def _patch_jpeg_metadata(buf: memoryview, width: int, height: int, swap: bool) -> None:
-    """Reset orientation to 1 in a JPEG's EXIF and XMP segments, set EXIF pixel dimensions.
+def _patch_jpeg_metadata(buf: memoryview, width: int, height: int, swap: bool, reset: bool) -> None:
+    """Set EXIF pixel dimensions in a JPEG's EXIF segment; with ``reset`` (the orientation was applied to
+    the pixels) also reset the orientation to 1 there and in XMP.
 
     With ``swap`` (the axes were exchanged) also swap the JFIF and EXIF
     horizontal and vertical resolutions, which libjpeg's transform leaves alone.
@@ -738,17 +747,20 @@ def _patch_jpeg_metadata(buf: memoryview, width: int, height: int, swap: bool) -
             segment[8:10], segment[10:12] = bytes(segment[10:12]), bytes(segment[8:10])
         elif marker == 0xE1:
             if bytes(segment[:6]) == b"Exif\x00\x00":
-                _patch_exif(segment, width, height, swap)
-            elif bytes(segment[:29]) == b"http://ns.adobe.com/xap/1.0/\x00":
+                _patch_exif(segment, width, height, swap, reset)
+            elif reset and bytes(segment[:29]) == b"http://ns.adobe.com/xap/1.0/\x00":
                 _patch_xmp(segment)
         pos = end
 
 
-def _patch_exif(exif: memoryview, width: int, height: int, swap: bool) -> None:
-    """In a TIFF-structured EXIF block: orientation -> 1, PixelX/YDimension -> width/height,
-    and X/YResolution exchanged when ``swap``.
+def _patch_exif(exif: memoryview, width: int, height: int, swap: bool, reset: bool) -> None:
+    """In a TIFF-structured EXIF block: PixelX/YDimension -> width/height, X/YResolution exchanged when
+    ``swap``, and with ``reset`` every orientation entry rewritten as SHORT 1.
 
-    Malformed blocks are left as they are: metadata must not fail a rotation.
+    ``reset`` is true exactly when ``_orientation`` applied the tag to the pixels, so that the two go
+    together whatever the tag's type, count or repetitions (Pillow reads the first value of a SHORT[2],
+    a viewer may read any of them): each entry becomes one SHORT, inline, same length. Otherwise the
+    orientation is left as it is. Malformed blocks are left as they are: metadata must not fail a rotation.
     """
     if bytes(exif[:6]) == b"Exif\x00\x00":
         exif = exif[6:]
@@ -760,10 +772,12 @@ def _patch_exif(exif: memoryview, width: int, height: int, swap: bool) -> None:
             return
         exif_ifd = None
         resolution = {}
-        for pos, tag, kind in _ifd_entries(exif, order, struct.unpack_from(order + "I", exif, 4)[0]):
-            if tag == _ORIENTATION_TAG and kind in _INTEGER_FORMATS:
-                # Whatever its type: viewers (and Pillow) honour a LONG orientation too.
-                struct.pack_into(order + _INTEGER_FORMATS[kind], exif, pos + 8, 1)
+        for pos, tag, kind, count in _ifd_entries(exif, order, struct.unpack_from(order + "I", exif, 4)[0]):
+            if tag == _ORIENTATION_TAG:
+                if reset:
+                    struct.pack_into(order + "HHIHH", exif, pos, tag, _SHORT, 1, 1, 0)
+            elif count != 1:
+                continue
             elif tag == _EXIF_IFD_TAG and kind in (4, 13):
                 exif_ifd = struct.unpack_from(order + "I", exif, pos + 8)[0]
             elif tag in (_X_RESOLUTION_TAG, _Y_RESOLUTION_TAG) and kind == 5:  # RATIONAL, by offset
@@ -774,8 +788,8 @@ def _patch_exif(exif: memoryview, width: int, height: int, swap: bool) -> None:
                 exif[x : x + 8], exif[y : y + 8] = bytes(exif[y : y + 8]), bytes(exif[x : x + 8])
         if exif_ifd is None:
             return
-        for pos, tag, kind in _ifd_entries(exif, order, exif_ifd):
-            if tag in (_PIXEL_X_TAG, _PIXEL_Y_TAG):
+        for pos, tag, kind, count in _ifd_entries(exif, order, exif_ifd):
+            if tag in (_PIXEL_X_TAG, _PIXEL_Y_TAG) and count == 1:
                 value = width if tag == _PIXEL_X_TAG else height
                 if kind == 4:
                     struct.pack_into(order + "I", exif, pos + 8, value)
@@ -785,20 +799,17 @@ def _patch_exif(exif: memoryview, width: int, height: int, swap: bool) -> None:
         return
 
 
-# EXIF/TIFF integer types by code: BYTE, SHORT, LONG, SBYTE, SSHORT, SLONG.
-_INTEGER_FORMATS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i"}
+_SHORT = 3  # the EXIF/TIFF type code of an unsigned 16-bit value
 
 
 def _ifd_entries(exif: memoryview, order: str, offset: int):
-    """(position, tag, type) of each one-value entry of the IFD at ``offset``."""
-    count = struct.unpack_from(order + "H", exif, offset)[0]
-    for i in range(count):
+    """(position, tag, type, count) of each entry of the IFD at ``offset``."""
+    entries = struct.unpack_from(order + "H", exif, offset)[0]
+    for i in range(entries):
         pos = offset + 2 + 12 * i
         if pos + 12 > len(exif):
             return
-        tag, kind, n = struct.unpack_from(order + "HHI", exif, pos)
-        if n == 1:
-            yield pos, tag, kind
+        yield pos, *struct.unpack_from(order + "HHI", exif, pos)
 
 
 _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)[2-8]')

@@ -135,6 +135,22 @@ def make_corpus(out: Path, photos: int = 4, large: int = 1, tiny: int = 16) -> P
     return out
 
 
+def exif_block(entries: list[tuple[int, int, int, bytes]], order: str = "<") -> bytes:
+    """A raw EXIF block (``Exif\\0\\0`` + TIFF header + IFD0) holding exactly ``entries``: (tag, type, count,
+    the values' bytes), in the order given, values over four bytes stored after the IFD. Pillow's writer
+    normalises what it writes; this writes malformed tags (wrong counts, types, repeated tags) as cameras
+    and editors sometimes do."""
+    header = (b"II" if order == "<" else b"MM") + struct.pack(order + "HI", 42, 8)
+    data_at = 8 + 2 + 12 * len(entries) + 4
+    ifd, extra = struct.pack(order + "H", len(entries)), b""
+    for tag, kind, count, raw in entries:
+        value = raw.ljust(4, b"\0") if len(raw) <= 4 else struct.pack(order + "I", data_at + len(extra))
+        if len(raw) > 4:
+            extra += raw
+        ifd += struct.pack(order + "HHI", tag, kind, count) + value
+    return b"Exif\x00\x00" + header + ifd + struct.pack(order + "I", 0) + extra
+
+
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
     """``img`` saved as ``fmt``, as bytes."""
     buf = io.BytesIO()
