@@ -31,27 +31,22 @@ def run(manifest: Path, out: Path, target: str, *extra: str, timeout: float = 12
     return wall, json.loads((out / "run.json").read_text())
 
 
-def test_defaults_behind_one_name_keep_the_fleet_busy(tmp_path: Path, record_property) -> None:
-    """Three workers 25 ms away behind one DNS name: the defaults reach >= 0.8x a hand-tuned --concurrency 48"""
+def test_defaults_behind_one_name_adapt_up_and_use_every_worker(tmp_path: Path, record_property) -> None:
+    """Three workers 25 ms away behind one DNS name, no --concurrency: the limit in flight grows past its start
+    (8 per address) and every worker answers. How close the defaults come to a hand-tuned limit is a speed, so
+    bench/bench_fleet.py measures it, not this test."""
     manifest = make_batch(tmp_path, 3000, size=16)
     port = free_port()
     hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
     with dns_server() as (records, dns_port), stand_ins(hosts, port, DELAY, tmp_path):
         records.addresses = hosts
-        target = f"dns://127.0.0.1:{dns_port}/{FLEET_NAME}:{port}"
-        tuned, default = [], []
-        for i in range(2):  # interleaved, best of two each: the machine is shared and noisy
-            tuned.append(run(manifest, tmp_path / f"tuned{i}", target, "--concurrency", "48")[0])
-            wall, info = run(manifest, tmp_path / f"default{i}", target)
-            default.append(wall)
-    tuned, default = min(tuned), min(default)
-    ratio = tuned / default
-    record_property("expected", "defaults >= 0.8x the rows/s of --concurrency 48")
-    record_property("observed", f"--concurrency 48: {3000 / tuned:.0f} rows/s; defaults: {3000 / default:.0f} "
-                                f"rows/s ({ratio:.2f}x), limit peaked at {info['settings']['concurrency_peak']}; "
+        _, info = run(manifest, tmp_path / "out", f"dns://127.0.0.1:{dns_port}/{FLEET_NAME}:{port}")
+    settings = info["settings"]
+    record_property("observed", f"limit peaked at {settings['concurrency_peak']}; "
                                 f"answered per worker {sorted(info['workers']['answered'].values())}")
-    assert ratio >= 0.8
-    assert len({w.split("/")[0] for w in info["workers"]["answered"]}) == 3
+    assert settings["concurrency_adaptive"] is True
+    assert settings["concurrency_peak"] > 8 * len(hosts)
+    assert len({w.split("/")[0] for w in info["workers"]["answered"]}) == len(hosts)
 
 
 def test_a_worker_that_joins_the_name_mid_run_gets_calls(tmp_path: Path, record_property) -> None:
