@@ -115,13 +115,25 @@ class RunIndex:
             after = chunk[-1][0]
         return renamed
 
-    def scan(self) -> Iterator[Scanned]:
+    def stores(self) -> set[str]:
+        """The object stores (canonical schemes) the manifest's inputs and outputs are on."""
+        found = self.db.execute(
+            "SELECT DISTINCT substr(p, 1, instr(p, '://') - 1) FROM (SELECT input_path AS p FROM rows "
+            "UNION SELECT output_path FROM rows) WHERE instr(p, '://') > 0").fetchall()
+        return {scheme for (scheme,) in found}
+
+    def earlier_outputs_on(self, scheme: str) -> int:
+        """Rows an earlier run did whose outputs are on the store ``scheme``: what a resume checks there."""
+        return self.db.execute("SELECT count(*) FROM rows r JOIN prev p ON p.id = r.id WHERE p.status = 'ok' "
+                               "AND r.output_path LIKE ? || '://%'", (scheme,)).fetchone()[0]
+
+    def scan(self, unchecked: frozenset[str] = frozenset()) -> Iterator[Scanned]:
         """Each row in manifest order with its outcome when it is settled without a call (the row is invalid,
         its output would overwrite an input or another row's output, or an earlier run did it), else None;
         and, for exact duplicates (same input, rotation and output), which row leads them.
 
         One query per chunk of rows (three look-ups per row cost more than the row's own SQL work), so a
-        cursor never spans the writes of a run.
+        cursor never spans the writes of a run. Earlier outputs on a store in ``unchecked`` count as gone.
         """
         prev_cols = ", ".join(f'p."{c}"' for c in COLUMNS)
         fields = ", ".join(f"r.{f}" for f in _ROW_FIELDS)
@@ -144,7 +156,7 @@ class RunIndex:
                 problem = row.error or (facts.conflict(row) if row.output_path is not None and not leader else None)
                 if problem:
                     yield Scanned(row, Outcome(ERROR, error=problem), followed=followed)
-                elif already_done(row, previous):
+                elif already_done(row, previous, unchecked):
                     yield Scanned(row, Outcome.done_before(previous), followed=followed)
                 else:
                     yield Scanned(row, None, leader, followed)

@@ -144,9 +144,10 @@ def _int(text: str) -> int | None:
     return int(text) if text else None
 
 
-def already_done(row, previous: dict[str, str] | None) -> bool:
+def already_done(row, previous: dict[str, str] | None, unchecked: frozenset[str] = frozenset()) -> bool:
     """Resume: an earlier ``ok`` result for the same id, path, op and rotation whose output still exists
-    (for a URI: the object, asked of its store)."""
+    (for a URI: the object, asked of its store; never done for a store in ``unchecked``, which the driver
+    cannot ask)."""
     if not previous or previous["status"] != OK or row.error:
         return False
     if (previous["path"], previous["op"]) != (row.path, row.op):
@@ -156,7 +157,8 @@ def already_done(row, previous: dict[str, str] | None) -> bool:
     return (
         previous["rotation"] == row.rotation
         and previous["output"] == str(row.output_path)
-        and (object_exists(row.output_path) if isinstance(row.output_path, Uri) else os.path.isfile(previous["output"]))
+        and (row.output_path.scheme not in unchecked and object_exists(row.output_path)
+             if isinstance(row.output_path, Uri) else os.path.isfile(previous["output"]))
     )
 
 

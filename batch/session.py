@@ -23,7 +23,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -51,7 +51,7 @@ from batch.results import (
 )
 from batch.runner import Settings, fan_out
 from batch.shard import Shard, file_sha256, sharer
-from batch.store import is_uri
+from batch.store import credentials_problem, is_uri
 from worker.local import LocalWorker, LocalWorkerError, cpu_count
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -107,9 +107,13 @@ class Summary:
     stopped: str | None = None  # why the run stopped early without a signal
     limit: AdaptiveLimit | None = None  # the calls in flight
     connections: int | None = None
+    warnings: list[str] = field(default_factory=list)  # what the run could not do as asked: shown, and in run.json
+    crashed: int | None = None  # the exit code of an error that ended the run (2: a BatchError)
 
     @property
     def exit_code(self) -> int:
+        if self.crashed is not None:
+            return self.crashed
         if self.signal is not None:
             return 128 + self.signal  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
         return EXIT_FAILED if self.tally.failed or self.stopped else EXIT_OK
@@ -259,6 +263,9 @@ def run_batch(options: RunOptions) -> Summary:
                           f"{' in share ' + str(shard) if shard else ''}: kept at the end of the results table "
                           "(--restart drops them)")
         summary = Summary(progress.tally, table_path(out, options.results_format))
+        unchecked, summary.warnings = _store_access(options, targets, index)
+        for warning in summary.warnings:
+            progress.note(f"batch: warning: {warning}")
         try:
             journal = Journal(journal_path(out, options.results_format))
         except OSError as e:
@@ -266,7 +273,7 @@ def run_batch(options: RunOptions) -> Summary:
         run = Run(index, journal, progress)
         embedded = None
         try:
-            calls = run.calls(index.scan())
+            calls = run.calls(index.scan(unchecked))
             first = next(calls, None)
             read_roots, write_roots = _reference_roots(options, targets, out)
             if first is not None and not targets:
@@ -290,6 +297,12 @@ def run_batch(options: RunOptions) -> Summary:
             summary.signal = asyncio.run(_go(run, first, calls, targets, connections, settings, limit, options))
         except Interrupted as e:  # a signal outside the event loop (the embedded worker starting, say)
             summary.signal = e.signum
+        except BatchError:
+            summary.crashed = 2
+            raise
+        except Exception:
+            summary.crashed = 1  # Python's own exit code for what escapes
+            raise
         finally:
             progress.close()
             if embedded is not None:
@@ -379,6 +392,28 @@ def _stop_signals_raise() -> Iterator[None]:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def _store_access(options: RunOptions, targets: list[str], index: RunIndex) -> tuple[frozenset[str], list[str]]:
+    """The object stores whose earlier outputs a resume cannot check, and a warning for each that has some.
+
+    The driver reads and writes a store's objects itself unless named workers take references (--references):
+    then a store it has no credentials for is a UsageError, before any call; with references, the workers
+    have their own, and only the resume's check that earlier outputs still exist is lost.
+    """
+    unchecked: set[str] = set()
+    warnings: list[str] = []
+    for scheme in sorted(index.stores()):
+        if (problem := credentials_problem(scheme)) is None:
+            continue
+        if not (targets and options.references):
+            raise UsageError(f"{problem}: the driver reads and writes the manifest's {scheme}:// objects itself "
+                             "(or use --references with workers that have credentials of their own)")
+        unchecked.add(scheme)
+        if earlier := index.earlier_outputs_on(scheme):
+            warnings.append(f"cannot check that the {earlier:,} outputs on {scheme}:// of earlier runs still exist "
+                            f"({problem}): those rows run again")
+    return frozenset(unchecked), warnings
 
 
 def _reference_roots(options: RunOptions, targets: list[str], out: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -510,6 +545,7 @@ def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedde
         "interrupted": summary.signal is not None,
         "signal": signal.Signals(summary.signal).name if summary.signal is not None else None,
         "stopped": summary.stopped,
+        "warnings": summary.warnings,
         "exit_code": summary.exit_code,
         "results": str(summary.results),
     }

@@ -22,7 +22,7 @@ from worker.storage import object_exists as exists
 from worker.storage import read_object as read
 from worker.storage import write_object as write
 
-__all__ = ["Uri", "exists", "is_uri", "location", "parse", "read", "require", "write"]
+__all__ = ["Uri", "credentials_problem", "exists", "is_uri", "location", "parse", "read", "require", "write"]
 
 
 class Uri(str):
@@ -67,6 +67,35 @@ def require(scheme: str) -> None:
     if missing := missing_package(scheme):
         package, extra = missing
         raise MissingExtra(f"{scheme}:// needs {package}, which is not installed: pip install 'imagebatch[{extra}]'")
+
+
+def credentials_problem(scheme: str) -> str | None:
+    """What credentials for ``scheme`` (canonical) this process lacks and where they were looked for; None
+    when it has some, or when the store's package cannot tell without a request.
+
+    S3's answer is botocore's own chain (the one s3fs signs with), asked without a request: no credentials
+    found (None), or an exception whose class says what is wrong.
+    """
+    if scheme != "s3":
+        return None
+    import botocore.exceptions
+    import botocore.session
+
+    session = botocore.session.get_session()
+    try:
+        if session.get_credentials() is not None:
+            return None
+        problem = "no S3 credentials"
+    except botocore.exceptions.PartialCredentialsError as e:
+        return (f"incomplete S3 credentials: {e.kwargs['cred_var']} is not set (the rest were found in "
+                f"{e.kwargs['provider']})")
+    except botocore.exceptions.ProfileNotFound as e:
+        problem = f"no S3 profile {e.kwargs['profile']!r} (AWS_PROFILE)"
+    except botocore.exceptions.BotoCoreError as e:  # a config file that does not parse, say: its own words
+        problem = f"cannot load S3 credentials ({e})"
+    return (f"{problem} in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), in "
+            f"{session.get_config_variable('credentials_file')} or {session.get_config_variable('config_file')} "
+            f"(profile {session.profile or 'default'}), or from container or instance metadata")
 
 
 def location(text: str) -> Path | Uri:

@@ -111,18 +111,26 @@ def tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def batch_env() -> dict[str, str]:
-    """The environment for a `batch run` child: no worker named by the caller's $BATCH_WORKER."""
+def batch_env(changes: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The environment for a `batch run` child: no worker named by the caller's $BATCH_WORKER; ``changes`` set
+    (None: removed)."""
     env = dict(os.environ)
     env.pop("BATCH_WORKER", None)
     env["PYTHONUNBUFFERED"] = "1"
+    for name, value in (changes or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     return env
 
 
-def run_batch(*args: str | Path, timeout: float = 120, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """`batch run ARGS…` to completion; stdout and stderr captured as text."""
+def run_batch(*args: str | Path, timeout: float = 120, cwd: Path = ROOT,
+              env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """`batch run ARGS…` to completion, its environment this one's with ``env``'s changes (batch_env); stdout
+    and stderr captured as text."""
     return subprocess.run([*BATCH, "run", *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env=batch_env())
+                          cwd=cwd, env=batch_env(env))
 
 
 def start_batch(*args: str | Path, log: Path) -> subprocess.Popen:

@@ -1,12 +1,15 @@
 """A real S3-compatible server on loopback: moto's server mode, as s3fs's own suite uses it, never a mocked client.
 
 The driver and the workers reach it the way they reach any S3, through the standard environment
-(``AWS_ENDPOINT_URL`` and the key pair), which ``s3_server`` sets for this process and so for every child.
+(``AWS_ENDPOINT_URL`` and the key pair), which ``s3_server`` sets for this process and so for every child. No
+developer's own AWS configuration is consulted (empty config and credentials files), and never the instance
+metadata service (off loopback).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,7 +49,10 @@ def s3_server() -> Iterator[S3]:
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1"}
     try:
-        with pytest.MonkeyPatch.context() as patch:
+        with pytest.MonkeyPatch.context() as patch, tempfile.NamedTemporaryFile(prefix="aws-empty-") as empty:
+            for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+                patch.setenv(name, empty.name)
+            patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
             for name, value in env.items():
                 patch.setenv(name, value)
             for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):  # a developer's own must not reach the test server
