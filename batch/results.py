@@ -273,10 +273,17 @@ def _typed(r: dict[str, str]) -> dict:
     return typed
 
 
-def write_run_info(out_dir: Path, info: dict) -> None:
-    """run.json, replaced atomically (a report reading it while a run ends sees the old or the new one)."""
+def write_run_info(out_dir: Path, leg: dict) -> None:
+    """Add ``leg`` (one `batch run` into ``out_dir``) to run.json, replaced atomically (a report reading it while
+    a run ends sees the old or the new one).
+
+    run.json keeps every leg, oldest first, under ``legs``: a resumed run, or one with nothing left to do, must
+    not erase what the earlier ones recorded. Its top level repeats the newest leg, the shape run.json had
+    before it kept legs, for scripts that read ``counts`` or ``exit_code``.
+    """
+    earlier, _ = read_run_info(out_dir)
     with atomic_file(out_dir / RUN_NAME, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=2)
+        json.dump({**leg, "legs": [*run_legs(earlier), leg]}, f, indent=2)
         f.write("\n")
 
 
@@ -416,3 +423,11 @@ def read_run_info(folder: Path) -> tuple[dict, list[str]]:
     if not isinstance(data, dict):
         return {}, [f"{path.name} is not a JSON object: run details unknown"]
     return data, []
+
+
+def run_legs(info: dict) -> list[dict]:
+    """Every leg run.json records, oldest first; a run.json written before legs were kept is one leg."""
+    legs = info.get("legs")
+    if isinstance(legs, list):
+        return [leg for leg in legs if isinstance(leg, dict)]
+    return [info] if info else []

@@ -38,6 +38,7 @@ from batch.progress import Progress, Tally
 from batch.results import (
     INDEX_NAME,
     LOCK_NAME,
+    RUN_NAME,
     WORKER_LOG_NAME,
     Journal,
     Outcome,
@@ -253,6 +254,7 @@ def run_batch(options: RunOptions) -> Summary:
         if options.restart:
             for path in reader.files:
                 path.unlink()
+            (out / RUN_NAME).unlink(missing_ok=True)  # its legs describe the rows just dropped
         else:
             index.add_previous(reader.rows())
         progress = Progress(Tally(rows=total), options.progress)

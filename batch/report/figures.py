@@ -1,4 +1,4 @@
-"""The report's figures as plain, JSON-ready data: one function from a results folder to a dict.
+"""The report's figures as plain, JSON-ready data: one function from results folders to a dict.
 
 The terminal, JSON and HTML renderings all draw from this one dict, so they
 can never disagree about a number.
@@ -6,104 +6,19 @@ can never disagree about a number.
 
 from __future__ import annotations
 
-import math
 import re
-import shlex
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from batch.report.runs import num as _num
+from batch.report.runs import run_summary
 from batch.report.table import Results
 
 TOP_ERRORS = 10
 TOP_SLOWEST = 10
 PERCENTILES = (50, 90, 99)
-
-
-def _num(value: float | int | None, digits: int = 1) -> float | int | None:
-    """A JSON-safe number: NaN becomes None, floats are rounded for reading."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return None
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    return round(float(value), digits)
-
-
-def _parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-# run.json is read as data that may be damaged or hand-edited: a value of the wrong type reads as unknown.
-
-
-def _command(run: dict) -> str | None:
-    command = run.get("command")
-    return shlex.join(str(part) for part in command) if isinstance(command, list) else None
-
-
-def _workers(run: dict) -> str | None:
-    """run.json's workers as one line: the targets, or the embedded worker and its processes."""
-    workers = run.get("workers")
-    if not isinstance(workers, dict):
-        return None
-    targets = ", ".join(map(str, workers.get("targets") or []))
-    if workers.get("embedded"):
-        return f"embedded worker ({workers.get('embedded_processes')} processes) at {targets}"
-    return targets or None
-
-
-def _versions(run: dict) -> str | None:
-    versions = run.get("versions")
-    if not isinstance(versions, dict):
-        return None
-    return ", ".join(f"{name} {', '.join(map(str, value)) or '-' if isinstance(value, list) else value}"
-                     for name, value in versions.items())
-
-
-def run_summary(results: Results) -> dict:
-    """What ran and when: from run.json where it says (and is current), else from the table's timestamps."""
-    run = {} if results.run_stale else results.run
-    rows = results.rows
-    finished = rows["finished_at"].dropna()
-    started = _parse_time(run.get("started_at"))
-    ended = _parse_time(run.get("finished_at"))
-    last_row = finished.max().to_pydatetime() if len(finished) else None
-    begin = started or (finished.min().to_pydatetime() if len(finished) else None)
-    end = ended or last_row
-    duration = (end - begin).total_seconds() if begin and end else None
-    # Rows finished by this run: a resumed run's table also holds rows an earlier run finished.
-    this_run = int((finished >= pd.Timestamp(begin)).sum()) if begin else len(rows)
-    counts = run.get("counts") if isinstance(run.get("counts"), dict) else {}
-    expected = counts.get("rows")
-    if run.get("interrupted"):
-        state = "interrupted"
-    elif ended is not None:
-        state = "finished"
-    else:
-        state = "running or killed"
-    return {
-        "folder": str(results.folder),
-        "table": results.table_path.name,
-        "command": _command(run),
-        "manifest": run.get("manifest") or None,
-        "state": state,
-        "complete": state == "finished",
-        "started_at": begin.isoformat() if begin else None,
-        "finished_at": end.isoformat() if end else None,
-        "duration_s": _num(duration, 3),
-        "rows_this_run": this_run,
-        "expected_rows": int(expected) if isinstance(expected, (int, float)) else None,
-        "workers": _workers(run),
-        "versions": _versions(run),
-    }
 
 
 def row_counts(rows: pd.DataFrame) -> dict:
@@ -141,7 +56,7 @@ def latency(rows: pd.DataFrame, run: dict) -> dict:
     out["max_ms"] = _num(values.max()) if values.size else None
     out["mean_ms"] = _num(values.mean()) if values.size else None
     duration = run["duration_s"]
-    out["rows_per_s"] = _num(run["rows_this_run"] / duration, 2) if duration else None
+    out["rows_per_s"] = _num(run["rows_run"] / duration, 2) if duration else None
     return out
 
 
@@ -216,9 +131,10 @@ def slowest(rows: pd.DataFrame, top: int = TOP_SLOWEST) -> list[dict]:
 def compute(results: Results) -> dict:
     """Every figure of the report, as a JSON-ready dict."""
     rows = results.rows
-    run = run_summary(results)
+    run, shards, warnings = run_summary(results)
     return {
         "run": run,
+        "shards": shards,
         "rows": row_counts(rows),
         "labels": label_counts(rows),
         "latency": latency(rows, run),
@@ -226,6 +142,6 @@ def compute(results: Results) -> dict:
         "workers": per_worker(rows),
         "errors": common_errors(rows),
         "slowest": slowest(rows),
-        "warnings": list(results.warnings),
+        "warnings": [*results.warnings, *warnings],
         "missing_columns": list(results.missing_columns),
     }

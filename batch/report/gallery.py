@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batch.report.table import Results, locate_input, locate_output
-from batch.report.thumbs import ThumbnailError, thumbnail
+from batch.report.thumbs import ThumbnailError, orientation, thumbnail
 
 ROTATE_CAP = 24
 LABELS_CAP = 12
@@ -24,6 +24,7 @@ class Thumb:
 
     uri: str | None
     problem: str | None = None
+    orientation: int = 1  # the file's EXIF orientation (shown when the thumbnail is of the stored pixels)
 
 
 @dataclass
@@ -56,8 +57,9 @@ def parse_faces(text: str) -> list[dict]:
     return out
 
 
-def make_thumb(path: Path, boxes: list[list[float]] = ()) -> Thumb:
-    """A data: URI of ``path``'s thumbnail, or why it could not be made."""
+def make_thumb(path: Path, boxes: list[list[float]] = (), stored: bool = False) -> Thumb:
+    """A data: URI of ``path``'s thumbnail (``stored``: its pixels as stored, see ``thumbnail``), or why it could
+    not be made."""
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             return Thumb(None, f"file over {MAX_FILE_BYTES // 2**20} MiB")
@@ -65,10 +67,10 @@ def make_thumb(path: Path, boxes: list[list[float]] = ()) -> Thumb:
     except OSError as err:
         return Thumb(None, f"cannot read file: {err.strerror or err}")
     try:
-        jpeg = thumbnail(data, boxes=boxes)
+        jpeg = thumbnail(data, boxes=boxes, stored=stored)
     except ThumbnailError as err:
         return Thumb(None, str(err))
-    return Thumb("data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii"))
+    return Thumb("data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii"), orientation=orientation(data))
 
 
 def collect(results: Results) -> Galleries:
@@ -80,10 +82,13 @@ def collect(results: Results) -> Galleries:
     rotated = rows[(rows["op"] == "rotate") & (rows["status"] == "ok")]
     g.rotated_total = len(rotated)
     for r in rotated.head(ROTATE_CAP).itertuples(index=False):
+        part = results.parts[r.part]
         g.rotated.append({
-            "id": r.id, "path": r.path, "output": r.output, "rotation": r.rotation,
-            "before": make_thumb(locate_input(results, r.path)),
-            "after": make_thumb(locate_output(results, r.output)) if r.output else Thumb(None, "no output"),
+            "id": r.id, "path": r.path, "output": r.output, "rotation": r.rotation, "turned": r.turned,
+            "decided_by": r.decided_by,
+            # The input as stored (its pixels, before any EXIF orientation) beside the output as written.
+            "before": make_thumb(locate_input(part, r.path), stored=True),
+            "after": make_thumb(locate_output(part, r.output)) if r.output else Thumb(None, "no output"),
         })
 
     classified = rows[(rows["op"] == "classify") & (rows["status"] == "ok")]
@@ -97,7 +102,7 @@ def collect(results: Results) -> Galleries:
             faces = parse_faces(r.faces)
             items.append({
                 "id": r.id, "path": r.path, "confidence": r.confidence, "faces": faces,
-                "thumb": make_thumb(locate_input(results, r.path), [f["box"] for f in faces]),
+                "thumb": make_thumb(locate_input(results.parts[r.part], r.path), [f["box"] for f in faces]),
             })
         g.by_label.append({"label": label, "count": int(count), "items": items})
     g.caps["labels_total"] = len(labels)

@@ -12,7 +12,7 @@ from html import escape
 
 from batch.report import charts
 from batch.report.gallery import Galleries, Thumb
-from batch.report.terminal import incomplete_note, when
+from batch.report.terminal import incomplete_notes, when
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
@@ -65,7 +65,8 @@ def _cards(fig: dict) -> str:
         ("latency p50", _n(lat["p50_ms"], " ms"), ""),
         ("latency p99", _n(lat["p99_ms"], " ms"), ""),
         ("throughput", _n(lat["rows_per_s"], " rows/s", 2), ""),
-        ("duration", _n(run["duration_s"], " s"), ""),
+        ("time running", _n(run["duration_s"], " s"), ""),
+        ("legs", _n(len(run["legs"])), ""),
         ("workers", _n(len(fig["workers"])), ""),
     ]
     return '<div class="cards">' + "".join(
@@ -85,8 +86,7 @@ def _header(fig: dict) -> str:
     out = ["<h1>imagebatch run report</h1><table>"]
     out += [f"<tr><th>{k}</th><td><code>{escape(str(v))}</code></td></tr>" for k, v in facts if v]
     out.append("</table>")
-    note = incomplete_note(fig)
-    if note:
+    for note in incomplete_notes(fig):
         head, _, rest = note.partition(":")
         out.append(f'<div class="banner"><b>{escape(head.capitalize())}.</b>{escape(rest)}</div>')
     out += [f'<div class="warn">{escape(w)}</div>' for w in fig["warnings"]]
@@ -100,6 +100,41 @@ def _table(head: list[str], rows: list[list[str]], numeric: set[int] = frozenset
     for row in rows:
         out.append("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(row)) + "</tr>")
     return "".join(out) + "</table>"
+
+
+def _legs(fig: dict) -> str:
+    """Every leg of every folder, and which shards are missing: a run, each resume, each shard."""
+    shards = fig["shards"]
+    about = {f["folder"]: f for f in shards["folders"]} if shards else {}
+    rows = []
+    for leg in fig["run"]["legs"]:
+        shard = about.get(leg["folder"], {})
+        state = leg["state"] + (f" ({leg['signal']})" if leg["signal"] else "")
+        if leg["stopped"]:
+            state += f": {leg['stopped']}"
+        started = when(leg["started_at"]) or "–"
+        rows.append([
+            f"<code>{escape(leg['folder'])}</code>",
+            escape(f"{shard['index']}/{shard['count']}" if shard.get("index") is not None else "–"),
+            escape(started if leg["recorded"] else f"{started} (first row; not recorded yet)"),
+            _n(leg["duration_s"], " s"), _n(leg["rows_run"]), _n(leg["skipped"]), escape(state),
+            f"<code>{escape(leg['workers'] or '–')}</code>",
+        ])
+    out = ["<h2>Legs</h2><p class=note>Each <code>batch run</code> into a folder: the first run, each resume, "
+           "each shard. The totals above are over all of them.</p>",
+           _table(["folder", "shard", "started", "time", "rows run", "skipped", "state", "workers"], rows,
+                  {3, 4, 5})]
+    if shards:
+        done = [
+            [escape(str(f["index"]) if f["index"] is not None else "–"), f"<code>{escape(f['folder'])}</code>",
+             _n(f["rows"]), _n(f["shard_rows"]), escape(f["state"]), "yes" if f["complete"] else "<b>no</b>"]
+            for f in shards["folders"]
+        ]
+        done += [[escape(str(i)), "<b>missing</b>", "–", "–", "–", "<b>no</b>"] for i in shards["missing"]]
+        count = f" of {shards['count']}" if shards["count"] else ""
+        out.append(f"<h3>Shards{escape(count)}</h3>"
+                   + _table(["shard", "folder", "rows", "shard rows", "state", "complete"], done, {2, 3}))
+    return "".join(out)
 
 
 def _labels(fig: dict) -> str:
@@ -134,14 +169,23 @@ def _rotated(g: Galleries) -> str:
         return out[0] + "<p>No successful rotate rows.</p>"
     out.append(
         f"<p class=note>Before and after for the first {len(g.rotated):,} of {g.rotated_total:,} "
-        f"successful rotate rows (the gallery is capped at {g.caps['rotated']}).</p><div class=gallery>"
+        f"successful rotate rows (the gallery is capped at {g.caps['rotated']}). Left, the input as stored: its "
+        "pixels before any EXIF orientation, which a viewer would apply. Right, the output.</p><div class=gallery>"
     )
     for item in g.rotated:
-        rotation = "" if item["rotation"] != item["rotation"] else f" · {item['rotation']:g}°"
+        facts = [f"id {item['id']}"]
+        if item["rotation"]:
+            decided = f" (by {item['decided_by']})" if item["decided_by"] else ""
+            facts.append(f"rotation {item['rotation']}{decided}")
+        if item["turned"] == item["turned"] and item["turned"] is not None:  # not NaN: the worker said
+            facts.append(f"turned {item['turned']:g}°")
+        if item["before"].orientation != 1:
+            facts.append(f"stored with EXIF orientation {item['before'].orientation}")
         out.append(
             '<figure class="pair"><div class="imgs">'
-            + _thumb(item["before"], "before: " + item["path"]) + _thumb(item["after"], "after: " + item["output"])
-            + f"</div><figcaption>id {escape(item['id'])}{escape(rotation)}<br>"
+            + _thumb(item["before"], "before, as stored: " + item["path"])
+            + _thumb(item["after"], "after: " + item["output"])
+            + f"</div><figcaption>{escape(' · '.join(facts))}<br>"
             f"<code>{escape(item['path'])}</code></figcaption></figure>"
         )
     return "".join(out) + "</div>"
@@ -216,7 +260,7 @@ def render(fig: dict, galleries: Galleries) -> str:
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="referrer" content="no-referrer">'
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-        + _header(fig) + _cards(fig) + _labels(fig) + _latency(fig)
+        + _header(fig) + _cards(fig) + _legs(fig) + _labels(fig) + _latency(fig)
         + _rotated(galleries) + _classified(galleries) + _failed(fig, galleries) + _slowest(fig)
         + "</body></html>\n"
     )

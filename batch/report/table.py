@@ -1,8 +1,10 @@
-"""A results folder as the report sees it: the rows (typed, one per id) and run.json.
+"""Results folders as the report sees them: the rows (typed, one per id) and each folder's run.json legs.
 
-Reading the table is ``batch.results.TableReader``'s job, with the policy
+Reading a table is ``batch.results.TableReader``'s job, with the policy
 resume uses too (what is dropped and why); this module only turns its rows
-into a typed frame and keeps the newest row per id.
+into a typed frame and keeps the newest row per id. Several folders (the
+shards of one manifest) read as one table, each row remembering its folder
+(the ``part`` column) so that its relative paths resolve where they belong.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from batch.errors import BatchError
-from batch.results import COLUMNS, RUN_NAME, TABLE_NAMES, TableReader, read_run_info
+from batch.results import COLUMNS, RUN_NAME, TABLE_NAMES, TableReader, read_run_info, run_legs
 
-NUMERIC = ("rotation", "turned", "width", "height", "confidence", "attempts", "latency_ms")
+# ``rotation`` stays text: it holds "auto" as well as degrees.
+NUMERIC = ("turned", "width", "height", "confidence", "attempts", "latency_ms")
+PART = "part"  # which folder of the report a row is from: its index in Results.parts
 
 
 class ReportError(BatchError):
@@ -23,22 +27,63 @@ class ReportError(BatchError):
 
 
 @dataclass
-class Results:
-    """One results folder, read: the rows (one per id) and what run.json says."""
+class Part:
+    """One results folder: its newest table file and what its run.json says."""
 
     folder: Path
     table_path: Path
-    rows: pd.DataFrame
-    run: dict
-    warnings: list[str] = field(default_factory=list)
-    missing_columns: list[str] = field(default_factory=list)
-    # run.json is written when a run ends; a table newer than it belongs to a later (resumed) run still going.
+    run: dict  # run.json as read: its top level is the newest leg
+    legs: list[dict]
+    rows: int = 0  # in the table, one per id
+    # run.json is written when a leg ends; a table newer than it belongs to a later leg still going (or killed).
     run_stale: bool = False
 
 
-def load(folder: str | Path) -> Results:
-    """Read ``folder``'s results table(s) and run.json; raise ReportError or ResultsError saying why not."""
-    folder = Path(folder)
+@dataclass
+class Results:
+    """One or several results folders, read: the rows (one per id, ``part`` naming the folder) and the parts."""
+
+    parts: list[Part]
+    rows: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    missing_columns: list[str] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return self.parts[0].folder
+
+
+def load(*folders: str | Path) -> Results:
+    """Read each folder's results table(s) and run.json; raise ReportError or ResultsError saying why not."""
+    if not folders:
+        raise ReportError("no results folder given")
+    parts, frames, notes, missing = [], [], [], []
+    seen: dict[Path, Path] = {}
+    for number, given in enumerate(folders):
+        folder = Path(given)
+        if folder.resolve() in seen:
+            raise ReportError(f"{folder} is given twice (as {seen[folder.resolve()]} too)")
+        seen[folder.resolve()] = folder
+        part, frame, part_notes, part_missing = _load_one(folder)
+        frame[PART] = number
+        parts.append(part)
+        frames.append(frame)
+        prefix = f"{folder}: " if len(folders) > 1 else ""
+        notes += [prefix + note for note in part_notes]
+        missing += [c for c in part_missing if c not in missing]
+    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if len(parts) > 1:
+        twice = rows["id"].duplicated(keep="last")
+        if twice.any():
+            ids = rows.loc[twice, "id"].unique()
+            shown = ", ".join(map(repr, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+            notes.append(f"{len(ids)} id(s) are in more than one folder ({shown}): the last folder's row counts; "
+                         "are these the shards of one manifest?")
+            rows = rows[~twice].reset_index(drop=True)
+    return Results(parts, _typed(rows, missing), notes, missing)
+
+
+def _load_one(folder: Path) -> tuple[Part, pd.DataFrame, list[str], list[str]]:
     if not folder.is_dir():
         raise ReportError(f"{folder} is not a folder")
     reader = TableReader(folder)
@@ -56,9 +101,9 @@ def load(folder: str | Path) -> Results:
     newest = reader.files[-1]
     stale = bool(run) and newest.stat().st_mtime_ns > (folder / RUN_NAME).stat().st_mtime_ns
     if stale:
-        notes.append("run.json is older than the results table: it describes an earlier run, "
-                     "and a resumed run is still going or was killed")
-    return Results(folder, newest, _typed(rows, reader.missing), run, notes, reader.missing, stale)
+        notes.append("run.json is older than the results table: a later run into this folder is still going "
+                     "or was killed (its rows are counted, its details are not recorded yet)")
+    return Part(folder, newest, run, run_legs(run), len(rows), stale), rows, notes, reader.missing
 
 
 def _typed(frame: pd.DataFrame, missing: list[str]) -> pd.DataFrame:
@@ -70,20 +115,20 @@ def _typed(frame: pd.DataFrame, missing: list[str]) -> pd.DataFrame:
     return frame
 
 
-def locate_input(results: Results, path: str) -> Path:
-    """Where an input ``path`` of the table is: relative paths are relative to the manifest's folder."""
+def locate_input(part: Part, path: str) -> Path:
+    """Where an input ``path`` of ``part``'s table is: relative paths are relative to the manifest's folder."""
     p = Path(path)
     if p.is_absolute():
         return p
-    manifest = results.run.get("manifest")
+    manifest = part.run.get("manifest")
     if isinstance(manifest, str) and manifest:
         return Path(manifest).parent / p
     return p
 
 
-def locate_output(results: Results, output: str) -> Path:
-    """Where a rotated ``output`` of the table is: relative paths are relative to the results folder."""
+def locate_output(part: Part, output: str) -> Path:
+    """Where a rotated ``output`` of ``part``'s table is: relative paths are relative to its results folder."""
     p = Path(output)
     if p.is_absolute():
         return p
-    return results.folder / p
+    return part.folder / p

@@ -29,16 +29,31 @@ def _section(title: str) -> list[str]:
     return ["", title, "─" * min(len(title), WIDTH)]
 
 
-def incomplete_note(fig: dict) -> str | None:
-    """One sentence for a run that did not finish (or a table without a current run.json)."""
-    run = fig["run"]
-    if run["complete"]:
-        return None
+def incomplete_notes(fig: dict) -> list[str]:
+    """A sentence for each reason the report is not of a whole finished run, each beginning with a word in
+    capitals and a colon."""
+    run, shards = fig["run"], fig["shards"]
     of = f" of {run['expected_rows']:,}" if run["expected_rows"] is not None else ""
     done = f"{fig['rows']['total']:,}{of} rows"
+    notes = []
+    if shards and shards["missing"]:
+        missing = ", ".join(map(str, shards["missing"]))
+        notes.append(f"MISSING SHARDS: shard {missing} of {shards['count']} is not among the folders; "
+                     f"the report covers the {done} of the others.")
+    if shards and shards["unfinished"]:
+        states = {f["folder"]: f["state"] for f in shards["folders"]}
+        listed = "; ".join(f"{folder} ({states[folder]})" for folder in shards["unfinished"])
+        notes.append(f"UNFINISHED SHARDS: {listed}; run the same command again for each.")
     if run["state"] == "interrupted":
-        return f"INTERRUPTED: the report shows the {done} finished; run the same command again to finish."
-    return f"INCOMPLETE: no current run.json, the run is still going or was killed; {done} finished so far."
+        notes.append(f"INTERRUPTED: the report shows the {done} finished; run the same command again to finish.")
+    elif run["state"] == "stopped":
+        reasons = "; ".join(dict.fromkeys(leg["stopped"] for leg in run["legs"] if leg["stopped"]))
+        notes.append(f"STOPPED: {reasons}; the report shows the {done} finished; run the same command again "
+                     "once workers are up.")
+    elif run["state"] != "finished":
+        notes.append(f"INCOMPLETE: a run is still going or was killed (no current run.json); {done} finished "
+                     "so far.")
+    return notes
 
 
 def when(iso: str | None) -> str | None:
@@ -69,13 +84,43 @@ def _run_lines(fig: dict) -> list[str]:
     add("Started", when(run["started_at"]))
     ended = when(run["finished_at"])
     if run["duration_s"] is not None and ended:
-        ended = f"{ended} ({run['duration_s']:,.1f} s)"
+        legs = len(run["legs"])
+        ended += f" ({run['duration_s']:,.1f} s running" + (f", {legs} legs)" if legs > 1 else ")")
     add("Finished" if run["complete"] else "Last row", ended)
     add("Workers", run["workers"])
     add("Versions", run["versions"])
-    note = incomplete_note(fig)
-    if note:
+    for note in incomplete_notes(fig):
         lines += textwrap.wrap(note, WIDTH)
+    return lines
+
+
+def _leg_lines(fig: dict) -> list[str]:
+    """Every leg, grouped by folder when there are several: a run, each resume, each shard."""
+    run, shards = fig["run"], fig["shards"]
+    if len(run["legs"]) < 2 and not shards:
+        return []
+    lines = _section("Legs (each `batch run` into a folder)")
+    lines.append(f"  {'started':<24}{'time':>10}{'rows run':>10}{'skipped':>9}  state")
+    by_folder: dict[str, list[dict]] = {}
+    for leg in run["legs"]:
+        by_folder.setdefault(leg["folder"], []).append(leg)
+    about = {f["folder"]: f for f in shards["folders"]} if shards else {}
+    for folder, legs in by_folder.items():
+        if len(by_folder) > 1 or shards:
+            shard = about.get(folder, {})
+            head = (f"shard {shard['index']}/{shard['count']}: " if shard.get("index") is not None else "")
+            rows = f"{shard['rows']:,}" + (f" of {shard['shard_rows']:,}" if shard.get("shard_rows") else "")
+            lines.append(shorten(f"  {head}{folder} ({rows} rows)" if shard else f"  {folder}", WIDTH))
+        for leg in legs:
+            started = when(leg["started_at"]) or "-"
+            if not leg["recorded"]:
+                started = "(first row) " + started[11:] if leg["started_at"] else "-"
+            took = "-" if leg["duration_s"] is None else f"{leg['duration_s']:,.1f} s"
+            skipped = "-" if leg["skipped"] is None else f"{leg['skipped']:,}"
+            state = leg["state"] + (f" ({leg['signal']})" if leg["signal"] else "")
+            lines.append(shorten(f"  {started:<24}{took:>10}{leg['rows_run']:>10,}{skipped:>9}  {state}", WIDTH))
+    if shards and shards["missing"]:
+        lines.append(f"  missing: shard {', '.join(map(str, shards['missing']))} of {shards['count']}")
     return lines
 
 
@@ -110,7 +155,7 @@ def _latency_lines(fig: dict) -> list[str]:
     )
     run = fig["run"]
     if lat["rows_per_s"] is not None:
-        lines.append(f"  throughput {lat['rows_per_s']:,.2f} rows/s ({run['rows_this_run']:,} rows "
+        lines.append(f"  throughput {lat['rows_per_s']:,.2f} rows/s ({run['rows_run']:,} rows run "
                      f"in {run['duration_s']:,.1f} s)")
     return [shorten(line, WIDTH) for line in lines]
 
@@ -165,6 +210,6 @@ def render(fig: dict) -> str:
         # Wrapped, not cut: a warning names the column or line that is the problem.
         clean = re.sub(r"[\x00-\x1f\x7f]+", " ", warning)
         lines += textwrap.wrap(f"warning: {clean}", WIDTH, subsequent_indent="  ", break_long_words=True)
-    for part in (_rows_lines, _label_lines, _latency_lines, _worker_lines, _error_lines, _slow_lines):
+    for part in (_leg_lines, _rows_lines, _label_lines, _latency_lines, _worker_lines, _error_lines, _slow_lines):
         lines += part(fig)
     return "\n".join(line.rstrip() for line in lines) + "\n"

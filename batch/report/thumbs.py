@@ -10,24 +10,28 @@ from PIL import Image, ImageDraw, ImageOps
 SIZE = 160
 QUALITY = 70
 BOX_COLOUR = (255, 64, 32)
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 class ThumbnailError(Exception):
     """The bytes could not be made into a thumbnail (not an image, truncated, too large)."""
 
 
-def thumbnail(data: bytes, size: int = SIZE, boxes: Sequence[Sequence[float]] = ()) -> bytes:
-    """A JPEG at most ``size`` px on its longest side, upright per EXIF, with ``boxes`` drawn.
+def thumbnail(data: bytes, size: int = SIZE, boxes: Sequence[Sequence[float]] = (), stored: bool = False) -> bytes:
+    """A JPEG at most ``size`` px on its longest side, upright per EXIF, with ``boxes`` drawn; with ``stored``,
+    the pixels as the file stores them, EXIF orientation not applied (the "before" of a rotation, which a
+    viewer would otherwise show already turned).
 
     ``boxes`` are (left, top, right, bottom) in pixels of the upright full-size
     image, as the worker reports faces.
     """
     try:
         with Image.open(io.BytesIO(data)) as img:
-            upright_size = _upright_size(img)
+            upright_size = img.size if stored else _upright_size(img)
             # Let the JPEG decoder scale down by 1/2..1/8 while decoding: far less work for big photos.
             img.draft("RGB", (size * 2, size * 2))
-            img = ImageOps.exif_transpose(img)
+            if not stored:
+                img = ImageOps.exif_transpose(img)
             img = img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise ThumbnailError(f"cannot read image: {err}") from err
@@ -51,5 +55,18 @@ def thumbnail(data: bytes, size: int = SIZE, boxes: Sequence[Sequence[float]] = 
 def _upright_size(img: Image.Image) -> tuple[int, int]:
     """Full-resolution size after EXIF orientation, from the header only (call before draft())."""
     width, height = img.size
-    orientation = img.getexif().get(0x0112, 1)
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    return (height, width) if _orientation(img) in (5, 6, 7, 8) else (width, height)
+
+
+def _orientation(img: Image.Image) -> int:
+    value = img.getexif().get(ORIENTATION, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def orientation(data: bytes) -> int:
+    """The EXIF orientation of an image (1 to 8; 1, upright, when it has none or cannot be read)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return _orientation(img)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return 1
