@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import time
 
 DEFAULT_CAP = 128  # calls in flight at most without --concurrency: bytes mode holds each call's image in memory
 SMOOTHING = 0.3  # how far each window moves the limit toward its new estimate (0.2 ramped too slowly for short runs)
@@ -38,6 +39,9 @@ class AdaptiveLimit:
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
         self._window: list[float] = []
         self._long_term: float | None = None
+        # When a call was last answered (or the gate made): a fleet full of other drivers' calls still answers
+        # some of ours, while one that refuses everything does not (batch/runner.py's busy budget).
+        self.last_answer = time.monotonic()
 
     @property
     def current(self) -> int:
@@ -72,6 +76,7 @@ class AdaptiveLimit:
 
     def answered(self, seconds: float) -> None:
         """A call was answered after ``seconds``."""
+        self.last_answer = time.monotonic()
         if not self.adaptive:
             return
         self._window.append(seconds)

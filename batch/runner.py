@@ -55,6 +55,9 @@ class Settings:
     backoff_base: float = 1.0  # first retry waits up to this; doubles each time
     backoff_cap: float = 20.0
     busy_backoff_base: float = 0.05  # the same, after a worker refused a call as busy
+    # Waits after busy refusals stay short: a slot frees within a call's time, and a row that waited long would
+    # lose its turn to rows refused for the first time (drivers sharing a fleet, each refused in turn).
+    busy_backoff_cap: float = 1.0
     out_root: str = "/"  # --out with links resolved: outputs are written only inside it
     # Reference mode: resolved folders under which the worker reads inputs and writes outputs itself.
     read_roots: tuple[str, ...] = ()
@@ -63,23 +66,26 @@ class Settings:
 
     @property
     def busy_budget(self) -> float:
-        """Seconds a row may spend waiting out busy refusals: as long as --retries ordinary retries at most."""
+        """Seconds a row may be refused as busy while no call of the run is answered: as long as --retries
+        ordinary retries at most."""
         return sum(min(self.backoff_cap, self.backoff_base * 2 ** k) for k in range(self.retries))
 
 
-def backoff(retry: int, settings: Settings, base: float | None = None) -> float:
+def backoff(retry: int, settings: Settings, busy: bool = False) -> float:
     """Seconds before retry number ``retry`` (1-based): exponential, capped, with jitter in [1/2, 1] of it.
 
     Defaults (1 s doubling to 20 s, 6 retries) wait 26-51 s in all: a worker restarting within
-    that does not fail a row.
+    that does not fail a row. After busy refusals: 50 ms doubling to 1 s.
     """
-    ceiling = min(settings.backoff_cap, (settings.backoff_base if base is None else base) * 2 ** (retry - 1))
+    base, cap = ((settings.busy_backoff_base, settings.busy_backoff_cap) if busy
+                 else (settings.backoff_base, settings.backoff_cap))
+    ceiling = min(cap, base * 2 ** (retry - 1))
     return ceiling * random.uniform(0.5, 1.0)
 
 
 def busy(error: grpc.aio.AioRpcError, size: int) -> bool:
     """A worker at its in-flight limit (WORKER_BUSY, or gRPC's own cap): a slot frees within milliseconds,
-    so these are retried soon, and more often, until ``Settings.busy_budget`` is spent."""
+    so these are retried soon, and more often, while the fleet answers (``Settings.busy_budget``)."""
     return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not permanent(error, size)
 
 
@@ -298,7 +304,7 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
     source = _reference(row.input_path) if referenced else None
     attempts = 0
     failures = 0  # retryable failures other than busy refusals: at most settings.retries are retried
-    busy_refusals, busy_waited = 0, 0.0
+    busy_refusals, first_refused = 0, 0.0
     while True:
         attempts += 1
         started = time.monotonic()
@@ -327,9 +333,14 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
             if refused := busy(e, len(data)):
                 limit.refused()
                 busy_refusals += 1
-                wait = backoff(busy_refusals, settings, settings.busy_backoff_base)
-                given_up = busy_waited + wait > settings.busy_budget
-                busy_waited += wait
+                wait = backoff(busy_refusals, settings, busy=True)
+                # A full fleet (other drivers' calls, say) answers some of ours: the row waits its turn for as
+                # long as that goes on. Only a fleet that answered none of the run's calls for the busy budget
+                # since this row's first refusal fails it, as overloaded.
+                now = time.monotonic()
+                if busy_refusals == 1:
+                    first_refused = now
+                given_up = now + wait - max(first_refused, limit.last_answer) > settings.busy_budget
             else:
                 failures += 1
                 wait = backoff(failures, settings)

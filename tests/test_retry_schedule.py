@@ -1,9 +1,25 @@
 """The driver's retry schedule (batch.runner): ordinary failures back off from 1 s, busy refusals from 50 ms,
-and a row waits out busy refusals for no longer than --retries ordinary retries would take."""
+doubling to 1 s, and a row waits out busy refusals while the fleet answers, or for no longer than --retries ordinary
+retries would take when it answers nothing."""
 
 from __future__ import annotations
 
-from batch.runner import Settings, backoff
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from batch.channel import Pool
+from batch.concurrency import AdaptiveLimit
+from batch.manifest import Row
+from batch.results import Outcome
+from batch.runner import Settings, backoff, fan_out
+from tests.support.images import jpeg
+from worker.api import imageworker_v1_pb2 as v1
+from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 
 
 def test_ordinary_retries_double_from_one_second_up_to_the_cap_with_jitter():
@@ -15,10 +31,78 @@ def test_ordinary_retries_double_from_one_second_up_to_the_cap_with_jitter():
 
 def test_busy_refusals_are_retried_within_milliseconds_at_first():
     settings = Settings(timeout=1, retries=6)
-    first = [backoff(1, settings, settings.busy_backoff_base) for _ in range(200)]
+    first = [backoff(1, settings, busy=True) for _ in range(200)]
     assert all(0.025 <= w <= 0.05 for w in first)
+    later = [backoff(12, settings, busy=True) for _ in range(200)]
+    assert all(0.5 <= w <= 1 for w in later)  # capped short: a slot frees within a call's time
 
 
 def test_busy_budget_is_what_the_ordinary_retries_would_wait_at_most():
     assert Settings(timeout=1, retries=6).busy_budget == 1 + 2 + 4 + 8 + 16 + 20
     assert Settings(timeout=1, retries=0).busy_budget == 0
+
+
+# --- busy refusals through a real gRPC server in this process ------------------------------------------------
+
+
+class Crowded(v1_grpc.ImageWorkerServicer):
+    """A worker whose slots others' calls hold: rows ``refuse`` are refused as busy for ``seconds`` (for good
+    when None), the rest answered after ``delay``."""
+
+    def __init__(self, refuse: set[str], seconds: float | None, delay: float = 0.02) -> None:
+        self.refuse, self.seconds, self.delay = refuse, seconds, delay
+        self.started = time.monotonic()
+        self.refused: list[float] = []
+
+    async def Rotate(self, request, context):
+        if str(request.degrees) in self.refuse and (
+                self.seconds is None or time.monotonic() - self.started < self.seconds):
+            self.refused.append(time.monotonic())
+            rich = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message="worker busy: test")
+            rich.details.add().Pack(error_details_pb2.ErrorInfo(reason="WORKER_BUSY", domain="imageworker.v1"))
+            await context.abort_with_status(rpc_status.to_status(rich))
+        await asyncio.sleep(self.delay)
+        return v1.RotateResponse(image=request.image, format="JPEG", width=1, height=1, worker="crowded",
+                                 degrees=request.degrees)
+
+
+def rows(folder: Path, degrees: list[int]) -> list[Row]:
+    source = folder / "in.jpg"
+    source.write_bytes(jpeg(16, 16))
+    return [Row(line=i + 2, id=f"r{i}", path="in.jpg", op="rotate", rotation=str(d), output="",
+                input_path=source, degrees=d, output_path=folder / f"out{i}.jpg") for i, d in enumerate(degrees)]
+
+
+async def run_rows(servicer: Crowded, todo: list[Row], settings: Settings) -> dict[str, Outcome]:
+    server = grpc.aio.server()
+    v1_grpc.add_ImageWorkerServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    pool = Pool([f"127.0.0.1:{port}"], 2)
+    outcomes: dict[str, Outcome] = {}
+    try:
+        await pool.connect()
+        servicer.started = time.monotonic()
+        await fan_out(todo, pool, settings, lambda row, outcome: outcomes.__setitem__(row.id, outcome),
+                      AdaptiveLimit(2, 2, adaptive=False))
+    finally:
+        await pool.close()
+        await server.stop(None)
+    return outcomes
+
+
+def test_a_row_refused_while_the_fleet_answers_others_waits_its_turn(tmp_path: Path) -> None:
+    # --retries 1: a busy budget of 1 s; the row is refused for 2 s while the rest of the run goes on.
+    settings = Settings(timeout=5, retries=1, out_root=str(tmp_path))
+    servicer = Crowded({"90"}, seconds=2.0)
+    outcomes = asyncio.run(run_rows(servicer, rows(tmp_path, [90] + [180] * 150), settings))
+    assert all(o.status == "ok" for o in outcomes.values()), outcomes["r0"].error
+    assert outcomes["r0"].attempts == len(servicer.refused) + 1 > 2
+    assert servicer.refused[-1] - servicer.refused[0] > settings.busy_budget  # refused past the budget, not failed
+
+
+def test_a_fleet_that_answers_nothing_fails_the_row_as_overloaded(tmp_path: Path) -> None:
+    settings = Settings(timeout=5, retries=1, out_root=str(tmp_path))
+    outcomes = asyncio.run(run_rows(Crowded({"90"}, seconds=None), rows(tmp_path, [90]), settings))
+    assert outcomes["r0"].status == "error" and outcomes["r0"].gave_up
+    assert outcomes["r0"].error.startswith("worker overloaded after")
