@@ -15,7 +15,9 @@ import re
 from pathlib import Path
 
 from batch.durable import atomic_file
-from batch.results import COLUMNS, TableReader
+from batch.report.api import merged_rows
+from batch.report.table import Results
+from batch.results import COLUMNS
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
@@ -27,15 +29,15 @@ def spreadsheet_cell(text: str) -> str:
     return text
 
 
-def write_spreadsheet_csv(folder: Path, target: Path) -> int:
-    """The newest row per id of ``folder``'s table, every cell made safe, as UTF-8 CSV with a BOM (so that
-    Excel reads it as UTF-8); returns the row count."""
-    newest: dict[str, tuple[str, ...]] = {}
-    for values in TableReader(folder).rows():
-        newest.pop(values[0], None)  # a retried id moves to where its newest row is, as in the report
-        newest[values[0]] = values
+def write_spreadsheet_csv(results: Results, target: Path) -> int:
+    """The newest row per id of the folders' tables (in the manifest's order when there are several), every
+    cell made safe, as UTF-8 CSV with a BOM (so that Excel reads it as UTF-8); returns the row count."""
+    rows, _ = merged_rows(results)
+    count = 0
     with atomic_file(target, "w", newline="", encoding="utf-8-sig") as f:
         writer = csv.writer(f, quoting=csv.QUOTE_ALL)
         writer.writerow(COLUMNS)
-        writer.writerows([spreadsheet_cell(v) for v in values] for values in newest.values())
-    return len(newest)
+        for row in rows:
+            writer.writerow([spreadsheet_cell(row[c]) for c in COLUMNS])
+            count += 1
+    return count

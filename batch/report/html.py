@@ -78,7 +78,8 @@ def _cards(fig: dict) -> str:
 def _header(fig: dict) -> str:
     run = fig["run"]
     facts = [
-        ("Folder", run["folder"]), ("Command", run["command"]), ("Manifest", run["manifest"]),
+        ("Folder" if len(run["folders"]) == 1 else "Folders", run["folder"]), ("Command", run["command"]),
+        ("Manifest", run["manifest"]),
         ("Started", when(run["started_at"])),
         ("Finished" if run["complete"] else "Last row", when(run["finished_at"])),
     ]

@@ -68,7 +68,9 @@ def when(iso: str | None) -> str | None:
 
 def _run_lines(fig: dict) -> list[str]:
     run = fig["run"]
-    lines = [shorten(f"Report on {run['folder']} ({run['table']})", WIDTH)]
+    folders = run["folders"]
+    about = run["folder"] if len(folders) == 1 else f"{len(folders)} results folders (under Legs)"
+    lines = [shorten(f"Report on {about} ({run['table']})", WIDTH)]
     field = 11
 
     def add(name: str, value: object) -> None:
