@@ -279,15 +279,18 @@ def run_batch(options: RunOptions) -> Summary:
             first = next(calls, None)
             read_roots, write_roots = _reference_roots(options, targets, out)
             if first is not None and not targets:
-                embedded = LocalWorker(cpu_count(), out / WORKER_LOG_NAME,
+                # On private Unix sockets: it reads and writes files as we do, for us alone.
+                embedded = LocalWorker(cpu_count(), out / WORKER_LOG_NAME, private=True,
                                        args=("--data-root", *read_roots, "--output-root", *write_roots))
                 try:
-                    targets = grpc_targets([embedded.start()])
+                    embedded.start()
+                    targets = grpc_targets(embedded.addresses)
                 except LocalWorkerError as e:
                     raise BatchError(str(e)) from e  # its message already says what failed
             limit, connections = _defaults(options, targets, embedded)
             summary.limit, summary.connections = limit, connections
-            where = (f"an embedded worker ({embedded.processes} processes at {embedded.address})" if embedded
+            where = (f"an embedded worker ({embedded.processes} processes on private Unix sockets in "
+                     f"{embedded.socket_dir})" if embedded
                      else ", ".join(targets) or "no worker (nothing to run)")
             in_flight = (f"{limit.current} calls in flight, adapting up to {limit.cap}" if limit.adaptive
                          else f"{limit.current} calls in flight")
@@ -435,15 +438,14 @@ def _reference_roots(options: RunOptions, targets: list[str], out: Path) -> tupl
 def _defaults(options: RunOptions, targets: list[str], embedded: LocalWorker | None) -> tuple[AdaptiveLimit, int]:
     """Calls in flight and connections per target when not given.
 
-    Four calls per embedded worker process: with two, a process sometimes
+    Four calls per embedded worker process, on four connections to its socket: with two, a process sometimes
     waited while the single-threaded driver was busy between calls (4 gave
     +6 % on 1920x1080 photos, docs/benchmarks.md); a quarter of the worker's own
     in-flight limit (4 x its 4 threads). For named workers the fleet's size and
     distance are unknown: 8 per address to start with, then adapted to what
     they answer (batch/concurrency.py). An explicit --concurrency is kept as given.
     """
-    connections = options.connections or (max(DEFAULT_CONNECTIONS, 4 * embedded.processes) if embedded
-                                          else DEFAULT_CONNECTIONS)
+    connections = options.connections or (4 if embedded else DEFAULT_CONNECTIONS)
     if options.concurrency:
         return AdaptiveLimit(options.concurrency, options.concurrency, adaptive=False), connections
     if embedded is not None:

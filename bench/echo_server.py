@@ -28,12 +28,12 @@ from worker.errors import Busy
 from worker.server import ServerConfig, bind, new_server, serve, stop_requested
 
 
-def serve_echo(config: ServerConfig, port: int, ready: Callable[[], None]) -> int:
+def serve_echo(config: ServerConfig, address: str, ready: Callable[[], None]) -> int:
     import grpc
 
     from worker.api import imageworker_v1_pb2 as pb
 
-    identity = f"echo:{port}/{os.getpid()}"
+    identity = f"echo:{address.rsplit(':', 1)[1]}/{os.getpid()}"
     admission = Admission(config.in_flight_limit, config.threads)  # the worker's gate, as its servicers use it
 
     def answer(request: pb.RotateRequest) -> pb.RotateResponse:
@@ -55,7 +55,7 @@ def serve_echo(config: ServerConfig, port: int, ready: Callable[[], None]) -> in
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Rotate": handler}),
                                      grpc.method_handlers_generic_handler("imageworker.v1.ImageWorker",
                                                                           {"Rotate": handler})])
-    bind(server, config, port)
+    bind(server, config, address)
     stop = stop_requested()
     server.start()
     ready()

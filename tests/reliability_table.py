@@ -50,6 +50,9 @@ SECTIONS = [
     ("Overload", "test_overload.py", "Four drivers at `--concurrency 64` against one small worker."),
     ("TLS and mTLS end to end", "test_tls_batch.py", "`batch run` against TLS and mTLS workers."),
     ("Security", "test_reliability_security.py", "What the worker touches and how models are loaded."),
+    ("Who can reach a worker, and what references let them do", "test_trust.py",
+     "Another local user (nobody) during a batch with the embedded worker, named workers serving references "
+     "without client certificates, output folders raced into links, idle connections to the metrics port."),
 ]
 
 TMP = re.compile(r"/tmp/(?:pytest-of-[^/\s]+/pytest-\d+/|tmp[\w-]+/)")

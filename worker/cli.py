@@ -42,7 +42,8 @@ def main() -> None:
 @click.option("--port", default=50051, show_default=True, type=click.IntRange(0, 65535),
               help="Port to bind; 0 picks a free one. Prints 'LISTENING host:port' once every process serves.")
 @click.option("--processes", default=os.cpu_count() or 1, show_default="number of CPUs",
-              type=click.IntRange(1), help="Server processes sharing the port (SO_REUSEPORT).")
+              type=click.IntRange(1),
+              help="Server processes sharing the port (SO_REUSEPORT), or each on its own socket in --socket-dir.")
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1),
               help="Threads per process decoding and encoding images at once.")
 @click.option("--max-concurrent-rpcs", type=click.IntRange(1), default=None, show_default="4 x threads",
@@ -75,6 +76,10 @@ def main() -> None:
               help="Reference mode: requests may name outputs under DIR, or under a URI prefix such as "
                    "s3://bucket/out/ (repeatable), for the worker to write itself, atomically and durably, before "
                    "it answers. Default: off.")
+@click.option("--socket-dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Serve on Unix domain sockets instead of TCP, one per process (DIR/worker-K.sock; the "
+                   "LISTENING line names each): only who can enter DIR can connect, so it must be this user's "
+                   "and mode 700. --host and --port are then unused. Default: TCP.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics, summed over every process "
                    "(plaintext, read-only). Default: off.")

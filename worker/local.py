@@ -1,8 +1,9 @@
-"""Local servers: a child process on loopback that prints ``LISTENING host:port`` once it serves.
+"""Local servers: a child process on loopback that prints ``LISTENING ADDRESS...`` once it serves.
 
 `LocalWorker` is `worker serve` as such a child: `batch run` embeds one when
-no worker is named, `worker evaluate` scores models through one, and the
-tests and benchmarks start theirs with it too. A child is stopped when its
+no worker is named, on private Unix sockets that only this user can reach
+(a 0700 folder of its own, removed when it stops); `worker evaluate` scores
+models through one, and the tests and benchmarks start theirs with it too. A child is stopped when its
 user is done, however that ends (SIGTERM, then SIGKILL after a grace
 period); on Linux it is also told to exit if its parent dies without
 cleaning up.
@@ -16,9 +17,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -56,8 +59,8 @@ def _die_with_parent() -> None:
 class LocalServer:
     """``with LocalServer(command, log) as s:`` serves at ``s.address`` inside the block.
 
-    ``command`` must print ``LISTENING host:port`` as its first line of
-    output once it serves; its stderr goes to ``log``.
+    ``command`` must print ``LISTENING ADDRESS...`` (``host:port``, or several ``unix:path``) as its first
+    line of output once it serves; its stderr goes to ``log``. ``address`` is the first, ``addresses`` all.
     """
 
     what = "server"  # for messages
@@ -68,7 +71,7 @@ class LocalServer:
         self.log = Path(log)
         self.startup_timeout = startup_timeout
         self.env = env
-        self.address: str | None = None
+        self.addresses: list[str] = []
         self.proc: subprocess.Popen | None = None
         self._stdout = self.log.with_name(f".{self.log.name}.stdout")
 
@@ -78,6 +81,10 @@ class LocalServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    @property
+    def address(self) -> str | None:
+        return self.addresses[0] if self.addresses else None
 
     @property
     def port(self) -> int:
@@ -95,7 +102,7 @@ class LocalServer:
         while time.monotonic() < deadline:
             text = self._stdout.read_text(errors="replace")
             if text.startswith("LISTENING ") and "\n" in text:
-                self.address = text.split()[1]
+                self.addresses = text.split("\n", 1)[0].split()[1:]
                 return self.address
             if self.proc.poll() is not None:
                 raise LocalWorkerError(
@@ -133,6 +140,10 @@ class LocalServer:
 class LocalWorker(LocalServer):
     """`worker serve` on loopback: ``processes`` processes, ``port`` (0: a free one), then ``args``.
 
+    ``private``: no TCP port but a Unix socket per process in a folder of this user's that nobody else may
+    enter (``socket_dir``, made here and removed by ``stop``), so that no other user of the machine can reach
+    the worker; ``addresses`` then names every socket.
+
     ``start`` returns once the worker prints LISTENING, which it does when every
     process serves (rotation at once; the face model loads at the first
     classify call).
@@ -142,12 +153,20 @@ class LocalWorker(LocalServer):
 
     def __init__(self, processes: int, log: Path, startup_timeout: float = STARTUP_TIMEOUT,
                  model: Path | None = None, *, args: Sequence[str] = (), port: int = 0,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, private: bool = False) -> None:
         self.processes = processes
-        command = python_command("-m", "worker", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--processes", str(processes))
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="imagebatch-")) if private else None  # mode 0700
+        where = ["--socket-dir", str(self.socket_dir)] if private else ["--host", "127.0.0.1", "--port", str(port)]
+        command = python_command("-m", "worker", "serve", *where, "--processes", str(processes))
         if model is not None:
             command += ["--model", str(model)]
         if env is None:  # inherited, not chosen: the launcher's arguments alone configure the child
             env = {k: v for k, v in os.environ.items() if not k.startswith(OPTION_ENV_PREFIX)}
         super().__init__([*command, *args], log, startup_timeout, env)
+
+    def stop(self, grace: float = 20.0) -> int | None:
+        try:
+            return super().stop(grace)
+        finally:
+            if self.socket_dir is not None:
+                shutil.rmtree(self.socket_dir, ignore_errors=True)

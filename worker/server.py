@@ -3,8 +3,10 @@
 ``serve`` reserves the port in the parent, then forks one server process per
 CPU *before any grpc object exists*; each binds the same port with
 SO_REUSEPORT, so the kernel spreads connections over them and CPU work is not
-serialised by one interpreter's GIL. With --metrics-port the parent also
-serves their Prometheus metrics, summed (``worker.metrics``).
+serialised by one interpreter's GIL. With --socket-dir there is no TCP port:
+each process serves a Unix domain socket of its own in that private folder,
+and a client connects to each. With --metrics-port the parent also serves
+their Prometheus metrics, summed (``worker.metrics``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import queue
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -72,6 +75,8 @@ class ServerConfig:
     data_roots: tuple[Path, ...] = ()
     output_roots: tuple[Path, ...] = ()
     metrics_port: int | None = None  # Prometheus /metrics of the whole worker (off when None)
+    # Unix domain sockets in this private folder, one per process, instead of --host/--port (None: TCP).
+    socket_dir: Path | None = None
 
     @property
     def in_flight_limit(self) -> int:
@@ -131,26 +136,36 @@ class ServerConfig:
         return self.tls_cert is not None
 
 
-# One server process: serves on the port until a signal, calls ready() once it
-# answers, returns its exit code.
-ServeOne = Callable[["ServerConfig", int, Callable[[], None]], int]
+# One server process: serves at the gRPC address ("host:port" or "unix:path") until a signal, calls ready() once
+# it answers, returns its exit code.
+ServeOne = Callable[["ServerConfig", str, Callable[[], None]], int]
+SOCKET_NAME = "worker-{}.sock"  # --socket-dir: process K's socket
+_SUN_PATH_MAX = 107  # bytes of a Unix socket's path (sockaddr_un.sun_path, less its NUL)
 
 
 def serve(config: ServerConfig, announce=print, serve_one: ServeOne | None = None) -> int:
-    """Run ``serve_one`` (default: the worker's services) in --processes processes sharing the port
-    until SIGTERM/SIGINT; return the exit code."""
+    """Run ``serve_one`` (default: the worker's services) in --processes processes until SIGTERM/SIGINT;
+    return the exit code. They share the port, or each has its socket in --socket-dir; the LISTENING line
+    names every address a client connects to (one port, or each socket)."""
     serve_one = serve_one or serve_worker
     _check_config(config)
     _warn_about_environment(config)
-    with reserve_port(config.host, config.port) as port, metrics.exported(config.host, config.metrics_port):
+    with _addresses(config) as addresses, metrics.exported(config.host, config.metrics_port):
+        listening = "LISTENING " + " ".join(dict.fromkeys(addresses))
         if config.processes == 1:
-            return serve_one(config, port, lambda: announce(_listening(config, port)))
-        return _supervise(config, port, announce, serve_one)
+            return serve_one(config, addresses[0], lambda: announce(listening))
+        return _supervise(config, addresses, lambda: announce(listening), serve_one)
 
 
-def _listening(config: ServerConfig, port: int) -> str:
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    return f"LISTENING {host}:{port}"
+@contextlib.contextmanager
+def _addresses(config: ServerConfig) -> Iterator[list[str]]:
+    """Each process's gRPC address: the one reserved port, or its own socket in --socket-dir."""
+    if config.socket_dir is not None:
+        yield [f"unix:{os.path.join(config.socket_dir, SOCKET_NAME.format(k))}" for k in range(config.processes)]
+        return
+    with reserve_port(config.host, config.port) as port:
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        yield [f"{host}:{port}"] * config.processes
 
 
 def _check_config(config: ServerConfig) -> None:
@@ -165,8 +180,10 @@ def _check_config(config: ServerConfig) -> None:
             raise ConfigError(f"TLS file not found: {path}")
     if config.processes < 1 or config.threads < 1:
         raise ConfigError("--processes and --threads must be at least 1")
-    if config.metrics_port is not None and config.metrics_port == config.port:
+    if config.metrics_port is not None and config.metrics_port == config.port and config.socket_dir is None:
         raise ConfigError(f"--metrics-port {config.metrics_port} is the --port: give the metrics a port of their own")
+    if config.socket_dir is not None:
+        _check_socket_dir(Path(config.socket_dir), config.processes)
     if config.tls:
         _check_tls(config)
     if config.model is not None:
@@ -175,6 +192,25 @@ def _check_config(config: ServerConfig) -> None:
         Roots.of(config.data_roots, config.output_roots)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _check_socket_dir(folder: Path, processes: int) -> None:
+    """--socket-dir is what keeps other users from the sockets: a folder of this user that nobody else may
+    enter, with room in a socket address for its longest socket name."""
+    try:
+        info = os.stat(folder)
+    except OSError as e:
+        raise ConfigError(f"--socket-dir {folder}: {e.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"--socket-dir {folder} is not a folder")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise ConfigError(f"--socket-dir {folder} must belong to this user and be closed to everyone else "
+                          f"(chmod 700; it is {stat.S_IMODE(info.st_mode):o}, owner uid {info.st_uid}): anyone who "
+                          "can enter it can use the worker")
+    longest = os.path.join(os.fsencode(folder), os.fsencode(SOCKET_NAME.format(processes - 1)))
+    if len(longest) > _SUN_PATH_MAX:
+        raise ConfigError(f"--socket-dir {folder} is too long for a Unix socket address ({len(longest)} bytes "
+                          f"with the socket's name, at most {_SUN_PATH_MAX}): choose a shorter path")
 
 
 def _check_model(path: str) -> None:
@@ -330,15 +366,17 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
         sock.close()
 
 
-def _supervise(config: ServerConfig, port: int, announce, serve_one: ServeOne) -> int:
-    """Fork the server processes, announce once all serve, relay signals, restart crashed children."""
+def _supervise(config: ServerConfig, addresses: list[str], announce: Callable[[], None], serve_one: ServeOne) -> int:
+    """Fork the server processes (process K at ``addresses[K]``), announce once all serve, relay signals,
+    restart crashed children at their address."""
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Queue()
     stopping = threading.Event()
     children: dict[int, multiprocessing.Process] = {}
 
     def start(slot: int) -> None:
-        p = ctx.Process(target=_child_main, args=(config, port, ready, serve_one), name=f"worker-{slot}", daemon=False)
+        p = ctx.Process(target=_child_main, args=(config, addresses[slot], ready, serve_one), name=f"worker-{slot}",
+                        daemon=False)
         p.start()
         children[slot] = p
 
@@ -363,8 +401,8 @@ def _supervise(config: ServerConfig, port: int, announce, serve_one: ServeOne) -
                 on_signal(signal.SIGTERM, None)
                 break
     if not stopping.is_set():
-        announce(_listening(config, port))
-        log.info("%d processes serving on %s:%d", config.processes, config.host, port)
+        announce()
+        log.info("%d processes serving on %s", config.processes, " ".join(dict.fromkeys(addresses)))
 
     exit_code = 0
     while True:
@@ -387,10 +425,10 @@ def _supervise(config: ServerConfig, port: int, announce, serve_one: ServeOne) -
             return exit_code
 
 
-def _child_main(config: ServerConfig, port: int, ready, serve_one: ServeOne) -> None:
+def _child_main(config: ServerConfig, address: str, ready, serve_one: ServeOne) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    code = serve_one(config, port, lambda: ready.put(os.getpid()))
+    code = serve_one(config, address, lambda: ready.put(os.getpid()))
     sys.stdout.flush()
     os._exit(code)
 
@@ -414,11 +452,11 @@ def new_server(config: ServerConfig):
     )
 
 
-def bind(server, config: ServerConfig, port: int) -> str:
-    """Add the (TLS or plaintext) port to ``server``; return the address, or raise OSError."""
+def bind(server, config: ServerConfig, address: str) -> None:
+    """Serve ``address`` ("host:port" or "unix:path"), with TLS or in plaintext, on ``server``; OSError if it
+    cannot."""
     import grpc
 
-    address = f"[{config.host}]:{port}" if ":" in config.host else f"{config.host}:{port}"
     if config.tls:
         creds = grpc.ssl_server_credentials(
             [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
@@ -428,9 +466,9 @@ def bind(server, config: ServerConfig, port: int) -> str:
         bound = server.add_secure_port(address, creds)
     else:
         bound = server.add_insecure_port(address)
-    if bound != port:
+    # A port number for TCP (the reserved one), 1 for a Unix socket.
+    if bound != (1 if address.startswith("unix:") else int(address.rsplit(":", 1)[1])):
         raise OSError(f"could not bind {address}")
-    return address
 
 
 def stop_requested() -> threading.Event:
@@ -441,8 +479,8 @@ def stop_requested() -> threading.Event:
     return stop
 
 
-def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> int:
-    """The worker's services on ``port`` in this process until a signal; the only place they are made."""
+def serve_worker(config: ServerConfig, address: str, ready: Callable[[], None]) -> int:
+    """The worker's services at ``address`` in this process until a signal; the only place they are made."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
@@ -457,7 +495,8 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
     server = new_server(config)
     recorder = metrics.ProcessMetrics() if config.metrics_port is not None else Metrics()
     state = WorkerState(
-        identity=f"{socket.gethostname()}:{port}/{os.getpid()}",
+        # host:port/pid, or host:worker-K.sock/pid on a Unix socket
+        identity=f"{socket.gethostname()}:{os.path.basename(address.rsplit(':', 1)[1])}/{os.getpid()}",
         max_message_bytes=config.max_message_bytes,
         max_image_bytes=config.max_image_bytes,
         max_pixels=config.max_pixels,
@@ -477,8 +516,8 @@ def serve_worker(config: ServerConfig, port: int, ready: Callable[[], None]) -> 
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     try:
-        address = bind(server, config, port)
-    except OSError as e:
+        bind(server, config, address)
+    except (OSError, RuntimeError) as e:  # RuntimeError: grpc's own "failed to bind"
         log.error("%s", e)
         return 1
     stop = stop_requested()
