@@ -40,6 +40,10 @@ SERVICE_CONFIG = json.dumps({
 })
 DEFAULT_CONNECTIONS = 8  # per worker address; more than a worker's processes, see module docstring
 CONNECT_TIMEOUT = 30.0  # seconds to wait for a named worker to answer health checks before giving up
+# Seconds to wait while every address refuses connections or every name does not exist: what a worker starting
+# looks like (it listens a few seconds after `worker serve`; a Kubernetes headless Service's name is NXDOMAIN
+# until a worker is ready), and else a mistake best reported soon.
+START_GRACE = 10.0
 ENV_VAR = "BATCH_WORKER"
 URI_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
 log = logging.getLogger("batch.channel")  # `batch run -v`: connects, lost connections, reconnects
@@ -331,20 +335,35 @@ class Pool:
 
     async def connect(self, timeout: float = CONNECT_TIMEOUT) -> None:
         """Wait for a worker to answer; UsageError at once when gRPC's error shows waiting cannot help (a TLS
-        mismatch), else after ``timeout`` seconds."""
+        mismatch), after START_GRACE seconds when nothing can be there (``absence``), else after ``timeout``."""
         deadline = time.monotonic() + timeout
+        absent_since: float | None = time.monotonic()  # since when ``absence`` has had an answer, if it has
+        told = False  # that we wait for a worker to start
         while True:
+            if self._names:
+                await self.refresh()  # a name that appears while we wait gets its channels now
             if await self.wait_ready(min(2.0, max(deadline - time.monotonic(), 0.1))):
                 return
             answers = await self.probe()
             if None in answers:
                 return
-            # A diagnosis that waiting cannot fix (a TLS mismatch) wins over "connection refused" from another
-            # address.
+            # A diagnosis that waiting cannot fix (a TLS mismatch) wins over another address's failure.
             reason, final = max((connect_failure(details, self.tls) for details in answers), key=lambda rf: rf[1])
             if self.tls is not None and (precise := await asyncio.to_thread(self.tls.handshake_problem,
                                                                              self.targets[0])):
                 reason, final = precise, True
+            absent = None if final else await asyncio.to_thread(absence, self.targets)
+            if absent is None:
+                absent_since, told = None, False
+            else:
+                absent_since = absent_since or time.monotonic()
+                waited = time.monotonic() - absent_since
+                if waited >= START_GRACE:
+                    raise UsageError(f"no worker answered at {', '.join(self.targets)}: {absent}, still after "
+                                     f"{waited:.0f} s: is `worker serve` running there, and is the address right?")
+                if not told:
+                    log.warning("%s: waiting up to %.0f s more for a worker to start", absent, START_GRACE - waited)
+                    told = True
             if final or time.monotonic() >= deadline:
                 break
         raise UsageError(
@@ -409,15 +428,69 @@ class DnsName:
     def resolve(self) -> list[str]:
         """The name's addresses as "ip:port" (IPv6 bracketed), sorted; [] when the lookup fails."""
         try:
+            return self.lookup()
+        except NameMissing:  # said once by whoever waits for it (Pool.connect), not at every look-up
+            log.info("%s does not exist (NXDOMAIN)", self.host)
+            return []
+        except (OSError, dns.exception.DNSException) as e:
+            log.warning("cannot resolve %s: %s", self.host, e)
+            return []
+
+    def lookup(self) -> list[str]:
+        """``resolve``, raising the resolver's error: NameMissing when the answer is that the name does not exist."""
+        try:
             if self.server is None:
                 infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
                 ips = {info[4][0] for info in infos}
             else:
                 ips = set(_query(self.host, self.server))
-        except (OSError, dns.exception.DNSException) as e:
-            log.warning("cannot resolve %s: %s", self.host, e)
-            return []
+        except socket.gaierror as e:
+            if e.errno == socket.EAI_NONAME:
+                raise NameMissing(self.host) from e
+            raise
+        except dns.resolver.NXDOMAIN as e:
+            raise NameMissing(self.host) from e
         return sorted(f"[{ip}]:{self.port}" if ":" in ip else f"{ip}:{self.port}" for ip in ips)
+
+
+class NameMissing(LookupError):
+    """The resolver's answer: this name does not exist (NXDOMAIN)."""
+
+
+def absence(targets: list[str], timeout: float = 1.0) -> str | None:
+    """Why no worker can be at any of ``targets`` now, from the network's own answers, never gRPC's text: every
+    name does not exist (NameMissing) and every address refuses a plain TCP connection. None when an address
+    accepts one, or an answer is less clear (a timeout, a lookup that failed for now, a ``unix:`` target): then
+    gRPC's handshake and health checks tell more, and waiting may help."""
+    missing: list[str] = []
+    refused: list[str] = []
+    for target in targets:
+        if (name := dns_name(target)) is not None:
+            try:
+                addresses = name.lookup()
+            except NameMissing:
+                missing.append(name.host)
+                continue
+            except (OSError, dns.exception.DNSException):
+                return None
+        elif target.startswith(("ipv4:", "ipv6:")):
+            addresses = target.split(":", 1)[1].split(",")
+        else:
+            return None
+        for address in addresses:
+            host, port = _host_port(address) or (None, None)
+            if host is None:
+                return None
+            try:
+                socket.create_connection((host, port), timeout).close()
+                return None
+            except ConnectionRefusedError:
+                refused.append(address)
+            except OSError:
+                return None
+    said = [f"the name {', '.join(missing)} does not exist (NXDOMAIN)"] if missing else []
+    said += [f"nothing listens at {', '.join(refused)} (connection refused)"] if refused else []
+    return "; ".join(said)
 
 
 def dns_name(target: str) -> DnsName | None:
@@ -472,6 +545,4 @@ def connect_failure(details: str, tls: Tls | None) -> tuple[str, bool]:
                     "(mTLS: --tls-cert and --tls-key)", True)
         return ("the worker closed the TLS connection: it probably does not accept our client certificate "
                 "(--tls-cert is not signed by the CA the worker trusts)", True)
-    if "connection refused" in lowered:
-        return "nothing listens there (connection refused): is `worker serve` running at that address?", False
     return details, False

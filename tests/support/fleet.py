@@ -24,7 +24,8 @@ FLEET_NAME = "workers.test"
 
 
 class Records(BaseResolver):
-    """A records for one name, changed by the test while a driver resolves it."""
+    """A records for one name, changed by the test while a driver resolves it; any other name does not exist
+    (NXDOMAIN)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -33,7 +34,9 @@ class Records(BaseResolver):
 
     def resolve(self, request, handler):
         reply = request.reply()
-        if str(request.q.qname).rstrip(".") == self.name and request.q.qtype == dnslib.QTYPE.A:
+        if str(request.q.qname).rstrip(".") != self.name:
+            reply.header.rcode = dnslib.RCODE.NXDOMAIN
+        elif request.q.qtype == dnslib.QTYPE.A:
             with self.lock:
                 for ip in self.addresses:
                     reply.add_answer(dnslib.RR(self.name, dnslib.QTYPE.A, rdata=dnslib.A(ip), ttl=1))
