@@ -67,9 +67,13 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None):
 @click.option("--worker", "workers", multiple=True, metavar="HOST:PORT",
               help="A worker to use (repeatable, or comma-separated; also dns:///NAME:PORT for every address a "
                    "name resolves to). Default: $BATCH_WORKER, else an embedded worker with one process per CPU.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", metavar="DIR|URI", default=None,
               show_default="results/<manifest name>, results/<manifest name>/shard-K-of-N with --shard",
-              help="Folder for results, run.json and rotated images.")
+              help="Folder for results, run.json and rotated images; or an object-store URI (s3://bucket/prefix) "
+                   "that gets them, the journal kept in a local cache meanwhile (docs/batch.md).")
+@click.option("--checkpoint-every", type=click.FloatRange(0.1), default=60.0, show_default=True, metavar="SECONDS",
+              help="With a URI --out: how often the journal is uploaded while the run goes (what a new machine "
+                   "resumes from).")
 @click.option("--shard", metavar="K/N|N", envvar="BATCH_SHARD", default=None, callback=_shard,
               help="Run only share K (0 <= K < N) of the manifest's rows, one of N drivers sharing it; with N alone, "
                    "K is $JOB_COMPLETION_INDEX (Kubernetes Indexed Job), else $SLURM_ARRAY_TASK_ID (minus "
@@ -120,7 +124,8 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None):
               help="Log retries, reconnects, busy refusals and slow rows as they happen (-vv: debug).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
               show_default="WARNING, INFO with -v", help="The driver's log level (overrides -v).")
-def run(manifest: Path, workers: tuple[str, ...], out: Path | None, shard, concurrency: int | None, timeout: float,
+def run(manifest: Path, workers: tuple[str, ...], out: str | None, checkpoint_every: float, shard,
+        concurrency: int | None, timeout: float,
         retries: int, restart: bool, quiet: bool, tls_ca: Path | None, tls_cert: Path | None,
         tls_key: Path | None, results_format: str, connections: int | None, name_template: str | None,
         output_format: str | None, quality: int | None, default_rotation: str | None, references: bool,
@@ -138,6 +143,7 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, shard, concu
     from batch.manifest import format_name
     from batch.progress import choose_mode
     from batch.session import Interrupted, RunOptions, run_batch
+    from batch.store import is_uri
 
     if (tls_cert or tls_key) and not tls_ca:
         raise click.UsageError("--tls-cert/--tls-key need --tls-ca (the CA that signed the workers' certificates)")
@@ -155,12 +161,13 @@ def run(manifest: Path, workers: tuple[str, ...], out: Path | None, shard, concu
         if not quiet:
             click.echo(f"batch: wrote the demo manifest and its images to {manifest.parent}/", err=True)
     options = RunOptions(
-        manifest=manifest, out=out, workers=tuple(worker_addresses(workers)), concurrency=concurrency,
+        manifest=manifest, out=out if out is None or is_uri(out) else Path(out),
+        workers=tuple(worker_addresses(workers)), concurrency=concurrency,
         timeout=timeout, retries=retries, restart=restart,
         tls=Tls(tls_ca, tls_cert, tls_key) if tls_ca else None, results_format=results_format,
         connections=connections, name_template=name_template, output_format=fmt, quality=quality or 0,
         rotation=default_rotation, references=references, resolve_every=resolve_every, progress=choose_mode(quiet),
-        command=("batch", *sys.argv[1:]), shard=shard,
+        command=("batch", *sys.argv[1:]), shard=shard, checkpoint_every=checkpoint_every,
     )
     try:
         summary = run_batch(options)

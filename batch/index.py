@@ -106,7 +106,7 @@ class RunIndex:
             self.db.execute("BEGIN")
             try:
                 for line, output_path, degrees in chunk:
-                    named = rotation_name(Path(output_path), degrees)
+                    named = rotation_name(location(output_path), degrees)
                     self.db.execute("UPDATE rows SET output_path = ?, output_real = ? WHERE line = ?",
                                     (str(named), _real(named), line))
             finally:

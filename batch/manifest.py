@@ -14,6 +14,7 @@ import codecs
 import csv
 import functools
 import os
+import posixpath
 import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -94,6 +95,7 @@ class Places:
     template: str | None = None
     format: str | None = None  # --format: convert every rotated output (Pillow's name)
     rotation: str | None = None  # --rotation: for rows whose rotation cell is empty
+    store: Uri | None = None  # --out as a URI (batch/remote.py): outputs under out_dir are objects under it
 
 
 NAME_FIELDS = ("folder", "stem", "ext", "rotation", "id")
@@ -115,10 +117,11 @@ def check_template(template: str) -> str | None:
 
 
 def read_rows(manifest: Path, out_dir: Path, template: str | None = None, fmt: str | None = None,
-              rotation: str | None = None) -> Iterator[Row]:
+              rotation: str | None = None, store: Uri | None = None) -> Iterator[Row]:
     """Stream the rows of ``manifest``; relative paths resolve against its folder, outputs against ``out_dir``,
     default outputs named by ``template`` (see ``check_template``; checked by the caller), converted to ``fmt``
-    (Pillow's name) when given; ``rotation`` is the rotation of rows that leave theirs empty.
+    (Pillow's name) when given; ``rotation`` is the rotation of rows that leave theirs empty; with ``store``
+    (--out as a URI, ``out_dir`` its local cache) outputs are objects under it.
 
     Raises ManifestError for file-level problems (the header is checked before
     the first row is yielded; a later undecodable or malformed line raises
@@ -126,7 +129,7 @@ def read_rows(manifest: Path, out_dir: Path, template: str | None = None, fmt: s
     """
     manifest = Path(manifest)
     places = Places(manifest, Path(os.path.abspath(manifest.parent)), Path(os.path.abspath(out_dir)), template,
-                    fmt, rotation)
+                    fmt, rotation, store)
     try:
         f = open(manifest, "rb")  # noqa: SIM115 - closed in finally; bytes so decoding errors name a line
     except OSError as e:
@@ -304,13 +307,22 @@ def output_location(output: str, input_path: Path | Uri, degrees: int, id_: str,
         return None, f"output {shown!r} is the manifest itself"
     if output and not target.suffix:
         return None, f"output {shown!r} has no extension: name the image format with one (e.g. .jpg, .png)"
+    if local and places.store is not None:
+        try:
+            target = parse(f"{places.store.rstrip('/')}/{os.path.relpath(target, out_dir)}")
+        except ValueError as e:
+            return None, f"output {e}"
     return target, None
 
 
-def rotation_name(path: Path, degrees: int | None) -> Path:
-    """The default output of an input rotated several ways in one manifest: ``photo.r90.jpg``, ``photo.auto.jpg``."""
-    turn = _turn(degrees)
-    return path.with_name(f"{path.stem}.{'r' if degrees is not None else ''}{turn}{path.suffix}")
+def rotation_name(path: Path | Uri, degrees: int | None) -> Path | Uri:
+    """The default output of an input rotated several ways in one manifest: ``photo.r90.jpg``, ``photo.auto.jpg``
+    (an object under a URI --out likewise)."""
+    turn = f"{'r' if degrees is not None else ''}{_turn(degrees)}"
+    if isinstance(path, Uri):
+        stem, ext = posixpath.splitext(path)
+        return Uri(f"{stem}.{turn}{ext}")
+    return path.with_name(f"{path.stem}.{turn}{path.suffix}")
 
 
 def _turn(degrees: int | None) -> str:

@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import logging
 import os
 import platform
 import signal
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from batch import demo
+from batch import demo, remote
 from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, address_count, grpc_targets
 from batch.concurrency import DEFAULT_CAP, AdaptiveLimit
 from batch.durable import Entry, GroupCommit
@@ -52,9 +53,10 @@ from batch.results import (
 )
 from batch.runner import Settings, fan_out
 from batch.shard import Shard, file_sha256, sharer
-from batch.store import credentials_problem, is_uri
+from batch.store import Uri, credentials_problem, is_uri, parse
 from worker.local import LocalWorker, LocalWorkerError, cpu_count
 
+log = logging.getLogger("batch.session")
 EXIT_OK, EXIT_FAILED = 0, 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -70,7 +72,7 @@ class Interrupted(KeyboardInterrupt):
 @dataclass(frozen=True)
 class RunOptions:
     manifest: Path
-    out: Path | None = None
+    out: Path | str | None = None  # a folder, or an object-store URI (batch/remote.py)
     workers: tuple[str, ...] = ()  # addresses; empty: the embedded worker
     concurrency: int | None = None
     timeout: float = 60.0
@@ -88,9 +90,26 @@ class RunOptions:
     progress: str = "lines"  # "bar", "lines" or "quiet"
     command: tuple[str, ...] = ()
     shard: Shard | None = None  # --shard: run only this share of the manifest (batch/shard.py)
+    checkpoint_every: float = 60.0  # --checkpoint-every: seconds between uploads of the journal to a URI --out
+
+    @property
+    def out_store(self) -> Uri | None:
+        """--out as a URI, or None for a folder."""
+        if self.out is None or not is_uri(str(self.out)):
+            return None
+        try:
+            uri = parse(str(self.out))
+        except ValueError as e:
+            raise UsageError(f"--out {e}") from None
+        if not uri.writable:
+            raise UsageError(f"--out {self.out}: {uri.scheme}:// is read-only")
+        return uri
 
     @property
     def out_dir(self) -> Path:
+        """Where the run's files are on local disk: --out, or the local cache of a URI --out."""
+        if (store := self.out_store) is not None:
+            return remote.cache_folder(store)
         default = Path("results") / Path(self.manifest).stem
         if self.shard is not None:
             default /= self.shard.folder
@@ -103,6 +122,7 @@ class Summary:
 
     tally: Tally
     results: Path
+    published: str | None = None  # where the results table goes when --out is a URI
     elapsed: float = 0.0
     signal: int | None = None  # the signal that interrupted the run
     stopped: str | None = None  # why the run stopped early without a signal
@@ -129,8 +149,8 @@ class Summary:
             text = (f"stopped: {self.stopped}: {text}, {t.not_run:,} not run; "
                     "run the same command again once workers are up")
         elif t.failed:
-            text += f"; see the error column of {_shown(self.results)}"
-        return f"{text}. Results: {_shown(self.results)}"
+            text += f"; see the error column of {self.published or _shown(self.results)}"
+        return f"{text}. Results: {self.published or _shown(self.results)}"
 
 
 class Run:
@@ -242,11 +262,14 @@ def run_batch(options: RunOptions) -> Summary:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create --out {out}: {e.strerror}") from None
-    shard = options.shard
+    shard, store = options.shard, options.out_store
     with _stop_signals_raise(), _locked(out), contextlib.closing(_index(out, shard)) as index:
-        rows = read_rows(Path(options.manifest), out, options.name_template, options.output_format, options.rotation)
+        if store is not None:
+            _fetch(store, out, options.restart)
+        rows = read_rows(Path(options.manifest), out, options.name_template, options.output_format, options.rotation,
+                         store)
         # Every shard indexes the whole manifest: duplicates, clashes and default names are decided from all of it.
-        manifest_rows = index.add_rows(rows, Path(options.manifest), sharer(shard, out) if shard else None)
+        manifest_rows = index.add_rows(rows, Path(options.manifest), sharer(shard, out, store) if shard else None)
         total = index.count_share()
         if options.name_template is None:
             index.name_rotations()
@@ -265,6 +288,8 @@ def run_batch(options: RunOptions) -> Summary:
                           f"{' in share ' + str(shard) if shard else ''}: kept at the end of the results table "
                           "(--restart drops them)")
         summary = Summary(progress.tally, table_path(out, options.results_format))
+        if store is not None:
+            summary.published = str(remote.object_of(store, summary.results.name))
         unchecked, summary.warnings = _store_access(options, targets, index)
         for warning in summary.warnings:
             progress.note(f"batch: warning: {warning}")
@@ -295,7 +320,8 @@ def run_batch(options: RunOptions) -> Summary:
             in_flight = (f"{limit.current} calls in flight, adapting up to {limit.cap}" if limit.adaptive
                          else f"{limit.current} calls in flight")
             share = f" (share {shard} of {manifest_rows:,} rows)" if shard else ""
-            progress.note(f"batch: running {total:,} rows{share} on {where}, {in_flight}; results in {_shown(out)}")
+            progress.note(f"batch: running {total:,} rows{share} on {where}, {in_flight}; results in "
+                          f"{store or _shown(out)}" + (f" (kept in {_shown(out)} while running)" if store else ""))
             run.give_up_after = max(2 * limit.current, 10)
             settings = Settings(timeout=options.timeout, retries=options.retries, out_root=os.path.realpath(out),
                                 quality=options.quality, read_roots=read_roots, write_roots=write_roots)
@@ -314,7 +340,7 @@ def run_batch(options: RunOptions) -> Summary:
                 embedded.stop()
             summary.stopped = run.stopped
             _finish(run, journal, index, summary,
-                    lambda: _run_info(options, summary, targets, embedded, started_at, manifest_rows), clock)
+                    lambda: _run_info(options, summary, targets, embedded, started_at, manifest_rows), clock, store)
     return summary
 
 
@@ -335,13 +361,16 @@ async def _go(run: Run, first: Row | None, rest: Iterator[Row], targets: list[st
         loop.add_signal_handler(sig, on_signal, sig)
     run.start(on_failure=task.cancel)  # a failed sync stops the run; close() raises its error
     pool = Pool(targets, connections, options.tls) if first is not None else None
-    watcher = None
+    background: list[asyncio.Task] = []
     try:
         if pool is not None:
             await pool.connect()
             if limit.adaptive:
                 limit.at_least(8 * pool.addresses)  # a name's addresses count now that they are resolved
-            watcher = asyncio.create_task(_watch_fleet(pool, limit, options.resolve_every))
+            background.append(asyncio.create_task(_watch_fleet(pool, limit, options.resolve_every)))
+            if (store := options.out_store) is not None:
+                background.append(asyncio.create_task(_checkpoints(run.journal.path, store,
+                                                                   options.checkpoint_every)))
             await fan_out(_chain(first, rest), pool, settings, run.settle, limit)
     except asyncio.CancelledError:
         if not received and not run.commit_failed:
@@ -355,9 +384,9 @@ async def _go(run: Run, first: Row | None, rest: Iterator[Row], targets: list[st
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
             _arm_stop_signals()  # remove_signal_handler restored the defaults: SIGTERM would kill unflushed
-            if watcher is not None:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+            for task_ in background:
+                task_.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             if pool is not None:
                 await pool.close()
     return received[0] if received else None
@@ -370,6 +399,23 @@ async def _watch_fleet(pool: Pool, limit: AdaptiveLimit, every: float) -> None:
         await asyncio.sleep(every)
         if await pool.refresh() and limit.adaptive:
             limit.at_least(8 * pool.addresses)
+
+
+async def _checkpoints(journal: Path, store: Uri, every: float) -> None:
+    """Upload the journal to a URI --out every ``every`` seconds, so that a pod that dies loses no more; a store
+    that fails is logged, and the run goes on (the upload at its end says so if it fails too)."""
+    while True:
+        await asyncio.sleep(every)
+        size = journal.stat().st_size  # read between groups: whole lines only
+        upload = asyncio.ensure_future(asyncio.to_thread(remote.put, journal.parent, journal.name, store, size))
+        try:
+            await asyncio.shield(upload)
+        except asyncio.CancelledError:
+            # The run's end uploads the finished table under the same name: this one must not land after it.
+            await asyncio.gather(upload, return_exceptions=True)
+            raise
+        except OSError as e:
+            log.warning("cannot upload the journal to %s (the run goes on; next try in %g s): %s", store, every, e)
 
 
 def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
@@ -453,9 +499,11 @@ def _defaults(options: RunOptions, targets: list[str], embedded: LocalWorker | N
     return AdaptiveLimit(8 * max(1, address_count(targets)), DEFAULT_CAP), connections
 
 
-def _finish(run: Run, journal: Journal, index: RunIndex, summary: Summary, info, clock: float) -> None:
-    """Commit what is settled, write the finished table and run.json: each step tried whatever the one before
-    did (a full disk must not cost run.json), then one ResultsError naming every step that failed."""
+def _finish(run: Run, journal: Journal, index: RunIndex, summary: Summary, info, clock: float,
+            store: Uri | None = None) -> None:
+    """Commit what is settled, write the finished table and run.json (and upload both to a URI --out): each step
+    tried whatever the one before did (a full disk must not cost run.json), then one ResultsError naming every
+    step that failed."""
     failed: list[str] = []
 
     def step(what: str, action) -> None:
@@ -471,9 +519,25 @@ def _finish(run: Run, journal: Journal, index: RunIndex, summary: Summary, info,
         journal.path.unlink(missing_ok=True)  # the table holds every row now
     summary.elapsed = time.monotonic() - clock
     step("cannot write run.json", lambda: write_run_info(summary.results.parent, info()))
+    if store is not None:
+        step(f"cannot write the results to {store}",
+             lambda: remote.publish(summary.results.parent, store, [summary.results.name, RUN_NAME]))
     if failed:
         raise ResultsError("; ".join(failed) + " (rows already journaled are kept: free the space or fix the "
                            "folder, then run the same command again)")
+
+
+def _fetch(store: Uri, out: Path, restart: bool) -> None:
+    """The results a URI --out holds, into its local cache (resume), or dropped (--restart)."""
+    if (problem := credentials_problem(store.scheme)) is not None:
+        raise UsageError(f"{problem}: --out is {store}")
+    try:
+        if restart:
+            remote.forget(store)
+        else:
+            remote.fetch(store, out)
+    except OSError as e:
+        raise UsageError(f"cannot read the earlier results in --out {store}: {e}") from None
 
 
 def _check_readable(manifest: Path) -> None:

@@ -85,18 +85,21 @@ def share_of(key: str, count: int) -> int:
                           "big") % count
 
 
-def sharer(shard: Shard, out_dir: Path) -> Callable[[Row, str | None], int]:
+def sharer(shard: Shard, out_dir: Path, store: Uri | None = None) -> Callable[[Row, str | None], int]:
     """The share of a row given its resolved output (``output_real`` of the index), for ``RunIndex.add_rows``.
 
-    The output is named relative to --out: each shard has its own --out, and a row must land in the same share
-    in all of them.
+    The output is named relative to --out (``out_dir``, or ``store`` when --out is a URI): each shard has its
+    own --out, and a row must land in the same share in all of them.
     """
     out_real = os.path.realpath(out_dir)
+    prefix = store.rstrip("/") + "/" if store is not None else None
 
     def share(row: Row, output_real: str | None) -> int:
         if output_real is None:
             return share_of(f"id:{row.id}", shard.count)
         if isinstance(row.output_path, Uri):
+            if prefix is not None and output_real.startswith(prefix):
+                return share_of(f"out:{output_real[len(prefix):]}", shard.count)
             return share_of(f"uri:{output_real}", shard.count)
         relative = os.path.relpath(output_real, out_real)
         return share_of(f"out:{relative}", shard.count)
