@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from tests.support.images import photo
 from tests.support.manifests import write_manifest
-from tests.support.processes import ROOT, start_batch, wait_for
+from tests.support.processes import ROOT, start_batch, wait_for, worker_process
 from worker.cli import main
 from worker.local import python_command
 
@@ -120,3 +120,47 @@ def test_a_socket_folder_others_may_enter_stops_the_worker(tmp_path: Path, mode:
     assert result.exit_code == 2, result.output
     assert f"--socket-dir {folder} must belong to this user and be closed to everyone else" in result.output
     assert not any(folder.iterdir())
+
+
+# --- named workers serving references -------------------------------------------------------------------------
+
+def _serve(*args: str) -> subprocess.CompletedProcess:
+    """`worker serve ARGS` as an operator runs it, for a configuration it refuses before serving."""
+    return subprocess.run(python_command("-m", "worker", "serve", "--port", "0", "--processes", "1", *args),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["data root", "output root", "TLS without client certificates", "an address"])
+def test_references_on_a_network_address_without_client_certificates_are_refused(tmp_path: Path, pki, case: str,
+                                                                                   record_property) -> None:
+    """worker serve --host 0.0.0.0 with roots and no --tls-client-ca: exit 2, one line naming what to add"""
+    roots = {"output root": ["--output-root", str(tmp_path)]}.get(case, ["--data-root", str(tmp_path)])
+    tls = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)] if case.startswith("TLS") else []
+    host = "192.0.2.1" if case == "an address" else "0.0.0.0"  # refused before binding: TEST-NET-1 is never used
+    done = _serve("--host", host, *roots, *tls)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    record_property("observed", f"exit {done.returncode}: {errors}")
+    assert done.returncode == 2 and "LISTENING" not in done.stdout
+    assert errors == [f"Error: --data-root/--output-root on {host} without client certificates would let anyone who "
+                      "can reach the port read and overwrite files under those roots: require client certificates "
+                      "(--tls-cert, --tls-key and --tls-client-ca), serve on loopback or --socket-dir, or add "
+                      "--allow-unauthenticated-references"], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["mTLS", "said so", "loopback", "no roots"])
+def test_a_worker_serves_references_where_its_clients_are_known_or_the_operator_says_so(
+        tmp_path: Path, pki, case: str, record_property) -> None:
+    """mTLS, --allow-unauthenticated-references (warned), loopback, no roots: the worker serves"""
+    args = {"mTLS": ["--host", "0.0.0.0", "--data-root", str(tmp_path), "--tls-cert", str(pki.server_cert),
+                     "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca)],
+            "said so": ["--host", "0.0.0.0", "--data-root", str(tmp_path), "--allow-unauthenticated-references"],
+            "loopback": ["--data-root", str(tmp_path), "--output-root", str(tmp_path)],
+            "no roots": ["--host", "0.0.0.0"]}[case]
+    with worker_process(*args) as w:
+        log = w.log.read_text()
+    warned = "anyone who can reach this address can read files under --data-root" in log
+    record_property("observed", f"served at {w.address}; warned about references: {warned}")
+    assert warned == (case == "said so"), log

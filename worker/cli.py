@@ -38,7 +38,8 @@ def main() -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind. Anything but loopback without TLS is warned about.")
+              help="Address to bind. Anything but loopback without TLS is warned about; with --data-root or "
+                   "--output-root it is refused without client certificates (--tls-client-ca).")
 @click.option("--port", default=50051, show_default=True, type=click.IntRange(0, 65535),
               help="Port to bind; 0 picks a free one. Prints 'LISTENING host:port' once every process serves.")
 @click.option("--processes", default=os.cpu_count() or 1, show_default="number of CPUs",
@@ -76,6 +77,9 @@ def main() -> None:
               help="Reference mode: requests may name outputs under DIR, or under a URI prefix such as "
                    "s3://bucket/out/ (repeatable), for the worker to write itself, atomically and durably, before "
                    "it answers. Default: off.")
+@click.option("--allow-unauthenticated-references", is_flag=True, default=False,
+              help="Serve --data-root/--output-root on a non-loopback --host without client certificates: anyone "
+                   "who can reach the port may then read and overwrite files under the roots. Refused without it.")
 @click.option("--socket-dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Serve on Unix domain sockets instead of TCP, one per process (DIR/worker-K.sock; the "
                    "LISTENING line names each): only who can enter DIR can connect, so it must be this user's "

@@ -77,6 +77,7 @@ class ServerConfig:
     metrics_port: int | None = None  # Prometheus /metrics of the whole worker (off when None)
     # Unix domain sockets in this private folder, one per process, instead of --host/--port (None: TCP).
     socket_dir: Path | None = None
+    allow_unauthenticated_references: bool = False
 
     @property
     def in_flight_limit(self) -> int:
@@ -192,6 +193,7 @@ def _check_config(config: ServerConfig) -> None:
         Roots.of(config.data_roots, config.output_roots)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    _check_reference_clients(config)
 
 
 def _check_socket_dir(folder: Path, processes: int) -> None:
@@ -211,6 +213,20 @@ def _check_socket_dir(folder: Path, processes: int) -> None:
     if len(longest) > _SUN_PATH_MAX:
         raise ConfigError(f"--socket-dir {folder} is too long for a Unix socket address ({len(longest)} bytes "
                           f"with the socket's name, at most {_SUN_PATH_MAX}): choose a shorter path")
+
+
+def _check_reference_clients(config: ServerConfig) -> None:
+    """References let a client read and write files under the roots as this worker's user: offered only
+    where every client is known (loopback, a private socket folder, or client certificates), or when the
+    operator accepts the risk by name."""
+    if not (config.data_roots or config.output_roots) or config.allow_unauthenticated_references:
+        return
+    if config.socket_dir is not None or _is_loopback(config.host) or config.tls_client_ca is not None:
+        return
+    raise ConfigError(
+        f"--data-root/--output-root on {config.host} without client certificates would let anyone who can reach "
+        "the port read and overwrite files under those roots: require client certificates (--tls-cert, --tls-key "
+        "and --tls-client-ca), serve on loopback or --socket-dir, or add --allow-unauthenticated-references")
 
 
 def _check_model(path: str) -> None:
@@ -318,6 +334,11 @@ def _warn_about_environment(config: ServerConfig) -> None:
             "lossless JPEG rotation is unavailable (libturbojpeg not found; on Debian/Ubuntu: "
             "apt-get install libturbojpeg0): JPEGs will be re-encoded with their own quantisation tables"
         )
+    if config.allow_unauthenticated_references and not _is_loopback(config.host) and config.socket_dir is None \
+            and config.tls_client_ca is None and (config.data_roots or config.output_roots):
+        log.warning("serving references on %s without client certificates (--allow-unauthenticated-references): "
+                    "anyone who can reach this address can read files under --data-root and overwrite files under "
+                    "--output-root", config.host)
     if not config.tls and not _is_loopback(config.host):
         log.warning(
             "serving on %s WITHOUT TLS: anyone who can reach this address can use the worker "
