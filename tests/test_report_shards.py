@@ -82,6 +82,18 @@ def test_folders_that_are_not_shards_of_one_manifest_say_so(tmp_path: Path) -> N
     assert fig["rows"]["total"] == 36  # every folder's rows, each id once
 
 
+def test_a_shard_killed_before_its_first_leg_ended_is_unfinished_not_missing(tmp_path: Path) -> None:
+    done = _shard_folder(tmp_path, "shard-0-of-2", 0, 2, "1" * 64)
+    killed = tmp_path / "shard-1-of-2"  # its default --out; a journal, and no run.json yet
+    write_results(killed, synthetic_rows(tmp_path, killed, 5))
+    fig = json.loads(report(done, killed, "--json"))
+    assert fig["shards"]["missing"] == []
+    assert fig["shards"]["unfinished"] == [str(killed)]
+    assert [(f["index"], f["state"]) for f in fig["shards"]["folders"]] == [(0, "finished"), (1, "running or killed")]
+    assert fig["run"]["state"] == "running or killed" and fig["run"]["complete"] is False
+    assert not [w for w in fig["warnings"] if "not a shard" in w]
+
+
 def test_a_folder_given_twice_is_refused(tmp_path: Path) -> None:
     a = _shard_folder(tmp_path, "a", 0, 2, "1" * 64)
     result = CliRunner().invoke(main, ["report", str(a), str(tmp_path / "a" / ".")])

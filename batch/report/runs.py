@@ -10,6 +10,7 @@ that may be damaged or hand-edited: a value of the wrong type reads as unknown.
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from datetime import UTC, datetime, timedelta
 
@@ -85,6 +86,13 @@ def _shard(leg: dict) -> tuple[int, int] | None:
         if index is not None and count is not None:
             return index, count
     return None
+
+
+def _shard_by_name(part: Part) -> tuple[int, int] | None:
+    """A shard killed before its first leg ended has no run.json: its default --out (``shard-K-of-N``) says
+    which it is."""
+    match = re.fullmatch(r"shard-(\d+)-of-(\d+)", part.folder.resolve().name)
+    return (int(match[1]), int(match[2])) if match and int(match[1]) < int(match[2]) else None
 
 
 def _leg(leg: dict, part: Part, finished: pd.Series) -> dict:
@@ -184,7 +192,7 @@ def shard_status(parts: list[tuple[Part, list[dict]]]) -> tuple[dict | None, lis
     folders, warnings = [], []
     for part, legs in parts:
         newest = part.legs[-1] if part.legs else {}
-        shard = _shard(newest)
+        shard = _shard(newest) if part.legs else _shard_by_name(part)
         state = legs[-1]["state"] if legs else RUNNING
         not_run = legs[-1]["not_run"] if legs else None
         folders.append({
