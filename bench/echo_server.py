@@ -13,7 +13,7 @@ processes (SO_REUSEPORT, signals, LISTENING line), and ``new_server``/``bind``
 give the same thread pool, RPC cap and message limits, and ``worker.admission``
 the same in-flight gate; only the service differs.
 
-    python bench/echo_server.py [--port 0] [--processes N] [--threads 4]
+    python bench/echo_server.py [--host 127.0.0.1] [--port 0] [--processes N] [--threads 4]
 """
 
 from __future__ import annotations
@@ -68,13 +68,14 @@ def serve_echo(config: ServerConfig, address: str, ready: Callable[[], None]) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = ServerConfig()
+    ap.add_argument("--host", default="127.0.0.1", help="a loopback address (127.0.0.2 makes a second host)")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--processes", type=int, default=defaults.processes)
     ap.add_argument("--threads", type=int, default=defaults.threads)
     ap.add_argument("--max-concurrent-rpcs", type=int, default=None)
     ap.add_argument("--max-message-mb", type=int, default=defaults.max_message_mb)
     a = ap.parse_args()
-    config = ServerConfig(host="127.0.0.1", port=a.port, processes=a.processes, threads=a.threads,
+    config = ServerConfig(host=a.host, port=a.port, processes=a.processes, threads=a.threads,
                           max_concurrent_rpcs=a.max_concurrent_rpcs, max_message_mb=a.max_message_mb)
     sys.exit(serve(config, announce=lambda line: print(line, flush=True), serve_one=serve_echo))
 
