@@ -30,6 +30,7 @@ from common import write_manifest as write_rows
 from servers import echo_cmd, running
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+INDEX_ONLY_SHARES = 1000
 WORKER_CPU_MS = 25.0  # a real worker's CPU per 1080p photo (docs/benchmarks.md): for "worker cores fed"
 
 
@@ -39,11 +40,13 @@ def server_cpu(pid: int) -> float:
     return t.user + t.system + tree_cpu(pid)
 
 
-def run_shards(manifest: Path, out: Path, workers: str, count: int) -> tuple[float, float]:
-    """(wall seconds until the last of ``count`` shards ends, CPU seconds of all the drivers)."""
+def run_shards(manifest: Path, out: Path, workers: str, count: int, first_of: int | None = None
+               ) -> tuple[float, float]:
+    """(wall seconds until the last of ``count`` shards ends, CPU seconds of all the drivers); with ``first_of``
+    M, only shard 0/M."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    drivers = [subprocess.Popen([str(BIN / "batch"), "run", str(manifest), "--shard", f"{k}/{count}",
+    drivers = [subprocess.Popen([str(BIN / "batch"), "run", str(manifest), "--shard", f"{k}/{first_of or count}",
                                  "--out", str(out / f"shard-{k}"), "--worker", workers, "--references",
                                  "--quiet", "--restart"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                for k in range(count)]
@@ -81,10 +84,14 @@ def main() -> None:
             echo = sum(server_cpu(proc.pid) for _, proc in stand_ins) - echo_before
             ms = cpu / a.rows * 1000
             rows.append([count, a.rows / wall, wall, ms, echo / a.rows * 1000, WORKER_CPU_MS / ms])
+        # Every shard reads and indexes the whole manifest: the cost of that alone, from a share of almost no rows.
+        _, index_cpu = run_shards(manifest, tmp / "out-index", workers, 1, first_of=INDEX_ONLY_SHARES)
     print(f"\n{a.rows} rows by reference, the manifest split by --shard K/N, stand-ins at {workers}, "
           f"{os.cpu_count()} CPUs\n")
     print(table(["drivers", "total rows/s", "wall s", "driver CPU ms/row", "stand-in CPU ms/row",
                  "worker cores fed (25 ms/row)"], rows))
+    print(f"\na driver running 1/{INDEX_ONLY_SHARES} of the rows: {index_cpu:.2f} s of CPU (start-up, and reading and "
+          f"indexing the whole manifest of {a.rows} rows, which every shard does)")
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
