@@ -54,6 +54,7 @@ class Tls:
     ca: Path
     cert: Path | None = None
     key: Path | None = None
+    server_name: str | None = None  # the name the workers' certificates must bear, whatever address is called
 
     def credentials(self) -> grpc.ChannelCredentials:
         if (self.cert is None) != (self.key is None):
@@ -101,7 +102,7 @@ class Tls:
         host, port = address
         try:
             with socket.create_connection((host, port), timeout) as raw, \
-                    self.context().wrap_socket(raw, server_hostname=host) as tls:
+                    self.context().wrap_socket(raw, server_hostname=self.server_name or host) as tls:
                 tls.settimeout(timeout)
                 # Under TLS 1.3 a worker refuses a client certificate after the handshake: with an alert, or
                 # (gRPC's, when it has expired) by closing the connection before it says anything.
@@ -125,8 +126,10 @@ class Tls:
 _VERIFY_PROBLEMS = {
     10: "the worker's certificate has expired: renew it (worker serve --tls-cert)",
     9: "the worker's certificate is not valid yet (check the clocks, or its start date)",
-    62: "the worker's certificate is for another name than the address given to --worker",
-    64: "the worker's certificate is for another IP address than the one given to --worker",
+    62: "the worker's certificate does not bear the name given to --worker (or --tls-server-name): give one it "
+        "bears",
+    64: "the worker's certificate does not bear the IP address given to --worker: connect by a name it bears, or "
+        "name it with --tls-server-name NAME",
     2: "the worker's certificate is not signed by the CA in --tls-ca",
     18: "the worker's certificate is self-signed, not signed by the CA in --tls-ca",
     19: "the worker's certificate is not signed by the CA in --tls-ca",
@@ -253,16 +256,24 @@ class Pool:
         self._names = {t: name for t in targets if (name := dns_name(t)) is not None}
         for target in targets:
             name = self._names.get(target)
-            for address in (name.resolve() if name else []) or [target]:  # unresolvable: gRPC will say why
+            if name is not None:
+                addresses = name.resolve() or [target]  # unresolvable: gRPC will say why
+            elif target.startswith(("ipv4:", "ipv6:")):  # channels per address: the results name the one called
+                addresses = target.split(":", 1)[1].split(",")
+            else:
+                addresses = [target]
+            for address in addresses:
                 self._open(address, name)
         self._next = 0
         self._connected: bool | None = None  # whether some channel was ready at the last call; None: no call yet
 
     def _open(self, address: str, name: DnsName | None) -> None:
         options = list(self._options)
-        target = address if name is None or address.startswith("dns:") else _ip_target(address)
-        if name is not None:  # TLS checks the worker's certificate against the name, not the address
-            options += [("grpc.ssl_target_name_override", name.host), ("grpc.default_authority", name.host)]
+        target = address if address.startswith(URI_SCHEMES) else _ip_target(address)
+        # TLS checks the worker's certificate against the name asked for, else the name resolved, not the address.
+        expected = (self.tls.server_name if self.tls else None) or (name.host if name else None)
+        if expected:
+            options += [("grpc.ssl_target_name_override", expected), ("grpc.default_authority", expected)]
         for _ in range(self.connections):
             if self._credentials:
                 channel = grpc.aio.secure_channel(target, self._credentials, options=options)
@@ -381,13 +392,18 @@ class Pool:
         finally:
             conn.busy -= 1
 
-    def answered(self, stub: imageworker_v1_pb2_grpc.ImageWorkerStub, worker: str) -> None:
-        """Note which worker process answered a call made with ``stub`` (a reply's ``worker`` field)."""
+    def answered(self, stub: imageworker_v1_pb2_grpc.ImageWorkerStub, worker: str) -> str:
+        """Note which worker process answered a call made with ``stub`` (a reply's ``worker`` field,
+        "host:port/pid"); returns the results' name for it: the address called and the process id, since
+        workers on 127.0.0.2 and 127.0.0.3 of one host share its name and port (a Unix socket: its own name)."""
         for conn in self._conns:
             if conn.stub is stub:
                 if worker:
                     conn.process = worker
-                return
+                if worker and _host_port(conn.address) is not None:
+                    return f"{conn.address}/{worker.rpartition('/')[2]}"
+                return worker
+        return worker
 
     def _pick(self) -> _Connection:
         live = [c for c in self._conns if not c.retired]

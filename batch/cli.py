@@ -11,6 +11,7 @@ import click
 
 from batch.errors import BatchError, UsageError
 from batch.report.command import report
+from worker.grpc_logging import quiet_grpc
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -92,6 +93,9 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None):
 @click.option("--tls-ca", type=_file, help="PEM CA bundle to verify the workers' certificates; enables TLS.")
 @click.option("--tls-cert", type=_file, help="PEM client certificate, for workers that require one (mTLS).")
 @click.option("--tls-key", type=_file, help="PEM private key of --tls-cert.")
+@click.option("--tls-server-name", metavar="NAME",
+              help="The name the workers' certificates must bear, whatever address --worker gives (an IP, say); "
+                   "default: the host of --worker.")
 @click.option("--results-format", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
               help="results.csv, or results.parquet (then results.journal.csv while running).")
 @click.option("--connections", type=click.IntRange(1), default=None,
@@ -127,7 +131,8 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None):
 def run(manifest: Path, workers: tuple[str, ...], out: str | None, checkpoint_every: float, shard,
         concurrency: int | None, timeout: float,
         retries: int, restart: bool, quiet: bool, tls_ca: Path | None, tls_cert: Path | None,
-        tls_key: Path | None, results_format: str, connections: int | None, name_template: str | None,
+        tls_key: Path | None, tls_server_name: str | None, results_format: str, connections: int | None,
+        name_template: str | None,
         output_format: str | None, quality: int | None, default_rotation: str | None, references: bool,
         resolve_every: float, verbose: int, log_level: str | None) -> None:
     """Run every row of MANIFEST (CSV: path, op, rotation, output, id) through the workers.
@@ -137,6 +142,8 @@ def run(manifest: Path, workers: tuple[str, ...], out: str | None, checkpoint_ev
     (manifest, usage or worker problem), 130 interrupted (SIGINT, Ctrl-C),
     143 stopped by SIGTERM; results are flushed in both cases.
     """
+    quiet_grpc(debug=verbose >= 2 or (log_level or "").upper() == "DEBUG")  # before anything imports grpc
+
     from batch import demo
     from batch.channel import Tls, worker_addresses
     from batch.extras import require_pyarrow
@@ -147,6 +154,8 @@ def run(manifest: Path, workers: tuple[str, ...], out: str | None, checkpoint_ev
 
     if (tls_cert or tls_key) and not tls_ca:
         raise click.UsageError("--tls-cert/--tls-key need --tls-ca (the CA that signed the workers' certificates)")
+    if tls_server_name and not tls_ca:
+        raise click.UsageError("--tls-server-name needs --tls-ca (it names what the workers' certificates bear)")
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     fmt = None
@@ -164,7 +173,7 @@ def run(manifest: Path, workers: tuple[str, ...], out: str | None, checkpoint_ev
         manifest=manifest, out=out if out is None or is_uri(out) else Path(out),
         workers=tuple(worker_addresses(workers)), concurrency=concurrency,
         timeout=timeout, retries=retries, restart=restart,
-        tls=Tls(tls_ca, tls_cert, tls_key) if tls_ca else None, results_format=results_format,
+        tls=Tls(tls_ca, tls_cert, tls_key, tls_server_name) if tls_ca else None, results_format=results_format,
         connections=connections, name_template=name_template, output_format=fmt, quality=quality or 0,
         rotation=default_rotation, references=references, resolve_every=resolve_every, progress=choose_mode(quiet),
         command=("batch", *sys.argv[1:]), shard=shard, checkpoint_every=checkpoint_every,

@@ -32,8 +32,8 @@ from batch.store import Uri
 from batch.store import exists as object_exists
 
 COLUMNS = (
-    "id", "path", "op", "rotation", "status", "output", "format", "turned", "decided_by", "width", "height", "label",
-    "confidence", "faces", "error", "note", "attempts", "latency_ms", "worker", "finished_at",
+    "id", "path", "op", "rotation", "status", "output", "format", "turned", "decided_by", "lossless", "width", "height",
+    "label", "confidence", "faces", "error", "note", "attempts", "latency_ms", "worker", "finished_at",
 )
 # Without these a file is not a results table; a missing other column (an older batch run) reads as empty.
 REQUIRED = ("id", "path", "op", "status")
@@ -71,6 +71,9 @@ class Outcome:
     format: str = ""  # of the file written (rotate): Pillow's name, e.g. "JPEG"
     turned: int | None = None  # rotate: the quarter turn applied; classify: the one its faces were found under
     decided_by: str = ""  # rotation auto: "exif", "faces" or "none"
+    # A JPEG output: True when turned in the DCT domain (or kept as it was), False when decoded and re-encoded
+    # (a new generation of loss); None for other formats and ops.
+    lossless: bool | None = None
     note: str = ""  # what a conversion lost, when it lost something
     by_reference: bool = False  # the worker read the input (and wrote the output, durably) itself
     width: int | None = None
@@ -96,10 +99,11 @@ class Outcome:
         if leader.earlier is not None:  # the leader was done by an earlier run
             e = leader.earlier
             return cls(OK, output=e["output"], width=_int(e["width"]), height=_int(e["height"]), format=e["format"],
-                       turned=_int(e["turned"]), decided_by=e["decided_by"], note=e["note"])
+                       turned=_int(e["turned"]), decided_by=e["decided_by"], note=e["note"],
+                       lossless=_BOOLS.get(e["lossless"]))
         return cls(leader.status, error=leader.error, output=leader.output, width=leader.width,
                    height=leader.height, format=leader.format, turned=leader.turned, decided_by=leader.decided_by,
-                   note=leader.note)
+                   note=leader.note, lossless=leader.lossless)
 
     @property
     def skipped(self) -> bool:
@@ -121,6 +125,7 @@ def result_row(row, outcome: Outcome) -> dict[str, str]:
         "format": outcome.format,
         "turned": _text(outcome.turned),
         "decided_by": outcome.decided_by,
+        "lossless": "" if outcome.lossless is None else str(outcome.lossless).lower(),
         "width": _text(outcome.width),
         "height": _text(outcome.height),
         "label": outcome.label,
@@ -142,6 +147,9 @@ def _text(value) -> str:
 
 def _int(text: str) -> int | None:
     return int(text) if text else None
+
+
+_BOOLS = {"true": True, "false": False}  # the text of a boolean column, as result_row writes it
 
 
 def already_done(row, previous: dict[str, str] | None, unchecked: frozenset[str] = frozenset()) -> bool:
@@ -237,7 +245,7 @@ def _pyarrow():
 def parquet_schema():
     pa = _pyarrow()
     types = {"width": pa.int32(), "height": pa.int32(), "turned": pa.int32(), "confidence": pa.float64(),
-             "attempts": pa.int32(),
+             "attempts": pa.int32(), "lossless": pa.bool_(),
              "latency_ms": pa.float64(), "finished_at": pa.timestamp("ms", tz="UTC")}
     return pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
 
@@ -267,7 +275,7 @@ def _typed(r: dict[str, str]) -> dict:
 
     typed = dict(r)
     typed.update(width=num("width", int), height=num("height", int), turned=num("turned", int),
-                 attempts=num("attempts", int),
+                 attempts=num("attempts", int), lossless=_BOOLS.get(r.get("lossless", "")),
                  confidence=num("confidence", float), latency_ms=num("latency_ms", float),
                  finished_at=datetime.datetime.fromisoformat(r["finished_at"]) if r.get("finished_at") else None)
     return typed
@@ -408,6 +416,8 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, ...]]:
 def _parquet_text(value) -> str:
     if isinstance(value, datetime.datetime):  # the same text the CSV journal holds
         return value.isoformat(timespec="milliseconds")
+    if isinstance(value, bool):
+        return str(value).lower()
     return _text(value)
 
 

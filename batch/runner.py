@@ -324,7 +324,7 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
                     request = v1.ClassifyRequest(image=data, source=source)
                     reply = await (stub.Classify(request, timeout=settings.timeout) if size is None else
                                    stream.classify(stub, request, row.input_path, size, settings.timeout))
-                pool.answered(stub, reply.worker)
+                worker = pool.answered(stub, reply.worker)
         except stream.StreamFailed as e:
             return Outcome(ERROR, error=str(e), attempts=attempts)
         except grpc.aio.AioRpcError as e:
@@ -360,7 +360,7 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
             log.info("row %s: slow: its call took %.1f s, over half of --timeout %g s", row.id, latency_ms / 1000,
                      settings.timeout)
         break
-    common = dict(attempts=attempts, latency_ms=latency_ms, worker=reply.worker, width=reply.width,
+    common = dict(attempts=attempts, latency_ms=latency_ms, worker=worker, width=reply.width,
                   height=reply.height)
     if row.op == "classify":
         return Outcome(OK, label=reply.label, confidence=reply.confidence, faces=faces_json(reply.faces),
@@ -380,8 +380,9 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
         except RowFailed as e:
             return Outcome(ERROR, error=str(e), **common)
     turned = reply.degrees if row.auto else row.degrees % 360
+    lossless = reply.method in ("lossless", "copy") if reply.format == "JPEG" else None
     return Outcome(OK, output=str(row.output_path), format=reply.format, turned=turned, decided_by=reply.decided_by,
-                   note=reply.note, by_reference=referenced, **common)
+                   lossless=lossless, note=reply.note, by_reference=referenced, **common)
 
 
 async def fan_out(rows: Iterable[Row], pool: Pool, settings: Settings, finished: Callable[[Row, Outcome], None],

@@ -37,6 +37,7 @@ from batch.index import RunIndex, Scanned
 from batch.manifest import AUTO, ManifestError, Row, check_template, parse_rotation, read_rows
 from batch.progress import Progress, Tally
 from batch.results import (
+    ERROR,
     INDEX_NAME,
     LOCK_NAME,
     RUN_NAME,
@@ -167,6 +168,7 @@ class Run:
         # set from the concurrency once it is known.
         self.give_up_after = 10
         self._unanswered = 0
+        self.unrunnable = 0  # rows settled as errors without a call (invalid, clashing): for the start line
         self._group = GroupCommit(self.commit)
         self._committer: asyncio.Task | None = None
         # Exact duplicates share their leader's outcome: followers waiting for it, and the outcomes of leaders
@@ -217,6 +219,7 @@ class Run:
             if s.followed:
                 self._followed.add(s.row.id)
             if s.outcome is not None:
+                self.unrunnable += s.outcome.status == ERROR
                 self.settle(s.row, s.outcome)
             elif s.leader is None:
                 yield s.row
@@ -316,12 +319,17 @@ def run_batch(options: RunOptions) -> Summary:
             summary.limit, summary.connections = limit, connections
             where = (f"an embedded worker ({embedded.processes} processes on private Unix sockets in "
                      f"{embedded.socket_dir})" if embedded
-                     else ", ".join(targets) or "no worker (nothing to run)")
+                     else ", ".join(targets))
             in_flight = (f"{limit.current} calls in flight, adapting up to {limit.cap}" if limit.adaptive
                          else f"{limit.current} calls in flight")
             share = f" (share {shard} of {manifest_rows:,} rows)" if shard else ""
-            progress.note(f"batch: running {total:,} rows{share} on {where}, {in_flight}; results in "
-                          f"{store or _shown(out)}" + (f" (kept in {_shown(out)} while running)" if store else ""))
+            results_in = f"{store or _shown(out)}" + (f" (kept in {_shown(out)} while running)" if store else "")
+            if first is None:
+                progress.note(f"batch: nothing to run{share}: {_settled(total, run.unrunnable)}; results in "
+                              f"{results_in}")
+            else:
+                progress.note(f"batch: running {total:,} rows{share} on {where}, {in_flight}; results in "
+                              f"{results_in}")
             run.give_up_after = max(2 * limit.current, 10)
             settings = Settings(timeout=options.timeout, retries=options.retries, out_root=os.path.realpath(out),
                                 quality=options.quality, read_roots=read_roots, write_roots=write_roots)
@@ -465,6 +473,16 @@ def _store_access(options: RunOptions, targets: list[str], index: RunIndex) -> t
             warnings.append(f"cannot check that the {earlier:,} outputs on {scheme}:// of earlier runs still exist "
                             f"({problem}): those rows run again")
     return frozenset(unchecked), warnings
+
+
+def _settled(total: int, unrunnable: int) -> str:
+    """What became of the rows of a run that had no call to make."""
+    if total == 0:
+        return "the manifest has no rows"
+    said = [f"{total - unrunnable:,} of {total:,} rows already done (--restart does them again)"]
+    if unrunnable:
+        said.append(f"{unrunnable:,} cannot run as written (the error column says why)")
+    return ", ".join(said)
 
 
 def _reference_roots(options: RunOptions, targets: list[str], out: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -109,7 +109,7 @@ def test_wrong_tls_is_refused_with_a_clear_message(refusals, record_property, ca
 BAD_TLS = {
     "expired worker certificate": ("expired", [], "TLS handshake failed: the worker's certificate has expired"),
     "worker certificate for another name": (
-        "elsewhere", [], "TLS handshake failed: the worker's certificate is for another name"),
+        "elsewhere", [], "TLS handshake failed: the worker's certificate does not bear the name given to --worker"),
     "expired client certificate": (
         "mtls", ["--tls-cert", "expired_client_cert", "--tls-key", "expired_client_key"],
         "it does not accept our client certificate (--tls-cert has expired, or is not signed by the CA"),

@@ -11,6 +11,7 @@ import click
 
 from worker.decode import DEFAULT_MAX_PIXELS
 from worker.faces.training.commands import evaluate, train
+from worker.grpc_logging import quiet_grpc
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -95,6 +96,8 @@ def serve(log_level: str, **options) -> None:
     Exit status: 0 after SIGTERM/SIGINT (calls in flight drained), 1 the worker
     could not serve (e.g. port taken), 2 usage error, 3 the face model does not load.
     """
+    quiet_grpc(debug=log_level.upper() == "DEBUG")  # before anything imports grpc
+
     from worker.server import ConfigError, ServerConfig
     from worker.server import serve as run
 
