@@ -69,6 +69,22 @@ def test_an_old_single_leg_run_json_still_reports(tmp_path: Path) -> None:
     assert "Legs" not in report(out)  # one leg: the header says it all
 
 
+def test_a_stopped_last_leg_says_why_and_is_not_complete(tmp_path: Path) -> None:
+    out = synthetic_run(tmp_path, 20)
+    info, _ = read_run_info(out)
+    why = "no worker answered for 16 rows in a row (UNAVAILABLE: connection refused)"
+    write_run_info(out, {**info, "started_at": "2024-05-01T11:00:00+00:00", "finished_at": "2024-05-01T11:00:30+00:00",
+                         "counts": {"rows": 20, "ok": 10, "failed": 0, "skipped_already_done": 10, "not_run": 10},
+                         "stopped": why})
+    fig = json.loads(report(out, "--json"))
+    assert [leg["state"] for leg in fig["run"]["legs"]] == ["finished", "stopped"]
+    assert fig["run"]["state"] == "stopped" and fig["run"]["complete"] is False
+    assert fig["run"]["legs"][1]["rows_run"] == 0 and fig["run"]["legs"][1]["not_run"] == 10
+    text = " ".join(report(out).split())
+    assert f"STOPPED: {why}; the report shows the 20 of 20 rows finished" in text
+    assert f"stopped: {why}" in (out / "report.html").read_text(encoding="utf-8")
+
+
 # --- real runs: slow -------------------------------------------------------------------------------
 
 

@@ -69,8 +69,10 @@ def when(iso: str | None) -> str | None:
 def _run_lines(fig: dict) -> list[str]:
     run = fig["run"]
     folders = run["folders"]
-    about = run["folder"] if len(folders) == 1 else f"{len(folders)} results folders (under Legs)"
-    lines = [shorten(f"Report on {about} ({run['table']})", WIDTH)]
+    if len(folders) == 1:
+        lines = [shorten(f"Report on {run['folder']} ({run['table']})", WIDTH)]
+    else:
+        lines = [shorten(f"Report on {len(folders)} results folders ({run['table']}), each listed under Legs", WIDTH)]
     field = 11
 
     def add(name: str, value: object) -> None:
