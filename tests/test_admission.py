@@ -110,3 +110,23 @@ def test_a_wait_ends_with_its_calls_deadline_or_its_client():
     threading.Timer(0.2, lambda: setattr(call, "active", False)).start()
     with pytest.raises(Cancelled):
         admission.wait(threading.Event(), call)
+
+
+def test_a_stream_holds_what_it_has_received_not_what_it_declares():
+    gate = Admission(limit=8, workers=8, bytes_limit=100)
+    with gate.held(size=90, streamed=True) as first, gate.held(size=90, streamed=True) as second:
+        assert gate.image_bytes == 0  # two streams declared 90 each and sent nothing
+        with gate.held(size=50):  # other calls still get in
+            assert gate.image_bytes == 50
+        first.add(60)
+        with pytest.raises(Busy, match=r"this stream's next 0\.0 MiB would pass .*--max-inflight-mb"):
+            second.add(41)
+        second.add(40)
+        assert (gate.image_bytes, first.bytes, second.bytes) == (100, 60, 40)
+        with pytest.raises(Busy, match="MiB of images in flight"):
+            with gate.held(size=1):
+                pass
+    assert gate.image_bytes == 0 and gate.admitted == 0
+    with gate.held(size=500, streamed=True) as alone:
+        alone.add(500)  # alone, an image over the bound is still taken: never busy for good
+    assert gate.image_bytes == 0

@@ -55,6 +55,10 @@ def test_dash_h_is_help(main, args: list[str]) -> None:
     (["--tls-client-ca", "setup.cfg"], "--tls-client-ca needs --tls-cert and --tls-key"),
     (["--port", "70000"], "--port"),
     (["--no-such-option"], "No such option"),
+    (["--stream-idle-seconds", "0"], "--stream-idle-seconds"),
+    (["--max-call-seconds", "inf"], "--max-call-seconds must be more than 0 and at most"),
+    (["--keepalive-seconds", "nan"], "--keepalive-seconds must be more than 0 and at most"),
+    (["--idle-connection-seconds", "1e12"], "--idle-connection-seconds must be more than 0 and at most"),
 ])
 def test_worker_serve_usage_errors_exit_2(args: list[str], message: str) -> None:
     result = CliRunner().invoke(worker_main, ["serve", *args], catch_exceptions=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,32 +10,18 @@ import grpc
 import psutil
 import pytest
 from grpc_status import rpc_status
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.images import jpeg
 from tests.support.manifests import write_manifest
 from tests.support.processes import free_port, run_batch, wait_for, worker_process
 from tests.support.results import results
+from tests.support.rpc import scrape, total
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.metrics import FOLDER_ENV, exported
 from worker.server import ConfigError, ServerConfig, serve
 
 pytestmark = pytest.mark.slow  # real worker and driver processes on loopback
-
-Samples = list[tuple[str, dict[str, str], float]]
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of ``name``'s samples whose labels include ``labels``."""
-    return sum(value for n, have, value in samples if n == name and labels.items() <= have.items())
-
 
 def rotate_until_both_processes_answer(address: str) -> int:
     """Rotations on fresh connections until both processes of the worker have answered one; how many it took."""

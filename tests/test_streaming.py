@@ -16,8 +16,6 @@ import grpc
 import numpy as np
 import psutil
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from PIL import Image
 
 from batch import stream
@@ -26,6 +24,7 @@ from tests.support.images import jpeg
 from tests.support.manifests import write_manifest
 from tests.support.processes import free_port, kill, run_batch, start_batch, tree_rss_mb, wait_for, worker_process
 from tests.support.results import by_id, results, stray_temporaries
+from tests.support.rpc import reason
 from worker.admission import Admission
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
@@ -56,11 +55,6 @@ def gradients() -> np.ndarray:
 def save(pixels: np.ndarray, path: Path, fmt: str) -> Path:
     Image.fromarray(pixels).save(path, fmt, **({"compression": None} if fmt == "TIFF" else {}))
     return path
-
-
-def reason(error: grpc.RpcError) -> str:
-    info = error_details_pb2.ErrorInfo()
-    return next(info.reason for d in rpc_status.from_call(error).details if d.Unpack(info))
 
 
 class Peaks:

@@ -17,12 +17,16 @@ handler's return until the call ends (``Call.add_callback``), per process and
 per connection (``Call.peer``), and new calls are refused as busy while
 either count is at its bound.
 
-Image bytes count too: each call holds its image's size (a unary request's,
-a stream's declared total) from admission until it ends, and past
-``bytes_limit`` in all new calls are refused as busy, so a few large images
-at once cannot exhaust the process (each costs a multiple of its size to
-decode and encode). A call alone is always admitted: an image up to
---max-image-mb is never refused for good.
+Image bytes count too: each call holds its image's bytes from admission
+until it ends, and past ``bytes_limit`` in all new calls are refused as busy,
+so a few large images at once cannot exhaust the process (each costs a
+multiple of its size to decode and encode). A unary call holds its request's
+bytes; a stream holds what it has actually received (``Hold.add``), not the
+size it declares: streams that declare much and send nothing hold nothing
+(its declared size is only checked on admission, so a stream that could not
+fit is refused before it sends). A stream whose next bytes would pass the
+bound is refused as busy then. A call alone is always admitted: an image up
+to --max-image-mb is never refused for good.
 
 A call whose deadline has passed, or whose client has gone, is never started
 and stops waiting for its turn (``Expired``, ``Cancelled``); ``check`` is the
@@ -61,6 +65,19 @@ class Call(Protocol):
     def add_callback(self, callback: Callable[[], None]) -> bool: ...
 
 
+class Hold:
+    """The image bytes one admitted call holds until it ends."""
+
+    def __init__(self, gate: Admission) -> None:
+        self._gate = gate
+        self.bytes = 0
+
+    def add(self, size: int) -> None:
+        """``size`` more bytes received; Busy (and not held) when they would pass the process's bound while
+        other calls hold images too."""
+        self._gate._add(self, size)
+
+
 def bounded(seconds: float | None, limit: float) -> float:
     """A wait of at most ``limit`` seconds for a time remaining of ``seconds``, never negative.
 
@@ -82,7 +99,8 @@ def check(call: Call) -> None:
     """Raise Expired once ``call``'s deadline has passed, Cancelled once its client has gone."""
     remaining = call.time_remaining()
     if remaining is not None and remaining <= 0:
-        raise Expired("the call's deadline passed before its work was done; the worker stopped it")
+        raise Expired("the call's deadline (or the worker's --max-call-seconds) passed before its work was done; "
+                      "the worker stopped it")
     if not call.is_active():
         raise Cancelled("the client cancelled the call or went away; the worker stopped its work")
 
@@ -123,26 +141,41 @@ class Admission:
             return self.turn(work, *args, call=call)
 
     @contextlib.contextmanager
-    def held(self, call: Call | None = None, size: int = 0) -> Iterator[None]:
+    def held(self, call: Call | None = None, size: int = 0, *, streamed: bool = False) -> Iterator[Hold]:
         """Admit ``call`` with its ``size``-byte image for the block (a stream receives and answers in it).
 
         Busy when ``limit`` calls are held, when the images held would pass
         ``bytes_limit`` (unless none is), or when ``call``'s answers waiting (in
         this process or on its connection) are at their bounds; Expired or
-        Cancelled when ``call`` is over already.
+        Cancelled when ``call`` is over already. ``streamed``: ``size`` is only
+        declared, checked now and held as its bytes arrive (``Hold.add``).
         """
         if call is not None:
             check(call)  # never start work nobody waits for
+        hold = Hold(self)
         with self._lock:
             self._refuse_if_full(call, size)
             self._admitted += 1
-            self._bytes += size
+            if not streamed:
+                self._bytes += size
+                hold.bytes = size
         try:
-            yield
+            yield hold
         finally:
             with self._lock:
                 self._admitted -= 1
-                self._bytes -= size
+                self._bytes -= hold.bytes
+
+    def _add(self, hold: Hold, size: int) -> None:
+        with self._lock:
+            if self.bytes_limit is not None and self._bytes > hold.bytes and self._bytes + size > self.bytes_limit:
+                raise Busy(
+                    f"worker busy: {self._bytes / 2**20:.1f} MiB of images in flight, and this stream's next "
+                    f"{size / 2**20:.1f} MiB would pass the bound of {self.bytes_limit / 2**20:.0f} MiB per "
+                    "process (worker serve --max-inflight-mb); retry after a backoff"
+                )
+            self._bytes += size
+            hold.bytes += size
 
     def turn(self, work: Callable[..., T], *args, call: Call | None = None) -> T:
         """``work(*args)`` in one of the ``workers`` turns, for an admitted call; Expired or Cancelled when

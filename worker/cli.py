@@ -88,6 +88,19 @@ def main() -> None:
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics, summed over every process "
                    "(plaintext, read-only). Default: off.")
+@click.option("--stream-idle-seconds", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Longest wait for a streamed call's next message; a stream that sends nothing for longer ends "
+                   "with DEADLINE_EXCEEDED and releases what it sent.")
+@click.option("--max-call-seconds", default=600.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Longest any call lasts, whatever its deadline: one without a deadline (gRPC's default) or "
+                   "with a later one ends with DEADLINE_EXCEEDED then.")
+@click.option("--keepalive-seconds", default=60.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Ping a connection quiet this long; one that does not answer within as long again is dropped "
+                   "with its calls.")
+@click.option("--idle-connection-seconds", default=300.0, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="Close a connection that has had no call (or not finished its handshake) for this long; "
+                   "clients reconnect when they need to.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def serve(log_level: str, **options) -> None:

@@ -50,6 +50,10 @@ class ConfigError(ValueError):
     """Options that cannot work together (a usage error: `worker serve` exits 2)."""
 
 SERVICE_NAMES = ("imageworker.v1.ImageWorker", "ABImageService")
+# The longest of the worker's own time limits: a year, well within what gRPC's millisecond options hold.
+MAX_SECONDS = 365 * 24 * 3600
+# Clients may ping this often (the driver pings every 30 s during calls); more often is gRPC's "too many pings".
+MIN_CLIENT_PING_MS = 10_000
 # Calls gRPC admits beyond the image calls: health checks, the first answer of
 # a health Watch stream (an open stream holds no slot after it) and reflection.
 CONTROL_HEADROOM = 8
@@ -78,6 +82,10 @@ class ServerConfig:
     # Unix domain sockets in this private folder, one per process, instead of --host/--port (None: TCP).
     socket_dir: Path | None = None
     allow_unauthenticated_references: bool = False
+    stream_idle_seconds: float = 30.0  # longest wait for a stream's next message
+    max_call_seconds: float = 600.0  # longest any call lasts, whatever its deadline (or none)
+    keepalive_seconds: float = 60.0  # ping a connection quiet this long; drop it when unanswered as long again
+    idle_connection_seconds: float = 300.0  # close a connection without calls this long (and unfinished handshakes)
 
     @property
     def in_flight_limit(self) -> int:
@@ -181,6 +189,12 @@ def _check_config(config: ServerConfig) -> None:
             raise ConfigError(f"TLS file not found: {path}")
     if config.processes < 1 or config.threads < 1:
         raise ConfigError("--processes and --threads must be at least 1")
+    for flag, seconds in (("--stream-idle-seconds", config.stream_idle_seconds),
+                          ("--max-call-seconds", config.max_call_seconds),
+                          ("--keepalive-seconds", config.keepalive_seconds),
+                          ("--idle-connection-seconds", config.idle_connection_seconds)):
+        if not 0 < seconds <= MAX_SECONDS:
+            raise ConfigError(f"{flag} must be more than 0 and at most {MAX_SECONDS:,} (a year): got {seconds:g}")
     if config.metrics_port is not None and config.metrics_port == config.port and config.socket_dir is None:
         raise ConfigError(f"--metrics-port {config.metrics_port} is the --port: give the metrics a port of their own")
     if config.socket_dir is not None:
@@ -455,19 +469,35 @@ def _child_main(config: ServerConfig, address: str, ready, serve_one: ServeOne) 
 
 
 def new_server(config: ServerConfig):
-    """A grpc.Server with the worker's limits: RPC cap, message sizes, SO_REUSEPORT.
+    """A grpc.Server with the worker's limits: RPC cap, message sizes, SO_REUSEPORT, keepalive and idle
+    connections.
 
     A thread for every call gRPC admits, so no call waits where worker.admission
     cannot see it; --threads is enforced there, on the image work itself.
+    Connections are the transport's to bound: one whose client stops answering
+    pings (gone without a FIN, or frozen) is dropped with its calls, one without
+    calls for --idle-connection-seconds is closed (GOAWAY: clients reconnect
+    when they need to), and so is one that has not finished its handshake by
+    then (a bare TCP connection holds a file descriptor too).
     """
     import grpc
 
+    keepalive_ms = round(config.keepalive_seconds * 1000)
+    idle_ms = round(config.idle_connection_seconds * 1000)
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.transport_rpc_limit, thread_name_prefix="rpc"),
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", config.transport_limit),
             ("grpc.max_send_message_length", config.transport_limit),
+            ("grpc.keepalive_time_ms", keepalive_ms),
+            ("grpc.keepalive_timeout_ms", keepalive_ms),
+            ("grpc.http2.ping_timeout_ms", keepalive_ms),
+            # Ping however long the server has sent no data: a stream that is only receiving needs it most.
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_MS),
+            ("grpc.max_connection_idle_ms", idle_ms),
+            ("grpc.server_handshake_timeout_ms", idle_ms),
         ],
         maximum_concurrent_rpcs=config.transport_rpc_limit,
     )
@@ -523,6 +553,8 @@ def serve_worker(config: ServerConfig, address: str, ready: Callable[[], None]) 
         max_pixels=config.max_pixels,
         admission=Admission(config.in_flight_limit, config.threads, config.unsent_limit,
                             config.unsent_per_connection, config.inflight_bytes_limit),
+        stream_idle=config.stream_idle_seconds,
+        max_call=config.max_call_seconds,
         roots=Roots.of(config.data_roots, config.output_roots),
         metrics=recorder,
     )

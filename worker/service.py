@@ -2,9 +2,11 @@
 
 Each RPC is a few lines: unpack the request, call ``worker.rotate`` or the
 classifier, pack the answer. The streaming RPCs receive the image in chunks
-once admitted by its declared size (refused on the first message when it is
-over --max-image-mb), and answer in chunks; the image itself is decoded whole,
-as in a unary call. ``WorkerError``s become their status code with
+(refused on the first message when its declared size is over --max-image-mb),
+holding what they have received, each chunk waited for at most
+--stream-idle-seconds; they answer in chunks; the image itself is decoded
+whole, as in a unary call. No call lasts past --max-call-seconds, whatever its
+deadline (or none). ``WorkerError``s become their status code with
 the message unchanged and a ``google.rpc.ErrorInfo`` naming their reason (plus
 a ``RetryInfo`` when a retry soon may succeed); anything else is a bug, logged
 with its traceback and answered ``INTERNAL`` with reason INTERNAL.
@@ -16,7 +18,9 @@ import contextlib
 import functools
 import io
 import logging
+import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -30,7 +34,7 @@ from worker.admission import Admission
 from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imageworker_v1_pb2_grpc
 from worker.classifier import Classifier
 from worker.decode import raw_pixels
-from worker.errors import Busy, InvalidArgument, NotReady, Reason, TooLarge, WorkerError
+from worker.errors import Busy, Cancelled, Expired, InvalidArgument, NotReady, Reason, TooLarge, WorkerError
 from worker.metrics import Metrics
 from worker.storage import Roots
 
@@ -49,6 +53,8 @@ class WorkerState:
     max_image_bytes: int
     max_pixels: int
     admission: Admission  # image calls held and working at once
+    stream_idle: float = 30.0  # seconds a stream may send nothing (--stream-idle-seconds)
+    max_call: float = 600.0  # seconds any call may last, whatever its deadline (--max-call-seconds)
     # The face model, waited for while a call lasts (worker.server loads it at the first call that needs it).
     classifier: Callable[[admission.Call], Classifier] | None = None
     roots: Roots = field(default_factory=Roots)  # reference mode: what requests may name instead of bytes
@@ -61,6 +67,10 @@ class WorkerState:
     def count(self, method: str) -> None:
         with self._lock:
             self.served[method] = self.served.get(method, 0) + 1
+
+    def limited(self, context: grpc.ServicerContext) -> _Limited:
+        """``context`` with its time remaining capped at --max-call-seconds from now."""
+        return _Limited(context, self.max_call)
 
     def check_size(self, data: bytes) -> None:
         _check_limit(len(data), self.max_message_bytes, "--max-message-mb")
@@ -97,6 +107,24 @@ class WorkerState:
         return self.classifier(context)
 
 
+class _Limited:
+    """A call's context whose deadline is its client's or --max-call-seconds from its start, whichever comes
+    first: a client without a deadline (or with one days away) cannot hold the worker's memory for as long as it
+    likes."""
+
+    def __init__(self, context: grpc.ServicerContext, seconds: float) -> None:
+        self._context = context
+        self._end = time.monotonic() + seconds
+
+    def time_remaining(self) -> float:
+        own = self._end - time.monotonic()
+        theirs = self._context.time_remaining()
+        return theirs if theirs is not None and theirs < own else own
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
+
+
 def _check_limit(size: int, limit: int, flag: str) -> None:
     if size > limit:
         raise TooLarge(f"image is {size / 2**20:.1f} MiB, over this worker's limit of {limit / 2**20:.0f} MiB "
@@ -125,9 +153,9 @@ def _handled(servicer, method: str, context: grpc.ServicerContext) -> Iterator[_
         yield record
     except WorkerError as e:
         record.code, record.reason = e.status, e.reason
-        # Refusals under overload are routine (clients retry them): not worth a line each.
-        log.log(logging.DEBUG if isinstance(e, Busy) else logging.WARNING,
-                "%s from %s failed: %s: %s", name, context.peer(), e.status, e)
+        # Refusals under overload are routine (clients retry them): not worth a line each. A client may cancel.
+        level = logging.DEBUG if isinstance(e, Busy) else logging.INFO if isinstance(e, Cancelled) else logging.WARNING
+        log.log(level, "%s from %s failed: %s: %s", name, context.peer(), e.status, e)
         context.abort_with_status(_error_status(e.status, str(e), e.reason, e.retry_after))
     except GeneratorExit:  # a streamed answer the client stopped reading (cancelled, gone)
         record.code, record.reason = "CANCELLED", Reason.CALL_CANCELLED
@@ -153,6 +181,7 @@ def rpc(method: Callable) -> Callable:
     @functools.wraps(method)
     def wrapper(self, request, context: grpc.ServicerContext):
         state = self.state
+        context = state.limited(context)
         image = self.image_of(request)
         with _handled(self, method.__name__, context) as record:
             record.received = len(image)
@@ -169,12 +198,12 @@ def rpc(method: Callable) -> Callable:
 @contextlib.contextmanager
 def _streamed(servicer, method: str, chunks: Iterator, context: grpc.ServicerContext) -> Iterator[tuple]:
     """A streamed call, as ``rpc`` does a unary one: (its request, its image, its metrics record) once admitted
-    by the size its first message declares and received in full; held admitted until the block ends."""
+    by the size its first message declares and received in full; held admitted until the block ends, holding
+    the bytes received so far (a stream that sends nothing holds nothing)."""
     state = servicer.state
-    with _handled(servicer, method, context) as record:
-        first = next(chunks, None)
+    with _handled(servicer, method, context) as record, _Inbox(chunks, context, state.stream_idle) as inbox:
+        first = inbox.next()
         if first is None or first.WhichOneof("part") != "request":
-            admission.check(context)  # no request at all: a client gone or out of time
             raise InvalidArgument("a stream's first message must be its request, with the image's size",
                                   Reason.STREAM_INVALID)
         request, size = first.request, first.size
@@ -184,30 +213,99 @@ def _streamed(servicer, method: str, chunks: Iterator, context: grpc.ServicerCon
         if size < 0:
             raise InvalidArgument(f"a stream declared {size} bytes", Reason.STREAM_INVALID)
         state.check_image(size)  # before any of its bytes
-        with state.admission.held(context, size):
+        with state.admission.held(context, size, streamed=True) as hold:
             # "Send the image": a client that waits for this sees a refusal above as its status; one refused
             # while it sends sees only the transport's INTERNAL (gRPC aio loses the status in that race).
             context.send_initial_metadata(())
-            data = _gather(chunks, size, context)
+            data = _gather(inbox, size, hold)
             record.received = size
             yield request, data, record
 
 
-def _gather(chunks: Iterator, size: int, context: grpc.ServicerContext) -> bytes:
-    """The image in the ``data`` chunks, exactly ``size`` bytes (else STREAM_INVALID, or Expired/Cancelled)."""
+def _gather(inbox: _Inbox, size: int, hold: admission.Hold) -> bytes:
+    """The image in the ``data`` chunks, exactly ``size`` bytes (else STREAM_INVALID), each held as it comes."""
     # BytesIO grows in place (mremap) and getvalue hands over its buffer: about one copy of the image, not two.
-    image = io.BytesIO()
-    for chunk in chunks:
-        if chunk.WhichOneof("part") != "data":
-            raise InvalidArgument("a stream carries its request once, in its first message", Reason.STREAM_INVALID)
-        if image.tell() + len(chunk.data) > size:
-            raise InvalidArgument(f"the stream sent more than the {size:,} bytes it declared", Reason.STREAM_INVALID)
-        image.write(chunk.data)
-    admission.check(context)  # the chunks stop too when the client goes or the deadline passes
-    if image.tell() < size:
-        raise InvalidArgument(f"the stream ended after {image.tell():,} of the {size:,} bytes it declared",
-                              Reason.STREAM_INVALID)
-    return image.getvalue()
+    # Closed whatever happens: a call that fails here releases what it received at once, not when a traceback
+    # that reaches this frame is collected.
+    with io.BytesIO() as image:
+        while (chunk := inbox.next()) is not None:
+            if chunk.WhichOneof("part") != "data":
+                raise InvalidArgument("a stream carries its request once, in its first message",
+                                      Reason.STREAM_INVALID)
+            if image.tell() + len(chunk.data) > size:
+                raise InvalidArgument(f"the stream sent more than the {size:,} bytes it declared",
+                                      Reason.STREAM_INVALID)
+            hold.add(len(chunk.data))
+            image.write(chunk.data)
+        if image.tell() < size:
+            inbox.ended_short()
+            raise InvalidArgument(f"the stream ended after {image.tell():,} of the {size:,} bytes it declared",
+                                  Reason.STREAM_INVALID)
+        return image.getvalue()
+
+
+_GONE = object()  # the request iterator raised: the call is over (cancelled, or its deadline passed)
+# gRPC may end a cancelled call's messages quietly and say it was cancelled only a moment later.
+CANCEL_GRACE = 0.5
+
+
+class _Inbox:
+    """A stream's messages, read one at a time on a thread of its own, so that the call waits for each with
+    bounds: --stream-idle-seconds, the call's time, its client. Nothing is read ahead: admission counts what the
+    call has taken. The thread ends with the call (gRPC's iterator returns or raises then)."""
+
+    def __init__(self, chunks: Iterator, call: admission.Call, idle: float) -> None:
+        self._chunks = chunks
+        self._call = call
+        self._idle = idle
+        self._asks: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._read, name="stream-reader", daemon=True).start()
+
+    def __enter__(self) -> _Inbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._asks.put(False)
+
+    def _read(self) -> None:
+        while self._asks.get():
+            try:
+                message = next(self._chunks, None)
+            except grpc.RpcError as e:
+                # gRPC keeps the error in the call's state: without its traceback it reaches no frame of ours.
+                e.__traceback__ = None
+                message = _GONE
+            self._answers.put(message)
+            if message is None or message is _GONE:
+                return
+
+    def ended_short(self) -> None:
+        """The messages ended before the image did: Cancelled (or Expired) if that was the call ending, which
+        gRPC may report a moment after the end of its messages; else the client's mistake, for the caller."""
+        until = time.monotonic() + CANCEL_GRACE
+        while time.monotonic() < until:
+            admission.check(self._call)
+            time.sleep(0.01)
+
+    def next(self):
+        """The next message, or None once the client has sent its last. Expired after --stream-idle-seconds
+        without one or once the call's time is up; Cancelled once its client has gone."""
+        self._asks.put(True)
+        since = time.monotonic()
+        while True:
+            try:
+                message = self._answers.get(timeout=admission.bounded(self._call.time_remaining(), admission.POLL))
+            except queue.Empty:
+                admission.check(self._call)
+                if time.monotonic() - since >= self._idle:
+                    raise Expired(f"the stream sent nothing for {self._idle:g} s (worker serve "
+                                  "--stream-idle-seconds); the worker ended it") from None
+                continue
+            if message is _GONE:
+                admission.check(self._call)
+                raise Cancelled("the client cancelled the call or went away; the worker stopped its work")
+            return message
 
 
 def _error_status(code: str, message: str, reason: Reason, retry_after: float | None = None) -> grpc.Status:
@@ -237,6 +335,7 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
         return self._rotate_response(out, self.state.deliver(request, out.data))
 
     def RotateStream(self, chunks, context):
+        context = self.state.limited(context)
         with _streamed(self, "RotateStream", chunks, context) as (request, data, record):
             out = self.state.admission.turn(self._rotated, request, data, context, call=context)
             record.sent = len(out.data)
@@ -276,6 +375,7 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
         return self._classified(self.state.input_of(request), context)
 
     def ClassifyStream(self, chunks, context):
+        context = self.state.limited(context)
         with _streamed(self, "ClassifyStream", chunks, context) as (_, data, record):
             response = self.state.admission.turn(self._classified, data, context, call=context)
             record.sent = response.ByteSize()
