@@ -24,6 +24,7 @@ SCRIPTS = {
     "scale": ["bench_scale.py"],
     "driver": ["bench_driver_cost.py"],
     "references": ["bench_references.py", "--rounds", "3"],  # the driver's ceiling, bytes vs reference mode
+    "drivers": ["bench_drivers.py"],  # 1, 2 and 4 shards of one manifest against three stand-ins
 }
 
 
