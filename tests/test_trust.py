@@ -3,22 +3,30 @@ serving references without client certificates, folders raced into links, idle m
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import json
 import os
 import re
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 from click.testing import CliRunner
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
-from tests.support.images import photo
+from tests.support.images import jpeg, photo
 from tests.support.manifests import write_manifest
 from tests.support.processes import ROOT, start_batch, wait_for, worker_process
+from worker.api import imageworker_v1_pb2 as v1
+from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.cli import main
-from worker.local import python_command
+from worker.local import LocalServer, python_command
 
 AS_NOBODY = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
 
@@ -164,3 +172,117 @@ def test_a_worker_serves_references_where_its_clients_are_known_or_the_operator_
     warned = "anyone who can reach this address can read files under --data-root" in log
     record_property("observed", f"served at {w.address}; warned about references: {warned}")
     assert warned == (case == "said so"), log
+
+
+# --- an output's folder swapped for a link between the check and its making --------------------------------------
+
+# `worker serve` with an audit hook (PEP 578) that, at the first file event under $SWAP_ROOT after a request's
+# check (the worker opening or making anything there), puts a link to $SWAP_TO where the folder $SWAP_NAME is
+# (moving the folder aside if it exists): the race of a local user, at the worst moment, every time.
+SWAPPING_WORKER = """
+import os, sys
+root, name, to = os.environ["SWAP_ROOT"], os.environ["SWAP_NAME"], os.environ["SWAP_TO"]
+done = []
+def hook(event, args):
+    if done or event not in ("open", "os.mkdir") or not isinstance(args[0], str) or not args[0].startswith(root):
+        return
+    done.append(event)
+    target = os.path.join(root, name)
+    if os.path.isdir(target):
+        os.rename(target, target + ".held")
+    os.symlink(to, target)
+sys.addaudithook(hook)
+from worker.cli import main
+sys.argv[0] = "worker"
+main()
+"""
+
+
+def _exchange(a: Path, b: Path) -> str | None:
+    """Swap two names atomically (Linux renameat2 RENAME_EXCHANGE); why it failed, or None."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) != 0:
+        return os.strerror(ctypes.get_errno())
+    return None
+
+
+def _reason(error: grpc.RpcError) -> str:
+    info = error_details_pb2.ErrorInfo()
+    rpc_status.from_call(error).details[0].Unpack(info)
+    return info.reason
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["an existing folder", "a folder being made"])
+def test_a_folder_swapped_for_a_link_after_the_check_is_refused_and_nothing_is_made_outside(
+        tmp_path: Path, case: str, record_property) -> None:
+    """An output's folder turned into a link to elsewhere after the check: OUTSIDE_ROOTS, nothing made outside"""
+    data, out, elsewhere = tmp_path / "data", tmp_path / "out", tmp_path / "elsewhere"
+    for folder in (data, out, elsewhere):
+        folder.mkdir()
+    (data / "p.jpg").write_bytes(jpeg(32, 32))
+    if case == "an existing folder":
+        (out / "swap").mkdir()
+    env = {**os.environ, "SWAP_ROOT": str(out), "SWAP_NAME": "swap", "SWAP_TO": str(elsewhere)}
+    command = python_command("-c", SWAPPING_WORKER, "serve", "--port", "0", "--processes", "1",
+                             "--data-root", str(data), "--output-root", str(out))
+    request = v1.RotateRequest(degrees=90, source=v1.ImageRef(path=str(data / "p.jpg")),
+                               destination=v1.ImageRef(path=str(out / "swap" / "sub" / "x.jpg")))
+    with LocalServer(command, tmp_path / "worker.log", env=env) as w, grpc.insecure_channel(w.address) as channel:
+        with pytest.raises(grpc.RpcError) as e:
+            v1_grpc.ImageWorkerStub(channel).Rotate(request, timeout=30)
+    record_property("observed", f"{e.value.code().name} {_reason(e.value)}: {e.value.details()}; made outside: "
+                                f"{sorted(p.name for p in elsewhere.rglob('*'))}")
+    assert (out / "swap").is_symlink(), "the hook did not swap the folder: the test proves nothing"
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and _reason(e.value) == "OUTSIDE_ROOTS", e.value
+    assert not any(elsewhere.iterdir())
+    assert "Traceback" not in (tmp_path / "worker.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_folder_swapped_back_and_forth_during_writes_never_leads_outside(tmp_path: Path, record_property) -> None:
+    """A thread swaps an output folder and a link to elsewhere while 300 writes go there: OK or OUTSIDE_ROOTS"""
+    data, out, elsewhere = tmp_path / "data", tmp_path / "out", tmp_path / "elsewhere"
+    for folder in (data, out, elsewhere):
+        folder.mkdir()
+    (data / "p.jpg").write_bytes(jpeg(32, 32))
+    swap, link = out / "swap", out / "link"
+    swap.mkdir()
+    link.symlink_to(elsewhere)
+    if problem := _exchange(swap, link):
+        pytest.skip(f"renameat2(RENAME_EXCHANGE) is not available here: {problem}")
+    stop = threading.Event()
+
+    def swapper() -> None:  # "swap" is the folder, then the link, then the folder..., until told to stop
+        while not stop.is_set():
+            _exchange(swap, link)
+
+    answers: collections.Counter[str] = collections.Counter()
+    details: dict[str, str] = {}  # one message of each kind
+    with worker_process("--data-root", str(data), "--output-root", str(out)) as w, \
+            grpc.insecure_channel(w.address) as channel:
+        stub = v1_grpc.ImageWorkerStub(channel)
+        thread = threading.Thread(target=swapper)
+        thread.start()
+        try:
+            for i in range(300):
+                request = v1.RotateRequest(degrees=90, source=v1.ImageRef(path=str(data / "p.jpg")),
+                                           destination=v1.ImageRef(path=str(swap / f"d{i % 7}" / f"{i}.jpg")))
+                try:
+                    stub.Rotate(request, timeout=30)
+                    answers["OK"] += 1
+                except grpc.RpcError as e:
+                    kind = f"{e.code().name} {_reason(e) if e.code() != grpc.StatusCode.INTERNAL else ''}"
+                    answers[kind] += 1
+                    details.setdefault(kind, e.details())
+        finally:
+            stop.set()
+            thread.join()
+        log = w.log.read_text()
+    record_property("observed", f"{dict(answers)}; made outside: {sorted(p.name for p in elsewhere.rglob('*'))}")
+    assert set(answers) <= {"OK", "PERMISSION_DENIED OUTSIDE_ROOTS"}, (answers, details, log[-3000:])
+    assert answers["PERMISSION_DENIED OUTSIDE_ROOTS"], "no call met the link: the race was not run"
+    assert not any(elsewhere.iterdir())
+    assert "Traceback" not in log

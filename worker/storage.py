@@ -5,6 +5,9 @@ A reference is an absolute path on storage the worker shares with the driver
 must fall under a ``--data-root`` (to read) or an ``--output-root`` (to
 write); the check is made again on what was actually opened
 (``/proc/self/fd``), so a link swapped in between the two cannot lead outside.
+An output's folders are opened and made one at a time from the opened root
+(``dir_fd``, never following a link), not by path: a folder swapped for a link
+after the check is refused, and no folder is ever made outside the root.
 Writes are atomic and durable before the worker answers: a temporary file
 created in the target's folder (opened once, by descriptor), fsync, rename,
 fsync of the folder. Nothing here imports grpc; refusals are WorkerErrors.
@@ -208,13 +211,9 @@ class Roots:
         if not os.path.isabs(path):
             raise StorageError(f"reference {path!r} is not an absolute path", Reason.OUTSIDE_ROOTS)
         folder, name = os.path.split(os.path.normpath(path))
-        self._resolve(folder, self.write, "--output-root", "write")  # before making any folder
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as e:
-            raise StorageError(f"cannot make the folder of {path}: {e.strerror}", Reason.FILE_UNWRITABLE) from None
-        real_folder = self._resolve(folder, self.write, "--output-root", "write")
-        dir_fd = os.open(real_folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        real = self._resolve(folder, self.write, "--output-root", "write")  # before making any folder
+        root = next(r for r in self.write if _under(real, (r,)))
+        dir_fd = _open_folders(root, os.path.relpath(real, root), path)
         try:
             self._still_inside(dir_fd, path, self.write, "--output-root")
             tmp = f".{name}.{secrets.token_hex(4)}.workertmp"
@@ -241,7 +240,11 @@ class Roots:
                                Reason.REFERENCES_OFF)
         if not os.path.isabs(path):
             raise StorageError(f"reference {path!r} is not an absolute path", Reason.OUTSIDE_ROOTS)
-        real = os.path.realpath(path)
+        try:
+            real = os.path.realpath(path)
+        except OSError as e:  # e.g. EINVAL: a link it had seen was no longer one when read, swapped meanwhile
+            raise StorageError(f"cannot resolve {path}: {e.strerror} (it changed while it was resolved)",
+                               Reason.OUTSIDE_ROOTS) from None
         if not _under(real, roots):
             raise StorageError(f"{path} resolves to {real}, outside this worker's {option} "
                                f"({', '.join(roots)})", Reason.OUTSIDE_ROOTS)
@@ -254,6 +257,46 @@ class Roots:
         if not _under(opened, roots):
             raise StorageError(f"{path} led to {opened} when opened, outside this worker's {option}",
                                Reason.OUTSIDE_ROOTS)
+
+
+def _open_folders(root: str, relative: str, path: str) -> int:
+    """A descriptor of ``root/relative``, its folders opened (and made where missing) one at a time relative
+    to the one before, none through a link: a link found where the check saw a folder was swapped in since,
+    and is refused (OUTSIDE_ROOTS) rather than followed."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(root, flags)
+    except OSError as e:
+        raise StorageError(f"cannot open the --output-root {root}: {e.strerror}", Reason.FILE_UNWRITABLE) from None
+    try:
+        for part in [] if relative == os.curdir else relative.split(os.sep):
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):  # made meanwhile: opened (or refused) below
+                    os.mkdir(part, dir_fd=fd)
+                child = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        return fd
+    except OSError as e:
+        # A link meets O_NOFOLLOW | O_DIRECTORY with ELOOP or ENOTDIR (Linux); ENOTDIR is also a file in the way.
+        swapped = e.errno == errno.ELOOP or (e.errno == errno.ENOTDIR and not _file_in_the_way(part, fd))
+        os.close(fd)
+        if swapped:
+            raise StorageError(f"a folder of {path} is a link now (it was not when checked): refusing to follow it",
+                               Reason.OUTSIDE_ROOTS) from None
+        raise StorageError(f"cannot make the folder of {path}: {e.strerror}", Reason.FILE_UNWRITABLE) from None
+
+
+def _file_in_the_way(name: str, dir_fd: int) -> bool:
+    """Whether ``name`` is neither a folder nor a link: what a folder cannot be made over. A folder or nothing
+    there now means it changed since it was opened as something else."""
+    try:
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISDIR(mode) or stat.S_ISLNK(mode))
 
 
 def _under(real: str, roots: tuple[str, ...]) -> bool:
