@@ -67,8 +67,9 @@ class Settings:
     @property
     def busy_budget(self) -> float:
         """Seconds a row may be refused as busy while no call of the run is answered: as long as --retries
-        ordinary retries at most."""
-        return sum(min(self.backoff_cap, self.backoff_base * 2 ** k) for k in range(self.retries))
+        ordinary retries at most, and never less than a call may take (--timeout): other drivers' calls may hold
+        every slot of the fleet that long, and a driver refused while they do has no answer of its own."""
+        return max(self.timeout, sum(min(self.backoff_cap, self.backoff_base * 2 ** k) for k in range(self.retries)))
 
 
 def backoff(retry: int, settings: Settings, busy: bool = False) -> float:

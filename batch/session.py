@@ -601,7 +601,7 @@ def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedde
         "manifest_sha256": _fingerprint(Path(options.manifest)),
         "manifest_rows": manifest_rows,
         "shard_rows": t.rows,
-        "out": str(options.out_dir),
+        "out": str(options.out_store or options.out_dir),
         "workers": {
             "targets": targets,
             "embedded": embedded is not None,
@@ -633,7 +633,7 @@ def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedde
         "stopped": summary.stopped,
         "warnings": summary.warnings,
         "exit_code": summary.exit_code,
-        "results": str(summary.results),
+        "results": summary.published or str(summary.results),
     }
 
 

@@ -14,13 +14,17 @@ import signal
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from batch.remote import CACHE_ENV
+from batch.cli import main
+from batch.index import RunIndex
+from batch.manifest import read_rows
+from batch.remote import CACHE_ENV, cache_folder
+from batch.shard import Shard, sharer
+from batch.store import parse
 from tests.support.manifests import make_entangled
 from tests.support.processes import run_batch, start_batch, wait_for
 from tests.support.results import files_under
-
-pytestmark = pytest.mark.slow
 
 BUCKET = "s3://results"
 VOLATILE = ("attempts", "latency_ms", "worker", "finished_at")
@@ -40,6 +44,48 @@ def table(data: bytes) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
 
 
+@pytest.mark.parametrize(("out", "says"), [
+    ("https://example.com/results", "https:// is read-only"),
+    ("s3://", "--out "),
+    ("s3://bucket/a/../b", "--out "),
+])
+def test_an_out_uri_that_cannot_be_written_is_a_usage_error(tmp_path: Path, out: str, says: str) -> None:
+    manifest = make_entangled(tmp_path, 2)
+    result = CliRunner().invoke(main, ["run", str(manifest), "--out", out, "--quiet"])
+    assert result.exit_code == 2 and says in result.output, result.output
+
+
+def test_the_cache_folder_is_one_per_uri_under_batch_cache(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    a, b = cache_folder(parse("s3://results/job/shard-0-of-2")), cache_folder(parse("s3://results/job/shard-1-of-2"))
+    assert a.parent == b.parent == tmp_path and a != b
+    assert a == cache_folder(parse("s3://Results/job/shard-0-of-2"))  # one spelling per bucket
+
+
+def test_a_row_has_one_share_whether_out_is_a_folder_or_a_uri(tmp_path: Path) -> None:
+    manifest = make_entangled(tmp_path, 40)
+    store = parse("s3://results/job/shard")
+
+    def share(k: int, out: Path, uri=None) -> dict[str, str]:
+        out.mkdir()
+        index = RunIndex(out / ".index", k)
+        try:
+            index.add_rows(read_rows(manifest, out, store=uri), manifest, sharer(Shard(k, 3), out, uri))
+            index.name_rotations()
+            return {s.row.id: str(s.row.output_path).replace(str(uri or out), "<OUT>") for s in index.scan()}
+        finally:
+            index.close()
+
+    everywhere = {}
+    for k in range(3):
+        local, remote = share(k, tmp_path / f"local{k}"), share(k, tmp_path / f"cache{k}", store)
+        assert local == remote and local
+        everywhere.update(remote)
+    assert everywhere["many90"] == "<OUT>/rotated/many.r90.jpg"
+    assert everywhere["clash-a"] == "<OUT>/clash.jpg"
+
+
+@pytest.mark.slow
 def test_a_shard_into_a_bucket_resumes_on_an_empty_disk(tmp_path: Path, s3, monkeypatch) -> None:
     manifest = make_entangled(tmp_path, 300)
     local = tmp_path / "local"
@@ -79,6 +125,7 @@ def test_a_shard_into_a_bucket_resumes_on_an_empty_disk(tmp_path: Path, s3, monk
     info = json.loads(s3.get(f"{out}/run.json"))
     assert info["counts"]["skipped_already_done"] == len(kept_ok)  # only the rows no checkpoint kept ran again
     assert info["shard"] == {"index": 0, "count": 2} and info["shard_rows"] == len(expected)
+    assert (info["out"], info["results"]) == (out, f"{out}/results.csv")
     got = table(s3.get(f"{out}/results.csv"))
     assert len(got) == len({r["id"] for r in got}) == len(expected)
     for row in got:

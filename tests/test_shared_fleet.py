@@ -29,10 +29,10 @@ def test_four_adaptive_drivers_share_two_small_workers(tmp_path) -> None:
                                log=m.parent / "driver.log") for m in manifests]
         codes = [d.wait(360) for d in drivers]
     logs = [(m.parent / "driver.log").read_text() for m in manifests]
-    assert codes == [0] * DRIVERS, [log[-1500:] for log in logs]
     rows = [r for m in manifests for r in results(m.parent / "out")]
+    assert all(r["status"] == "ok" for r in rows), [(r["id"], r["error"]) for r in rows if r["status"] != "ok"][:3]
     assert len(rows) == DRIVERS * ROWS
-    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"][:3]
+    assert codes == [0] * DRIVERS, [log[-1500:] for log in logs]
     # The fleet stayed busy: both workers answered every driver, and refusals were retried, not failed.
     ports = {a.address.rsplit(":", 1)[1], b.address.rsplit(":", 1)[1]}
     for m in manifests:
