@@ -19,8 +19,9 @@ from tests.support.certificates import make_pki
 from tests.support.fleet import dns_server
 from tests.support.images import jpeg
 from tests.support.manifests import make_batch, write_manifest
-from tests.support.processes import free_port, run_batch, start_batch, worker_process
+from tests.support.processes import ROOT, free_port, run_batch, start_batch, worker_process
 from tests.support.results import results
+from worker.local import python_command
 
 
 def error_line(stderr: str) -> str:
@@ -221,3 +222,44 @@ def test_a_run_with_nothing_left_to_do_says_so(tmp_path: Path) -> None:
     assert mixed.stderr.splitlines()[0].startswith("batch: nothing to run: 3 of 4 rows already done (--restart "
                                                    "does them again), 1 cannot run as written (the error column "
                                                    "says why); results in ")
+
+
+# --- worker probe: grpcurl's lines with what the user has -------------------------------------------------------
+
+PROBE = python_command("-m", "worker", "probe")
+
+
+def probe(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*PROBE, *map(str, args)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_worker_probe_checks_health_lists_services_and_rotates_a_file(tmp_path: Path) -> None:
+    """`worker probe` against a real worker: SERVING, the services reflection lists, one Rotate whose image is
+    written; over TLS by IP with --tls-server-name; a closed port is exit 1 with one line"""
+    from PIL import Image
+
+    (tmp_path / "in.jpg").write_bytes(jpeg(64, 48, seed=3))
+    with worker_process() as w:
+        done = probe(w.address, "--rotate", tmp_path / "in.jpg", "--out", tmp_path / "out.jpg")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"{w.address}: SERVING (health check, ")
+    assert lines[1] == ("services: ABImageService, grpc.health.v1.Health, grpc.reflection.v1alpha.ServerReflection, "
+                        "imageworker.v1.ImageWorker")
+    assert lines[2].startswith(f"rotated {tmp_path / 'in.jpg'} by 90: JPEG 48x64, ")
+    assert ", lossless, by " in lines[2]
+    assert Image.open(tmp_path / "out.jpg").size == (48, 64)
+
+    pki = make_pki(tmp_path)
+    with worker_process("--tls-cert", str(pki.elsewhere_server_cert), "--tls-key",
+                        str(pki.elsewhere_server_key)) as w:
+        tls = probe(w.address, "--tls-ca", pki.ca, "--tls-server-name", "elsewhere.example")
+    assert tls.returncode == 0, tls.stderr
+    assert tls.stdout.startswith(f"{w.address}: SERVING")
+
+    nobody = f"127.0.0.1:{free_port()}"
+    closed = probe(nobody, "--timeout", "1")
+    assert closed.returncode == 1
+    assert closed.stderr.splitlines() == [f"Error: {nobody}: no answer within 1 s (DEADLINE_EXCEEDED: Deadline "
+                                          "Exceeded)"]

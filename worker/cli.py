@@ -12,6 +12,7 @@ import click
 from worker.decode import DEFAULT_MAX_PIXELS
 from worker.faces.training.commands import evaluate, train
 from worker.grpc_logging import quiet_grpc
+from worker.probe import probe
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -130,3 +131,4 @@ def serve(log_level: str, **options) -> None:
 
 main.add_command(train)
 main.add_command(evaluate)
+main.add_command(probe)
