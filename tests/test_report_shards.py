@@ -94,6 +94,23 @@ def test_a_shard_killed_before_its_first_leg_ended_is_unfinished_not_missing(tmp
     assert not [w for w in fig["warnings"] if "not a shard" in w]
 
 
+def test_many_shards_stay_readable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    here = [k for k in range(16) if k not in (3, 4)]
+    folders = [_shard_folder(Path("."), f"shard-{k}-of-16", k, 16, "1" * 64, n=3) for k in here]
+    add_leg(folders[-1], interrupted=True, signal="SIGINT")  # shard 15
+    text = report(*folders)
+    check_terminal_width(text)
+    flat = " ".join(text.split())
+    assert "MISSING SHARDS: shard 3-4 of 16 is not among the folders" in flat
+    assert "missing: shard 3-4 of 16" in flat
+    assert "shard 15/16: shard-15-of-16" in flat  # the unfinished one is listed first
+    assert f"… and {len(here) - 10} more folders, every one complete" in flat
+    fig = json.loads(report(*folders, "--json"))
+    assert fig["shards"]["missing"] == [3, 4] and fig["shards"]["unfinished"] == ["shard-15-of-16"]
+    assert len(fig["run"]["legs"]) == len(here) + 1
+
+
 def test_a_folder_given_twice_is_refused(tmp_path: Path) -> None:
     a = _shard_folder(tmp_path, "a", 0, 2, "1" * 64)
     result = CliRunner().invoke(main, ["report", str(a), str(tmp_path / "a" / ".")])

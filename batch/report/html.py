@@ -14,6 +14,7 @@ from batch.report import charts
 from batch.report.gallery import Galleries, Thumb
 from batch.report.terminal import incomplete_notes, when
 
+LEGS_CAP = 200  # rows of the legs and shards tables: a job of thousands of shards keeps a small page
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 STYLE = """
@@ -121,20 +122,24 @@ def _legs(fig: dict) -> str:
             _n(leg["duration_s"], " s"), _n(leg["rows_run"]), _n(leg["skipped"]), escape(state),
             f"<code>{escape(leg['workers'] or '–')}</code>",
         ])
+    capped = f" Showing the first {LEGS_CAP:,} of {len(rows):,}." if len(rows) > LEGS_CAP else ""
     out = ["<h2>Legs</h2><p class=note>Each <code>batch run</code> into a folder: the first run, each resume, "
-           "each shard. The totals above are over all of them.</p>",
-           _table(["folder", "shard", "started", "time", "rows run", "skipped", "state", "workers"], rows,
-                  {3, 4, 5})]
+           f"each shard. The totals above are over all of them.{capped}</p>",
+           _table(["folder", "shard", "started", "time", "rows run", "skipped", "state", "workers"],
+                  rows[:LEGS_CAP], {3, 4, 5})]
     if shards:
-        done = [
+        # Those that need a look first: missing, then unfinished, then the rest.
+        done = [[escape(str(i)), "<b>missing</b>", "–", "–", "–", "<b>no</b>"] for i in shards["missing"]]
+        done += [
             [escape(str(f["index"]) if f["index"] is not None else "–"), f"<code>{escape(f['folder'])}</code>",
              _n(f["rows"]), _n(f["shard_rows"]), escape(f["state"]), "yes" if f["complete"] else "<b>no</b>"]
-            for f in shards["folders"]
+            for f in sorted(shards["folders"], key=lambda f: f["complete"])
         ]
-        done += [[escape(str(i)), "<b>missing</b>", "–", "–", "–", "<b>no</b>"] for i in shards["missing"]]
         count = f" of {shards['count']}" if shards["count"] else ""
-        out.append(f"<h3>Shards{escape(count)}</h3>"
-                   + _table(["shard", "folder", "rows", "shard rows", "state", "complete"], done, {2, 3}))
+        capped = (f"<p class=note>Showing {LEGS_CAP:,} of {len(done):,}: missing and unfinished ones first.</p>"
+                  if len(done) > LEGS_CAP else "")
+        out.append(f"<h3>Shards{escape(count)}</h3>{capped}"
+                   + _table(["shard", "folder", "rows", "shard rows", "state", "complete"], done[:LEGS_CAP], {2, 3}))
     return "".join(out)
 
 

@@ -6,6 +6,7 @@ import re
 import textwrap
 
 WIDTH = 80
+FOLDERS_SHOWN = 10  # folders whose legs the terminal lists: a job of a thousand shards stays readable
 
 
 def shorten(text: str, width: int) -> str:
@@ -37,12 +38,13 @@ def incomplete_notes(fig: dict) -> list[str]:
     done = f"{fig['rows']['total']:,}{of} rows"
     notes = []
     if shards and shards["missing"]:
-        missing = ", ".join(map(str, shards["missing"]))
-        notes.append(f"MISSING SHARDS: shard {missing} of {shards['count']} is not among the folders; "
-                     f"the report covers the {done} of the others.")
+        notes.append(f"MISSING SHARDS: shard {ranges(shards['missing'])} of {shards['count']} is not among the "
+                     f"folders; the report covers the {done} of the others.")
     if shards and shards["unfinished"]:
         states = {f["folder"]: f["state"] for f in shards["folders"]}
-        listed = "; ".join(f"{folder} ({states[folder]})" for folder in shards["unfinished"])
+        listed = "; ".join(f"{folder} ({states[folder]})" for folder in shards["unfinished"][:5])
+        if len(shards["unfinished"]) > 5:
+            listed += f" and {len(shards['unfinished']) - 5:,} more"
         notes.append(f"UNFINISHED SHARDS: {listed}; run the same command again for each.")
     if run["state"] == "interrupted":
         notes.append(f"INTERRUPTED: the report shows the {done} finished; run the same command again to finish.")
@@ -98,8 +100,20 @@ def _run_lines(fig: dict) -> list[str]:
     return lines
 
 
+def ranges(numbers: list[int]) -> str:
+    """Sorted whole numbers as runs: [0, 1, 2, 5] -> "0-2, 5" (a thousand missing shards in one line)."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _leg_lines(fig: dict) -> list[str]:
-    """Every leg, grouped by folder when there are several: a run, each resume, each shard."""
+    """Every leg, grouped by folder when there are several: a run, each resume, each shard (at most
+    FOLDERS_SHOWN folders, those not complete first)."""
     run, shards = fig["run"], fig["shards"]
     if len(run["legs"]) < 2 and not shards:
         return []
@@ -109,13 +123,16 @@ def _leg_lines(fig: dict) -> list[str]:
     for leg in run["legs"]:
         by_folder.setdefault(leg["folder"], []).append(leg)
     about = {f["folder"]: f for f in shards["folders"]} if shards else {}
-    for folder, legs in by_folder.items():
+    folders = list(by_folder)
+    if len(folders) > FOLDERS_SHOWN:
+        folders.sort(key=lambda f: about.get(f, {}).get("complete", by_folder[f][-1]["state"] == "finished"))
+    for folder in folders[:FOLDERS_SHOWN]:
         if len(by_folder) > 1 or shards:
             shard = about.get(folder, {})
             head = (f"shard {shard['index']}/{shard['count']}: " if shard.get("index") is not None else "")
             rows = f"{shard['rows']:,}" + (f" of {shard['shard_rows']:,}" if shard.get("shard_rows") else "")
             lines.append(shorten(f"  {head}{folder} ({rows} rows)" if shard else f"  {folder}", WIDTH))
-        for leg in legs:
+        for leg in by_folder[folder]:
             started = when(leg["started_at"]) or "-"
             if not leg["recorded"]:
                 started = "(first row) " + started[11:] if leg["started_at"] else "-"
@@ -123,8 +140,13 @@ def _leg_lines(fig: dict) -> list[str]:
             skipped = "-" if leg["skipped"] is None else f"{leg['skipped']:,}"
             state = leg["state"] + (f" ({leg['signal']})" if leg["signal"] else "")
             lines.append(shorten(f"  {started:<24}{took:>10}{leg['rows_run']:>10,}{skipped:>9}  {state}", WIDTH))
+    if len(folders) > FOLDERS_SHOWN:
+        lines.append(f"  … and {len(folders) - FOLDERS_SHOWN:,} more folders, every one complete"
+                     if shards is None or len(shards["unfinished"]) <= FOLDERS_SHOWN else
+                     f"  … and {len(folders) - FOLDERS_SHOWN:,} more folders (see --json or the HTML report)")
     if shards and shards["missing"]:
-        lines.append(f"  missing: shard {', '.join(map(str, shards['missing']))} of {shards['count']}")
+        lines += textwrap.wrap(f"missing: shard {ranges(shards['missing'])} of {shards['count']}", WIDTH,
+                               initial_indent="  ", subsequent_indent="    ")
     return lines
 
 
