@@ -334,7 +334,7 @@ def test_a_turned_photo_is_named_under_its_turn_and_its_box_is_on_the_face(shipp
 def test_an_upright_photo_reports_orientation_0_after_one_detector_pass(shipped, monkeypatch):
     passes = []
     detect = pipeline.detect_scored
-    monkeypatch.setattr(pipeline, "detect_scored", lambda rgb, models: passes.append(1) or detect(rgb, models))
+    monkeypatch.setattr(pipeline, "detect_scored", lambda rgb, *a: passes.append(1) or detect(rgb, *a))
     result = shipped.classify(held_out_photo(BUSH, 1).read_bytes(), MAX_PIXELS)
     assert (result.label, result.orientation, len(passes)) == (BUSH, 0, 1)
 
@@ -342,11 +342,48 @@ def test_an_upright_photo_reports_orientation_0_after_one_detector_pass(shipped,
 def test_no_face_stays_no_face_with_orientation_0_after_all_four_turns(shipped, monkeypatch):
     passes = []
     detect = pipeline.detect_scored
-    monkeypatch.setattr(pipeline, "detect_scored", lambda rgb, models: passes.append(rgb.shape) or detect(rgb, models))
+    monkeypatch.setattr(pipeline, "detect_scored", lambda rgb, *a: passes.append(rgb.shape) or detect(rgb, *a))
     result = shipped.classify((SAMPLES / "china.jpg").read_bytes(), MAX_PIXELS)
     assert (result.label, result.orientation, result.faces) == (NO_FACE, 0, [])
     assert (result.width, result.height) == (640, 427)
-    assert passes == [(427, 640, 3), (640, 427, 3), (640, 427, 3), (427, 640, 3)]
+    # Upright at full size, then the three turns of one copy shrunk to TURNED_PIXELS.
+    (h, w, _), *turns = passes
+    assert (h, w) == (427, 640) and len(turns) == 3
+    small = turns[2]  # turned 180: the shrunk copy's own shape; 90 and 270 exchange its axes
+    sideways = (small[1], small[0], 3)
+    assert small[0] * small[1] <= 1.01 * pipeline.TURNED_PIXELS and turns == [sideways, sideways, small]
+
+
+def test_the_turns_of_a_large_photo_are_scanned_on_one_small_copy(shipped, monkeypatch):
+    """A 1920x1080 photo with no face: one full-size scan, then three at most TURNED_PIXELS (about a third of
+    the size), so that no face costs about one scan, not four (bench/bench_classify.py prices it)."""
+    passes = []
+    detect = pipeline.detect_scored
+    monkeypatch.setattr(pipeline, "detect_scored", lambda rgb, *a: passes.append(rgb.shape[:2]) or detect(rgb, *a))
+    data = encode(Image.open(SAMPLES / "china.jpg").convert("RGB").resize((1920, 1080)), "JPEG")
+    result = shipped.classify(data, MAX_PIXELS)
+    assert result.label == NO_FACE
+    assert passes[0] == (1080, 1920) and len(passes) == 4
+    assert all(h * w <= 1.01 * pipeline.TURNED_PIXELS for h, w in passes[1:])  # (size rounded to whole pixels)
+
+
+@needs_lfw
+@pytest.mark.parametrize("degrees", [90, 270])
+def test_a_turned_face_in_a_large_photo_is_found_on_the_small_copy_and_boxed_at_full_size(shipped, degrees):
+    face = Image.open(held_out_photo(BUSH, 1)).convert("RGB").resize((500, 500))  # a face of ~250 px
+    canvas = Image.open(SAMPLES / "china.jpg").convert("RGB").resize((1920, 1080))
+    canvas.paste(face, (900, 300))
+    upright = shipped.classify(encode(canvas, "PNG"), MAX_PIXELS)
+    assert (upright.label, upright.orientation) == (BUSH, 0)
+    sent = canvas.transpose(CLOCKWISE[degrees])
+    result = shipped.classify(encode(sent, "PNG"), MAX_PIXELS)
+    assert (result.label, result.orientation) == (BUSH, degrees)
+    box = result.faces[0].box
+    # The box, found on the shrunk copy, lies on the face in the full-size image as sent: within a tenth of its
+    # size (the detector's windows are 1.2x apart, on a copy a third of the size).
+    back = unturned_box(upright.faces[0].box, degrees, sent.width, sent.height)  # in the pixels as sent
+    tolerance = 0.1 * (back.right - back.left)
+    assert all(abs(a - b) <= tolerance for a, b in zip(box, back, strict=True)), (box, back)
 
 
 @needs_lfw

@@ -63,6 +63,11 @@ class Classifier(Protocol):
         """Classify the faces in an encoded image file (bytes as read from disk)."""
         ...
 
+    def upright_turn(self, data: bytes, max_pixels: int) -> int | None:
+        """The counter-clockwise quarter turn under which an encoded image's faces are upright, None
+        without a face (``rotate auto``)."""
+        ...
+
     def classify_legacy(self, pixels: np.ndarray) -> str:
         """Label a legacy client's picture (HxW grey or HxWx3 RGB uint8, usually 50x37 grey)."""
         ...

@@ -351,8 +351,7 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
             def faces() -> int | None:  # only asked when the file has no EXIF orientation to apply
                 model = self.state.ready_classifier(context)
                 admission.check(context)
-                found = model.classify(data, self.state.max_pixels)
-                return found.orientation if found.faces else None
+                return model.upright_turn(data, self.state.max_pixels)
 
             return rotate.auto_rotate(data, faces, **options)
         return rotate.rotate(data, request.degrees, **options)

@@ -215,6 +215,10 @@ QUARTER_TURNS = (90, 270, 180)
 # below it every turn is tried and the best-scoring one wins, so a false upside-down face never
 # hides the true one (chosen on the training photos; docs/model-card.md, "Turned photos").
 SURE_FACE = 1.0
+# The turned copies are scanned at most this size: a 1080p photo at about a third of its size (its turned
+# faces from about 170 px up; upright ones from 60 px, at full size), while a 250x250 portrait keeps its
+# full size and its 2x pass (4 x 250 x 250 fits), so the turned LFW figures are those of a full-size search.
+TURNED_PIXELS = 256 * 1024
 
 
 def turned(rgb: np.ndarray, degrees: int) -> np.ndarray:
@@ -236,25 +240,55 @@ def unturned_box(box: Box, degrees: int, width: int, height: int) -> Box:
     return box
 
 
+def search_turns(rgb: np.ndarray, models: DlibModels) -> tuple[int, list[Box]] | None:
+    """The quarter turn (counter-clockwise) under which ``rgb``'s faces are surest, and their boxes in the
+    pixels of ``rgb`` turned by it (main face first); None without a face. Upright unless the upright image
+    has no sure face (``SURE_FACE``).
+
+    The turns are searched on one copy shrunk to ``TURNED_PIXELS`` (shrunk once, then turned: turning
+    and shrinking a 1080p frame three times costs more than the three scans), so that a photo with no
+    face costs about one upright scan, not four."""
+    height, width = rgb.shape[:2]
+    boxes, score = detect_scored(rgb, models)
+    best = (score, 0, boxes) if boxes else None
+    if best is None or best[0] < SURE_FACE:
+        scale = detection_scale(width, height, TURNED_PIXELS)
+        small = rgb if scale == 1.0 else _resized(rgb, scale)
+        # (Rounding may leave the copy a few pixels over the budget: scanned as it is, never shrunk twice.)
+        budget = max(TURNED_PIXELS, small.shape[0] * small.shape[1])
+        for degrees in QUARTER_TURNS:
+            found, score = detect_scored(turned(small, degrees), models, budget)
+            if found and (best is None or score > best[0]):
+                best = (score, degrees, [_upscaled(b, small, rgb, degrees) for b in found])
+            if best is not None and best[0] >= SURE_FACE:
+                break
+    return None if best is None else best[1:]
+
+
 def faces_any_turn(rgb: np.ndarray, models: DlibModels, max_faces: int = 16) -> tuple[int, list[Box], np.ndarray]:
-    """Like ``faces_in``, under the quarter turn whose faces are surest: upright unless the upright
-    image has no sure face (``SURE_FACE``). Returns that turn (0 without any face), the boxes in
-    ``rgb``'s pixels (main face first) and their embeddings."""
-    best: tuple[float, int, list[Box], np.ndarray] | None = None
-    for degrees in (0, *QUARTER_TURNS):
-        work = turned(rgb, degrees)
-        boxes, score = detect_scored(work, models)
-        if boxes and (best is None or score > best[0]):
-            best = (score, degrees, boxes[:max_faces], work)
-        if best is not None and best[0] >= SURE_FACE:
-            break
-    if best is None:
+    """Like ``faces_in``, under the quarter turn of ``search_turns``. Returns that turn (0 without any
+    face), the boxes in ``rgb``'s pixels (main face first) and their embeddings."""
+    found = search_turns(rgb, models)
+    if found is None:
         return 0, [], embed_chips([], models)
-    _, degrees, boxes, work = best
-    # Chips come from the turned copy, where the face is upright for the landmark model.
+    degrees, boxes = found[0], found[1][:max_faces]
+    # Chips come from the turned copy at full size, where the face is upright for the landmark model.
+    work = turned(rgb, degrees)
     embeddings = embed_chips([face_chip(work, b, models) for b in boxes], models)
     height, width = rgb.shape[:2]
     return degrees, [unturned_box(b, degrees, width, height) for b in boxes], embeddings
+
+
+def _upscaled(box: Box, small: np.ndarray, rgb: np.ndarray, degrees: int) -> Box:
+    """A box found in ``small`` turned by ``degrees``, in the pixels of ``rgb`` turned by ``degrees``."""
+    if small is rgb:
+        return box
+    sy, sx = rgb.shape[0] / small.shape[0], rgb.shape[1] / small.shape[1]
+    if degrees in (90, 270):  # the turned copies' axes are exchanged
+        sx, sy = sy, sx
+    full_w, full_h = (rgb.shape[0], rgb.shape[1]) if degrees in (90, 270) else (rgb.shape[1], rgb.shape[0])
+    return Box(max(0, math.floor(box.left * sx)), max(0, math.floor(box.top * sy)),
+               min(full_w, math.ceil(box.right * sx)), min(full_h, math.ceil(box.bottom * sy)))
 
 
 # --- classify: the open-set model names each face, the image takes its main face's label -------
@@ -275,6 +309,13 @@ class FaceClassifier:
     def classify(self, data: bytes, max_pixels: int) -> Classification:
         """Classify an encoded image file (EXIF orientation applied)."""
         return self.classify_rgb(to_rgb(upright(data, max_pixels)))
+
+    def upright_turn(self, data: bytes, max_pixels: int) -> int | None:
+        """The counter-clockwise quarter turn under which an encoded image's faces are upright (EXIF
+        orientation applied first), None without a face: ``rotate auto``'s question, which needs no
+        embedding."""
+        found = search_turns(to_rgb(upright(data, max_pixels)), self.dlib)
+        return None if found is None else found[0]
 
     def classify_rgb(self, rgb: np.ndarray) -> Classification:
         """Classify every face in an HxWx3 uint8 array; the image's label is its main face's.
