@@ -351,7 +351,7 @@ def test_no_face_stays_no_face_with_orientation_0_after_all_four_turns(shipped, 
     assert (h, w) == (427, 640) and len(turns) == 3
     small = turns[2]  # turned 180: the shrunk copy's own shape; 90 and 270 exchange its axes
     sideways = (small[1], small[0], 3)
-    assert small[0] * small[1] <= 1.01 * pipeline.TURNED_PIXELS and turns == [sideways, sideways, small]
+    assert small[0] * small[1] <= pipeline.TURNED_PIXELS and turns == [sideways, sideways, small]
 
 
 def test_the_turns_of_a_large_photo_are_scanned_on_one_small_copy(shipped, monkeypatch):
@@ -364,7 +364,7 @@ def test_the_turns_of_a_large_photo_are_scanned_on_one_small_copy(shipped, monke
     result = shipped.classify(data, MAX_PIXELS)
     assert result.label == NO_FACE
     assert passes[0] == (1080, 1920) and len(passes) == 4
-    assert all(h * w <= 1.01 * pipeline.TURNED_PIXELS for h, w in passes[1:])  # (size rounded to whole pixels)
+    assert all(h * w <= pipeline.TURNED_PIXELS for h, w in passes[1:])
 
 
 @needs_lfw
