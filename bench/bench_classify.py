@@ -8,8 +8,11 @@ to show where the time goes: decode (+EXIF, to RGB), detect, align
 Part 3 prices the search of the other quarter turns (``faces_any_turn``) against
 the upright pass alone (``faces_in``, all there was before), in this process:
 on images without a face (every turn is searched), upright photos and turned ones.
+Part 4 prices ``rotate auto`` on 1920x1080 photos without an EXIF orientation (the faces decide:
+``worker.rotate.auto_rotate`` with the classifier's ``upright_turn``, decode and write included) against
+one upright detector pass on the same photo, each timed back to back in this process.
 
-    python bench/bench_classify.py [--photos 200] [--scenes 100] [--processes 2] [--turns 40]
+    python bench/bench_classify.py [--photos 200] [--scenes 100] [--processes 2] [--turns 40] [--auto 20]
 
 Needs the LFW photos: set IMAGEBATCH_LFW to an LFW folder (lfw-deepfunneled).
 """
@@ -36,10 +39,20 @@ from worker.api import imageworker_v1_pb2 as pb
 from worker.api import imageworker_v1_pb2_grpc as pb_grpc
 from worker.decode import DEFAULT_MAX_PIXELS, upright
 from worker.faces import load_classifier
-from worker.faces.pipeline import DlibModels, detect_faces, embed_chips, face_chip, faces_any_turn, faces_in, to_rgb
+from worker.faces.pipeline import (
+    DlibModels,
+    detect_faces,
+    detect_scored,
+    embed_chips,
+    face_chip,
+    faces_any_turn,
+    faces_in,
+    to_rgb,
+)
 from worker.faces.training.dataset import gallery, lfw_from_env
 from worker.faces.training.evaluate import turned_photo
 from worker.faces.training.scenes import backgrounds, pasted
+from worker.rotate import auto_rotate
 
 OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 * 2**20),
            ("grpc.max_send_message_length", 64 * 2**20)]
@@ -188,6 +201,27 @@ def turn_cost(images: list[bytes]) -> tuple[float, float, float, float, str, flo
     return a, b, b - a, mean_extra, ratio, runs / len(images), searched, turned
 
 
+def auto_cost(images: list[bytes], rounds: int) -> tuple[float, float, str, Counter]:
+    """Median ms of one upright detector pass and of ``rotate auto`` (decode, face search, write), the ratio
+    auto / pass (median and range, each image timed back to back ``rounds`` times) and what decided."""
+    classifier = load_classifier()
+    pass_ms, auto_ms, ratios, decided = [], [], [], Counter()
+    for data in images:
+        rgb = to_rgb(upright(data, DEFAULT_MAX_PIXELS))
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            detect_scored(rgb, classifier.dlib)
+            t1 = time.perf_counter()
+            out = auto_rotate(data, lambda d=data: classifier.upright_turn(d, DEFAULT_MAX_PIXELS))
+            t2 = time.perf_counter()
+            pass_ms.append((t1 - t0) * 1000)
+            auto_ms.append((t2 - t1) * 1000)
+            ratios.append((t2 - t1) / (t1 - t0))
+        decided[out.decided_by] += 1
+    spread = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+    return statistics.median(pass_ms), statistics.median(auto_ms), spread, decided
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=int, default=200, help="250x250 photos to classify")
@@ -196,7 +230,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4, help="calls in flight")
     ap.add_argument("--steps", type=int, default=40, help="images per corpus timed step by step in-process")
     ap.add_argument("--turns", type=int, default=40, help="images per corpus for the cost of the quarter turns")
-    ap.add_argument("--parts", default="123", help="which parts to run (digits 1-3)")
+    ap.add_argument("--auto", type=int, default=20, help="1080p photos per kind for the cost of rotate auto")
+    ap.add_argument("--auto-rounds", type=int, default=3, help="times each photo is timed for rotate auto")
+    ap.add_argument("--parts", default="1234", help="which parts to run (digits 1-4)")
     args = ap.parse_args()
 
     print_header("Classification throughput and where the time goes")
@@ -229,6 +265,18 @@ def main() -> None:
               "there was before) against `faces_any_turn`; detector runs: their mean in the search (a 2x "
               "upsampled retry of a small image counts too); searched the turns: images whose upright pass "
               "had no sure face; found turned: images answered under a turn other than 0.")
+    if "4" in args.parts:
+        kinds = turn_corpora(args.auto)
+        rows = []
+        for name in ("1920x1080, no face", "1920x1080, one 60-120 px face, upright"):
+            images = kinds[name][: args.auto]
+            pass_ms, auto_ms, ratio, decided = auto_cost(images, args.auto_rounds)
+            rows.append((name, len(images), pass_ms, auto_ms, ratio, dict(decided)))
+        print(table(["photos (no EXIF orientation)", "count", "one upright pass ms", "rotate auto ms",
+                     "auto / pass (range)", "decided by"], rows))
+        print(f"\nMedian per photo, each timed {args.auto_rounds} times back to back, one thread, in-process: "
+              "`detect_scored` on the decoded photo against `auto_rotate` with the classifier's `upright_turn` "
+              "(decode, face search, write).")
 
 if __name__ == "__main__":
     main()

@@ -215,11 +215,10 @@ QUARTER_TURNS = (90, 270, 180)
 # below it every turn is tried and the best-scoring one wins, so a false upside-down face never
 # hides the true one (chosen on the training photos; docs/model-card.md, "Turned photos").
 SURE_FACE = 1.0
-# The turned copies are scanned at most this size, shrunk by a whole factor: a 1080p photo at a third of its
-# size (its turned faces from about 180 px up; upright ones from 60 px, at full size), while a 250x250
-# portrait keeps its full size and its 2x pass (4 x 250 x 250 fits), so the turned LFW figures are those of
-# a full-size search.
-TURNED_PIXELS = 256 * 1024
+# The turned copies of a larger image are scanned at most this size: a 1920x1080 photo reduced by 3 (one
+# ninth of an upright scan each; its turned faces from about 180 px up, upright ones from 60 px at full
+# size). Smaller images, a 250x250 portrait among them, are searched at full size, as upright.
+TURNED_PIXELS = 640 * 360
 
 
 def turned(rgb: np.ndarray, degrees: int) -> np.ndarray:
@@ -254,8 +253,10 @@ def search_turns(rgb: np.ndarray, models: DlibModels) -> tuple[int, list[Box]] |
     best = (score, 0, boxes) if boxes else None
     if best is None or best[0] < SURE_FACE:
         small = _shrunk(rgb, TURNED_PIXELS)
+        # An image that fits is searched exactly as upright (its 2x pass included); a shrunk one at its size.
+        budget = DETECT_PIXELS if small is rgb else TURNED_PIXELS
         for degrees in QUARTER_TURNS:
-            found, score = detect_scored(turned(small, degrees), models, TURNED_PIXELS)
+            found, score = detect_scored(turned(small, degrees), models, budget)
             if found and (best is None or score > best[0]):
                 best = (score, degrees, [_upscaled(b, small, rgb, degrees) for b in found])
             if best is not None and best[0] >= SURE_FACE:
