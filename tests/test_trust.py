@@ -4,13 +4,16 @@ serving references without client certificates, folders raced into links, idle m
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -22,11 +25,13 @@ from grpc_status import rpc_status
 
 from tests.support.images import jpeg, photo
 from tests.support.manifests import write_manifest
-from tests.support.processes import ROOT, start_batch, wait_for, worker_process
+from tests.support.processes import ROOT, free_port, start_batch, wait_for, worker_process
+from tests.support.rpc import scrape
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.cli import main
 from worker.local import LocalServer, python_command
+from worker.metrics import SCRAPE_CONNECTIONS, SCRAPE_READ_TIMEOUT
 
 AS_NOBODY = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
 
@@ -286,3 +291,41 @@ def test_a_folder_swapped_back_and_forth_during_writes_never_leads_outside(tmp_p
     assert answers["PERMISSION_DENIED OUTSIDE_ROOTS"], "no call met the link: the race was not run"
     assert not any(elsewhere.iterdir())
     assert "Traceback" not in log
+
+
+# --- idle connections to the metrics port ----------------------------------------------------------------------
+
+def _closed_by_peer(s: socket.socket, timeout: float) -> bool:
+    s.settimeout(timeout)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_idle_connections_to_the_metrics_port_hold_a_bounded_number_of_threads(record_property) -> None:
+    """50 idle connections to --metrics-port: the parent's threads stay bounded, each is closed, /metrics answers"""
+    metrics_port = free_port()
+    with worker_process("--metrics-port", str(metrics_port), processes=2) as w, contextlib.ExitStack() as idle:
+        parent = psutil.Process(w.proc.pid)
+        assert scrape(metrics_port)
+        before = parent.num_threads()
+        sockets = [idle.enter_context(socket.create_connection(("127.0.0.1", metrics_port), timeout=10))
+                   for _ in range(50)]
+        peak, until = before, time.monotonic() + 2
+        while time.monotonic() < until:  # the threads a connection gets start at once
+            peak = max(peak, parent.num_threads())
+            time.sleep(0.05)
+        closed = sum(_closed_by_peer(s, SCRAPE_READ_TIMEOUT + 30) for s in sockets)
+        samples = scrape(metrics_port)  # the idle connections still open on this side
+        after = parent.num_threads()
+    record_property("observed", f"threads of the parent: {before} before, at most {peak} with 50 idle "
+                                f"connections, {after} after; {closed} of 50 closed by the worker; /metrics answered "
+                                f"{len(samples)} samples")
+    assert peak <= before + SCRAPE_CONNECTIONS, (before, peak)
+    assert closed == 50
+    assert samples and after <= before + 1, (before, after)
