@@ -12,6 +12,7 @@ says why.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,19 +31,21 @@ def report(*outs: str | Path, html: str | Path | None = None) -> dict:
     from batch.report import figures, gallery
     from batch.report import html as page
 
-    results = load(*outs)
-    fig = figures.compute(results)
-    if html is not None:
-        with atomic_file(Path(html), "w", encoding="utf-8") as f:
-            f.write(page.render(fig, gallery.collect(results)))
-        fig["html"] = str(html)
+    with tempfile.TemporaryDirectory(prefix="imagebatch-report-") as scratch:  # a store's folders, read here
+        results = load(*outs, scratch=Path(scratch))
+        fig = figures.compute(results)
+        if html is not None:
+            with atomic_file(Path(html), "w", encoding="utf-8") as f:
+                f.write(page.render(fig, gallery.collect(results)))
+            fig["html"] = str(html)
     return fig
 
 
 def read_results(*outs: str | Path) -> pd.DataFrame:
     """The results table of ``outs`` (one folder, or the shards of one manifest): one row per id, typed as the
     report reads it, in the manifest's order where the manifest can be found (see the module's docstring)."""
-    results = load(*outs)
+    with tempfile.TemporaryDirectory(prefix="imagebatch-report-") as scratch:
+        results = load(*outs, scratch=Path(scratch))
     order, _ = manifest_order(results)
     rows = results.rows
     if order is not None:

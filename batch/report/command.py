@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from batch.results import PARQUET_NAME, is_bookkeeping
+from batch.store import is_uri
+
+if TYPE_CHECKING:
+    from batch.report.table import Results
 
 
 class _Failed(click.ClickException):
@@ -24,12 +30,11 @@ def _merge_target(_ctx: click.Context, _param: click.Parameter, value: Path | No
 
 
 @click.command()
-@click.argument("results_dirs", metavar="RESULTS_DIR...", nargs=-1, required=True,
-                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("results_dirs", metavar="RESULTS_DIR...", nargs=-1, required=True)
 @click.option(
     "--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="Where to write the HTML report (default: RESULTS_DIR/report.html; for several folders, report.html in "
-         "the folder that holds them all).",
+         "the folder that holds them all; for folders in an object store, report.html here).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object instead of text.")
 @click.option(
@@ -42,10 +47,11 @@ def _merge_target(_ctx: click.Context, _param: click.Parameter, value: Path | No
     help="Also write the table as a CSV that is safe to open in a spreadsheet: cells that would run as formulas "
          "(beginning with = + - @) are marked as text with a leading apostrophe. results.csv stays exact.",
 )
-def report(results_dirs: tuple[Path, ...], html_path: Path | None, as_json: bool, merge_path: Path | None,
+def report(results_dirs: tuple[str, ...], html_path: Path | None, as_json: bool, merge_path: Path | None,
            spreadsheet_path: Path | None) -> None:
     """Summarise a results folder written by `batch run`, or the folders of
-    the shards of one manifest (`batch run --shard K/N`) as one run.
+    the shards of one manifest (`batch run --shard K/N`) as one run. A
+    folder may be in an object store (`batch run --out s3://bucket/prefix`).
 
     Prints what ran and when (every leg: the first run, each resume, each
     shard, and totals over them), rows by op and status, labels, latency and
@@ -58,20 +64,27 @@ def report(results_dirs: tuple[Path, ...], html_path: Path | None, as_json: bool
     rows finished so far.
     """
     # Imported here: pandas and Pillow would slow every `batch` command's start, `batch run` included.
-    from batch.durable import atomic_file
     from batch.errors import BatchError
-    from batch.report import figures, gallery, html, terminal
-    from batch.report.api import write_merged
     from batch.report.table import load
 
-    try:
-        results = load(*results_dirs)
-    except BatchError as err:
-        raise _Failed(str(err)) from err
+    with tempfile.TemporaryDirectory(prefix="imagebatch-report-") as scratch:  # a store's folders, read here
+        try:
+            results = load(*results_dirs, scratch=Path(scratch))
+        except BatchError as err:
+            raise _Failed(str(err)) from err
+        _report(results, results_dirs, html_path, as_json, merge_path, spreadsheet_path)
+
+
+def _report(results: Results, results_dirs: tuple[str, ...], html_path: Path | None, as_json: bool,
+            merge_path: Path | None, spreadsheet_path: Path | None) -> None:
+    from batch.durable import atomic_file
+    from batch.report import figures, gallery, html, terminal
+    from batch.report.api import write_merged
+
     fig = figures.compute(results)
+    local = [Path(folder).resolve() for folder in results_dirs if not is_uri(folder)]
     for extra in (merge_path, spreadsheet_path):
-        if extra is not None and any(is_bookkeeping(extra.name) and extra.resolve().parent == folder.resolve()
-                                     for folder in results_dirs):
+        if extra is not None and is_bookkeeping(extra.name) and extra.resolve().parent in local:
             raise _Failed(f"{extra} is a results folder's own file: name another")
     if merge_path is not None:
         try:
@@ -106,7 +119,10 @@ def report(results_dirs: tuple[Path, ...], html_path: Path | None, as_json: bool
             click.echo(f"Spreadsheet-safe table: {spreadsheet_path}")
 
 
-def _default_html(folders: tuple[Path, ...]) -> Path:
+def _default_html(given: tuple[str, ...]) -> Path:
+    if any(is_uri(folder) for folder in given):
+        return Path("report.html")  # never into the store
+    folders = [Path(folder) for folder in given]
     if len(folders) == 1:
         return folders[0] / "report.html"
     # Shards' folders are siblings (results/<manifest stem>/shard-K-of-N/): the report goes beside them.

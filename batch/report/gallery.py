@@ -7,8 +7,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batch import store
 from batch.report.table import Results, locate_input, locate_output
 from batch.report.thumbs import ThumbnailError, orientation, thumbnail
+from batch.store import Uri
 
 ROTATE_CAP = 24
 LABELS_CAP = 12
@@ -57,15 +59,20 @@ def parse_faces(text: str) -> list[dict]:
     return out
 
 
-def make_thumb(path: Path, boxes: list[list[float]] = (), stored: bool = False) -> Thumb:
+def make_thumb(path: Path | Uri, boxes: list[list[float]] = (), stored: bool = False) -> Thumb:
     """A data: URI of ``path``'s thumbnail (``stored``: its pixels as stored, see ``thumbnail``), or why it could
-    not be made."""
+    not be made. ``path`` may be an object in a store (one GET)."""
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
+        if isinstance(path, Uri):
+            data = store.read(path, MAX_FILE_BYTES)
+            if len(data) > MAX_FILE_BYTES:
+                return Thumb(None, f"object over {MAX_FILE_BYTES // 2**20} MiB")
+        elif path.stat().st_size > MAX_FILE_BYTES:
             return Thumb(None, f"file over {MAX_FILE_BYTES // 2**20} MiB")
-        data = path.read_bytes()
+        else:
+            data = path.read_bytes()
     except OSError as err:
-        return Thumb(None, f"cannot read file: {err.strerror or err}")
+        return Thumb(None, f"cannot read {'object' if isinstance(path, Uri) else 'file'}: {err.strerror or err}")
     try:
         jpeg = thumbnail(data, boxes=boxes, stored=stored)
     except ThumbnailError as err:

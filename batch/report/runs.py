@@ -91,7 +91,8 @@ def _shard(leg: dict) -> tuple[int, int] | None:
 def _shard_by_name(part: Part) -> tuple[int, int] | None:
     """A shard killed before its first leg ended has no run.json: its default --out (``shard-K-of-N``) says
     which it is."""
-    match = re.fullmatch(r"shard-(\d+)-of-(\d+)", part.folder.resolve().name)
+    name = part.uri.rstrip("/").rsplit("/", 1)[-1] if part.uri else part.folder.resolve().name
+    match = re.fullmatch(r"shard-(\d+)-of-(\d+)", name)
     return (int(match[1]), int(match[2])) if match and int(match[1]) < int(match[2]) else None
 
 
@@ -117,7 +118,7 @@ def _leg(leg: dict, part: Part, finished: pd.Series) -> dict:
         state = FINISHED if ended else RUNNING
     shard = _shard(leg)
     return {
-        "folder": str(part.folder),
+        "folder": part.name,
         "shard": f"{shard[0]}/{shard[1]}" if shard else None,
         "recorded": True,
         "command": _command(leg),
@@ -140,7 +141,7 @@ def _unrecorded(part: Part, finished: pd.Series, after: datetime | None) -> dict
     own = finished[finished > pd.Timestamp(after)] if after else finished
     first, last = (own.min().to_pydatetime(), own.max().to_pydatetime()) if len(own) else (None, None)
     return {
-        "folder": str(part.folder), "shard": None, "recorded": False, "command": None,
+        "folder": part.name, "shard": None, "recorded": False, "command": None,
         "started_at": first.isoformat() if first else None, "finished_at": last.isoformat() if last else None,
         "duration_s": num((last - first).total_seconds(), 3) if first else None, "rows_run": len(own),
         "skipped": None,
@@ -196,7 +197,7 @@ def shard_status(parts: list[tuple[Part, list[dict]]]) -> tuple[dict | None, lis
         state = legs[-1]["state"] if legs else RUNNING
         not_run = legs[-1]["not_run"] if legs else None
         folders.append({
-            "folder": str(part.folder),
+            "folder": part.name,
             "index": shard[0] if shard else None,
             "count": shard[1] if shard else None,
             "manifest_sha256": newest.get("manifest_sha256") if isinstance(newest.get("manifest_sha256"), str)
@@ -255,8 +256,8 @@ def run_summary(results: Results) -> tuple[dict, dict | None, list[str]]:
     workers = list(dict.fromkeys(leg["workers"] for leg in legs if leg["workers"]))
     complete = state == FINISHED and not (shards and shards["missing"])
     return {
-        "folder": ", ".join(str(part.folder) for part, _ in parts),
-        "folders": [str(part.folder) for part, _ in parts],
+        "folder": ", ".join(part.name for part, _ in parts),
+        "folders": [part.name for part, _ in parts],
         "table": ", ".join(dict.fromkeys(part.table_path.name for part, _ in parts)),
         "command": _command(newest),
         "manifest": newest.get("manifest") if isinstance(newest.get("manifest"), str) else None,

@@ -16,6 +16,7 @@ import pandas as pd
 
 from batch.errors import BatchError
 from batch.results import COLUMNS, RUN_NAME, TABLE_NAMES, TableReader, read_run_info, run_legs
+from batch.store import Uri, credentials_problem, is_uri, parse
 
 # ``rotation`` stays text: it holds "auto" as well as degrees.
 NUMERIC = ("turned", "width", "height", "confidence", "attempts", "latency_ms")
@@ -30,13 +31,19 @@ class ReportError(BatchError):
 class Part:
     """One results folder: its newest table file and what its run.json says."""
 
-    folder: Path
+    folder: Path  # where its files are read: the folder, or a scratch copy of a store's (``uri``)
     table_path: Path
     run: dict  # run.json as read: its top level is the newest leg
     legs: list[dict]
     rows: int = 0  # in the table, one per id
     # run.json is written when a leg ends; a table newer than it belongs to a later leg still going (or killed).
     run_stale: bool = False
+    uri: Uri | None = None  # a results folder in an object store (batch run --out s3://…)
+
+    @property
+    def name(self) -> str:
+        """The folder as the user named it."""
+        return self.uri or str(self.folder)
 
 
 @dataclass
@@ -53,18 +60,24 @@ class Results:
         return self.parts[0].folder
 
 
-def load(*folders: str | Path) -> Results:
-    """Read each folder's results table(s) and run.json; raise ReportError or ResultsError saying why not."""
+def load(*folders: str | Path, scratch: Path | None = None) -> Results:
+    """Read each folder's results table(s) and run.json; raise ReportError or ResultsError saying why not.
+
+    A folder may be an object-store URI (``batch run --out s3://…``): its tables and run.json are copied into
+    ``scratch`` (required then, and kept by the caller as long as the Results are used).
+    """
     if not folders:
         raise ReportError("no results folder given")
     parts, frames, notes, missing = [], [], [], []
-    seen: dict[Path, Path] = {}
+    seen: dict[str, str] = {}
     for number, given in enumerate(folders):
-        folder = Path(given)
-        if folder.resolve() in seen:
-            raise ReportError(f"{folder} is given twice (as {seen[folder.resolve()]} too)")
-        seen[folder.resolve()] = folder
-        part, frame, part_notes, part_missing = _load_one(folder)
+        uri = _uri(str(given))
+        key = uri or str(Path(given).resolve())
+        if key in seen:
+            raise ReportError(f"{given} is given twice (as {seen[key]} too)")
+        seen[key] = str(given)
+        folder = _fetched(uri, scratch / str(number)) if uri else Path(given)
+        part, frame, part_notes, part_missing = _load_one(folder, uri)
         frame[PART] = number
         parts.append(part)
         frames.append(frame)
@@ -83,12 +96,37 @@ def load(*folders: str | Path) -> Results:
     return Results(parts, _typed(rows, missing), notes, missing)
 
 
-def _load_one(folder: Path) -> tuple[Part, pd.DataFrame, list[str], list[str]]:
+def _uri(text: str) -> Uri | None:
+    if not is_uri(text):
+        return None
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise ReportError(str(err)) from None
+
+
+def _fetched(uri: Uri, scratch: Path | None) -> Path:
+    """A local copy of the results files a store's folder holds."""
+    from batch import remote
+
+    if scratch is None:
+        raise ReportError(f"{uri}: a results folder in an object store needs a scratch folder to be read into")
+    if (problem := credentials_problem(uri.scheme)) is not None:
+        raise ReportError(f"{problem}: {uri}")
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        remote.fetch(uri, scratch)
+    except OSError as err:
+        raise ReportError(f"cannot read {uri}: {err}") from None
+    return scratch
+
+
+def _load_one(folder: Path, uri: Uri | None = None) -> tuple[Part, pd.DataFrame, list[str], list[str]]:
     if not folder.is_dir():
         raise ReportError(f"{folder} is not a folder")
     reader = TableReader(folder)
     if not reader.files:
-        raise ReportError(f"no results table in {folder}: expected one of {', '.join(TABLE_NAMES)}")
+        raise ReportError(f"no results table in {uri or folder}: expected one of {', '.join(TABLE_NAMES)}")
     run, notes = read_run_info(folder)
     rows = pd.DataFrame.from_records(list(reader.rows()), columns=COLUMNS)
     notes += reader.notes
@@ -103,7 +141,7 @@ def _load_one(folder: Path) -> tuple[Part, pd.DataFrame, list[str], list[str]]:
     if stale:
         notes.append("run.json is older than the results table: a later run into this folder is still going "
                      "or was killed (its rows are counted, its details are not recorded yet)")
-    return Part(folder, newest, run, run_legs(run), len(rows), stale), rows, notes, reader.missing
+    return Part(folder, newest, run, run_legs(run), len(rows), stale, uri), rows, notes, reader.missing
 
 
 def _typed(frame: pd.DataFrame, missing: list[str]) -> pd.DataFrame:
@@ -115,8 +153,10 @@ def _typed(frame: pd.DataFrame, missing: list[str]) -> pd.DataFrame:
     return frame
 
 
-def locate_input(part: Part, path: str) -> Path:
+def locate_input(part: Part, path: str) -> Path | Uri:
     """Where an input ``path`` of ``part``'s table is: relative paths are relative to the manifest's folder."""
+    if is_uri(path):
+        return parse(path)
     p = Path(path)
     if p.is_absolute():
         return p
@@ -126,9 +166,11 @@ def locate_input(part: Part, path: str) -> Path:
     return p
 
 
-def locate_output(part: Part, output: str) -> Path:
+def locate_output(part: Part, output: str) -> Path | Uri:
     """Where a rotated ``output`` of ``part``'s table is: relative paths are relative to its results folder."""
+    if is_uri(output):
+        return parse(output)
     p = Path(output)
     if p.is_absolute():
         return p
-    return part.folder / p
+    return parse(f"{part.uri.rstrip('/')}/{output}") if part.uri else part.folder / p
