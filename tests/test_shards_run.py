@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from batch.cli import main
 from batch.results import COLUMNS, TableReader
 from tests.support.manifests import make_entangled
 from tests.support.processes import run_batch, start_batch, wait_for
@@ -97,5 +99,11 @@ def test_three_shards_one_killed_make_one_run(tmp_path: Path) -> None:
         assert not set(mine) & set(sharded), "an output written by two shares"
         sharded.update(mine)
     assert sharded == images
+    # `batch report` over the shards' folders: the totals of the one run, no share missing or unfinished.
+    merged, one = (json.loads(CliRunner().invoke(main, ["report", "--json", "--html", str(tmp_path / f"{name}.html"),
+                                                        *map(str, folders)], catch_exceptions=False).output)
+                   for name, folders in (("merged", outs), ("one", [whole])))
+    assert merged["rows"] == one["rows"] and merged["rows"]["total"] == len(expected)
+    assert merged["shards"]["missing"] == merged["shards"]["unfinished"] == []
     assert {"rotated/many.r90.jpg", "rotated/many.r180.jpg", "rotated/many.r270.jpg", "rotated/dup.jpg",
             "clash.jpg"} <= set(images)
