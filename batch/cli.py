@@ -72,9 +72,9 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None):
               show_default="results/<manifest name>, results/<manifest name>/shard-K-of-N with --shard",
               help="Folder for results, run.json and rotated images; or an object-store URI (s3://bucket/prefix) "
                    "that gets them, the journal kept in a local cache meanwhile (docs/batch.md).")
-@click.option("--checkpoint-every", type=click.FloatRange(0.1), default=60.0, show_default=True, metavar="SECONDS",
+@click.option("--checkpoint-every", type=float, default=60.0, show_default=True, metavar="SECONDS",
               help="With a URI --out: how often the journal is uploaded while the run goes (what a new machine "
-                   "resumes from).")
+                   "resumes from; 0.1 to 86400).")
 @click.option("--shard", metavar="K/N|N", envvar="BATCH_SHARD", default=None, callback=_shard,
               help="Run only share K (0 <= K < N) of the manifest's rows, one of N drivers sharing it; with N alone, "
                    "K is $JOB_COMPLETION_INDEX (Kubernetes Indexed Job), else $SLURM_ARRAY_TASK_ID (minus "
@@ -83,8 +83,8 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None):
               show_default="4 per embedded worker process; for named workers 8 per address, adapted to their "
                            "latency and busy refusals up to 128",
               help="Calls in flight, fixed at this number.")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
-              help="Seconds each call may take.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, metavar="SECONDS",
+              help="Seconds each call may take (0.001 to 86400).")
 @click.option("--retries", type=click.IntRange(0), default=6, show_default=True,
               help="Retries of a call that failed with UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED "
                    "(exponential backoff with jitter: the default rides out ~30-50 s of a worker being away).")
@@ -121,9 +121,9 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None):
                    "instead of the image's bytes; the workers read and write the files themselves (worker serve "
                    "--data-root/--output-root). The embedded worker always does so for files under the manifest's "
                    "folder and --out.")
-@click.option("--resolve-every", type=click.FloatRange(0.1), default=5.0, show_default=True, metavar="SECONDS",
+@click.option("--resolve-every", type=float, default=5.0, show_default=True, metavar="SECONDS",
               help="How often to look the workers' DNS names up again, so that workers joining a name get calls "
-                   "and leaving ones none.")
+                   "and leaving ones none (0.1 to 86400).")
 @click.option("-v", "--verbose", count=True,
               help="Log retries, reconnects, busy refusals and slow rows as they happen (-vv: debug).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,

@@ -15,6 +15,7 @@ import csv
 import functools
 import os
 import posixpath
+import re
 import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -99,20 +100,47 @@ class Places:
 
 
 NAME_FIELDS = ("folder", "stem", "ext", "rotation", "id")
+# Values of the real types (all text: {rotation} is "auto" too) that a template is tried on before any work:
+# a spec that formats these formats every row's.
+_SAMPLE_NAMES = ({"folder": "", "stem": "photo", "ext": ".jpg", "rotation": AUTO, "id": "1"},
+                 {"folder": "a/b", "stem": "p", "ext": ".png", "rotation": "90", "id": "row-2"})
+# A width or precision in a spec (digits in it) above this makes no file name (NAME_MAX is 255) and could ask
+# the formatter for gigabytes: refused before anything is formatted.
+_SPEC_NUMBER_MAX = 255
+_SPEC_NUMBER = re.compile(r"\d+")
+_NAME_MAX = 4096  # PATH_MAX: a longer name is no path on any file system we write to
 
 
 def check_template(template: str) -> str | None:
-    """Why a --name template cannot work (an unknown field, bad braces), or None."""
+    """Why a --name template cannot work (an unknown field, bad braces, a spec the fields' values do not take or
+    too wide a spec), or None: checked by formatting it with values of the real types."""
     try:
-        fields = [f for _text, f, _spec, _conv in string.Formatter().parse(template) if f is not None]
+        parts = list(string.Formatter().parse(template))
     except ValueError as e:
         return f"--name {template!r} is not a valid template: {e}"
-    unknown = [f for f in fields if f not in NAME_FIELDS]
+    fields = [(f, spec) for _text, f, spec, _conv in parts if f is not None]
+    unknown = [f for f, _spec in fields if f not in NAME_FIELDS]
     if unknown:
         return (f"--name {template!r} has unknown field {{{unknown[0]}}}; "
                 f"the fields are {', '.join('{' + f + '}' for f in NAME_FIELDS)}")
     if not fields:
         return f"--name {template!r} names every output the same: use fields such as {{stem}} and {{rotation}}"
+    if "\x00" in template:
+        return f"--name {template!r} contains a NUL byte, which no file name can"
+    for f, spec in fields:
+        if "{" in spec:  # a nested field: a row's value (its id) would set the width
+            return f"--name {template!r}: the format of {{{f}}} has a field inside it ({spec!r})"
+        if any(len(n) > 3 or int(n) > _SPEC_NUMBER_MAX for n in _SPEC_NUMBER.findall(spec)):
+            return (f"--name {template!r}: the format of {{{f}}} ({spec!r}) asks for a width or precision over "
+                    f"{_SPEC_NUMBER_MAX}, longer than any file name")
+    for values in _SAMPLE_NAMES:
+        try:
+            name = template.format(**values)
+        except (ValueError, TypeError, IndexError, KeyError) as e:
+            return (f"--name {template!r} does not format: {e} (every field is text; {{rotation}} is 0, 90, "
+                    "180, 270 or auto)")
+        if len(name) > _NAME_MAX:
+            return f"--name {template!r} gives names of {len(name):,} characters, over the {_NAME_MAX:,} of a path"
     return None
 
 

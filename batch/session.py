@@ -17,6 +17,7 @@ import datetime
 import errno
 import fcntl
 import logging
+import math
 import os
 import platform
 import signal
@@ -60,6 +61,11 @@ from worker.local import LocalWorker, LocalWorkerError, cpu_count
 log = logging.getLogger("batch.session")
 EXIT_OK, EXIT_FAILED = 0, 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The seconds options (every float option of `batch run`): (option, RunOptions field, lowest, highest). gRPC
+# turns a deadline of ~9e9 s or more (and inf, nan) into one already past, and asyncio.sleep overflows on
+# huge values: a day is far beyond any call or lookup interval that makes sense, and well inside both.
+SECONDS_OPTIONS = (("--timeout", "timeout", 0.001, 86400.0), ("--resolve-every", "resolve_every", 0.1, 86400.0),
+                   ("--checkpoint-every", "checkpoint_every", 0.1, 86400.0))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -251,6 +257,9 @@ def run_batch(options: RunOptions) -> Summary:
     clock = time.monotonic()
     if options.concurrency is not None and options.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    for option, name, low, high in SECONDS_OPTIONS:
+        if problem := seconds_problem(option, getattr(options, name), low, high):
+            raise UsageError(problem)
     if options.name_template is not None and (problem := check_template(options.name_template)):
         raise UsageError(problem)
     if options.rotation is not None and options.rotation.lower() != AUTO:
@@ -350,6 +359,14 @@ def run_batch(options: RunOptions) -> Summary:
             _finish(run, journal, index, summary,
                     lambda: _run_info(options, summary, targets, embedded, started_at, manifest_rows), clock, store)
     return summary
+
+
+def seconds_problem(option: str, value: float, low: float, high: float) -> str | None:
+    """Why ``value`` is no good for a seconds option (not a finite number from ``low`` to ``high``), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not low <= value <= high:
+        return f"{option} {value!r}: expected a number of seconds from {low:g} to {high:g}"
+    return None
 
 
 async def _go(run: Run, first: Row | None, rest: Iterator[Row], targets: list[str], connections: int,
