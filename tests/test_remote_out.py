@@ -138,3 +138,6 @@ def test_a_shard_into_a_bucket_resumes_on_an_empty_disk(tmp_path: Path, s3, monk
     images = {name: data for name, data in files_under(local).items() if name.endswith(".jpg")}
     assert images and {uri[len(out) + 1:]: s3.get(uri) for uri in s3.keys(out) if uri.endswith(".jpg")} == images
     assert not s3.fs.exists(f"{out}/results.journal.csv")
+    report = json.loads(CliRunner().invoke(main, ["report", "--json", "--html", str(tmp_path / "r.html"), out],
+                                           catch_exceptions=False).output)
+    assert report["rows"]["total"] == len(expected)
