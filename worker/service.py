@@ -247,38 +247,52 @@ def _gather(inbox: _Inbox, size: int, hold: admission.Hold) -> bytes:
 _GONE = object()  # the request iterator raised: the call is over (cancelled, or its deadline passed)
 # gRPC may end a cancelled call's messages quietly and say it was cancelled only a moment later.
 CANCEL_GRACE = 0.5
+# Messages (1 MiB each from the driver) a stream's reader may hold that its call has not taken yet: enough for
+# the two threads to overlap instead of handing over each message in turn.
+READ_AHEAD = 4
 
 
 class _Inbox:
-    """A stream's messages, read one at a time on a thread of its own, so that the call waits for each with
-    bounds: --stream-idle-seconds, the call's time, its client. Nothing is read ahead: admission counts what the
-    call has taken. The thread ends with the call (gRPC's iterator returns or raises then)."""
+    """A stream's messages, read on a thread of its own, so that the call waits for each with bounds:
+    --stream-idle-seconds, the call's time, its client. The reader runs at most READ_AHEAD messages ahead of
+    the call (admission counts what the call has taken) and ends with the call (gRPC's iterator returns or
+    raises then)."""
 
     def __init__(self, chunks: Iterator, call: admission.Call, idle: float) -> None:
         self._chunks = chunks
         self._call = call
         self._idle = idle
-        self._asks: queue.SimpleQueue[bool] = queue.SimpleQueue()
-        self._answers: queue.SimpleQueue = queue.SimpleQueue()
+        self._messages: queue.Queue = queue.Queue(READ_AHEAD)
+        self._closed = threading.Event()
         threading.Thread(target=self._read, name="stream-reader", daemon=True).start()
 
     def __enter__(self) -> _Inbox:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._asks.put(False)
+        self._closed.set()
 
     def _read(self) -> None:
-        while self._asks.get():
+        try:
+            for message in self._chunks:
+                if not self._hand_over(message):
+                    return
+            last = None
+        except grpc.RpcError as e:
+            # gRPC keeps the error in the call's state: without its traceback it reaches no frame of ours.
+            e.__traceback__ = None
+            last = _GONE
+        self._hand_over(last)
+
+    def _hand_over(self, message) -> bool:
+        """``message`` queued for the call; False once the call takes no more."""
+        while not self._closed.is_set():
             try:
-                message = next(self._chunks, None)
-            except grpc.RpcError as e:
-                # gRPC keeps the error in the call's state: without its traceback it reaches no frame of ours.
-                e.__traceback__ = None
-                message = _GONE
-            self._answers.put(message)
-            if message is None or message is _GONE:
-                return
+                self._messages.put(message, timeout=admission.POLL)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def ended_short(self) -> None:
         """The messages ended before the image did: Cancelled (or Expired) if that was the call ending, which
@@ -291,11 +305,10 @@ class _Inbox:
     def next(self):
         """The next message, or None once the client has sent its last. Expired after --stream-idle-seconds
         without one or once the call's time is up; Cancelled once its client has gone."""
-        self._asks.put(True)
         since = time.monotonic()
         while True:
             try:
-                message = self._answers.get(timeout=admission.bounded(self._call.time_remaining(), admission.POLL))
+                message = self._messages.get(timeout=admission.bounded(self._call.time_remaining(), admission.POLL))
             except queue.Empty:
                 admission.check(self._call)
                 if time.monotonic() - since >= self._idle:
