@@ -4,6 +4,7 @@ bounded by the worker's own limits, and what it held is released when it ends.""
 
 from __future__ import annotations
 
+import io
 import signal
 import socket
 import subprocess
@@ -12,8 +13,10 @@ import threading
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
 import psutil
 import pytest
+from PIL import Image
 
 from tests.support.images import jpeg
 from tests.support.processes import free_port, rotates, wait_for, worker_process
@@ -108,6 +111,25 @@ def test_a_stream_that_trickles_without_a_deadline_ends_at_max_call_seconds():
             resume.set()
         assert call.code() == grpc.StatusCode.DEADLINE_EXCEEDED and reason(call) == "CALL_EXPIRED"
         assert "--max-call-seconds" in call.details()
+        assert rotates(w.address)
+
+
+def test_an_answer_its_client_never_reads_is_dropped_at_max_call_seconds():
+    pixels = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "BMP")  # 9 MiB each way: far more than the client's window
+    image = out.getvalue()
+    messages = [v1.RotateChunk(request=v1.RotateRequest(degrees=90), size=len(image))]
+    messages += [v1.RotateChunk(data=image[i:i + MiB]) for i in range(0, len(image), MiB)]
+    metrics_port = free_port()
+    with worker_process("--max-call-seconds", "4", "--metrics-port", str(metrics_port)) as w, \
+            grpc.insecure_channel(w.address) as channel:
+        call = v1_grpc.ImageWorkerStub(channel).RotateStream(iter(messages))  # no deadline, and never read
+        try:
+            assert wait_for(lambda: total(scrape(metrics_port), "imageworker_calls_total", method="RotateStream",
+                                          code="DEADLINE_EXCEEDED", reason="CALL_EXPIRED") == 1, 30)
+        finally:
+            call.cancel()
         assert rotates(w.address)
 
 

@@ -157,8 +157,10 @@ def _handled(servicer, method: str, context: grpc.ServicerContext) -> Iterator[_
         level = logging.DEBUG if isinstance(e, Busy) else logging.INFO if isinstance(e, Cancelled) else logging.WARNING
         log.log(level, "%s from %s failed: %s: %s", name, context.peer(), e.status, e)
         context.abort_with_status(_error_status(e.status, str(e), e.reason, e.retry_after))
-    except GeneratorExit:  # a streamed answer the client stopped reading (cancelled, gone)
-        record.code, record.reason = "CANCELLED", Reason.CALL_CANCELLED
+    except GeneratorExit:  # a streamed answer the client stopped reading (cancelled, gone, out of time)
+        expired = context.time_remaining() <= 0
+        record.code = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+        record.reason = Reason.CALL_EXPIRED if expired else Reason.CALL_CANCELLED
         raise
     except Exception:
         record.code, record.reason = "INTERNAL", Reason.INTERNAL
@@ -321,6 +323,19 @@ class _Inbox:
             return message
 
 
+@contextlib.contextmanager
+def _cut_off(call: _Limited) -> Iterator[None]:
+    """Cancel ``call`` if its answer is still being sent when its time is up: gRPC waits without a bound for a
+    client that does not read (the answer and its thread held all the while)."""
+    timer = threading.Timer(call.time_remaining(), call.cancel)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 def _error_status(code: str, message: str, reason: Reason, retry_after: float | None = None) -> grpc.Status:
     """gRPC's rich error model: the code and message, with ErrorInfo (and RetryInfo) in the details."""
     rich = status_pb2.Status(code=code_pb2.Code.Value(code), message=message)
@@ -352,9 +367,10 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
         with _streamed(self, "RotateStream", chunks, context) as (request, data, record):
             out = self.state.admission.turn(self._rotated, request, data, context, call=context)
             record.sent = len(out.data)
-            yield imageworker_v1_pb2.RotateChunk(response=self._rotate_response(out, b""), size=len(out.data))
-            for start in range(0, len(out.data), CHUNK):  # gRPC asks for the next once this one is sent
-                yield imageworker_v1_pb2.RotateChunk(data=out.data[start:start + CHUNK])
+            with _cut_off(context):
+                yield imageworker_v1_pb2.RotateChunk(response=self._rotate_response(out, b""), size=len(out.data))
+                for start in range(0, len(out.data), CHUNK):  # gRPC asks for the next once this one is sent
+                    yield imageworker_v1_pb2.RotateChunk(data=out.data[start:start + CHUNK])
 
     def _rotated(self, request, data: bytes, context) -> rotate.Rotated:
         # The decoder calls check at every block and frame: an abandoned call stops there, not at its end.
