@@ -101,7 +101,7 @@ class WorkerState:
         return data
 
     def ready_classifier(self, context: grpc.ServicerContext) -> Classifier:
-        """The face model, waiting for it to load while the call lasts (NotReady once its deadline passes)."""
+        """The face model, waiting for it to load while the call lasts (Expired once its deadline passes)."""
         if self.classifier is None:
             raise NotReady("this worker has no face model")
         return self.classifier(context)
