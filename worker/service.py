@@ -15,6 +15,7 @@ with its traceback and answered ``INTERNAL`` with reason INTERNAL.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import io
 import logging
@@ -216,12 +217,16 @@ def _streamed(servicer, method: str, chunks: Iterator, context: grpc.ServicerCon
             raise InvalidArgument(f"a stream declared {size} bytes", Reason.STREAM_INVALID)
         state.check_image(size)  # before any of its bytes
         with state.admission.held(context, size, streamed=True) as hold:
-            # "Send the image": a client that waits for this sees a refusal above as its status; one refused
-            # while it sends sees only the transport's INTERNAL (gRPC aio loses the status in that race).
-            context.send_initial_metadata(())
-            data = _gather(inbox, size, hold)
-            record.received = size
-            yield request, data, record
+            try:
+                # "Send the image": a client that waits for this sees a refusal above as its status; one refused
+                # while it sends sees only the transport's INTERNAL (gRPC aio loses the status in that race).
+                context.send_initial_metadata(())
+                data = _gather(inbox, size, hold)
+                record.received = size
+                yield request, data, record
+            finally:
+                if hold.bytes >= TRIM_BYTES:
+                    _give_back_memory()
 
 
 def _gather(inbox: _Inbox, size: int, hold: admission.Hold) -> bytes:
@@ -244,6 +249,26 @@ def _gather(inbox: _Inbox, size: int, hold: admission.Hold) -> bytes:
             raise InvalidArgument(f"the stream ended after {image.tell():,} of the {size:,} bytes it declared",
                                   Reason.STREAM_INVALID)
         return image.getvalue()
+
+
+# A stream that received this much gives the free memory of the process back to the system when it ends: its
+# 1 MiB messages, read on another thread than the one that gathered them, leave the heaps of glibc's arenas
+# fragmented, and they do not shrink by themselves (eight cancelled 150 MiB streams: ~220 MiB kept).
+TRIM_BYTES = 32 * 2**20
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+def _give_back_memory() -> None:
+    trim = getattr(_libc(), "malloc_trim", None)  # glibc's
+    if trim is not None:
+        trim(0)
 
 
 _GONE = object()  # the request iterator raised: the call is over (cancelled, or its deadline passed)
