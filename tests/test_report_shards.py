@@ -244,8 +244,8 @@ def test_shards_in_an_object_store_report_as_one_run(tmp_path: Path, worker, mon
     whole = tmp_path / "whole"
     assert run_batch(manifest, "--out", whole, "--worker", worker.address, "--quiet").returncode == 1
     with s3_server() as s3:
-        s3.fs.mkdir("results")
-        outs = [f"s3://results/job/shard-{k}-of-2" for k in range(2)]
+        s3.fs.mkdir("report-shards")  # moto's buckets are one per process: a name no other test uses
+        outs = [f"s3://report-shards/job/shard-{k}-of-2" for k in range(2)]
         for k, out in enumerate(outs):  # exit 1 for a shard that has some of the manifest's bad rows
             done = run_batch(manifest, "--shard", f"{k}/2", "--out", out, "--worker", worker.address, "--quiet")
             assert done.returncode in (0, 1), done.stdout + done.stderr
@@ -256,7 +256,7 @@ def test_shards_in_an_object_store_report_as_one_run(tmp_path: Path, worker, mon
         assert fig["rows"] == json.loads(report(whole, "--json"))["rows"]
         assert [r["id"] for r in read_csv(tmp_path / "merged.csv")] == [r["id"] for r in results(whole)]
         # The page is written here, never into the store; the outputs' thumbnails are read from their objects.
-        assert fig["html"] == "report.html" and not s3.keys("s3://results/job/report.html")
+        assert fig["html"] == "report.html" and not s3.keys("s3://report-shards/job/report.html")
         page = (tmp_path / "report.html").read_text(encoding="utf-8")
         rotated = sum(r["op"] == "rotate" and r["status"] == "ok" for r in results(whole))
         assert page.count('class="pair"') == min(rotated, 24)
@@ -265,5 +265,5 @@ def test_shards_in_an_object_store_report_as_one_run(tmp_path: Path, worker, mon
 
         one = json.loads(report(outs[0], "--json"))
         assert one["shards"]["missing"] == [1] and one["run"]["complete"] is False
-        result = CliRunner().invoke(main, ["report", "s3://results/nothing-here"])
-        assert result.exit_code == 2 and "no results table in s3://results/nothing-here" in result.output
+        result = CliRunner().invoke(main, ["report", "s3://report-shards/nothing-here"])
+        assert result.exit_code == 2 and "no results table in s3://report-shards/nothing-here" in result.output
