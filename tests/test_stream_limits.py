@@ -55,7 +55,7 @@ def ended(call: grpc.Call, within: float) -> grpc.Call:
 
 
 def test_streams_that_declare_much_and_send_nothing_hold_nothing_and_end_when_idle():
-    with worker_process("--stream-idle-seconds", "3") as w, grpc.insecure_channel(w.address) as channel:
+    with worker_process("--stream-idle-seconds", "6") as w, grpc.insecure_channel(w.address) as channel:
         stub = v1_grpc.ImageWorkerStub(channel)
         resume = threading.Event()
         try:
@@ -74,7 +74,7 @@ def test_streams_that_declare_much_and_send_nothing_hold_nothing_and_end_when_id
 
 
 def test_a_stream_that_pauses_holds_what_it_sent_until_its_idle_limit_then_releases_it():
-    with worker_process("--stream-idle-seconds", "3", "--max-inflight-mb", "100") as w, \
+    with worker_process("--stream-idle-seconds", "8", "--max-inflight-mb", "100") as w, \
             grpc.insecure_channel(w.address) as channel:
         stub = v1_grpc.ImageWorkerStub(channel)
         worker = psutil.Process(w.proc.pid)
@@ -101,7 +101,7 @@ def test_a_stream_that_pauses_holds_what_it_sent_until_its_idle_limit_then_relea
 
 
 def test_a_stream_that_trickles_without_a_deadline_ends_at_max_call_seconds():
-    with worker_process("--stream-idle-seconds", "2", "--max-call-seconds", "4") as w, \
+    with worker_process("--stream-idle-seconds", "3", "--max-call-seconds", "6") as w, \
             grpc.insecure_channel(w.address) as channel:
         resume = threading.Event()
         try:
