@@ -60,7 +60,7 @@ def main() -> None:
     print_header("Per-call overhead: 64x64 JPEGs, worker Rotate vs bare gRPC echo")
     settings = ("--processes", str(a.processes), "--threads", str(a.threads))
 
-    from worker.rotate import rotate
+    from worker.rotation import rotate
 
     rotate(images[0], 90)
     t = time.perf_counter()
@@ -91,7 +91,7 @@ def main() -> None:
     print(table(
         ["what", "median latency, 1 in flight (ms)", "images/s", "calls per server process"],
         [
-            ["worker.rotate.rotate in-process, 1 core", in_process * 1000, 1 / in_process, "-"],
+            ["worker.rotation.rotate in-process, 1 core", in_process * 1000, 1 / in_process, "-"],
             ["bare gRPC echo (same bytes, same server settings)", ms(echo1), echo_n.rate, _spread(echo_n)],
             ["worker Rotate over gRPC", ms(rot1), rot_n.rate, _spread(rot_n)],
             [f"batch run --worker (running worker), {a.rows} rows", "-", a.rows / external.wall, external.spread],

@@ -7,7 +7,7 @@ photos; the last line says whether it was met.
 
 1. naive limit: a pool of one process per core doing plain Pillow
    decode -> transpose -> encode (input's quantisation tables), no gRPC;
-2. in-process limit: the same pool calling ``worker.rotate.rotate``, the
+2. in-process limit: the same pool calling ``worker.rotation.rotate``, the
    function the worker runs (lossless DCT path where the edges allow it);
 3. ``batch run MANIFEST`` with no --worker (embedded worker, one process per
    core), end to end as a user runs it, start-up included;
@@ -116,7 +116,7 @@ def main() -> None:
         ["what", "seconds", "images/s", "vs in-process limit", "vs naive limit"],
         [
             ["naive limit: pool, Pillow decode/transpose/encode", med["naive"], naive, naive / limit, 1.0],
-            ["in-process limit: pool, worker.rotate.rotate", med["worker"], limit, 1.0, limit / naive],
+            ["in-process limit: pool, worker.rotation.rotate", med["worker"], limit, 1.0, limit / naive],
             ["batch run, embedded worker, end to end", med["batch"], e2e, e2e / limit, e2e / naive],
             ["batch run, net of start-up (1-row run: "
              f"{med['batch1']:.2f} s)", med["batch"] - med["batch1"], net, net / limit, net / naive],

@@ -3,7 +3,7 @@
 Two limits, each a ``multiprocessing`` pool that reads the file, rotates it
 and writes the output atomically (temporary file + rename), as the driver does:
 
-- ``worker``: ``worker.rotate.rotate``, the very function the worker's
+- ``worker``: ``worker.rotation.rotate``, the very function the worker's
   servicer calls (lossless DCT path where the edges allow it, else re-encode).
 - ``naive``: plain Pillow decode -> transpose -> encode with the input's own
   quantisation tables and subsampling, for every image.
@@ -29,7 +29,7 @@ def _write(out: Path, data: bytes) -> None:
 
 
 def _rotate_worker(job: tuple[str, int, str]) -> str:
-    from worker.rotate import rotate
+    from worker.rotation import rotate
 
     src, degrees, out = job
     done = rotate(Path(src).read_bytes(), degrees)
@@ -49,7 +49,7 @@ def _rotate_naive(job: tuple[str, int, str]) -> str:
 
 
 def _warm(_: int) -> int:
-    import worker.rotate  # noqa: F401  imported before the clock starts, as a running worker has it
+    import worker.rotation  # noqa: F401  imported before the clock starts, as a running worker has it
 
     return os.getpid()
 

@@ -34,7 +34,7 @@ SECTIONS = [
      "Sent over gRPC to a real worker (`--max-message-mb 1`, memory capped); after each case the worker "
      "must still answer health SERVING and rotate a good image."),
     ("Property tests (hypothesis)", "test_hostile_fuzz.py",
-     "Arbitrary and mutated bytes into the decode path, `worker.rotate` and the manifest parser: "
+     "Arbitrary and mutated bytes into the decode path, `worker.rotation` and the manifest parser: "
      "only our own clean errors, never another exception or a hang."),
     ("Rotation fidelity and decoder work", "test_rotate_fidelity.py",
      "Deep colour, EXIF orientation of any integer type, RGBA BMP and decoder work bombs through a real worker: "

@@ -21,7 +21,7 @@ from tests.support.processes import run_batch
 from tests.support.results import results
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
-from worker.rotate import auto_rotate, rotate
+from worker.rotation import auto_rotate, rotate
 
 T = Image.Transpose
 ORIENTATION = 0x0112

@@ -18,7 +18,7 @@ from tests.support.images import decode, encode, mad, photo
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.errors import InvalidArgument, Reason
-from worker.rotate import rotate
+from worker.rotation import rotate
 
 FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 LOSSY = ("JPEG", "WEBP")

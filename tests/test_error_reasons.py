@@ -110,7 +110,7 @@ def test_one_class_several_reasons_the_raise_site_chooses():
 
 
 def test_importing_the_worker_leaves_pillows_bomb_guard_on():
-    code = "import worker.rotate, worker.service; from PIL import Image; print(Image.MAX_IMAGE_PIXELS)"
+    code = "import worker.rotation, worker.service; from PIL import Image; print(Image.MAX_IMAGE_PIXELS)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() != "None"
 

@@ -115,11 +115,11 @@ def test_decode_gives_an_image_or_a_clean_error(data: bytes):
 @given(hostile_bytes, st.sampled_from([0, 90, 180, 270, -90, 450, 45]))
 @example(tiff_with_broken_second_page(), 90)  # found by this test: TypeError from Pillow's TIFF reader
 def test_rotate_gives_a_file_or_a_clean_error(data: bytes, degrees: int):
-    """worker.rotate.rotate: 200 arbitrary, mutated or huge-header inputs at 7 angles"""
-    from worker import rotate
+    """worker.rotation.rotate: 200 arbitrary, mutated or huge-header inputs at 7 angles"""
+    from worker import rotation
 
     try:
-        out = rotate.rotate(data, degrees, max_pixels=MAX_PIXELS)
+        out = rotation.rotate(data, degrees, max_pixels=MAX_PIXELS)
     except WorkerError as e:
         assert str(e)
         return

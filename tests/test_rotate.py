@@ -1,4 +1,4 @@
-"""worker.rotate as pure functions: every corpus format and angle against a reference.
+"""worker.rotation as pure functions: every corpus format and angle against a reference.
 
 References are computed independently of the code under test: Pillow's
 ``transpose`` of the upright decoded image (pixel-exact for lossless formats),
@@ -21,7 +21,7 @@ from tests.support.images import FORMATS, photo, png_header
 from worker import jpeg_transform
 from worker.decode import upright
 from worker.errors import InvalidArgument
-from worker.rotate import (
+from worker.rotation import (
     _webp_quality,
     lossless_jpeg_available,
     normalize_degrees,

@@ -34,7 +34,7 @@ from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.decode import MAX_JPEG_SCANS, upright
 from worker.errors import Cancelled, InvalidArgument, Reason
-from worker.rotate import rotate
+from worker.rotation import rotate
 
 T = Image.Transpose
 

@@ -341,7 +341,7 @@ def _dns_match(pattern: list[str], labels: list[str]) -> bool:
 
 
 def _warn_about_environment(config: ServerConfig) -> None:
-    from worker.rotate import lossless_jpeg_available
+    from worker.rotation import lossless_jpeg_available
 
     if not lossless_jpeg_available():
         log.warning(
@@ -530,21 +530,20 @@ def stop_requested() -> threading.Event:
     return stop
 
 
-def serve_worker(config: ServerConfig, address: str, ready: Callable[[], None]) -> int:
-    """The worker's services at ``address`` in this process until a signal; the only place they are made."""
+def services(config: ServerConfig, address: str, recorder: Metrics):
+    """A new grpc.Server (not bound, not started) with the worker's services: the image worker, the legacy
+    ABImageService, health (NOT_SERVING until ``set_health``) and reflection; with the state they share,
+    whose ``classifier`` the caller sets. The only place they are put together: ``serve_worker`` serves them,
+    and the tests' in-process worker (tests/support/inprocess.py) too."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection
 
     from worker.admission import Admission
     from worker.api import abimage_pb2_grpc, imageworker_v1_pb2_grpc
-    from worker.decode import use_own_pixel_limit
     from worker.health import HealthServicer
     from worker.service import ABImageServicer, ImageWorkerServicer, WorkerState
 
-    _limit_malloc_arenas(config.threads)
-    use_own_pixel_limit()  # --max-pixels, not Pillow's process-wide default, bounds every image here
     server = new_server(config)
-    recorder = metrics.ProcessMetrics() if config.metrics_port is not None else Metrics()
     state = WorkerState(
         # host:port/pid, or host:worker-K.sock/pid on a Unix socket
         identity=f"{socket.gethostname()}:{os.path.basename(address.rsplit(':', 1)[1])}/{os.getpid()}",
@@ -566,7 +565,20 @@ def serve_worker(config: ServerConfig, address: str, ready: Callable[[], None]) 
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return server, health_servicer, state
+
+
+def serve_worker(config: ServerConfig, address: str, ready: Callable[[], None]) -> int:
+    """The worker's services at ``address`` in this process until a signal."""
+    from grpc_health.v1 import health_pb2
+
+    from worker.decode import use_own_pixel_limit
+
+    _limit_malloc_arenas(config.threads)
+    use_own_pixel_limit()  # --max-pixels, not Pillow's process-wide default, bounds every image here
+    recorder = metrics.ProcessMetrics() if config.metrics_port is not None else Metrics()
+    server, health_servicer, state = services(config, address, recorder)
 
     try:
         bind(server, config, address)
@@ -578,12 +590,12 @@ def serve_worker(config: ServerConfig, address: str, ready: Callable[[], None]) 
 
     def cannot_classify() -> None:  # health must not promise calls that cannot be answered
         broken.set()
-        _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+        set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
         stop.set()
 
     state.classifier = FaceModel(config.model, cannot_classify, recorder)
     server.start()
-    _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+    set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "serving %s on %s (%s, %d threads, %d calls in flight at most; face model loaded at the first "
         "classify call)", ", ".join(SERVICE_NAMES), address,
@@ -666,6 +678,7 @@ def _limit_malloc_arenas(count: int) -> None:
         pass
 
 
-def _set_health(servicer, status) -> None:
+def set_health(servicer, status) -> None:
+    """``status`` for the whole server and each of its services."""
     for name in ("", *SERVICE_NAMES):
         servicer.set(name, status)

@@ -1,6 +1,6 @@
 """The servicers: gRPC messages and status codes on one side, plain functions on the other.
 
-Each RPC is a few lines: unpack the request, call ``worker.rotate`` or the
+Each RPC is a few lines: unpack the request, call ``worker.rotation`` or the
 classifier, pack the answer. The streaming RPCs receive the image in chunks
 (refused on the first message when its declared size is over --max-image-mb),
 holding what they have received, each chunk waited for at most
@@ -30,7 +30,7 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from worker import admission, rotate
+from worker import admission, rotation
 from worker.admission import Admission
 from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imageworker_v1_pb2_grpc
 from worker.classifier import Classifier
@@ -397,7 +397,7 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
                 for start in range(0, len(out.data), CHUNK):  # gRPC asks for the next once this one is sent
                     yield imageworker_v1_pb2.RotateChunk(data=out.data[start:start + CHUNK])
 
-    def _rotated(self, request, data: bytes, context) -> rotate.Rotated:
+    def _rotated(self, request, data: bytes, context) -> rotation.Rotated:
         # The decoder calls check at every block and frame: an abandoned call stops there, not at its end.
         options = {"format": request.format, "quality": request.quality, "max_pixels": self.state.max_pixels,
                    "check": functools.partial(admission.check, context)}
@@ -407,10 +407,10 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
                 admission.check(context)
                 return model.upright_turn(data, self.state.max_pixels)
 
-            return rotate.auto_rotate(data, faces, **options)
-        return rotate.rotate(data, request.degrees, **options)
+            return rotation.auto_rotate(data, faces, **options)
+        return rotation.rotate(data, request.degrees, **options)
 
-    def _rotate_response(self, out: rotate.Rotated, image: bytes) -> imageworker_v1_pb2.RotateResponse:
+    def _rotate_response(self, out: rotation.Rotated, image: bytes) -> imageworker_v1_pb2.RotateResponse:
         return imageworker_v1_pb2.RotateResponse(
             image=image,
             format=out.format,
@@ -486,7 +486,7 @@ class ABImageServicer(abimage_pb2_grpc.ABImageServiceServicer):
             )
         image = request.image
         degrees = _LEGACY_ROTATIONS[request.rotation]
-        data = rotate.rotate_pixels(image.data, image.width, image.height, _channels(image), degrees,
+        data = rotation.rotate_pixels(image.data, image.width, image.height, _channels(image), degrees,
                                     max_pixels=self.state.max_pixels)
         width, height = (image.height, image.width) if degrees in (90, 270) else (image.width, image.height)
         return abimage_pb2.ABImage(color=image.color, data=data, width=width, height=height)

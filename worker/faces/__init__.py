@@ -8,7 +8,10 @@ Training and evaluation tools are in ``worker.faces.training``.
 
 from __future__ import annotations
 
-from worker.classifier import Classifier
+import functools
+
+from worker.classifier import Classification, Classifier
+from worker.decode import DEFAULT_MAX_PIXELS
 
 
 def load_classifier(path: str | None = None) -> Classifier:
@@ -22,3 +25,18 @@ def load_classifier(path: str | None = None) -> Classifier:
     from worker.faces.pipeline import FaceClassifier, load_dlib_models
 
     return FaceClassifier(load(path), load_dlib_models())
+
+
+def classify(data: bytes, *, model: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Classification:
+    """The faces in the encoded image ``data`` and the largest one's label, as the worker's Classify answers.
+
+    ``model`` is a face model artifact (default: the shipped one), loaded at the first call and kept for the
+    process's later calls with the same ``model``. Raises ``artifact.ModelError`` for a model that cannot be
+    loaded, and the worker's ``InvalidArgument`` for images it cannot read (empty, corrupt, over ``max_pixels``).
+    """
+    return _loaded(model).classify(data, max_pixels)
+
+
+@functools.cache
+def _loaded(path: str | None) -> Classifier:
+    return load_classifier(path)
