@@ -31,10 +31,17 @@ from batch.extras import require_pyarrow
 from batch.store import Uri
 from batch.store import exists as object_exists
 
-COLUMNS = (
-    "id", "path", "op", "rotation", "status", "output", "format", "turned", "decided_by", "lossless", "width", "height",
-    "label", "confidence", "faces", "error", "note", "attempts", "latency_ms", "worker", "finished_at",
-)
+# The one column specification: each column's name and kind, in the table's order. Every file holds text
+# (CSV) or the kind's own type (Parquet, ``arrow_type``); readers type a frame by it (``typed_frame``).
+# ``rotation`` is text: "auto" as well as degrees.
+TEXT, INT32, FLOAT, BOOL, TIME = "text", "int32", "float", "bool", "time"
+SCHEMA: dict[str, str] = {
+    "id": TEXT, "path": TEXT, "op": TEXT, "rotation": TEXT, "status": TEXT, "output": TEXT, "format": TEXT,
+    "turned": INT32, "decided_by": TEXT, "lossless": BOOL, "width": INT32, "height": INT32, "label": TEXT,
+    "confidence": FLOAT, "faces": TEXT, "error": TEXT, "note": TEXT, "attempts": INT32, "latency_ms": FLOAT,
+    "worker": TEXT, "finished_at": TIME,
+}
+COLUMNS = tuple(SCHEMA)
 # Without these a file is not a results table; a missing other column (an older batch run) reads as empty.
 REQUIRED = ("id", "path", "op", "status")
 OK, ERROR = "ok", "error"
@@ -42,7 +49,8 @@ CSV_NAME, PARQUET_NAME, JOURNAL_NAME, RUN_NAME = "results.csv", "results.parquet
 TABLE_NAMES = (PARQUET_NAME, CSV_NAME, JOURNAL_NAME)
 # The results folder's own files beside the tables: no row may write over one of them.
 LOCK_NAME, INDEX_NAME, WORKER_LOG_NAME, REPORT_NAME = ".lock", ".batch-index.sqlite", "worker.log", "report.html"
-BOOKKEEPING = (*TABLE_NAMES, RUN_NAME, LOCK_NAME, INDEX_NAME, WORKER_LOG_NAME, REPORT_NAME)
+MANIFEST_NAME = "manifest.csv"  # the manifest batch.run writes for rows given as a DataFrame or dicts
+BOOKKEEPING = (*TABLE_NAMES, RUN_NAME, LOCK_NAME, INDEX_NAME, WORKER_LOG_NAME, REPORT_NAME, MANIFEST_NAME)
 
 
 def is_bookkeeping(name: str) -> bool:
@@ -242,12 +250,16 @@ def _pyarrow():
     return pyarrow
 
 
+def arrow_type(kind: str):
+    """The Parquet (Arrow) type of a column ``kind``."""
+    pa = _pyarrow()
+    return {TEXT: pa.string(), INT32: pa.int32(), FLOAT: pa.float64(), BOOL: pa.bool_(),
+            TIME: pa.timestamp("ms", tz="UTC")}[kind]
+
+
 def parquet_schema():
     pa = _pyarrow()
-    types = {"width": pa.int32(), "height": pa.int32(), "turned": pa.int32(), "confidence": pa.float64(),
-             "attempts": pa.int32(), "lossless": pa.bool_(),
-             "latency_ms": pa.float64(), "finished_at": pa.timestamp("ms", tz="UTC")}
-    return pa.schema([(c, types.get(c, pa.string())) for c in COLUMNS])
+    return pa.schema([(name, arrow_type(kind)) for name, kind in SCHEMA.items()])
 
 
 def _write_parquet(rows: Iterable[dict[str, str]], sink) -> int:
@@ -259,7 +271,7 @@ def _write_parquet(rows: Iterable[dict[str, str]], sink) -> int:
     with pq.ParquetWriter(sink, schema) as writer:
         batch: list[dict] = []
         for r in rows:
-            batch.append(_typed(r))
+            batch.append({name: _value(r.get(name, ""), kind) for name, kind in SCHEMA.items()})
             count += 1
             if len(batch) == 10_000:  # row groups of bounded size keep memory flat
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
@@ -269,16 +281,46 @@ def _write_parquet(rows: Iterable[dict[str, str]], sink) -> int:
     return count
 
 
-def _typed(r: dict[str, str]) -> dict:
-    def num(key, kind):
-        return kind(r[key]) if r.get(key) else None
+def _value(text: str, kind: str):
+    """A cell's text as its kind's Python value (None when empty)."""
+    if kind == TEXT:
+        return text
+    if not text:
+        return None
+    if kind == INT32:
+        return int(text)
+    if kind == FLOAT:
+        return float(text)
+    if kind == BOOL:
+        return _BOOLS.get(text)
+    return datetime.datetime.fromisoformat(text)
 
-    typed = dict(r)
-    typed.update(width=num("width", int), height=num("height", int), turned=num("turned", int),
-                 attempts=num("attempts", int), lossless=_BOOLS.get(r.get("lossless", "")),
-                 confidence=num("confidence", float), latency_ms=num("latency_ms", float),
-                 finished_at=datetime.datetime.fromisoformat(r["finished_at"]) if r.get("finished_at") else None)
-    return typed
+
+def typed_frame(rows: Iterable[tuple[str, ...]], missing: Iterable[str] = ()):
+    """A pandas DataFrame of text rows in ``COLUMNS`` order, each column typed by its kind: text as str,
+    int32 as pandas' nullable Int64, float as float64 and time as UTC datetimes, an empty cell as missing;
+    ``missing`` columns (absent from an older file) are all missing."""
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(list(rows), columns=COLUMNS)
+    for name, kind in SCHEMA.items():
+        if kind == TEXT:
+            continue
+        if name in missing:
+            frame[name] = pd.Series(pd.NA, index=frame.index, dtype=_PANDAS[kind])
+        elif kind == TIME:
+            frame[name] = pd.to_datetime(frame[name], utc=True, errors="coerce", format="ISO8601")
+        elif kind == BOOL:
+            frame[name] = frame[name].map(_BOOLS).astype(_PANDAS[kind])
+        else:
+            values = pd.to_numeric(frame[name], errors="coerce")
+            if kind == INT32:
+                values = values.where(values == values.round())  # a damaged cell reads as missing, not an error
+            frame[name] = values.astype(_PANDAS[kind])
+    return frame
+
+
+_PANDAS = {INT32: "Int64", FLOAT: "float64", BOOL: "boolean", TIME: "datetime64[ns, UTC]"}
 
 
 def write_run_info(out_dir: Path, leg: dict) -> None:

@@ -7,8 +7,9 @@ a data: image, so even a mistake here could not make the page fetch anything.
 
 from __future__ import annotations
 
-import math
 from html import escape
+
+import pandas as pd
 
 from batch.report import charts
 from batch.report.gallery import Galleries, Thumb
@@ -41,7 +42,7 @@ td.err{color:#a00;max-width:560px;word-break:break-word}code{font-size:12px}
 
 
 def _n(value: float | int | None, unit: str = "", digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or pd.isna(value):  # NaN, or a missing value of a nullable integer column
         return "–"
     text = f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
     return text + unit
@@ -183,7 +184,7 @@ def _rotated(g: Galleries) -> str:
         if item["rotation"]:
             decided = f" (by {item['decided_by']})" if item["decided_by"] else ""
             facts.append(f"rotation {item['rotation']}{decided}")
-        if item["turned"] == item["turned"] and item["turned"] is not None:  # not NaN: the worker said
+        if not pd.isna(item["turned"]):  # the worker said
             facts.append(f"turned {item['turned']:g}°")
         if item["before"].orientation != 1:
             facts.append(f"stored with EXIF orientation {item['before'].orientation}")

@@ -15,11 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from batch.errors import BatchError
-from batch.results import COLUMNS, RUN_NAME, TABLE_NAMES, TableReader, read_run_info, run_legs
+from batch.results import RUN_NAME, TABLE_NAMES, TableReader, read_run_info, run_legs, typed_frame
 from batch.store import Uri, credentials_problem, is_uri, parse
 
-# ``rotation`` stays text: it holds "auto" as well as degrees.
-NUMERIC = ("turned", "width", "height", "confidence", "attempts", "latency_ms")
 PART = "part"  # which folder of the report a row is from: its index in Results.parts
 
 
@@ -93,7 +91,7 @@ def load(*folders: str | Path, scratch: Path | None = None) -> Results:
             notes.append(f"{len(ids)} id(s) are in more than one folder ({shown}): the last folder's row counts; "
                          "are these the shards of one manifest?")
             rows = rows[~twice].reset_index(drop=True)
-    return Results(parts, _typed(rows, missing), notes, missing)
+    return Results(parts, rows, notes, missing)
 
 
 def _uri(text: str) -> Uri | None:
@@ -128,7 +126,7 @@ def _load_one(folder: Path, uri: Uri | None = None) -> tuple[Part, pd.DataFrame,
     if not reader.files:
         raise ReportError(f"no results table in {uri or folder}: expected one of {', '.join(TABLE_NAMES)}")
     run, notes = read_run_info(folder)
-    rows = pd.DataFrame.from_records(list(reader.rows()), columns=COLUMNS)
+    rows = typed_frame(reader.rows(), reader.missing)  # the column specification's types (batch/results.py)
     notes += reader.notes
     before = len(rows)
     # A resumed run appends a new row for an id it retried: the newest one counts.
@@ -142,15 +140,6 @@ def _load_one(folder: Path, uri: Uri | None = None) -> tuple[Part, pd.DataFrame,
         notes.append("run.json is older than the results table: a later run into this folder is still going "
                      "or was killed (its rows are counted, its details are not recorded yet)")
     return Part(folder, newest, run, run_legs(run), len(rows), stale, uri), rows, notes, reader.missing
-
-
-def _typed(frame: pd.DataFrame, missing: list[str]) -> pd.DataFrame:
-    for col in NUMERIC:
-        frame[col] = pd.to_numeric(frame[col], errors="coerce")
-        if col in missing:
-            frame[col] = pd.NA
-    frame["finished_at"] = pd.to_datetime(frame["finished_at"], utc=True, errors="coerce", format="ISO8601")
-    return frame
 
 
 def locate_input(part: Part, path: str) -> Path | Uri:
