@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import sys
@@ -15,6 +16,7 @@ from worker.grpc_logging import quiet_grpc
 
 _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _Commands(click.Group):
@@ -52,17 +54,6 @@ def _configure_logging(verbose: int, log_level: str | None) -> None:
     logger.propagate = False
 
 
-def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None):
-    if value is None:
-        return None
-    from batch.shard import parse_shard
-
-    try:
-        return parse_shard(value)
-    except UsageError as e:
-        raise click.BadParameter(str(e)) from None
-
-
 @main.command()
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--worker", "workers", multiple=True, metavar="HOST:PORT",
@@ -75,7 +66,7 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None):
 @click.option("--checkpoint-every", type=float, default=60.0, show_default=True, metavar="SECONDS",
               help="With a URI --out: how often the journal is uploaded while the run goes (what a new machine "
                    "resumes from; 0.1 to 86400).")
-@click.option("--shard", metavar="K/N|N", envvar="BATCH_SHARD", default=None, callback=_shard,
+@click.option("--shard", metavar="K/N|N", envvar="BATCH_SHARD", default=None,
               help="Run only share K (0 <= K < N) of the manifest's rows, one of N drivers sharing it; with N alone, "
                    "K is $JOB_COMPLETION_INDEX (Kubernetes Indexed Job), else $SLURM_ARRAY_TASK_ID (minus "
                    "$SLURM_ARRAY_TASK_MIN). Also $BATCH_SHARD. See docs/batch.md, Scaling past one driver.")
@@ -102,18 +93,18 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None):
               show_default="8 per worker address; 4 per process for the embedded worker",
               help="HTTP/2 connections per worker address: keep it above a worker's process count so that each "
                    "of its processes gets calls.")
-@click.option("--name", "name_template", metavar="TEMPLATE", default=None,
+@click.option("--name", metavar="TEMPLATE", default=None,
               help="Names of the default outputs (rows without an output), under --out/rotated: fields {folder} "
                    "(the input's folder relative to the manifest's), {stem}, {ext} (with its dot), {rotation} "
                    "(0, 90, 180 or 270) and {id}, e.g. '{folder}/{stem}_{rotation}{ext}'. Default: the input's "
                    "own path, with .r<rotation> before the extension when rows rotate one input several ways.")
-@click.option("--format", "output_format", metavar="FORMAT", default=None,
+@click.option("--format", metavar="FORMAT", default=None,
               help="Convert every rotated output to FORMAT (jpeg, png, webp, tiff, bmp, gif); default outputs take "
                    "its extension. An output cell's own extension names its format in any case.")
 @click.option("--quality", type=click.IntRange(1, 100), default=None,
               show_default="the input's own when the format stays, else 90",
               help="Quality of lossy outputs (JPEG, WebP).")
-@click.option("--rotation", "default_rotation", metavar="DEGREES|auto", default=None,
+@click.option("--rotation", metavar="DEGREES|auto", default=None,
               help="Rotation of rows whose rotation cell is empty: degrees, or auto (upright: the EXIF orientation "
                    "applied and reset, else the largest face upright, else unchanged).")
 @click.option("--references", is_flag=True,
@@ -128,13 +119,8 @@ def _shard(_ctx: click.Context, _param: click.Parameter, value: str | None):
               help="Log retries, reconnects, busy refusals and slow rows as they happen (-vv: debug).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
               show_default="WARNING, INFO with -v", help="The driver's log level (overrides -v).")
-def run(manifest: Path, workers: tuple[str, ...], out: str | None, checkpoint_every: float, shard,
-        concurrency: int | None, timeout: float,
-        retries: int, restart: bool, quiet: bool, tls_ca: Path | None, tls_cert: Path | None,
-        tls_key: Path | None, tls_server_name: str | None, results_format: str, connections: int | None,
-        name_template: str | None,
-        output_format: str | None, quality: int | None, default_rotation: str | None, references: bool,
-        resolve_every: float, verbose: int, log_level: str | None) -> None:
+def run(manifest: Path, workers: tuple[str, ...], quiet: bool, verbose: int, log_level: str | None,
+        **options) -> None:
     """Run every row of MANIFEST (CSV: path, op, rotation, output, id) through the workers.
 
     Resumable: the same command again skips rows already ok and retries the rest.
@@ -145,46 +131,39 @@ def run(manifest: Path, workers: tuple[str, ...], out: str | None, checkpoint_ev
     quiet_grpc(debug=verbose >= 2 or (log_level or "").upper() == "DEBUG")  # before anything imports grpc
 
     from batch import demo
-    from batch.channel import Tls, worker_addresses
-    from batch.extras import require_pyarrow
-    from batch.manifest import format_name
+    from batch.api import configure
+    from batch.channel import worker_addresses
     from batch.progress import choose_mode
-    from batch.session import Interrupted, RunOptions, run_batch
-    from batch.store import is_uri
 
-    if (tls_cert or tls_key) and not tls_ca:
-        raise click.UsageError("--tls-cert/--tls-key need --tls-ca (the CA that signed the workers' certificates)")
-    if tls_server_name and not tls_ca:
-        raise click.UsageError("--tls-server-name needs --tls-ca (it names what the workers' certificates bear)")
-    if bool(tls_cert) != bool(tls_key):
-        raise click.UsageError("--tls-cert and --tls-key go together")
-    fmt = None
-    if output_format is not None and (fmt := format_name(output_format)) is None:
-        raise click.BadParameter(f"{output_format!r}: not one of jpeg, png, webp, tiff, bmp, gif",
-                                 param_hint="--format")
-    if results_format == "parquet":
-        require_pyarrow()  # before anything runs, not at the first results written
+    config = configure(manifest, workers=worker_addresses(workers), progress=choose_mode(quiet),
+                       command=("batch", *sys.argv[1:]), **options)
     _configure_logging(verbose, log_level)
     if demo.is_missing_default(manifest):
         demo.write_demo(manifest.parent)
         if not quiet:
             click.echo(f"batch: wrote the demo manifest and its images to {manifest.parent}/", err=True)
-    options = RunOptions(
-        manifest=manifest, out=out if out is None or is_uri(out) else Path(out),
-        workers=tuple(worker_addresses(workers)), concurrency=concurrency,
-        timeout=timeout, retries=retries, restart=restart,
-        tls=Tls(tls_ca, tls_cert, tls_key, tls_server_name) if tls_ca else None, results_format=results_format,
-        connections=connections, name_template=name_template, output_format=fmt, quality=quality or 0,
-        rotation=default_rotation, references=references, resolve_every=resolve_every, progress=choose_mode(quiet),
-        command=("batch", *sys.argv[1:]), shard=shard, checkpoint_every=checkpoint_every,
-    )
     try:
-        summary = run_batch(options)
-    except KeyboardInterrupt as e:  # Interrupted (SIGINT or SIGTERM), or Ctrl-C before its handler was set
+        summary = asyncio.run(_until_signalled(config))
+    except KeyboardInterrupt:  # Ctrl-C before the run's own handlers were set
         click.echo("batch run: interrupted before any row ran", err=True)
-        sys.exit(128 + (e.signum if isinstance(e, Interrupted) else signal.SIGINT))
+        sys.exit(128 + signal.SIGINT)
     click.echo(summary.line())
     sys.exit(summary.exit_code)
+
+
+async def _until_signalled(config):
+    """The run, SIGINT and SIGTERM stopping it (it keeps what it finished; the summary names the signal)."""
+    from batch.session import Stop, execute
+
+    loop = asyncio.get_running_loop()
+    stop = Stop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await execute(config, stop)
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
 
 
 @main.command("demo")

@@ -145,8 +145,9 @@ def check_template(template: str) -> str | None:
 
 
 def read_rows(manifest: Path, out_dir: Path, template: str | None = None, fmt: str | None = None,
-              rotation: str | None = None, store: Uri | None = None) -> Iterator[Row]:
-    """Stream the rows of ``manifest``; relative paths resolve against its folder, outputs against ``out_dir``,
+              rotation: str | None = None, store: Uri | None = None, *, base: Path | None = None) -> Iterator[Row]:
+    """Stream the rows of ``manifest``; relative paths resolve against ``base`` (default: its folder), outputs
+    against ``out_dir``,
     default outputs named by ``template`` (see ``check_template``; checked by the caller), converted to ``fmt``
     (Pillow's name) when given; ``rotation`` is the rotation of rows that leave theirs empty; with ``store``
     (--out as a URI, ``out_dir`` its local cache) outputs are objects under it.
@@ -156,8 +157,8 @@ def read_rows(manifest: Path, out_dir: Path, template: str | None = None, fmt: s
     when reached).
     """
     manifest = Path(manifest)
-    places = Places(manifest, Path(os.path.abspath(manifest.parent)), Path(os.path.abspath(out_dir)), template,
-                    fmt, rotation, store)
+    places = Places(manifest, Path(os.path.abspath(base or manifest.parent)), Path(os.path.abspath(out_dir)),
+                    template, fmt, rotation, store)
     try:
         f = open(manifest, "rb")  # noqa: SIM115 - closed in finally; bytes so decoding errors name a line
     except OSError as e:

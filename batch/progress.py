@@ -1,10 +1,11 @@
-"""The run's tally, and its display on stderr: a tqdm bar on a terminal, a plain line every few seconds
-otherwise, or nothing."""
+"""The run's tally, and its display: a tqdm bar on a terminal (or a notebook's widget), a plain line on stderr
+every few seconds otherwise, or nothing; and a callback for callers that show it their own way."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -58,20 +59,29 @@ class Tally:
         return self.worked / elapsed if elapsed > 0 else 0.0
 
 
-class Progress:
-    """Shows a ``Tally`` as it changes; ``mode`` is "bar", "lines" or "quiet" (see ``choose_mode``)."""
+MODES = ("bar", "notebook", "lines", "quiet")
 
-    def __init__(self, tally: Tally, mode: str, stream: TextIO | None = None, interval: float = 10.0) -> None:
+
+class Progress:
+    """Shows a ``Tally`` as it changes; ``mode`` is one of ``MODES`` (see ``choose_mode``): "notebook" is
+    tqdm's notebook widget in Jupyter (its text bar elsewhere). ``callback`` sees the tally at each change."""
+
+    def __init__(self, tally: Tally, mode: str, stream: TextIO | None = None, interval: float = 10.0,
+                 callback: Callable[[Tally], None] | None = None) -> None:
         self.tally = tally
         self.mode = mode
         self.stream = stream or sys.stderr
         self.interval = interval
+        self.callback = callback
         self._shown = 0
         self._started = self._last = time.monotonic()
-        self._bar = (
-            tqdm(total=tally.rows, unit="row", file=self.stream, dynamic_ncols=True, smoothing=0.1)
-            if mode == "bar" else None
-        )
+        self._bar = None
+        if mode == "bar":
+            self._bar = tqdm(total=tally.rows, unit="row", file=self.stream, dynamic_ncols=True, smoothing=0.1)
+        elif mode == "notebook":
+            from tqdm.auto import tqdm as auto
+
+            self._bar = auto(total=tally.rows, unit="row", smoothing=0.1)
 
     def note(self, text: str) -> None:
         """A line for the user (not with --quiet), above the bar if there is one."""
@@ -82,6 +92,8 @@ class Progress:
 
     def update(self) -> None:
         """The tally has changed."""
+        if self.callback is not None:
+            self.callback(self.tally)
         if self._bar is not None:
             self._bar.set_postfix_str(self.tally.counts(), refresh=False)
             self._bar.update(self.tally.settled - self._shown)

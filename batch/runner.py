@@ -196,6 +196,12 @@ def write_output(path: Path | Uri, data: bytes, root: str) -> None:
 _made: set[Path] = set()  # folders known to exist: one mkdir per folder, not per row
 
 
+def forget_folders() -> None:
+    """Drop what the run learnt about folders (made, resolved): a later run in this process looks again."""
+    _made.clear()
+    real_folder.cache_clear()
+
+
 def _make_folder(folder: Path) -> None:
     if folder not in _made:
         folder.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,9 @@ it made a call or was settled without one (invalid, conflicting, already
 done), goes the same way: ``Run.settle``, then made durable with its group
 (batch/durable.py: group commit), then ``Run.commit`` journals it and only
 then counts it in the tally; the finished table and run.json are written
-however the run ends (done, SIGINT, SIGTERM, error).
+however the run ends (done, stopped, cancelled, error). ``execute`` is the
+whole run as one coroutine; batch/api.py runs it for callers and the CLI maps
+its signals to ``Stop``.
 """
 
 from __future__ import annotations
@@ -17,25 +19,25 @@ import datetime
 import errno
 import fcntl
 import logging
-import math
 import os
 import platform
 import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
 from batch import demo, remote
 from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, address_count, grpc_targets
 from batch.concurrency import DEFAULT_CAP, AdaptiveLimit
 from batch.durable import Entry, GroupCommit
-from batch.errors import BatchError, UsageError
+from batch.errors import BatchError, UsageError, WorkerStartError
 from batch.index import RunIndex, Scanned
-from batch.manifest import AUTO, ManifestError, Row, check_template, parse_rotation, read_rows
+from batch.manifest import ManifestError, Row, read_rows
 from batch.progress import Progress, Tally
 from batch.results import (
     ERROR,
@@ -53,27 +55,14 @@ from batch.results import (
     write_run_info,
     write_table,
 )
-from batch.runner import Settings, fan_out
+from batch.runner import Settings, fan_out, forget_folders
 from batch.shard import Shard, file_sha256, sharer
 from batch.store import Uri, credentials_problem, is_uri, parse
 from worker.local import LocalWorker, LocalWorkerError, cpu_count
 
 log = logging.getLogger("batch.session")
 EXIT_OK, EXIT_FAILED = 0, 1
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# The seconds options (every float option of `batch run`): (option, RunOptions field, lowest, highest). gRPC
-# turns a deadline of ~9e9 s or more (and inf, nan) into one already past, and asyncio.sleep overflows on
-# huge values: a day is far beyond any call or lookup interval that makes sense, and well inside both.
-SECONDS_OPTIONS = (("--timeout", "timeout", 0.001, 86400.0), ("--resolve-every", "resolve_every", 0.1, 86400.0),
-                   ("--checkpoint-every", "checkpoint_every", 0.1, 86400.0))
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived; the run stops, keeps what it finished, and exits 128 + the signal's number."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -94,7 +83,8 @@ class RunOptions:
     references: bool = False  # --references: named workers read and write the files themselves
     resolve_every: float = 5.0  # --resolve-every: seconds between lookups of the workers' DNS names
     connections: int | None = None
-    progress: str = "lines"  # "bar", "lines" or "quiet"
+    progress: str = "quiet"  # "bar", "notebook", "lines" or "quiet" (batch/progress.py)
+    on_progress: Callable[[Tally], None] | None = None  # called with the tally each time it changes
     command: tuple[str, ...] = ()
     shard: Shard | None = None  # --shard: run only this share of the manifest (batch/shard.py)
     checkpoint_every: float = 60.0  # --checkpoint-every: seconds between uploads of the journal to a URI --out
@@ -111,6 +101,13 @@ class RunOptions:
         if not uri.writable:
             raise UsageError(f"--out {self.out}: {uri.scheme}:// is read-only")
         return uri
+    # The folder relative input paths are relative to: the manifest's own, unless the manifest was written for
+    # the run (batch.run with a DataFrame: the caller's working folder).
+    base: Path | None = None
+
+    @property
+    def inputs_base(self) -> Path:
+        return Path(os.path.abspath(self.base or Path(self.manifest).parent))
 
     @property
     def out_dir(self) -> Path:
@@ -249,23 +246,36 @@ class Run:
             self._group.close()
 
 
-def run_batch(options: RunOptions) -> Summary:
-    """Run ``options.manifest`` to the end, or until SIGINT/SIGTERM. Raises a BatchError before any row is
-    run when the run cannot start; Interrupted when a signal comes before the first row."""
+class Stop:
+    """Stops a run from outside it, as the CLI does on SIGINT or SIGTERM: call it with the signal's number.
+
+    The run keeps what it finished and ``execute`` returns its Summary naming the signal (cancelling the
+    run's task instead raises CancelledError once the results are written). Only the first call counts,
+    and none once the calls are over: the last group is flushed whatever happens.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    def __call__(self, signum: int) -> None:
+        if self._task is not None and not self._closing and self.signum is None:
+            self.signum = signum
+            self._task.cancel()
+
+
+async def execute(options: RunOptions, stop: Stop | None = None) -> Summary:
+    """Run ``options.manifest`` to the end, or until ``stop`` is called or the task is cancelled.
+
+    Raises a BatchError before any row is run when the run cannot start. Touches no signal handler and no
+    other process-wide state; the results folder's lock is released however the run ends.
+    """
+    stop = stop or Stop()
+    stop._task = asyncio.current_task()
     out = options.out_dir
     started_at = datetime.datetime.now(datetime.UTC)
     clock = time.monotonic()
-    if options.concurrency is not None and options.concurrency < 1:
-        raise UsageError("--concurrency must be at least 1")
-    for option, name, low, high in SECONDS_OPTIONS:
-        if problem := seconds_problem(option, getattr(options, name), low, high):
-            raise UsageError(problem)
-    if options.name_template is not None and (problem := check_template(options.name_template)):
-        raise UsageError(problem)
-    if options.rotation is not None and options.rotation.lower() != AUTO:
-        problem = parse_rotation(options.rotation)[1]
-        if problem:
-            raise UsageError(f"--rotation: {problem}")
     targets = grpc_targets(list(options.workers))  # checks the addresses before anything is written
     if demo.is_demo(options.manifest):
         demo.ensure_demo_images(Path(options.manifest).resolve().parent)
@@ -275,11 +285,11 @@ def run_batch(options: RunOptions) -> Summary:
     except OSError as e:
         raise UsageError(f"cannot create --out {out}: {e.strerror}") from None
     shard, store = options.shard, options.out_store
-    with _stop_signals_raise(), _locked(out), contextlib.closing(_index(out, shard)) as index:
+    with _locked(out), contextlib.closing(_index(out, shard)) as index:
         if store is not None:
             _fetch(store, out, options.restart)
         rows = read_rows(Path(options.manifest), out, options.name_template, options.output_format, options.rotation,
-                         store)
+                         store, base=options.inputs_base)
         # Every shard indexes the whole manifest: duplicates, clashes and default names are decided from all of it.
         manifest_rows = index.add_rows(rows, Path(options.manifest), sharer(shard, out, store) if shard else None)
         total = index.count_share()
@@ -292,7 +302,7 @@ def run_batch(options: RunOptions) -> Summary:
             (out / RUN_NAME).unlink(missing_ok=True)  # its legs describe the rows just dropped
         else:
             index.add_previous(reader.rows())
-        progress = Progress(Tally(rows=total), options.progress)
+        progress = Progress(Tally(rows=total), options.progress, callback=options.on_progress)
         for note in reader.notes if not options.restart else ():
             progress.note(f"batch: {note}")
         if kept := index.count_not_in_manifest():
@@ -320,10 +330,10 @@ def run_batch(options: RunOptions) -> Summary:
                 embedded = LocalWorker(cpu_count(), out / WORKER_LOG_NAME, private=True,
                                        args=("--data-root", *read_roots, "--output-root", *write_roots))
                 try:
-                    embedded.start()
+                    await _to_the_end(embedded.start)
                     targets = grpc_targets(embedded.addresses)
                 except LocalWorkerError as e:
-                    raise BatchError(str(e)) from e  # its message already says what failed
+                    raise WorkerStartError(str(e)) from e  # its message already says what failed
             limit, connections = _defaults(options, targets, embedded)
             summary.limit, summary.connections = limit, connections
             where = (f"an embedded worker ({embedded.processes} processes on private Unix sockets in "
@@ -342,9 +352,11 @@ def run_batch(options: RunOptions) -> Summary:
             run.give_up_after = max(2 * limit.current, 10)
             settings = Settings(timeout=options.timeout, retries=options.retries, out_root=os.path.realpath(out),
                                 quality=options.quality, read_roots=read_roots, write_roots=write_roots)
-            summary.signal = asyncio.run(_go(run, first, calls, targets, connections, settings, limit, options))
-        except Interrupted as e:  # a signal outside the event loop (the embedded worker starting, say)
-            summary.signal = e.signum
+            await _go(run, first, calls, targets, connections, settings, limit, options, stop)
+        except asyncio.CancelledError:
+            if stop.signum is None and not run.commit_failed:
+                raise
+            summary.signal = stop.signum
         except BatchError:
             summary.crashed = 2
             raise
@@ -352,39 +364,24 @@ def run_batch(options: RunOptions) -> Summary:
             summary.crashed = 1  # Python's own exit code for what escapes
             raise
         finally:
-            progress.close()
-            if embedded is not None:
-                embedded.stop()
-            summary.stopped = run.stopped
-            _finish(run, journal, index, summary,
-                    lambda: _run_info(options, summary, targets, embedded, started_at, manifest_rows), clock, store)
+            stop._closing = True
+            try:
+                progress.close()
+                if embedded is not None:
+                    await _to_the_end(embedded.stop)
+            finally:
+                forget_folders()
+                summary.stopped = run.stopped
+                _finish(run, journal, index, summary,
+                        lambda: _run_info(options, summary, targets, embedded, started_at, manifest_rows), clock,
+                        store)
     return summary
 
 
-def seconds_problem(option: str, value: float, low: float, high: float) -> str | None:
-    """Why ``value`` is no good for a seconds option (not a finite number from ``low`` to ``high``), or None."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or not low <= value <= high:
-        return f"{option} {value!r}: expected a number of seconds from {low:g} to {high:g}"
-    return None
-
-
 async def _go(run: Run, first: Row | None, rest: Iterator[Row], targets: list[str], connections: int,
-              settings: Settings, limit: AdaptiveLimit, options: RunOptions) -> int | None:
-    """The event-loop part: calls for every row that needs one; returns the signal that interrupted it."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    received: list[int] = []
-    closing = False
-
-    def on_signal(signum: int) -> None:
-        if not closing and not received:  # once the calls are over, the last group is flushed whatever happens
-            received.append(signum)
-            task.cancel()
-
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, on_signal, sig)
-    run.start(on_failure=task.cancel)  # a failed sync stops the run; close() raises its error
+              settings: Settings, limit: AdaptiveLimit, options: RunOptions, stop: Stop) -> None:
+    """The calls for every row that needs one, with the group commit running beside them."""
+    run.start(on_failure=stop._task.cancel)  # a failed sync stops the run; close() raises its error
     pool = Pool(targets, connections, options.tls) if first is not None else None
     background: list[asyncio.Task] = []
     try:
@@ -397,24 +394,33 @@ async def _go(run: Run, first: Row | None, rest: Iterator[Row], targets: list[st
                 background.append(asyncio.create_task(_checkpoints(run.journal.path, store,
                                                                    options.checkpoint_every)))
             await fan_out(_chain(first, rest), pool, settings, run.settle, limit)
-    except asyncio.CancelledError:
-        if not received and not run.commit_failed:
-            raise
     finally:
-        closing = True
+        stop._closing = True
         try:
             await run.stop()
             run.close()
         finally:
-            for sig in STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
-            _arm_stop_signals()  # remove_signal_handler restored the defaults: SIGTERM would kill unflushed
             for task_ in background:
                 task_.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             if pool is not None:
                 await pool.close()
-    return received[0] if received else None
+
+
+async def _to_the_end(action: Callable[[], T]) -> T:
+    """``action()`` in a thread, waited for to the end even when the run is cancelled meanwhile (a child
+    worker half started or half stopped cannot be abandoned); the cancellation is raised afterwards."""
+    future = asyncio.ensure_future(asyncio.to_thread(action))
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait([future])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        future.exception()  # retrieved: its own error is not what the caller asked about
+        raise asyncio.CancelledError
+    return future.result()
 
 
 async def _watch_fleet(pool: Pool, limit: AdaptiveLimit, every: float) -> None:
@@ -446,28 +452,6 @@ async def _checkpoints(journal: Path, store: Uri, every: float) -> None:
 def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
     yield first
     yield from rest
-
-
-def _raise_interrupted(signum: int, _frame) -> None:
-    raise Interrupted(signum)
-
-
-def _arm_stop_signals() -> None:
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _raise_interrupted)
-
-
-@contextlib.contextmanager
-def _stop_signals_raise() -> Iterator[None]:
-    """Outside the event loop SIGINT and SIGTERM raise Interrupted, so that ``finally`` writes the results
-    (SIGTERM's default would end the process on the spot)."""
-    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    _arm_stop_signals()
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
 
 
 def _store_access(options: RunOptions, targets: list[str], index: RunIndex) -> tuple[frozenset[str], list[str]]:
@@ -505,12 +489,12 @@ def _settled(total: int, unrunnable: int) -> str:
 def _reference_roots(options: RunOptions, targets: list[str], out: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Where the worker reads inputs and writes outputs itself (reference mode), as (read, write) roots.
 
-    The embedded worker shares our file system: rooted at the manifest's folder and --out (a row outside them
-    goes by bytes). Named workers only with --references, under roots of their own that we cannot see: every
-    row goes by reference, and a worker's refusal is that row's error.
+    The embedded worker shares our file system: rooted at the inputs' folder (the manifest's) and --out (a row
+    outside them goes by bytes). Named workers only with --references, under roots of their own that we cannot
+    see: every row goes by reference, and a worker's refusal is that row's error.
     """
     if not targets:
-        return (os.path.realpath(Path(options.manifest).parent),), (os.path.realpath(out),)
+        return (os.path.realpath(options.inputs_base),), (os.path.realpath(out),)
     if options.references:
         return ("/",), ("/",)
     return (), ()
@@ -592,20 +576,36 @@ def _index(out: Path, shard: Shard | None) -> RunIndex:
 
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
-    """One run per results folder at a time: two would interleave their journals."""
-    try:
-        # Never through a link planted there: it would lock (and could create) a file anywhere.
-        fd = os.open(out / LOCK_NAME, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise UsageError(f"{out / LOCK_NAME} is a symbolic link: refusing to follow it (remove it)") from None
-        raise UsageError(f"cannot write in --out {out}: {e.strerror}") from None
-    with os.fdopen(fd, "w") as f:
+    """One run per results folder at a time: two would interleave their journals. The lock file goes when the
+    run ends, however it ends."""
+    path = out / LOCK_NAME
+    while True:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another `batch run` is using {out}; wait for it or choose another --out") from None
-        yield
+            # Never through a link planted there: it would lock (and could create) a file anywhere.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UsageError(f"{path} is a symbolic link: refusing to follow it (remove it)") from None
+            raise UsageError(f"cannot write in --out {out}: {e.strerror}") from None
+        with os.fdopen(fd, "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"another `batch run` is using {out}; wait for it or choose another --out") from None
+            if not _same_file(path, fd):
+                continue  # the run before removed it after we opened it: lock the one there now
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)  # while still locked: a run that opened it meanwhile sees it gone, retries
+            return
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.path.samestat(os.stat(path, follow_symlinks=False), os.fstat(fd))
+    except FileNotFoundError:
+        return False
 
 
 def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedded: LocalWorker | None,
@@ -619,6 +619,7 @@ def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedde
         "manifest_rows": manifest_rows,
         "shard_rows": t.rows,
         "out": str(options.out_store or options.out_dir),
+        "base": str(options.inputs_base),
         "workers": {
             "targets": targets,
             "embedded": embedded is not None,

@@ -9,7 +9,7 @@ Part 3 prices the search of the other quarter turns (``faces_any_turn``) against
 the upright pass alone (``faces_in``, all there was before), in this process:
 on images without a face (every turn is searched), upright photos and turned ones.
 Part 4 prices ``rotate auto`` on 1920x1080 photos without an EXIF orientation (the faces decide:
-``worker.rotate.auto_rotate`` with the classifier's ``upright_turn``, decode and write included) against
+``worker.auto_rotate`` with the classifier's ``upright_turn``, decode and write included) against
 one upright detector pass on the same photo, each timed back to back in this process.
 
     python bench/bench_classify.py [--photos 200] [--scenes 100] [--processes 2] [--turns 40] [--auto 20]
@@ -52,7 +52,7 @@ from worker.faces.pipeline import (
 from worker.faces.training.dataset import gallery, lfw_from_env
 from worker.faces.training.evaluate import turned_photo
 from worker.faces.training.scenes import backgrounds, pasted
-from worker.rotate import auto_rotate
+from worker.rotation import auto_rotate
 
 OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 * 2**20),
            ("grpc.max_send_message_length", 64 * 2**20)]

@@ -37,8 +37,7 @@ def files_under(folder: Path) -> dict[str, bytes]:
 def stray_temporaries(folder: Path) -> list[str]:
     """Files that look like an interrupted atomic write (anything not an image, results or run record)."""
     keep = {".jpg", ".jpeg", ".png", ".csv", ".json", ".parquet", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
-    lock = folder / ".lock"  # the driver's run lock (flock), kept on purpose
-    return [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p != lock
+    return [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
             and (p.suffix.lower() not in keep or ".tmp" in p.name or p.name.startswith("."))]
 
 
