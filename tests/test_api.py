@@ -4,6 +4,7 @@ the typed results table out, from plain code, a running event loop and a task th
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -119,3 +120,14 @@ def test_worker_functions_in_process() -> None:
     with pytest.raises(worker.WorkerError) as refused:
         worker.rotate(b"not an image", 90)
     assert refused.value.reason == worker.Reason.UNSUPPORTED_FORMAT
+
+
+@pytest.mark.slow
+def test_a_dataframe_runs_on_the_embedded_worker_by_reference(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    frame = _photos(tmp_path, 3)
+    results = batch.run(frame, out=tmp_path / "out")  # no workers: the embedded one, rooted at the cwd and out
+    assert list(results["status"]) == ["ok"] * 3 and list(results["width"]) == [32] * 3
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["workers"]["embedded"] and run["workers"]["rows_by_reference"] == 3
+    assert run["base"] == str(tmp_path) and not (tmp_path / "out" / ".lock").exists()
