@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batch.manifest import ManifestError, Row, resolved, rotation_name
-from batch.results import COLUMNS, ERROR, Outcome, already_done
+from batch.results import COLUMNS, ERROR, Outcome, Reason, already_done
 from batch.store import Uri, location
 
 _ROW_FIELDS = ("line", "id", "path", "op", "rotation", "output", "input_path", "degrees", "output_path", "error",
@@ -153,9 +153,10 @@ class RunIndex:
                 previous = dict(zip(COLUMNS, values[n + 11:], strict=True)) if values[n + 10] else None
                 leader = facts.leader(row)
                 followed = facts.first_writer_line == row.line and facts.writers > 1
-                problem = row.error or (facts.conflict(row) if row.output_path is not None and not leader else None)
-                if problem:
-                    yield Scanned(row, Outcome(ERROR, error=problem), followed=followed)
+                clash = facts.conflict(row) if row.output_path is not None and not leader and not row.error else None
+                if row.error or clash:
+                    reason = Reason.INVALID_ROW if row.error else Reason.OUTPUT_CLASH
+                    yield Scanned(row, Outcome(ERROR, error=row.error or clash, reason=reason), followed=followed)
                 elif already_done(row, previous, unchecked):
                     yield Scanned(row, Outcome.done_before(previous), followed=followed)
                 else:

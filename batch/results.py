@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import enum
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -38,8 +39,8 @@ TEXT, INT32, FLOAT, BOOL, TIME = "text", "int32", "float", "bool", "time"
 SCHEMA: dict[str, str] = {
     "id": TEXT, "path": TEXT, "op": TEXT, "rotation": TEXT, "status": TEXT, "output": TEXT, "format": TEXT,
     "turned": INT32, "decided_by": TEXT, "lossless": BOOL, "width": INT32, "height": INT32, "label": TEXT,
-    "confidence": FLOAT, "faces": TEXT, "error": TEXT, "note": TEXT, "attempts": INT32, "latency_ms": FLOAT,
-    "worker": TEXT, "finished_at": TIME,
+    "confidence": FLOAT, "faces": TEXT, "error": TEXT, "reason": TEXT, "note": TEXT, "attempts": INT32,
+    "latency_ms": FLOAT, "worker": TEXT, "finished_at": TIME,
 }
 COLUMNS = tuple(SCHEMA)
 # Without these a file is not a results table; a missing other column (an older batch run) reads as empty.
@@ -69,12 +70,43 @@ class ResultsError(BatchError):
     """An existing results file that cannot be read or resumed from; the message says which and why."""
 
 
+class Reason(enum.StrEnum):
+    """Why a row failed, as its ``reason`` column says: the driver's own reasons. The worker's ErrorReason names
+    (proto/imageworker_v1.proto) pass through as they are, and a gRPC status without one is its code's name;
+    ``error`` keeps the message for people. Nothing decides by the message."""
+
+    INVALID_ROW = "INVALID_ROW"  # the manifest row itself (batch/manifest.py says how)
+    OUTPUT_CLASH = "OUTPUT_CLASH"  # its output would overwrite an input or another row's output
+    INPUT_NOT_FOUND = "INPUT_NOT_FOUND"
+    INPUT_UNREADABLE = "INPUT_UNREADABLE"  # permission denied, a link loop, an I/O error
+    NOT_A_REGULAR_FILE = "NOT_A_REGULAR_FILE"  # a directory, FIFO, device or socket
+    INPUT_TOO_LARGE = "INPUT_TOO_LARGE"  # over what one call can carry
+    INPUT_CHANGED = "INPUT_CHANGED"  # it grew or shrank while it was read
+    OUTPUT_UNWRITABLE = "OUTPUT_UNWRITABLE"
+    OUTPUT_OUTSIDE_OUT = "OUTPUT_OUTSIDE_OUT"  # its folder leads outside --out
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"  # over the worker's gRPC message limit (gRPC's refusal, no reason)
+    RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"  # no worker reachable within --retries
+    TIMED_OUT = "TIMED_OUT"  # no answer within --timeout, --retries times
+    WORKER_OVERLOADED = "WORKER_OVERLOADED"  # refused as busy for longer than the busy budget
+    FORMAT_MISMATCH = "FORMAT_MISMATCH"  # the worker wrote another format than asked (an older worker)
+    BAD_ANSWER = "BAD_ANSWER"  # a streamed answer that broke its own declared shape
+
+
+class RowFailed(Exception):
+    """A row-level failure on the driver's side: its message (the ``error`` column) and ``reason``."""
+
+    def __init__(self, message: str, reason: Reason) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass
 class Outcome:
     """What happened to one row, as the runner saw it; ``result_row`` turns it into a table row."""
 
     status: str
     error: str = ""
+    reason: str = ""  # why it failed: a Reason, or the worker's ErrorReason name
     output: str = ""
     format: str = ""  # of the file written (rotate): Pillow's name, e.g. "JPEG"
     turned: int | None = None  # rotate: the quarter turn applied; classify: the one its faces were found under
@@ -97,6 +129,10 @@ class Outcome:
     earlier: dict[str, str] | None = None  # an earlier run's ok result for this row: kept as it is
 
     @classmethod
+    def failed(cls, problem: RowFailed, **details) -> Outcome:
+        return cls(ERROR, error=str(problem), reason=problem.reason, **details)
+
+    @classmethod
     def done_before(cls, earlier: dict[str, str]) -> Outcome:
         return cls(OK, output=earlier["output"], earlier=earlier)
 
@@ -109,7 +145,7 @@ class Outcome:
             return cls(OK, output=e["output"], width=_int(e["width"]), height=_int(e["height"]), format=e["format"],
                        turned=_int(e["turned"]), decided_by=e["decided_by"], note=e["note"],
                        lossless=_BOOLS.get(e["lossless"]))
-        return cls(leader.status, error=leader.error, output=leader.output, width=leader.width,
+        return cls(leader.status, error=leader.error, reason=leader.reason, output=leader.output, width=leader.width,
                    height=leader.height, format=leader.format, turned=leader.turned, decided_by=leader.decided_by,
                    note=leader.note, lossless=leader.lossless)
 
@@ -141,6 +177,7 @@ def result_row(row, outcome: Outcome) -> dict[str, str]:
         "faces": json.dumps(outcome.faces, separators=(",", ":")) if row.op == "classify" and outcome.status == OK
         else "",
         "error": error,
+        "reason": outcome.reason,
         "note": outcome.note,
         "attempts": str(outcome.attempts),
         "latency_ms": f"{outcome.latency_ms:.1f}" if outcome.latency_ms is not None else "",

@@ -29,7 +29,7 @@ from batch.channel import Pool
 from batch.concurrency import AdaptiveLimit
 from batch.durable import atomic_file, escapes
 from batch.manifest import Row, real_folder, resolved
-from batch.results import ERROR, OK, Outcome, faces_json
+from batch.results import ERROR, OK, Outcome, Reason, RowFailed, faces_json
 from batch.store import Uri
 from worker.api import imageworker_v1_pb2 as v1
 
@@ -90,10 +90,6 @@ def busy(error: grpc.aio.AioRpcError, size: int) -> bool:
     return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not permanent(error, size)
 
 
-class RowFailed(Exception):
-    """A row-level failure with its message (kept verbatim in the results' error column)."""
-
-
 def read_input(path: Path | Uri, limit: int | None = None) -> bytes | None:
     """The input's bytes (None when it is over ``limit`` bytes, or an object in a store, whose read always waits
     on the network: call again without a limit, in a thread), or RowFailed saying precisely why not.
@@ -107,24 +103,24 @@ def read_input(path: Path | Uri, limit: int | None = None) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise RowFailed(f"file not found: {path}") from None
+        raise RowFailed(f"file not found: {path}", Reason.INPUT_NOT_FOUND) from None
     except PermissionError:
-        raise RowFailed(f"permission denied reading {path}") from None
+        raise RowFailed(f"permission denied reading {path}", Reason.INPUT_UNREADABLE) from None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise RowFailed(f"symlink loop: {path}") from None
+            raise RowFailed(f"symlink loop: {path}", Reason.INPUT_UNREADABLE) from None
         if e.errno == errno.ENXIO:
-            raise RowFailed(f"not a regular file (a socket): {path}") from None
-        raise RowFailed(f"cannot read {path}: {e.strerror}") from None
+            raise RowFailed(f"not a regular file (a socket): {path}", Reason.NOT_A_REGULAR_FILE) from None
+        raise RowFailed(f"cannot read {path}: {e.strerror}", Reason.INPUT_UNREADABLE) from None
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
-            raise RowFailed(f"is a directory, not an image file: {path}")
+            raise RowFailed(f"is a directory, not an image file: {path}", Reason.NOT_A_REGULAR_FILE)
         if not stat.S_ISREG(info.st_mode):
-            raise RowFailed(f"not a regular file ({_file_kind(info.st_mode)}): {path}")
+            raise RowFailed(f"not a regular file ({_file_kind(info.st_mode)}): {path}", Reason.NOT_A_REGULAR_FILE)
         if info.st_size > MAX_INPUT:
             raise RowFailed(f"file is {info.st_size:,} bytes ({info.st_size / 2**30:.1f} GiB): over the "
-                            f"{MAX_INPUT / 2**30:.0f} GiB one call can carry")
+                            f"{MAX_INPUT / 2**30:.0f} GiB one call can carry", Reason.INPUT_TOO_LARGE)
     except BaseException:
         os.close(fd)
         raise
@@ -134,9 +130,9 @@ def read_input(path: Path | Uri, limit: int | None = None) -> bytes | None:
         try:
             data = f.read(info.st_size + 1)
         except OSError as e:
-            raise RowFailed(f"cannot read {path}: {e.strerror}") from None
+            raise RowFailed(f"cannot read {path}: {e.strerror}", Reason.INPUT_UNREADABLE) from None
         if len(data) > info.st_size:
-            raise RowFailed(f"file grew while it was read (still being written?): {path}")
+            raise RowFailed(f"file grew while it was read (still being written?): {path}", Reason.INPUT_CHANGED)
         return data
 
 
@@ -144,13 +140,14 @@ def _read_object(uri: Uri) -> bytes:
     try:
         data = store.read(uri, MAX_INPUT)
     except FileNotFoundError:
-        raise RowFailed(f"object not found: {uri}") from None
+        raise RowFailed(f"object not found: {uri}", Reason.INPUT_NOT_FOUND) from None
     except PermissionError:
-        raise RowFailed(f"permission denied reading {uri}") from None
+        raise RowFailed(f"permission denied reading {uri}", Reason.INPUT_UNREADABLE) from None
     except OSError as e:
-        raise RowFailed(f"cannot read {uri}: {e}") from None
+        raise RowFailed(f"cannot read {uri}: {e}", Reason.INPUT_UNREADABLE) from None
     if len(data) > MAX_INPUT:
-        raise RowFailed(f"object {uri} is over the {MAX_INPUT / 2**30:.0f} GiB one call can carry")
+        raise RowFailed(f"object {uri} is over the {MAX_INPUT / 2**30:.0f} GiB one call can carry",
+                        Reason.INPUT_TOO_LARGE)
     return data
 
 
@@ -175,12 +172,13 @@ def write_output(path: Path | Uri, data: bytes, root: str) -> None:
         try:
             store.write(path, data)
         except OSError as e:
-            raise RowFailed(f"cannot write output {path}: {e}") from None
+            raise RowFailed(f"cannot write output {path}: {e}", Reason.OUTPUT_UNWRITABLE) from None
         return
     try:
         _make_folder(path.parent)
         if (elsewhere := escapes(path.parent, root)) is not None:
-            raise RowFailed(f"output {path} would be written outside --out: {path.parent} leads to {elsewhere}")
+            raise RowFailed(f"output {path} would be written outside --out: {path.parent} leads to {elsewhere}",
+                            Reason.OUTPUT_OUTSIDE_OUT)
         try:
             with atomic_file(path, durable=False) as f:
                 f.write(data)
@@ -190,7 +188,7 @@ def write_output(path: Path | Uri, data: bytes, root: str) -> None:
             with atomic_file(path, durable=False) as f:
                 f.write(data)
     except OSError as e:
-        raise RowFailed(f"cannot write output {path}: {e.strerror or e}") from None
+        raise RowFailed(f"cannot write output {path}: {e.strerror or e}", Reason.OUTPUT_UNWRITABLE) from None
 
 
 _made: set[Path] = set()  # folders known to exist: one mkdir per folder, not per row
@@ -256,6 +254,22 @@ def explain_permanent(error: grpc.aio.AioRpcError, size: int) -> str:
     return describe(error)
 
 
+def permanent_reason(error: grpc.aio.AioRpcError) -> str:
+    """The ``reason`` of a row failed for good by ``error``: the worker's ErrorInfo reason; else gRPC's own
+    refusal of a message over its limit; else the status code's name (a worker of another make, say)."""
+    if (reason := error_reason(error)) is not None:
+        return reason
+    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return Reason.MESSAGE_TOO_LARGE
+    return error.code().name
+
+
+# The reason of a row whose retries ran out, by the last attempt's code (one of RETRYABLE).
+_EXHAUSTED = {grpc.StatusCode.DEADLINE_EXCEEDED: Reason.TIMED_OUT, grpc.StatusCode.RESOURCE_EXHAUSTED:
+              Reason.WORKER_OVERLOADED, grpc.StatusCode.UNAVAILABLE: Reason.RETRIES_EXHAUSTED,
+              grpc.StatusCode.CANCELLED: Reason.RETRIES_EXHAUSTED}
+
+
 def explain_exhausted(error: grpc.aio.AioRpcError, attempts: int, settings: Settings) -> str:
     code = error.code()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -307,7 +321,7 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
             if data is None:
                 data = await asyncio.to_thread(read_input, row.input_path)
         except RowFailed as e:
-            return Outcome(ERROR, error=str(e))
+            return Outcome.failed(e)
     source = _reference(row.input_path) if referenced else None
     attempts = 0
     failures = 0  # retryable failures other than busy refusals: at most settings.retries are retried
@@ -332,11 +346,12 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
                     reply = await (stub.Classify(request, timeout=settings.timeout) if size is None else
                                    stream.classify(stub, request, row.input_path, size, settings.timeout))
                 worker = pool.answered(stub, reply.worker)
-        except stream.StreamFailed as e:
-            return Outcome(ERROR, error=str(e), attempts=attempts)
+        except RowFailed as e:
+            return Outcome.failed(e, attempts=attempts)
         except grpc.aio.AioRpcError as e:
             if permanent(e, len(data)):
-                return Outcome(ERROR, error=explain_permanent(e, len(data)), attempts=attempts)
+                return Outcome(ERROR, error=explain_permanent(e, len(data)), reason=permanent_reason(e),
+                               attempts=attempts)
             if refused := busy(e, len(data)):
                 limit.refused()
                 busy_refusals += 1
@@ -354,7 +369,8 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
                 given_up = failures > settings.retries
             if given_up:
                 log.warning("row %s: giving up after %d attempts: %s", row.id, attempts, describe(e))
-                return Outcome(ERROR, error=explain_exhausted(e, attempts, settings), attempts=attempts,
+                return Outcome(ERROR, error=explain_exhausted(e, attempts, settings), reason=_EXHAUSTED[e.code()],
+                               attempts=attempts,
                                gave_up=True)
             log.info("row %s: %s; %s in %.2f s", row.id, describe(e),
                      f"worker busy, busy refusal {busy_refusals}" if refused
@@ -377,7 +393,7 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
     # format column says so); an output the manifest names, or --format, asked the worker for its format.
     if row.format and reply.format != row.format:
         return Outcome(ERROR, error=f"asked for {row.format} for {row.output_path}, the worker wrote {reply.format} "
-                       "(an older worker that cannot convert?)", **common)
+                       "(an older worker that cannot convert?)", reason=Reason.FORMAT_MISMATCH, **common)
     if not referenced and size is None:  # else the worker wrote it, durably, before it answered, or it streamed
         try:
             if len(reply.image) <= INLINE_MAX and not isinstance(row.output_path, Uri):
@@ -385,7 +401,7 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
             else:
                 await asyncio.to_thread(write_output, row.output_path, reply.image, settings.out_root)
         except RowFailed as e:
-            return Outcome(ERROR, error=str(e), **common)
+            return Outcome.failed(e, **common)
     turned = reply.degrees if row.auto else row.degrees % 360
     lossless = reply.method in ("lossless", "copy") if reply.format == "JPEG" else None
     return Outcome(OK, output=str(row.output_path), format=reply.format, turned=turned, decided_by=reply.decided_by,

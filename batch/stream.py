@@ -25,14 +25,11 @@ from typing import IO
 import grpc
 
 from batch.durable import atomic_file, escapes
+from batch.results import Reason, RowFailed
 from worker.api import imageworker_v1_pb2 as v1
 
 CHUNK = 2**20  # bytes per request message; the worker answers in the same size
 STREAM_MIN = 2 * 2**20  # measured: streaming costs less per call from 2 MB up (unary 19.8 ms, stream 12.4 ms)
-
-
-class StreamFailed(Exception):
-    """A row-level failure on the driver's side of a stream (the file, the output), with its message."""
 
 
 def streamed_size(path: Path) -> int | None:
@@ -55,12 +52,12 @@ async def rotate(stub, request: v1.RotateRequest, path: Path, size: int, output:
         await _send(call, v1.RotateChunk(request=request, size=size), v1.RotateChunk, source, size)
         first = await call.read()
         if first is grpc.aio.EOF or first.WhichOneof("part") != "response":
-            raise StreamFailed(f"the worker's answer stream for {path} did not start with its metadata")
+            raise RowFailed(f"the worker's answer stream for {path} did not start with its metadata", Reason.BAD_ANSWER)
         try:
             with atomic_file(output, durable=False) as sink:  # removed again if anything below fails
                 await _receive(call, sink, first.size, path)
         except OSError as e:
-            raise StreamFailed(f"cannot write output {output}: {e.strerror or e}") from None
+            raise RowFailed(f"cannot write output {output}: {e.strerror or e}", Reason.OUTPUT_UNWRITABLE) from None
     return first.response
 
 
@@ -84,16 +81,16 @@ async def _send(call, first, chunk_type, source: IO[bytes], size: int) -> None:
         while left:
             data = source.read(min(CHUNK, left))  # page cache: well under a millisecond a chunk
             if not data:
-                raise StreamFailed(f"file shrank while it was sent (being written?): {source.name}")
+                raise RowFailed(f"file shrank while it was sent (being written?): {source.name}", Reason.INPUT_CHANGED)
             left -= len(data)
             await _write(call, chunk_type(data=data))
         if source.read(1):
-            raise StreamFailed(f"file grew while it was sent (still being written?): {source.name}")
+            raise RowFailed(f"file grew while it was sent (still being written?): {source.name}", Reason.INPUT_CHANGED)
         await call.done_writing()
     except asyncio.InvalidStateError:  # the call is over: reading it raises its status
         pass
     except OSError as e:
-        raise StreamFailed(f"cannot read {source.name}: {e.strerror}") from None
+        raise RowFailed(f"cannot read {source.name}: {e.strerror}", Reason.INPUT_UNREADABLE) from None
 
 
 async def _write(call, message) -> None:
@@ -119,11 +116,12 @@ async def _receive(call, sink: IO[bytes], size: int, path: Path) -> None:
     while (chunk := await call.read()) is not grpc.aio.EOF:
         got += len(chunk.data)
         if got > size:
-            raise StreamFailed(f"the worker's answer for {path} ran past the {size:,} bytes it declared")
+            raise RowFailed(f"the worker's answer for {path} ran past the {size:,} bytes it declared",
+                            Reason.BAD_ANSWER)
         sink.write(chunk.data)
     # An answer cut short by an error raises it above; one that simply ended short is the worker's bug.
     if got < size:
-        raise StreamFailed(f"the worker's answer for {path} ended after {got:,} of its {size:,} bytes")
+        raise RowFailed(f"the worker's answer for {path} ended after {got:,} of its {size:,} bytes", Reason.BAD_ANSWER)
 
 
 @contextlib.contextmanager
@@ -132,10 +130,10 @@ def _opened(path: Path) -> Iterator[IO[bytes]]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        raise StreamFailed(f"cannot read {path}: {e.strerror}") from None
+        raise RowFailed(f"cannot read {path}: {e.strerror}", Reason.INPUT_UNREADABLE) from None
     with open(fd, "rb", buffering=0) as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since it was looked at
-            raise StreamFailed(f"not a regular file: {path}")
+            raise RowFailed(f"not a regular file: {path}", Reason.NOT_A_REGULAR_FILE)
         yield f
 
 
@@ -156,6 +154,7 @@ def _check_folder(output: Path, root: str) -> None:
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise StreamFailed(f"cannot write output {output}: {e.strerror or e}") from None
+        raise RowFailed(f"cannot write output {output}: {e.strerror or e}", Reason.OUTPUT_UNWRITABLE) from None
     if (elsewhere := escapes(output.parent, root)) is not None:
-        raise StreamFailed(f"output {output} would be written outside --out: {output.parent} leads to {elsewhere}")
+        raise RowFailed(f"output {output} would be written outside --out: {output.parent} leads to {elsewhere}",
+                        Reason.OUTPUT_OUTSIDE_OUT)
