@@ -28,10 +28,11 @@ def test_figures_match_the_table(tmp_path: Path) -> None:
     assert fig["run"]["complete"] is True
     assert fig["run"]["duration_s"] == pytest.approx(200.0)  # 09:59:59 to 10:03:19
     assert fig["latency"]["rows_per_s"] == pytest.approx(1.0)
-    # The same failure on different files is one group, with one of its rows as the sample.
-    patterns = {e["pattern"]: e["count"] for e in fig["errors"]}
-    assert patterns["file not found: <path>"] == sum(1 for i in range(200) if i % 9 == 4)
-    assert patterns["DEADLINE_EXCEEDED: no answer within N.N s"] == sum(1 for i in range(200) if i % 9 == 7)
+    # Failures group by reason, whatever their messages say, each with one of its rows as the sample.
+    reasons = {e["reason"]: e["count"] for e in fig["errors"]}
+    assert reasons == {"INPUT_NOT_FOUND": sum(1 for i in range(200) if i % 9 == 4),
+                       "TIMED_OUT": sum(1 for i in range(200) if i % 9 == 7)}
+    assert all(e["sample"]["error"] for e in fig["errors"])
 
 
 def test_terminal_report_is_readable_at_80_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,7 +47,7 @@ def test_terminal_report_is_readable_at_80_columns(tmp_path: Path, monkeypatch: 
     assert result.exit_code == 0, result.output
     check_terminal_width(result.output)
     text = result.output
-    for heading in ("Rows by op and status", "Labels", "Latency", "Calls per worker", "Most common errors",
+    for heading in ("Rows by op and status", "Labels", "Latency", "Calls per worker", "Failures by reason",
                     "Slowest rows"):
         assert heading in text
     assert "p50 " in text and "p99 " in text and "throughput" in text

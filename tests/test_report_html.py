@@ -31,7 +31,7 @@ def test_html_has_every_section_and_only_embedded_images(tmp_path: Path) -> None
     page = make_report(out)
     assert_self_contained(page)
     for heading in ("Labels", "Latency", "Calls per worker", "Rotated images", "Classified images",
-                    "Failed rows", "Most common errors", "Slowest rows"):
+                    "Failed rows", "Failures by reason", "Slowest rows"):
         assert f">{heading}</h" in page, heading
     assert page.count("<svg") == 2  # label bars and latency histogram
     images = re.findall(r'<img src="([^"]+)"', page)

@@ -6,9 +6,6 @@ can never disagree about a number.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -87,28 +84,17 @@ def per_worker(rows: pd.DataFrame) -> list[dict]:
     return sorted(out, key=lambda d: (-d["rows"], d["worker"]))
 
 
-def _error_pattern(error: str, path: str) -> str:
-    """The error with this row's own path and numbers blanked, so the same failure groups together.
-
-    Messages name the file as written or resolved (``/abs/dir/name.jpg``): any
-    token ending in the row's path or file name counts as the path.
-    """
-    text = error
-    for variant in sorted({path, Path(path).name}, key=len, reverse=True):
-        if variant:
-            text = re.sub(r"[^\s'\"]*" + re.escape(variant), "<path>", text)
-    return re.sub(r"\d+", "N", text)
-
-
 def common_errors(rows: pd.DataFrame, top: int = TOP_ERRORS) -> list[dict]:
-    """The most frequent errors (grouped by pattern), each with one sample row."""
+    """The failed rows grouped by ``reason`` (the worker's ErrorReason name or the driver's own, never the
+    message's wording), most frequent first, each with one sample row and its message. A table written
+    before the column existed groups its failures under the reason "" (not recorded)."""
     failed = rows[rows["status"] != "ok"]
     groups: dict[str, dict] = {}
     for row in failed.itertuples(index=False):
-        key = _error_pattern(row.error, row.path)
+        key = row.reason or ""
         if key not in groups:
             groups[key] = {
-                "pattern": key,
+                "reason": key,
                 "count": 0,
                 "sample": {"id": row.id, "path": row.path, "op": row.op, "error": row.error},
             }

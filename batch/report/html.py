@@ -13,7 +13,7 @@ import pandas as pd
 
 from batch.report import charts
 from batch.report.gallery import Galleries, Thumb
-from batch.report.terminal import incomplete_notes, when
+from batch.report.terminal import NO_REASON, incomplete_notes, when
 
 LEGS_CAP = 200  # rows of the legs and shards tables: a job of thousands of shards keeps a small page
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -231,11 +231,12 @@ def _failed(fig: dict, g: Galleries) -> str:
     if not g.failed_total:
         return out[0] + "<p>None: every row is ok.</p>"
     common = [
-        [_n(e["count"]), f'<span class="err">{escape(e["pattern"])}</span>',
+        [_n(e["count"]), f'<code>{escape(e["reason"] or NO_REASON)}</code>',
+         f'<span class="err">{escape(e["sample"]["error"])}</span><br>'
          f"id {escape(e['sample']['id'])}: <code>{escape(e['sample']['path'])}</code>"]
         for e in fig["errors"]
     ]
-    out.append("<h3>Most common errors</h3>" + _table(["rows", "error", "sample"], common, {0}))
+    out.append("<h3>Failures by reason</h3>" + _table(["rows", "reason", "a sample"], common, {0}))
     note = f"the first {len(g.failed):,} of " if len(g.failed) < g.failed_total else ""
     out.append(f"<h3>All failed rows</h3><p class=note>Showing {note}{g.failed_total:,} failed rows"
                + (f" (capped at {g.caps['failed']})" if note else "") + ".</p>")

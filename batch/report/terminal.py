@@ -203,15 +203,18 @@ def _wrapped(text: str, indent: str, max_lines: int) -> list[str]:
                          break_on_hyphens=False, max_lines=max_lines, placeholder=" …")
 
 
+NO_REASON = "(no reason recorded: an older results table)"
+
+
 def _error_lines(fig: dict) -> list[str]:
-    lines = _section("Most common errors")
+    lines = _section("Failures by reason")
     if not fig["errors"]:
         return lines + ["  none"]
     for err in fig["errors"]:
         sample = err["sample"]
         head = f"{err['count']:>7,} × "
         lines += [head + line.lstrip() if i == 0 else line
-                  for i, line in enumerate(_wrapped(err["pattern"], " " * len(head), 2))]
+                  for i, line in enumerate(_wrapped(err["reason"] or NO_REASON, " " * len(head), 2))]
         lines.append(shorten(f"          e.g. id {sample['id']} ({sample['op']}): {sample['path']}", WIDTH))
         lines += _wrapped(sample["error"], " " * 10, 4)
     return lines

@@ -69,10 +69,10 @@ def synthetic_rows(root: Path, out: Path, n: int, seed: int = 1) -> list[dict]:
         if i % 9 == 4:
             missing = f"imgs/missing-{i}.jpg"
             base.update(path=missing, op="rotate", rotation="90", status="error", worker="", attempts="0",
-                        error=f"file not found: {root / missing}")
+                        error=f"file not found: {root / missing}", reason="INPUT_NOT_FOUND")
         elif i % 9 == 7:
             base.update(op="classify", status="error", attempts="3", latency_ms=f"{rng.uniform(900, 1000):.3f}",
-                        error="DEADLINE_EXCEEDED: no answer within 1.0 s")
+                        error="DEADLINE_EXCEEDED: no answer within 1.0 s", reason="TIMED_OUT")
         elif i % 2:
             base.update(op="rotate", rotation="90", status="ok", output=f"rotated/{rel}",
                         width="80", height=str(120 + 10 * (i % len(images))),
