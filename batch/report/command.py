@@ -56,8 +56,7 @@ def report(results_dirs: tuple[str, ...], html_path: Path | None, as_json: bool,
     Prints what ran and when (every leg: the first run, each resume, each
     shard, and totals over them), rows by op and status, labels, latency and
     throughput, calls per worker, the failures by reason (each with a sample
-    message) and the slowest
-    rows, and writes one self-contained HTML file (charts, before/after and
+    message) and the slowest rows, and writes one self-contained HTML file (charts, before/after and
     classification galleries, failed rows) that opens offline. Of shards, it
     says which are missing or unfinished.
 

@@ -57,7 +57,7 @@ def in_process_worker(**config) -> Iterator[InProcessWorker]:
     """A worker serving in this process until the block ends; ``config`` are ServerConfig fields (limits,
     threads, ``data_roots``/``output_roots`` for reference mode)."""
     settings = ServerConfig(host="127.0.0.1", port=0, processes=1, **config)
-    server, health, state = services(settings, 0, Metrics())
+    server, health, state = services(settings, "127.0.0.1:0", Metrics())
     classifier = StandInClassifier()
     state.classifier = lambda _remaining: classifier
     port = server.add_insecure_port("127.0.0.1:0")
