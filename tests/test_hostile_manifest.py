@@ -1,9 +1,10 @@
-"""`batch run` against broken manifests and hostile rows, end to end with a real worker.
+"""The driver against broken manifests and hostile rows.
 
-Row-level cases share one manifest and one run: each bad row must end with
-its own specific message while every good row beside it succeeds, the run
-exits 1, and the worker still serves afterwards. Manifest-level cases each get
-a run of their own and must exit 2 before any call, naming the line.
+Row-level cases share one manifest and one run of the real run loop (``batch.run``) against the real
+servicers in this process (``--max-message-mb 1``): each bad row must end with its own specific message while
+every good row beside it succeeds. The same manifest also goes once through `batch run` against a worker
+process with its memory capped: exit 1, nothing written outside --out, and the worker still serves.
+Manifest-level cases each raise ``batch.ManifestError`` (`batch run`: exit 2) before any call, naming the line.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
+import batch
 from tests.support.hostile import HTML, noise, png_bomb, truncated
 from tests.support.images import jpeg, png_bytes, png_header
+from tests.support.inprocess import in_process_worker
 from tests.support.manifests import write_manifest
 from tests.support.processes import cap_memory, rotates, run_batch, serving, worker_process
 from tests.support.results import by_id, results
-
-pytestmark = pytest.mark.slow  # real worker processes on loopback
 
 SPACES = "photos/my holiday — été ü 東京.jpg"  # spaces, punctuation and non-ASCII letters in a path
 
@@ -87,27 +88,29 @@ def _lay_out(folder):
     (folder / "out" / "inside.jpg").write_bytes(jpeg(32, 32, seed=5))
 
 
-@pytest.fixture(scope="module")
-def row_run(tmp_path_factory):
-    """One run of the mixed manifest against a worker with a 1 MiB message limit; (process, rows by id, worker)."""
-    folder = tmp_path_factory.mktemp("rows")
+def _mixed_manifest(folder):
     _lay_out(folder)
     columns = ("id", "path", "op", "rotation", "output")
-    manifest = write_manifest(folder / "manifest.csv", [dict(zip(columns, row, strict=False)) for row in ROWS])
-    with worker_process("--max-message-mb", "1", "--threads", "2") as w:
-        cap_memory(w)
-        done = run_batch(manifest, "--worker", w.address, "--out", folder / "out", "--retries", "2", "--quiet",
-                         timeout=180)
-        yield done, by_id(results(folder / "out")), w, folder
-        assert w.proc.poll() is None
+    return write_manifest(folder / "manifest.csv", [dict(zip(columns, row, strict=False)) for row in ROWS])
+
+
+@pytest.fixture(scope="module")
+def row_results(tmp_path_factory):
+    """The mixed manifest through batch.run against an in-process worker with a 1 MiB message limit;
+    (rows by id, folder)."""
+    folder = tmp_path_factory.mktemp("rows")
+    manifest = _mixed_manifest(folder)
+    with in_process_worker(max_message_mb=1, threads=2) as w:
+        table = batch.run(manifest, out=folder / "out", workers=[w.address], retries=2)
+    return {r["id"]: r for r in table.to_dict("records")}, folder
 
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("id_, expected", [(r[0], r[5]) for r in ROWS], ids=[r[0] for r in ROWS])
-def test_row_gets_its_result_and_the_rest_go_on(row_run, record_property, id_, expected):
-    done, rows, w, folder = row_run
+def test_row_gets_its_result_and_the_rest_go_on(row_results, record_property, id_, expected):
+    rows, folder = row_results
     row = rows.get(id_)
-    assert row is not None, f"no result row for {id_!r}; stderr: {done.stderr[-2000:]}"
+    assert row is not None, f"no result row for {id_!r}"
     record_property("expected", "status ok" if expected == "ok" else "error naming " + ", ".join(map(repr, expected)))
     outcome = f": {row['error']}" if row["error"] else f" → {row['output'] or 'label ' + row['label']}"
     record_property("observed", row["status"] + outcome)
@@ -116,22 +119,31 @@ def test_row_gets_its_result_and_the_rest_go_on(row_run, record_property, id_, e
         if row["op"] == "rotate":
             assert Path(row["output"]).is_file() and (folder / "out") in Path(row["output"]).parents
     else:
-        assert row["status"] == "error"
+        assert row["status"] == "error" and row["reason"]
         for word in expected:
             assert word in row["error"]
 
 
-def test_mixed_run_exits_1_with_one_row_each_and_the_worker_still_serves(row_run, record_property):
-    """All rows of the mixed manifest: one result each, exit 1, nothing written outside --out, worker serving"""
-    done, rows, w, folder = row_run
-    record_property("expected", "exit 1; one result per row; no file outside --out; worker SERVING")
-    record_property("observed", f"exit {done.returncode}; {len(rows)} results for {len(ROWS)} rows; "
-                                f"summary: {done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ''}")
-    assert done.returncode == 1, done.stderr
-    assert sorted(rows) == sorted(r[0] for r in ROWS)
-    assert not (folder.parent / "escaped.jpg").exists() and not os.path.exists("/tmp/escaped.jpg")
-    assert (folder / "out" / "inside.jpg").read_bytes() == jpeg(32, 32, seed=5)  # the input was not overwritten
-    assert serving(w.address) and rotates(w.address)
+@pytest.mark.slow  # a real worker process, memory capped, and `batch run`
+@pytest.mark.timeout(240)
+def test_mixed_run_exits_1_with_one_row_each_and_the_worker_still_serves(tmp_path, record_property):
+    """All rows of the mixed manifest through `batch run`: one result each, exit 1, nothing written outside --out,
+    a worker process (memory capped) still serving"""
+    manifest = _mixed_manifest(tmp_path)
+    with worker_process("--max-message-mb", "1", "--threads", "2") as w:
+        cap_memory(w)
+        done = run_batch(manifest, "--worker", w.address, "--out", tmp_path / "out", "--retries", "2", "--quiet",
+                         timeout=180)
+        rows = by_id(results(tmp_path / "out"))
+        record_property("expected", "exit 1; one result per row; no file outside --out; worker SERVING")
+        record_property("observed", f"exit {done.returncode}; {len(rows)} results for {len(ROWS)} rows; "
+                                    f"summary: {done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ''}")
+        assert done.returncode == 1, done.stderr
+        assert sorted(rows) == sorted(r[0] for r in ROWS)
+        assert not (tmp_path.parent / "escaped.jpg").exists() and not os.path.exists("/tmp/escaped.jpg")
+        assert (tmp_path / "out" / "inside.jpg").read_bytes() == jpeg(32, 32, seed=5)  # the input not overwritten
+        assert serving(w.address) and rotates(w.address)
+        assert w.proc.poll() is None
 
 
 # --- manifest-level problems: exit 2 before any call --------------------------------------------
@@ -163,25 +175,18 @@ def test_manifest_problem_exits_2_before_any_call(tmp_path, record_property, con
     (tmp_path / "img" / "good.jpg").write_bytes(jpeg(32, 32))
     manifest = tmp_path / "manifest.csv"
     manifest.write_bytes(png_bytes() if content is None else content)
-    done = run_batch(manifest, "--worker", NO_WORKER, "--out", tmp_path / "out", "--quiet")
-    message = (done.stderr.strip().splitlines() or [""])[-1]
-    record_property("expected", "exit 2 naming " + ", ".join(map(repr, expected)))
-    record_property("observed", f"exit {done.returncode}: {message}")
-    assert done.returncode == 2, done.stderr + done.stdout
+    with pytest.raises(batch.ManifestError) as raised:
+        batch.run(manifest, out=tmp_path / "out", workers=[NO_WORKER])
+    record_property("expected", "ManifestError (batch run: exit 2) naming " + ", ".join(map(repr, expected)))
+    record_property("observed", f"ManifestError: {raised.value}")
     for word in expected:
-        assert word in done.stderr
+        assert word in str(raised.value)
     assert results(tmp_path / "out") == []
     assert not (tmp_path / "out" / "rotated").exists()
 
 
-@pytest.fixture(scope="module")
-def plain_worker():
-    with worker_process("--threads", "2") as w:
-        yield w
-
-
 @pytest.mark.timeout(120)
-def test_bom_crlf_and_blank_lines_work(plain_worker, tmp_path, record_property):
+def test_bom_crlf_and_blank_lines_work(tmp_path, record_property):
     """A UTF-8 BOM, Windows line endings and blank lines: every row runs"""
     (tmp_path / "img").mkdir()
     for i in range(3):
@@ -191,10 +196,10 @@ def test_bom_crlf_and_blank_lines_work(plain_worker, tmp_path, record_property):
                                                                  "rotation": 270}, None]
     manifest = write_manifest(tmp_path / "manifest.csv", rows, ("id", "path", "op", "rotation"), newline="\r\n",
                               bom=True)
-    done = run_batch(manifest, "--worker", plain_worker.address, "--out", tmp_path / "out", "--quiet")
-    rows = by_id(results(tmp_path / "out"))
-    record_property("expected", "exit 0, rows a, b, c ok")
-    record_property("observed", f"exit {done.returncode}; " + ", ".join(f"{k} {v['status']}" for k, v in rows.items()))
-    assert done.returncode == 0, done.stderr
-    assert sorted(rows) == ["a", "b", "c"] and {r["status"] for r in rows.values()} == {"ok"}
+    with in_process_worker() as w:
+        table = batch.run(manifest, out=tmp_path / "out", workers=[w.address])
+    statuses = dict(zip(table["id"], table["status"], strict=True))
+    record_property("expected", "rows a, b, c ok")
+    record_property("observed", ", ".join(f"{k} {v}" for k, v in statuses.items()))
+    assert statuses == {"a": "ok", "b": "ok", "c": "ok"}
     assert (tmp_path / "out" / "rotated" / "img" / "0.jpg").is_file()

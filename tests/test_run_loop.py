@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import batch
+from tests.support.hostile import truncated
 from tests.support.images import jpeg
 from tests.support.inprocess import in_process_worker
 
@@ -42,12 +43,13 @@ def _rotations(n: int, rotation: int | str = 90) -> pd.DataFrame:
 def test_every_failure_has_its_reason_and_the_report_groups_by_it(live, here: Path) -> None:
     (here / "img" / "folder.jpg").mkdir()
     (here / "img" / "junk.jpg").write_bytes(b"not an image at all")
+    (here / "img" / "cut.jpg").write_bytes(truncated(jpeg(256, 256), 0.5))
     rows = [
         {"id": "ok", "path": "img/0.jpg", "op": "rotate", "rotation": 90},
         {"id": "missing", "path": "img/nope.jpg", "op": "rotate", "rotation": 90},
         {"id": "dir", "path": "img/folder.jpg", "op": "classify"},
         {"id": "junk", "path": "img/junk.jpg", "op": "rotate", "rotation": 90},
-        {"id": "junk2", "path": "img/junk.jpg", "op": "classify"},
+        {"id": "cut", "path": "img/cut.jpg", "op": "classify"},
         {"id": "turn", "path": "img/1.jpg", "op": "rotate", "rotation": 45},
         {"id": "a", "path": "img/2.jpg", "op": "rotate", "rotation": 90, "output": "same.jpg"},
         {"id": "b", "path": "img/3.jpg", "op": "rotate", "rotation": 90, "output": "same.jpg"},
@@ -55,7 +57,7 @@ def test_every_failure_has_its_reason_and_the_report_groups_by_it(live, here: Pa
     results = batch.run(rows, out=here / "out", workers=[live.address]).set_index("id")
     reasons = results["reason"].to_dict()
     assert reasons == {"ok": "", "missing": "INPUT_NOT_FOUND", "dir": "NOT_A_REGULAR_FILE",
-                       "junk": "UNSUPPORTED_FORMAT", "junk2": "CORRUPT_IMAGE", "turn": "INVALID_ROW",
+                       "junk": "UNSUPPORTED_FORMAT", "cut": "CORRUPT_IMAGE", "turn": "INVALID_ROW",
                        "a": "", "b": "OUTPUT_CLASH"}
     assert results.loc["junk", "attempts"] == 1  # permanent: not retried
     assert all(results.loc[i, "error"] for i in reasons if reasons[i])  # the message stays, for people

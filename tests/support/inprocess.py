@@ -2,40 +2,36 @@
 
 As grpc's own example tests do: the servicers, admission, limits and error reasons are the shipped ones,
 put together by ``worker.server.services`` exactly as `worker serve` does; only the face model is a small
-stand-in (the real one takes seconds and ~100 MiB to load), and nothing process-wide is changed.
+stand-in (the real one takes seconds and ~100 MiB to load). Like a worker process it bounds images by
+its own --max-pixels instead of Pillow's process-wide guard, which is put back when the block ends.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from worker.classifier import Box, Classification, FaceResult
-from worker.errors import InvalidArgument, Reason
+from worker.decode import upright, use_own_pixel_limit
 from worker.metrics import Metrics
 from worker.server import ServerConfig, services, set_health
 from worker.service import WorkerState
 
 
 class StandInClassifier:
-    """Says "face" for an image at least 32 pixels wide (one face in the middle), else "no_face"; refuses
-    what Pillow cannot open as the real model does (CORRUPT_IMAGE)."""
+    """Says "face" for an image at least 32 pixels wide (one face in the middle), else "no_face". It decodes
+    as the real model does (``worker.decode.upright``), so it refuses the same images for the same reasons."""
 
     name = "stand-in"
     version = "1"
 
     def classify(self, data: bytes, max_pixels: int) -> Classification:
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-        except (UnidentifiedImageError, OSError) as e:
-            raise InvalidArgument(f"not an image the stand-in can read: {e}", Reason.CORRUPT_IMAGE) from None
+        width, height = upright(data, max_pixels).size
         if width < 32:
             return Classification("no_face", 0.0, width, height)
         box = Box(width // 4, height // 4, 3 * width // 4, 3 * height // 4)
@@ -57,6 +53,8 @@ def in_process_worker(**config) -> Iterator[InProcessWorker]:
     """A worker serving in this process until the block ends; ``config`` are ServerConfig fields (limits,
     threads, ``data_roots``/``output_roots`` for reference mode)."""
     settings = ServerConfig(host="127.0.0.1", port=0, processes=1, **config)
+    pillow_guard = Image.MAX_IMAGE_PIXELS
+    use_own_pixel_limit()
     server, health, state = services(settings, "127.0.0.1:0", Metrics())
     classifier = StandInClassifier()
     state.classifier = lambda _remaining: classifier
@@ -68,3 +66,4 @@ def in_process_worker(**config) -> Iterator[InProcessWorker]:
         yield InProcessWorker(f"127.0.0.1:{port}", state, server)
     finally:
         server.stop(0).wait()
+        Image.MAX_IMAGE_PIXELS = pillow_guard
