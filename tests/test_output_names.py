@@ -1,4 +1,5 @@
-"""Default output names never collide for a valid manifest: through `batch run` and its embedded worker."""
+"""Default output names never collide for a valid manifest: through the real run loop (``batch.run``) against
+the real servicers in this process."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import batch
 from tests.support.images import photo
+from tests.support.inprocess import in_process_worker
 from tests.support.manifests import write_manifest
-from tests.support.processes import run_batch
 from tests.support.results import by_id, results
-
-pytestmark = pytest.mark.slow
 
 TURN = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
 
@@ -29,7 +29,13 @@ def rotated(path: Path, degrees: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, dict[str, str]]]:
+def live():
+    with in_process_worker() as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, live) -> tuple[Path, Path, dict[str, dict[str, str]]]:
     folder = tmp_path_factory.mktemp("names")
     (folder / "pics").mkdir()
     photo(64, 48, seed=1).save(folder / "pics" / "photo.png")
@@ -49,8 +55,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str,
     ]
     manifest = write_manifest(folder / "m.csv", rows)
     out = folder / "out"
-    done = run_batch(manifest, "--out", out, "--quiet")
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert (batch.run(manifest, out=out, workers=[live.address])["status"] == "ok").all()
     return folder, out, by_id(results(out))
 
 
@@ -86,22 +91,20 @@ def test_a_misnamed_input_keeps_its_name_and_its_real_format(run) -> None:
     assert np.array_equal(pixels(path), rotated(folder / "misnamed.jpg", 180))
 
 
-def test_a_rerun_does_nothing_again(run) -> None:
+def test_a_rerun_does_nothing_again(run, live) -> None:
     folder, out, _got = run
-    again = run_batch(folder / "m.csv", "--out", out, "--quiet")
-    assert again.returncode == 0
+    assert len(batch.run(folder / "m.csv", out=out, workers=[live.address])) == 7
     assert json.loads((out / "run.json").read_text())["counts"]["skipped_already_done"] == 7
 
 
-def test_the_name_template(tmp_path: Path) -> None:
+def test_the_name_template(tmp_path: Path, live) -> None:
     (tmp_path / "pics").mkdir()
     photo(32, 16, seed=5).save(tmp_path / "pics" / "a.png")
     manifest = write_manifest(tmp_path / "m.csv", [
         {"id": "x", "path": "pics/a.png", "op": "rotate", "rotation": "90"},
         {"id": "y", "path": "pics/a.png", "op": "rotate", "rotation": "270", "output": "mine.png"}])
     out = tmp_path / "out"
-    done = run_batch(manifest, "--out", out, "--name", "{folder}/{stem}_{rotation}_{id}{ext}", "--quiet")
-    assert done.returncode == 0, done.stderr
+    batch.run(manifest, out=out, workers=[live.address], name="{folder}/{stem}_{rotation}_{id}{ext}")
     got = by_id(results(out))
     assert got["x"]["output"] == str(out / "rotated" / "pics" / "a_90_x.png")
     assert got["y"]["output"] == str(out / "mine.png")  # an explicit output wins
@@ -114,5 +117,6 @@ def test_the_name_template(tmp_path: Path) -> None:
 ])
 def test_a_bad_template_is_a_usage_error(tmp_path: Path, template: str, said: str) -> None:
     manifest = write_manifest(tmp_path / "m.csv", [{"path": "a.png", "op": "rotate", "rotation": "90"}])
-    done = run_batch(manifest, "--out", tmp_path / "out", "--name", template, "--quiet")
-    assert done.returncode == 2 and said in done.stderr
+    with pytest.raises(batch.UsageError) as raised:  # batch run: exit 2
+        batch.run(manifest, out=tmp_path / "out", name=template)
+    assert said in str(raised.value) and not (tmp_path / "out").exists()
