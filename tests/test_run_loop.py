@@ -127,3 +127,18 @@ def test_classify_rows_carry_the_model_answer(live, here: Path) -> None:
     results = batch.run(frame, out=here / "out", workers=[live.address])
     assert results.loc[0, "label"] == "face" and results.loc[0, "faces"].startswith('[{"box":[12,8,36,24]')
     assert (results.loc[0, "width"], results.loc[0, "height"]) == (48, 32)
+
+
+def test_busy_refusals_are_retried_within_the_busy_budget(here: Path) -> None:
+    for i in range(8):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (600, 800, 3), dtype=np.uint8)).save(
+            here / "img" / f"big{i}.jpg", quality=95)
+    frame = pd.DataFrame({"path": [f"img/big{i}.jpg" for i in range(8)], "op": "rotate", "rotation": 90})
+    with in_process_worker(max_concurrent_rpcs=1, threads=1) as one_at_a_time:  # four calls at once, one slot
+        patient = batch.run(frame, out=here / "patient", workers=[one_at_a_time.address], concurrency=4)
+        assert (patient["status"] == "ok").all()  # refused as busy (WORKER_BUSY), retried, answered
+        assert patient["attempts"].sum() > 8
+        # No retries: no busy budget either; a refused row fails at once, saying the workers are overloaded.
+        hasty = batch.run(frame, out=here / "hasty", workers=[one_at_a_time.address], concurrency=4, retries=0)
+    failed = hasty[hasty["status"] == "error"]
+    assert len(failed) and set(failed["reason"]) == {"WORKER_OVERLOADED"} and set(failed["attempts"]) == {1}
