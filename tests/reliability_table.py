@@ -28,8 +28,9 @@ SECTIONS = [
     ("Faults", "test_reliability_faults.py",
      "Workers and drivers killed at awkward moments, with real processes on loopback."),
     ("Hostile manifests and rows", "test_hostile_manifest.py",
-     "`batch run` against broken manifests and rows: manifest-level problems exit 2 before any call; "
-     "row-level ones fail that row with its message while the other rows succeed."),
+     "The driver against broken manifests and rows: manifest-level problems stop the run before any call "
+     "(`batch.ManifestError`; `batch run` exits 2); row-level ones fail that row with its message and reason "
+     "while the other rows succeed."),
     ("Hostile image bytes at the worker", "test_hostile_worker.py",
      "Sent over gRPC to a real worker (`--max-message-mb 1`, memory capped); after each case the worker "
      "must still answer health SERVING and rotate a good image."),
