@@ -54,6 +54,25 @@ def _configure_logging(verbose: int, log_level: str | None) -> None:
     logger.propagate = False
 
 
+class _ShardType(click.ParamType):
+    """--shard as batch.shard.Shard (the index from the environment for "N" alone), parsed where click parses."""
+
+    name = "shard"
+
+    def convert(self, value, param, ctx):
+        from batch.shard import Shard, parse_shard
+
+        if isinstance(value, Shard):
+            return value
+        try:
+            return parse_shard(value)
+        except UsageError as e:
+            self.fail(str(e), param, ctx)
+
+
+_SHARD = _ShardType()
+
+
 @main.command()
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--worker", "workers", multiple=True, metavar="HOST:PORT",
@@ -66,7 +85,7 @@ def _configure_logging(verbose: int, log_level: str | None) -> None:
 @click.option("--checkpoint-every", type=float, default=60.0, show_default=True, metavar="SECONDS",
               help="With a URI --out: how often the journal is uploaded while the run goes (what a new machine "
                    "resumes from; 0.1 to 86400).")
-@click.option("--shard", metavar="K/N|N", envvar="BATCH_SHARD", default=None,
+@click.option("--shard", type=_SHARD, metavar="K/N|N", envvar="BATCH_SHARD", default=None,
               help="Run only share K (0 <= K < N) of the manifest's rows, one of N drivers sharing it; with N alone, "
                    "K is $JOB_COMPLETION_INDEX (Kubernetes Indexed Job), else $SLURM_ARRAY_TASK_ID (minus "
                    "$SLURM_ARRAY_TASK_MIN). Also $BATCH_SHARD. See docs/batch.md, Scaling past one driver.")

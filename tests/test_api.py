@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ import pytest
 import batch
 import worker
 from tests.support.images import jpeg
-from tests.support.inprocess import in_process_worker
+from tests.support.inprocess import StandInClassifier, in_process_worker
 from tests.support.manifests import write_manifest
 
 
@@ -23,10 +24,10 @@ def live():
         yield w
 
 
-def _photos(folder: Path, n: int) -> pd.DataFrame:
+def _photos(folder: Path, n: int, size: tuple[int, int] = (48, 32)) -> pd.DataFrame:
     (folder / "img").mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        (folder / "img" / f"{i}.jpg").write_bytes(jpeg(48, 32, seed=i))
+        (folder / "img" / f"{i}.jpg").write_bytes(jpeg(*size, seed=i))
     return pd.DataFrame({"path": [f"img/{i}.jpg" for i in range(n)], "op": "rotate", "rotation": 90})
 
 
@@ -75,27 +76,34 @@ def test_runs_inside_a_running_event_loop_and_from_a_thread(live, tmp_path) -> N
     assert seen[-1] == 1
 
 
-def test_run_async_is_cancelled_with_its_task_keeping_what_it_finished(live, tmp_path, monkeypatch) -> None:
+def test_run_async_is_cancelled_with_its_task_keeping_what_it_finished(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    frame = _photos(tmp_path, 200)
+    rotations = _photos(tmp_path, 3)
+    held = pd.DataFrame({"id": [f"c{i}" for i in range(20)], "path": "img/0.jpg", "op": "classify"})
+    frame = pd.concat([rotations, held], ignore_index=True)  # 3 rotations, then classify calls held in flight
     out = tmp_path / "out"
+    gate = threading.Event()
 
-    async def cancel_after_some() -> None:
-        settled: list[int] = []
-        task = asyncio.create_task(batch.run_async(frame, out=out, workers=[live.address], concurrency=1,
-                                                   progress=lambda t: settled.append(t.settled)))
-        while not settled or settled[-1] < 3:
-            await asyncio.sleep(0.01)
-        task.cancel()
+    async def cancel_once_some_are_in() -> None:
+        def cancel(tally: batch.Tally) -> None:
+            if tally.settled >= 3:
+                task.cancel()
+
+        task = asyncio.create_task(batch.run_async(frame, out=out, workers=[live.address], concurrency=2,
+                                                   progress=cancel))
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    asyncio.run(cancel_after_some())
-    kept = batch.read_results(out)
-    assert 3 <= len(kept) < 200 and (kept["status"] == "ok").all()
-    assert not (out / ".lock").exists()
-    finished = batch.run(frame, out=out, workers=[live.address])  # the same call finishes the rest
-    assert len(finished) == 200 and (finished["status"] == "ok").all()
+    with in_process_worker(StandInClassifier(gate)) as live:
+        try:
+            asyncio.run(cancel_once_some_are_in())
+        finally:
+            gate.set()  # the worker's held calls finish (their answers go nowhere)
+        kept = batch.read_results(out)
+        assert list(kept["id"]) == ["2", "3", "4"] and (kept["status"] == "ok").all()  # ids: line numbers
+        assert not (out / ".lock").exists()
+        finished = batch.run(frame, out=out, workers=[live.address])  # the same call finishes the rest
+    assert len(finished) == 23 and (finished["status"] == "ok").all()
 
 
 def test_problems_of_the_run_raise_batch_errors(tmp_path) -> None:

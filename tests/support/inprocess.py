@@ -8,6 +8,7 @@ its own --max-pixels instead of Pillow's process-wide guard, which is put back w
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +31,12 @@ class StandInClassifier:
     name = "stand-in"
     version = "1"
 
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.gate = gate  # when given, each call waits for it: a test holds calls in flight as long as it likes
+
     def classify(self, data: bytes, max_pixels: int) -> Classification:
+        if self.gate is not None:
+            self.gate.wait()
         width, height = upright(data, max_pixels).size
         if width < 32:
             return Classification("no_face", 0.0, width, height)
@@ -49,14 +55,14 @@ class InProcessWorker:
 
 
 @contextmanager
-def in_process_worker(**config) -> Iterator[InProcessWorker]:
+def in_process_worker(classifier: StandInClassifier | None = None, **config) -> Iterator[InProcessWorker]:
     """A worker serving in this process until the block ends; ``config`` are ServerConfig fields (limits,
     threads, ``data_roots``/``output_roots`` for reference mode)."""
     settings = ServerConfig(host="127.0.0.1", port=0, processes=1, **config)
     pillow_guard = Image.MAX_IMAGE_PIXELS
     use_own_pixel_limit()
     server, health, state = services(settings, "127.0.0.1:0", Metrics())
-    classifier = StandInClassifier()
+    classifier = classifier or StandInClassifier()
     state.classifier = lambda _remaining: classifier
     port = server.add_insecure_port("127.0.0.1:0")
     state.identity = f"in-process:{port}"
