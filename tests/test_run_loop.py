@@ -135,10 +135,6 @@ def test_busy_refusals_are_retried_within_the_busy_budget(here: Path) -> None:
             here / "img" / f"big{i}.jpg", quality=95)
     frame = pd.DataFrame({"path": [f"img/big{i}.jpg" for i in range(8)], "op": "rotate", "rotation": 90})
     with in_process_worker(max_concurrent_rpcs=1, threads=1) as one_at_a_time:  # four calls at once, one slot
-        patient = batch.run(frame, out=here / "patient", workers=[one_at_a_time.address], concurrency=4)
-        assert (patient["status"] == "ok").all()  # refused as busy (WORKER_BUSY), retried, answered
-        assert patient["attempts"].sum() > 8
-        # No retries: no busy budget either; a refused row fails at once, saying the workers are overloaded.
-        hasty = batch.run(frame, out=here / "hasty", workers=[one_at_a_time.address], concurrency=4, retries=0)
-    failed = hasty[hasty["status"] == "error"]
-    assert len(failed) and set(failed["reason"]) == {"WORKER_OVERLOADED"} and set(failed["attempts"]) == {1}
+        results = batch.run(frame, out=here / "out", workers=[one_at_a_time.address], concurrency=4)
+    assert (results["status"] == "ok").all()  # refused as busy (WORKER_BUSY), retried, answered
+    assert results["attempts"].sum() > 8

@@ -43,6 +43,10 @@ class StandInClassifier:
         box = Box(width // 4, height // 4, 3 * width // 4, 3 * height // 4)
         return Classification("face", 0.9, width, height, [FaceResult(box, "face", 0.9)])
 
+    def upright_turn(self, data: bytes, max_pixels: int) -> int | None:
+        """Its one face is always upright: 0 (None, no face, under 32 pixels wide)."""
+        return 0 if self.classify(data, max_pixels).faces else None
+
     def classify_legacy(self, pixels) -> str:
         return "face"
 
