@@ -70,7 +70,9 @@ def _nobody_can_run_python() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_another_user_cannot_use_the_embedded_worker_while_a_batch_runs(tmp_path: Path, record_property) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_another_user_cannot_use_the_embedded_worker_while_a_batch_runs(tmp_path: Path, stop: signal.Signals,
+                                                                        record_property) -> None:
     """As nobody during a batch: the embedded worker has no TCP port and its sockets refuse; the folder goes"""
     if reason := _nobody_can_run_python():
         pytest.skip(reason)
@@ -102,14 +104,14 @@ def test_another_user_cannot_use_the_embedded_worker_while_a_batch_runs(tmp_path
         assert probe.returncode == 0, probe.stderr
         seen = json.loads(probe.stdout)
         still_running = batch.poll() is None
-        batch.send_signal(signal.SIGINT)
+        batch.send_signal(stop)
         code = batch.wait(120)
     finally:
         if batch.poll() is None:
             batch.kill()
     record_property("observed", f"start line: {started.group(0)}; TCP ports of the batch: {ports}; its sockets: "
                                 f"{len(paths)} in a folder of mode {mode and oct(mode)}; as nobody: "
-                                f"{seen['tried']}; exit {code} after SIGINT; socket folder left: "
+                                f"{seen['tried']}; exit {code} after {stop.name}; socket folder left: "
                                 f"{folder and folder.exists()}")
     assert still_running, "the batch ended before the probe did: give it more rows"
     for attempt in seen["tried"]:
@@ -119,7 +121,7 @@ def test_another_user_cannot_use_the_embedded_worker_while_a_batch_runs(tmp_path
     assert not ports, f"the batch listens on TCP ports {ports}"
     assert folder is not None and paths and all(Path(p).parent == folder for p in paths), (folder, paths)
     assert mode == 0o700, oct(mode)
-    assert code == 130, log.read_text()[-2000:]
+    assert code == 128 + stop, log.read_text()[-2000:]
     assert not folder.exists(), "the private socket folder outlived the run"
 
 
