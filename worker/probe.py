@@ -6,6 +6,8 @@ check and reflection clients of the grpcio packages the worker already needs, an
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,5 +88,20 @@ def probe(address: str, image: Path | None, degrees: int, out: Path | None, time
                    f"{len(rotated.image):,} bytes, {rotated.method}, by {rotated.worker} in "
                    f"{(time.monotonic() - started) * 1000:.0f} ms")
         if out:
-            out.write_bytes(rotated.image)
+            _write_whole(out, rotated.image)
             click.echo(f"wrote {out}")
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """``data`` at ``path`` all at once: a temporary file beside it, renamed (never a half-written image)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+            try:
+                f.write(data)
+                f.close()
+                os.replace(f.name, path)
+            except BaseException:
+                os.unlink(f.name)
+                raise
+    except OSError as e:
+        raise click.ClickException(f"cannot write {path}: {e.strerror}") from None
