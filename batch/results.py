@@ -20,8 +20,10 @@ from __future__ import annotations
 import csv
 import datetime
 import enum
+import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,14 +32,15 @@ from batch.durable import TEMP_SUFFIX, atomic_file
 from batch.errors import BatchError
 from batch.extras import require_pyarrow
 from batch.store import Uri
-from batch.store import exists as object_exists
+from batch.store import size as object_size
 
 # The one column specification: each column's name and kind, in the table's order. Every file holds text
 # (CSV) or the kind's own type (Parquet, ``arrow_type``); readers type a frame by it (``typed_frame``).
 # ``rotation`` is text: "auto" as well as degrees.
-TEXT, INT32, FLOAT, BOOL, TIME = "text", "int32", "float", "bool", "time"
+TEXT, INT32, INT64, FLOAT, BOOL, TIME = "text", "int32", "int64", "float", "bool", "time"
 SCHEMA: dict[str, str] = {
-    "id": TEXT, "path": TEXT, "op": TEXT, "rotation": TEXT, "status": TEXT, "output": TEXT, "format": TEXT,
+    "id": TEXT, "path": TEXT, "op": TEXT, "rotation": TEXT, "status": TEXT, "output": TEXT,
+    "output_bytes": INT64, "output_sha256": TEXT, "format": TEXT,
     "turned": INT32, "decided_by": TEXT, "lossless": BOOL, "width": INT32, "height": INT32, "label": TEXT,
     "confidence": FLOAT, "faces": TEXT, "error": TEXT, "reason": TEXT, "note": TEXT, "attempts": INT32,
     "latency_ms": FLOAT, "worker": TEXT, "finished_at": TIME,
@@ -115,6 +118,9 @@ class Outcome:
     # (a new generation of loss); None for other formats and ops.
     lossless: bool | None = None
     note: str = ""  # what a conversion lost, when it lost something
+    # What was written (rotate): its size and SHA-256 (hex), so that resume can tell it is still there intact.
+    output_bytes: int | None = None
+    output_sha256: str = ""
     by_reference: bool = False  # the worker read the input (and wrote the output, durably) itself
     width: int | None = None
     height: int | None = None
@@ -144,10 +150,12 @@ class Outcome:
             e = leader.earlier
             return cls(OK, output=e["output"], width=_int(e["width"]), height=_int(e["height"]), format=e["format"],
                        turned=_int(e["turned"]), decided_by=e["decided_by"], note=e["note"],
-                       lossless=_BOOLS.get(e["lossless"]))
+                       lossless=_BOOLS.get(e["lossless"]), output_bytes=_size(e["output_bytes"]),
+                       output_sha256=e["output_sha256"])
         return cls(leader.status, error=leader.error, reason=leader.reason, output=leader.output, width=leader.width,
                    height=leader.height, format=leader.format, turned=leader.turned, decided_by=leader.decided_by,
-                   note=leader.note, lossless=leader.lossless)
+                   note=leader.note, lossless=leader.lossless, output_bytes=leader.output_bytes,
+                   output_sha256=leader.output_sha256)
 
     @property
     def skipped(self) -> bool:
@@ -166,6 +174,8 @@ def result_row(row, outcome: Outcome) -> dict[str, str]:
         "rotation": row.rotation if row.op == "rotate" else "",
         "status": outcome.status,
         "output": outcome.output,
+        "output_bytes": _text(outcome.output_bytes),
+        "output_sha256": outcome.output_sha256,
         "format": outcome.format,
         "turned": _text(outcome.turned),
         "decided_by": outcome.decided_by,
@@ -194,6 +204,11 @@ def _int(text: str) -> int | None:
     return int(text) if text else None
 
 
+def _size(text: str) -> int | None:
+    """A recorded size, None when there is none (a row of an older batch run) or it is no size (edited)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 20 else None
+
+
 _BOOLS = {"true": True, "false": False}  # the text of a boolean column, as result_row writes it
 
 
@@ -210,9 +225,39 @@ def already_done(row, previous: dict[str, str] | None, unchecked: frozenset[str]
     return (
         previous["rotation"] == row.rotation
         and previous["output"] == str(row.output_path)
-        and (row.output_path.scheme not in unchecked and object_exists(row.output_path)
-             if isinstance(row.output_path, Uri) else os.path.isfile(previous["output"]))
+        and (row.output_path.scheme not in unchecked and _object_intact(row.output_path, previous)
+             if isinstance(row.output_path, Uri) else _file_intact(previous))
     )
+
+
+# Resume checks an output against what was recorded when it was written: the size always (a stat, or the HEAD
+# a store answers); the SHA-256 of local files too (a read at disk speed, ~0.75 ms a MiB, far less than
+# re-running the row it may save, and the only check that catches content replaced at the same size); not of
+# objects, whose digest would cost downloading each (the upload of re-running it). A row of an older batch run
+# recorded neither: its output only has to exist, as then.
+
+
+def _file_intact(previous: dict[str, str]) -> bool:
+    try:
+        # Non-blocking: a FIFO put in an output's place must not hold the run in open().
+        fd = os.open(previous["output"], os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return False
+            if not previous["output_bytes"]:
+                return True
+            if info.st_size != _size(previous["output_bytes"]):
+                return False
+            return not previous["output_sha256"] or hashlib.file_digest(f, "sha256").hexdigest() == \
+                previous["output_sha256"]
+    except OSError:
+        return False
+
+
+def _object_intact(uri: Uri, previous: dict[str, str]) -> bool:
+    size = object_size(uri)
+    return size is not None and (not previous["output_bytes"] or size == _size(previous["output_bytes"]))
 
 
 def faces_json(faces) -> list[dict]:
@@ -290,7 +335,7 @@ def _pyarrow():
 def arrow_type(kind: str):
     """The Parquet (Arrow) type of a column ``kind``."""
     pa = _pyarrow()
-    return {TEXT: pa.string(), INT32: pa.int32(), FLOAT: pa.float64(), BOOL: pa.bool_(),
+    return {TEXT: pa.string(), INT32: pa.int32(), INT64: pa.int64(), FLOAT: pa.float64(), BOOL: pa.bool_(),
             TIME: pa.timestamp("ms", tz="UTC")}[kind]
 
 
@@ -324,7 +369,7 @@ def _value(text: str, kind: str):
         return text
     if not text:
         return None
-    if kind == INT32:
+    if kind in (INT32, INT64):
         return int(text)
     if kind == FLOAT:
         return float(text)
@@ -351,13 +396,13 @@ def typed_frame(rows: Iterable[tuple[str, ...]], missing: Iterable[str] = ()):
             frame[name] = frame[name].map(_BOOLS).astype(_PANDAS[kind])
         else:
             values = pd.to_numeric(frame[name], errors="coerce")
-            if kind == INT32:
+            if kind in (INT32, INT64):
                 values = values.where(values == values.round())  # a damaged cell reads as missing, not an error
             frame[name] = values.astype(_PANDAS[kind])
     return frame
 
 
-_PANDAS = {INT32: "Int64", FLOAT: "float64", BOOL: "boolean", TIME: "datetime64[ns, UTC]"}
+_PANDAS = {INT32: "Int64", INT64: "Int64", FLOAT: "float64", BOOL: "boolean", TIME: "datetime64[ns, UTC]"}
 
 
 def write_run_info(out_dir: Path, leg: dict) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import logging
 import os
 import random
@@ -404,8 +405,21 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
             return Outcome.failed(e, **common)
     turned = reply.degrees if row.auto else row.degrees % 360
     lossless = reply.method in ("lossless", "copy") if reply.format == "JPEG" else None
+    written, digest = _written(reply, None if referenced or size is not None else reply.image)
     return Outcome(OK, output=str(row.output_path), format=reply.format, turned=turned, decided_by=reply.decided_by,
-                   lossless=lossless, note=reply.note, by_reference=referenced, **common)
+                   lossless=lossless, note=reply.note, by_reference=referenced, output_bytes=written,
+                   output_sha256=digest, **common)
+
+
+def _written(reply: v1.RotateResponse, image: bytes | None) -> tuple[int | None, str]:
+    """Size and SHA-256 of the output: the worker's account of what it wrote or sent (it hashes in parallel
+    processes, and a file it wrote is not ours to read); the answer's ``image`` (the bytes we wrote) hashed
+    here when the worker gives no account of them (an older worker)."""
+    if image is not None and (reply.output_bytes != len(image) or not reply.output_sha256):
+        return len(image), hashlib.sha256(image).hexdigest()
+    if reply.output_sha256:
+        return reply.output_bytes, reply.output_sha256
+    return None, ""
 
 
 async def fan_out(rows: Iterable[Row], pool: Pool, settings: Settings, finished: Callable[[Row, Outcome], None],

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from batch.extras import MissingExtra
 from worker.storage import READ_ONLY, missing_package, normalise_uri, uri_scheme
-from worker.storage import object_exists as exists
+from worker.storage import object_size as size
 from worker.storage import read_object as read
 from worker.storage import write_object as write
 
-__all__ = ["Uri", "credentials_problem", "exists", "is_uri", "location", "parse", "read", "require", "write"]
+__all__ = ["Uri", "credentials_problem", "is_uri", "location", "parse", "read", "require", "size", "write"]
 
 
 class Uri(str):

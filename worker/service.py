@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import hashlib
 import io
 import logging
 import queue
@@ -421,6 +422,10 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
             decided_by=out.decided_by,
             degrees=out.degrees,
             note=out.note,
+            # What was written (answered, streamed or stored at `destination`): ~0.75 ms a MiB, small beside
+            # the rotation, and the client cannot cheaply hash a file the worker wrote.
+            output_bytes=len(out.data),
+            output_sha256=hashlib.sha256(out.data).hexdigest(),
         )
 
     @rpc

@@ -81,6 +81,12 @@ def normalise_uri(text: str) -> str:
         raise ValueError(f"{text!r} carries credentials: give them in the environment, not in the URI")
     if any(segment in (".", "..") for segment in key.split("/")):
         raise ValueError(f"{text!r} has a '.' or '..' segment")
+    if canonical not in READ_ONLY and (mark := next((c for c in "?#" if c in text), None)):
+        # s3fs takes "?versionId=" as a version, gcsfs "#" and "?generation=", adlfs "?versionid=": the key
+        # they address is then another than the one written here (s3://b/x?versionId=1.jpg writes b/x), and
+        # none of them has an escape that reaches a key holding these characters. Refused, never guessed.
+        raise ValueError(f"{text!r} has a {mark!r} in its key: object-store clients read it as the start of a "
+                         "version (?versionId=, #generation), so no URI names such a key reliably; rename the object")
     return f"{canonical}://{bucket.lower()}/{key}"
 
 
@@ -118,13 +124,14 @@ def write_object(uri: str, data: bytes) -> None:
     _filesystem(uri).pipe_file(uri, data)
 
 
-def object_exists(uri: str) -> bool:
-    """Whether ``uri`` (normalised) names an object (not a prefix); False when the store cannot say (a row
-    resumed on that answer runs again, and its own read says what is wrong)."""
+def object_size(uri: str) -> int | None:
+    """The size of the object ``uri`` (normalised) names (not a prefix), in one HEAD; None when there is none
+    or the store cannot say (a row resumed on that answer runs again, and its own read says what is wrong)."""
     try:
-        return _filesystem(uri).isfile(uri)
+        info = _filesystem(uri).info(uri)
     except OSError:
-        return False
+        return None
+    return info.get("size") if info.get("type") == "file" else None
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ class RotateRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., degrees: _Optional[int] = ..., format: _Optional[str] = ..., quality: _Optional[int] = ..., auto: _Optional[bool] = ..., source: _Optional[_Union[ImageRef, _Mapping]] = ..., destination: _Optional[_Union[ImageRef, _Mapping]] = ...) -> None: ...
 
 class RotateResponse(_message.Message):
-    __slots__ = ("image", "format", "width", "height", "method", "worker", "decided_by", "degrees", "note")
+    __slots__ = ("image", "format", "width", "height", "method", "worker", "decided_by", "degrees", "note", "output_bytes", "output_sha256")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,8 @@ class RotateResponse(_message.Message):
     DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
     DEGREES_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     format: str
     width: int
@@ -102,7 +104,9 @@ class RotateResponse(_message.Message):
     decided_by: str
     degrees: int
     note: str
-    def __init__(self, image: _Optional[bytes] = ..., format: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., method: _Optional[str] = ..., worker: _Optional[str] = ..., decided_by: _Optional[str] = ..., degrees: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
+    output_bytes: int
+    output_sha256: str
+    def __init__(self, image: _Optional[bytes] = ..., format: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., method: _Optional[str] = ..., worker: _Optional[str] = ..., decided_by: _Optional[str] = ..., degrees: _Optional[int] = ..., note: _Optional[str] = ..., output_bytes: _Optional[int] = ..., output_sha256: _Optional[str] = ...) -> None: ...
 
 class ClassifyRequest(_message.Message):
     __slots__ = ("image", "source")
