@@ -57,6 +57,9 @@ def s3_server() -> Iterator[S3]:
                 patch.setenv(name, value)
             for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):  # a developer's own must not reach the test server
                 patch.delenv(name, raising=False)
+            # fsspec keeps one client per arguments: one made for an earlier server of this process would still
+            # call that server's (closed) port.
+            s3fs.S3FileSystem.clear_instance_cache()
             yield S3(endpoint, s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing",
                                                  skip_instance_cache=True, use_listings_cache=False))
     finally:
