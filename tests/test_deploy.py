@@ -113,7 +113,26 @@ def test_the_validation_catches_a_misspelt_field() -> None:
 
 def test_we_ship_the_objects_the_fleet_and_the_job_need() -> None:
     assert set(objects()) == {"Namespace", "PersistentVolumeClaim", "Deployment", "Service",
-                              "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job"}
+                              "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job", "NetworkPolicy"}
+
+
+def test_workers_serving_references_without_client_certificates_admit_only_the_drivers(
+        clean_env: pytest.MonkeyPatch) -> None:
+    """Such a worker starts only with --allow-unauthenticated-references; then a NetworkPolicy over its pods
+    lets only the driver Job's pods reach the gRPC port."""
+    found = objects()
+    deployment, job, policy = found["Deployment"], found["Job"], found["NetworkPolicy"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    p = parse_container(container, clean_env).params
+    assert p["data_roots"] or p["output_roots"]
+    if p["tls_client_ca"] is not None:
+        return
+    assert p["allow_unauthenticated_references"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    grpc_rules = [r for r in policy["spec"]["ingress"] if {"protocol": "TCP", "port": p["port"]} in r["ports"]]
+    assert [peer for r in grpc_rules for peer in r["from"]] == [
+        {"podSelector": {"matchLabels": job["spec"]["template"]["metadata"]["labels"]}}]
 
 
 def test_the_worker_deployment_serves_drains_and_fits_its_resources(clean_env: pytest.MonkeyPatch) -> None:

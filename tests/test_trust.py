@@ -9,6 +9,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,6 +62,8 @@ def _nobody_can_run_python() -> str | None:
     """Why the probe cannot run as nobody here, or None."""
     if os.geteuid() != 0:
         return "needs root, to run a probe as the user nobody (setpriv); run the suite as root, as CI does"
+    if shutil.which("setpriv") is None:
+        return "needs setpriv (util-linux) to run a probe as the user nobody"
     probe = subprocess.run([*AS_NOBODY, *python_command("-c", "import grpc, worker.api")], capture_output=True,
                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd="/")
     if probe.returncode != 0:
