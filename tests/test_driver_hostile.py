@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from batch.stream import STREAM_MIN
 from tests.support.images import jpeg, photo
 from tests.support.manifests import write_manifest
 from tests.support.processes import run_batch, worker_process
@@ -213,3 +214,23 @@ def test_a_worker_by_reference_refuses_keys_with_a_question_mark_or_hash(s3) -> 
     assert s3.get("s3://bucket/refs/out/x") == b"precious"
     with pytest.raises(ValueError, match="in its key"):
         Roots.of([], ["s3://bucket/refs/out?x/"])
+
+
+def test_a_streamed_output_is_recorded_and_rerun_when_cut_short(tmp_path: Path) -> None:
+    """An input over the stream threshold goes by RotateStream: the worker's account of the bytes it streamed
+    is recorded, matches the file, and a truncated file runs again"""
+    photo(1100, 800, seed=3, grain=30).save(tmp_path / "big.png")
+    assert (tmp_path / "big.png").stat().st_size > STREAM_MIN
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "big", "path": "big.png", "op": "rotate", "rotation": "90"}])
+    out, output = tmp_path / "out", tmp_path / "out" / "rotated" / "big.png"
+    with worker_process() as w:
+        first = run_batch(manifest, "--worker", w.address, "--out", out, "--quiet")
+        assert first.returncode == 0, first.stderr
+        before = by_id(results(out))["big"]
+        written = output.read_bytes()
+        assert (before["output_bytes"], before["output_sha256"]) == (str(len(written)), _digest(written))
+        output.write_bytes(written[:STREAM_MIN])
+        second = run_batch(manifest, "--worker", w.address, "--out", out, "--quiet")
+    assert second.returncode == 0, second.stderr
+    assert by_id(results(out))["big"]["finished_at"] != before["finished_at"]
+    assert output.read_bytes() == written
