@@ -7,7 +7,6 @@ compared after ``auto`` with Pillow's own ``ImageOps.exif_transpose`` of the sto
 
 from __future__ import annotations
 
-import struct
 import time
 
 import grpc
@@ -15,10 +14,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.support.faces import SAMPLES, lfw_root
-from tests.support.images import decode, encode, exif_block, mad, photo
-from tests.support.manifests import write_manifest
-from tests.support.processes import run_batch
-from tests.support.results import results
+from tests.support.images import decode, encode, mad, photo
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.rotation import auto_rotate, rotate
@@ -105,88 +101,6 @@ def test_auto_converts_like_any_rotation():
     assert mad(decode(out.data), upright) < 3
     unchanged = auto_rotate(encode(photo(64, 48), "PNG"), lambda: None, format="JPEG")
     assert (unchanged.decided_by, unchanged.format, unchanged.method) == ("none", "JPEG", "reencoded")
-
-
-# --- malformed orientation tags: applied and reset together, or both left alone ------------------------------
-
-SHORT, LONG = 3, 4
-
-
-def shorts(*values: int) -> bytes:
-    return struct.pack(f"<{len(values)}H", *values)
-
-
-# Tags Pillow (hence the worker) reads as orientation 6: the first value of an integer tag of any count.
-APPLIED = {
-    "SHORT[2] (6, 0)": [(ORIENTATION, SHORT, 2, shorts(6, 0))],
-    "SHORT[3], stored by offset": [(ORIENTATION, SHORT, 3, shorts(6, 0, 0))],
-    "LONG[2], stored by offset": [(ORIENTATION, LONG, 2, struct.pack("<II", 6, 0))],
-    "SSHORT[1]": [(ORIENTATION, 8, 1, shorts(6))],
-    "the tag twice (6, then 3)": [(ORIENTATION, SHORT, 1, shorts(6)), (ORIENTATION, SHORT, 1, shorts(3))],
-}
-# Tags the worker does not apply (not an integer): left as they are, never reset without being applied.
-NOT_APPLIED = {
-    "RATIONAL 6/1": [(ORIENTATION, 5, 1, struct.pack("<II", 6, 1))],
-    "ASCII '6'": [(ORIENTATION, 2, 2, b"6\0")],
-    "UNDEFINED": [(ORIENTATION, 7, 1, b"\x06")],
-    "BYTE[4]": [(ORIENTATION, 1, 4, bytes([6, 0, 0, 0]))],
-}
-
-
-def malformed(entries, width: int = 64) -> tuple[bytes, Image.Image]:
-    """The upright picture stored turned as orientation 6 asks, with ``entries`` as its only EXIF tags;
-    ``width`` 64 is whole MCUs (lossless), 60 is not (re-encoded)."""
-    upright = photo(width, 48)
-    stored = upright.transpose(T.ROTATE_90)
-    return encode(stored, "JPEG", quality=95, subsampling=0, exif=exif_block(entries)), upright
-
-
-@pytest.mark.parametrize("target", ["", "PNG", "WEBP", "TIFF"])
-@pytest.mark.parametrize("width", [64, 60], ids=["lossless", "reencoded"])
-@pytest.mark.parametrize("tag", APPLIED)
-def test_an_orientation_tag_of_any_count_or_repetition_is_applied_and_reset(tag, width, target):
-    data, upright = malformed(APPLIED[tag], width)
-    for out in (auto_rotate(data, no_faces, format=target), rotate(data, 0, format=target)):
-        got = decode(out.data)
-        assert got.getexif().get(ORIENTATION, 1) == 1, "applied to the pixels, so reset to 1"
-        assert got.size == upright.size and mad(got.convert("RGB"), upright) < 4
-    assert (out.degrees, auto_rotate(data, no_faces).decided_by) == (0, "exif")
-
-
-@pytest.mark.parametrize("target", ["", "PNG", "WEBP", "TIFF"])
-@pytest.mark.parametrize("tag", NOT_APPLIED)
-def test_an_orientation_tag_that_is_not_applied_is_left_alone(tag, target):
-    data, _ = malformed(NOT_APPLIED[tag])
-    stored = decode(data)
-    out = auto_rotate(data, lambda: None, format=target)
-    got = decode(out.data)
-    assert out.decided_by == "none" and got.size == stored.size and mad(got.convert("RGB"), stored) < 4
-    if target == "TIFF":
-        # libtiff writes only 1..8: the tag goes, and the row says so.
-        assert ORIENTATION not in got.getexif() and "orientation dropped" in out.note
-    else:
-        assert got.getexif().get(ORIENTATION) == stored.getexif().get(ORIENTATION)
-
-
-@pytest.mark.slow
-def test_a_malformed_orientation_through_batch_run_is_upright_and_reset(tmp_path):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    rows = []
-    for i, (_tag, entries) in enumerate(APPLIED.items()):
-        data, upright = malformed(entries, 64 if i % 2 else 60)
-        (folder / f"{i}.jpg").write_bytes(data)
-        upright.save(folder / f"{i}.png")
-        rows.append({"path": f"{i}.jpg", "op": "rotate", "rotation": "auto"})
-    write_manifest(folder / "m.csv", rows)
-    done = run_batch(folder / "m.csv", "--out", tmp_path / "out")
-    assert done.returncode == 0, done.stderr
-    rows_out = results(tmp_path / "out")
-    assert {(r["status"], r["decided_by"]) for r in rows_out} == {("ok", "exif")} and len(rows_out) == len(rows)
-    for i in range(len(rows)):
-        got = decode((tmp_path / "out" / "rotated" / f"{i}.jpg").read_bytes())
-        assert got.getexif().get(ORIENTATION, 1) == 1
-        assert mad(got, Image.open(folder / f"{i}.png")) < 4
 
 
 # --- through the worker, with its face model ---------------------------------------------------------------
