@@ -54,6 +54,18 @@ SECTIONS = [
     ("Who can reach a worker, and what references let them do", "test_trust.py",
      "Another local user (nobody) during a batch with the embedded worker, named workers serving references "
      "without client certificates, output folders raced into links, idle connections to the metrics port."),
+    ("Clients we did not write", "test_conformance.py",
+     "A fresh `worker serve` called only through stubs generated from proto/ into a temporary folder (every "
+     "RPC, with no deadline, a very long one and a very short one), Node's @grpc/grpc-js, and the seed's "
+     "legacy client (raw pixels, no deadline)."),
+    ("Streams that stop sending, cancels, idle connections", "test_stream_limits.py",
+     "Streams that declare much and send nothing, pause, trickle or are cancelled; connections that never "
+     "speak or stop answering pings: bounded by what was received, idle and call limits, keepalive."),
+    ("Hostile options, templates, object keys and outputs", "test_driver_hostile.py",
+     "`--timeout inf`, `--name {rotation:d}`, object keys with ? or #, and outputs truncated, emptied or "
+     "replaced after a run: a usage error before any work, a per-row refusal, or a rerun on resume."),
+    ("Drivers sharing a fleet", "test_shared_fleet.py",
+     "Four adaptive drivers against two small workers: busy refusals retried, no row failed as overloaded."),
 ]
 
 TMP = re.compile(r"/tmp/(?:pytest-of-[^/\s]+/pytest-\d+/|tmp[\w-]+/)")
