@@ -84,8 +84,9 @@ def main() -> None:
                    "who can reach the port may then read and overwrite files under the roots. Refused without it.")
 @click.option("--socket-dir", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Serve on Unix domain sockets instead of TCP, one per process (DIR/worker-K.sock; the "
-                   "LISTENING line names each): only who can enter DIR can connect, so it must be this user's "
-                   "and mode 700. --host and --port are then unused. Default: TCP.")
+                   "LISTENING line names each). The worker makes DIR (it must not exist) with mode 700, so only "
+                   "its own user can connect, and removes it when it stops. --host and --port are then unused. "
+                   "Default: TCP.")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics, summed over every process "
                    "(plaintext, read-only). Default: off.")

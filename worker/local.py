@@ -2,7 +2,8 @@
 
 `LocalWorker` is `worker serve` as such a child: `batch run` embeds one when
 no worker is named, on private Unix sockets that only this user can reach
-(a 0700 folder of its own, removed when it stops); `worker evaluate` scores
+(a 0700 folder the worker makes and removes when it stops, even when its
+driver was killed); `worker evaluate` scores
 models through one, and the tests and benchmarks start theirs with it too. A child is stopped when its
 user is done, however that ends (SIGTERM, then SIGKILL after a grace
 period); on Linux it is also told to exit if its parent dies without
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -140,9 +142,9 @@ class LocalServer:
 class LocalWorker(LocalServer):
     """`worker serve` on loopback: ``processes`` processes, ``port`` (0: a free one), then ``args``.
 
-    ``private``: no TCP port but a Unix socket per process in a folder of this user's that nobody else may
-    enter (``socket_dir``, made here and removed by ``stop``), so that no other user of the machine can reach
-    the worker; ``addresses`` then names every socket.
+    ``private``: no TCP port but a Unix socket per process in a folder that nobody else may enter
+    (``socket_dir``, under the temporary folder by a random name; the worker makes it and removes it when it
+    stops), so that no other user of the machine can reach the worker; ``addresses`` then names every socket.
 
     ``start`` returns once the worker prints LISTENING, which it does when every
     process serves (rotation at once; the face model loads at the first
@@ -155,7 +157,7 @@ class LocalWorker(LocalServer):
                  model: Path | None = None, *, args: Sequence[str] = (), port: int = 0,
                  env: Mapping[str, str] | None = None, private: bool = False) -> None:
         self.processes = processes
-        self.socket_dir = Path(tempfile.mkdtemp(prefix="imagebatch-")) if private else None  # mode 0700
+        self.socket_dir = Path(tempfile.gettempdir()) / f"imagebatch-{secrets.token_hex(8)}" if private else None
         where = ["--socket-dir", str(self.socket_dir)] if private else ["--host", "127.0.0.1", "--port", str(port)]
         command = python_command("-m", "worker", "serve", *where, "--processes", str(processes))
         if model is not None:
@@ -168,5 +170,5 @@ class LocalWorker(LocalServer):
         try:
             return super().stop(grace)
         finally:
-            if self.socket_dir is not None:
+            if self.socket_dir is not None:  # the worker removes it, unless it had to be killed
                 shutil.rmtree(self.socket_dir, ignore_errors=True)

@@ -19,7 +19,6 @@ import os
 import queue
 import signal
 import socket
-import stat
 import sys
 import threading
 import time
@@ -170,7 +169,8 @@ def serve(config: ServerConfig, announce=print, serve_one: ServeOne | None = Non
 def _addresses(config: ServerConfig) -> Iterator[list[str]]:
     """Each process's gRPC address: the one reserved port, or its own socket in --socket-dir."""
     if config.socket_dir is not None:
-        yield [f"unix:{os.path.join(config.socket_dir, SOCKET_NAME.format(k))}" for k in range(config.processes)]
+        with _private_folder(Path(config.socket_dir)) as folder:
+            yield [f"unix:{folder / SOCKET_NAME.format(k)}" for k in range(config.processes)]
         return
     with reserve_port(config.host, config.port) as port:
         host = f"[{config.host}]" if ":" in config.host else config.host
@@ -210,19 +210,29 @@ def _check_config(config: ServerConfig) -> None:
     _check_reference_clients(config)
 
 
-def _check_socket_dir(folder: Path, processes: int) -> None:
-    """--socket-dir is what keeps other users from the sockets: a folder of this user that nobody else may
-    enter, with room in a socket address for its longest socket name."""
+@contextlib.contextmanager
+def _private_folder(folder: Path) -> Iterator[Path]:
+    """--socket-dir, made here with mode 700 (so nobody else can enter it, whatever was there before: an
+    existing one is refused) and removed with its sockets at the end, however the worker stops short of
+    SIGKILL (a driver that embeds it and dies sends it SIGTERM)."""
     try:
-        info = os.stat(folder)
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        raise ConfigError(f"--socket-dir {folder} already exists: name a folder for the worker to make "
+                          "(it makes it private and removes it when it stops)") from None
     except OSError as e:
-        raise ConfigError(f"--socket-dir {folder}: {e.strerror}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"--socket-dir {folder} is not a folder")
-    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
-        raise ConfigError(f"--socket-dir {folder} must belong to this user and be closed to everyone else "
-                          f"(chmod 700; it is {stat.S_IMODE(info.st_mode):o}, owner uid {info.st_uid}): anyone who "
-                          "can enter it can use the worker")
+        raise ConfigError(f"cannot make --socket-dir {folder}: {e.strerror}") from None
+    try:
+        yield folder
+    finally:
+        for socket_file in folder.glob(SOCKET_NAME.format("*")):  # a process that died leaves its socket
+            socket_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # something else was put there: left as it is
+            folder.rmdir()
+
+
+def _check_socket_dir(folder: Path, processes: int) -> None:
+    """Room in a socket address for the longest socket name in --socket-dir."""
     longest = os.path.join(os.fsencode(folder), os.fsencode(SOCKET_NAME.format(processes - 1)))
     if len(longest) > _SUN_PATH_MAX:
         raise ConfigError(f"--socket-dir {folder} is too long for a Unix socket address ({len(longest)} bytes "
