@@ -24,11 +24,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def s3():
-    """moto's S3 on loopback, one for the module (moto keeps its objects per process), with the bucket made."""
+    """moto's S3 on loopback, one for the module, with a bucket of its own (moto keeps buckets per process)."""
     from tests.support.s3 import s3_server
 
     with s3_server() as server:
-        server.fs.mkdir("bucket")
+        server.fs.mkdir("hostile-keys")
         yield server
 
 
@@ -139,21 +139,21 @@ def test_resume_reruns_a_row_whose_object_was_truncated(s3, tmp_path: Path) -> N
     photo(64, 48, seed=1).save(tmp_path / "a.jpg", quality=90)
     photo(56, 40, seed=2).save(tmp_path / "b.jpg", quality=90)
     manifest = write_manifest(tmp_path / "m.csv", [
-        {"id": x, "path": f"{x}.jpg", "op": "rotate", "rotation": "90", "output": f"s3://bucket/resume/{x}.jpg"}
+        {"id": x, "path": f"{x}.jpg", "op": "rotate", "rotation": "90", "output": f"s3://hostile-keys/resume/{x}.jpg"}
         for x in ("a", "b")])
     out = tmp_path / "out"
     first = run_batch(manifest, "--out", out, "--quiet")
     assert first.returncode == 0, first.stderr
     before = by_id(results(out))
-    written = {x: s3.get(f"s3://bucket/resume/{x}.jpg") for x in ("a", "b")}
+    written = {x: s3.get(f"s3://hostile-keys/resume/{x}.jpg") for x in ("a", "b")}
     assert before["a"]["output_bytes"] == str(len(written["a"]))
     assert before["a"]["output_sha256"] == _digest(written["a"])
-    s3.put("s3://bucket/resume/a.jpg", written["a"][:100])
+    s3.put("s3://hostile-keys/resume/a.jpg", written["a"][:100])
     second = run_batch(manifest, "--out", out, "--quiet")
     assert second.returncode == 0, second.stderr
     after = by_id(results(out))
     assert after["a"]["finished_at"] != before["a"]["finished_at"]
-    assert s3.get("s3://bucket/resume/a.jpg") == written["a"]
+    assert s3.get("s3://hostile-keys/resume/a.jpg") == written["a"]
     assert after["b"] == before["b"]
 
 
@@ -167,17 +167,17 @@ def test_keys_with_a_question_mark_or_hash_are_refused_per_row_and_nothing_else_
     import boto3
 
     photo(64, 48, seed=1).save(tmp_path / "a.jpg", quality=90)
-    s3.put("s3://bucket/keys/x", b"precious")
-    boto3.client("s3", endpoint_url=s3.endpoint).put_object(Bucket="bucket", Key="keys-in/q?versionId=7.jpg",
+    s3.put("s3://hostile-keys/keys/x", b"precious")
+    boto3.client("s3", endpoint_url=s3.endpoint).put_object(Bucket="hostile-keys", Key="keys-in/q?versionId=7.jpg",
                                                             Body=(tmp_path / "a.jpg").read_bytes())
     rows = [{"id": "v1", "path": "a.jpg", "op": "rotate", "rotation": "90",
-             "output": "s3://bucket/keys/x?versionId=1.jpg"},
+             "output": "s3://hostile-keys/keys/x?versionId=1.jpg"},
             {"id": "v2", "path": "a.jpg", "op": "rotate", "rotation": "180",
-             "output": "s3://bucket/keys/x?versionId=2.jpg"},
-            {"id": "hash", "path": "a.jpg", "op": "rotate", "rotation": "90", "output": "s3://bucket/keys/x#1.jpg"},
-            {"id": "query", "path": "a.jpg", "op": "rotate", "rotation": "90", "output": "s3://bucket/keys/x?.jpg"},
-            {"id": "input", "path": "s3://bucket/keys-in/q?versionId=7.jpg", "op": "classify"},
-            {"id": "ok", "path": "a.jpg", "op": "rotate", "rotation": "90", "output": "s3://bucket/keys/ok.jpg"}]
+             "output": "s3://hostile-keys/keys/x?versionId=2.jpg"},
+            {"id": "hash", "path": "a.jpg", "op": "rotate", "rotation": "90", "output": "s3://hostile-keys/keys/x#1.jpg"},
+            {"id": "query", "path": "a.jpg", "op": "rotate", "rotation": "90", "output": "s3://hostile-keys/keys/x?.jpg"},
+            {"id": "input", "path": "s3://hostile-keys/keys-in/q?versionId=7.jpg", "op": "classify"},
+            {"id": "ok", "path": "a.jpg", "op": "rotate", "rotation": "90", "output": "s3://hostile-keys/keys/ok.jpg"}]
     manifest = write_manifest(tmp_path / "m.csv", rows)
     for attempt in (1, 2):  # resumed: still refused, never counted done
         done = run_batch(manifest, "--out", tmp_path / "out", "--quiet")
@@ -187,33 +187,34 @@ def test_keys_with_a_question_mark_or_hash_are_refused_per_row_and_nothing_else_
             assert got[row_id]["status"] == "error", (attempt, row_id)
             assert f"has a '{mark}' in its key" in got[row_id]["error"]
         assert got["ok"]["status"] == "ok"
-    assert s3.get("s3://bucket/keys/x") == b"precious"
-    assert s3.keys("s3://bucket/keys/") == ["s3://bucket/keys/ok.jpg", "s3://bucket/keys/x"]
+    assert s3.get("s3://hostile-keys/keys/x") == b"precious"
+    assert s3.keys("s3://hostile-keys/keys/") == ["s3://hostile-keys/keys/ok.jpg", "s3://hostile-keys/keys/x"]
 
 
 def test_a_worker_by_reference_refuses_keys_with_a_question_mark_or_hash(s3) -> None:
     """The worker's side: a destination or source URI with '?' or '#' is refused (OUTSIDE_ROOTS, the reason
     said), out/x untouched; a root with one does not start"""
-    s3.put("s3://bucket/refs/out/x", b"precious")
-    s3.put("s3://bucket/refs/in/a.jpg", jpeg(64, 48, seed=1))
-    with worker_process("--data-root", "s3://bucket/refs/in/", "--output-root", "s3://bucket/refs/out/") as w, \
+    s3.put("s3://hostile-keys/refs/out/x", b"precious")
+    s3.put("s3://hostile-keys/refs/in/a.jpg", jpeg(64, 48, seed=1))
+    roots = ("--data-root", "s3://hostile-keys/refs/in/", "--output-root", "s3://hostile-keys/refs/out/")
+    with worker_process(*roots) as w, \
             grpc.insecure_channel(w.address) as channel:
         stub = v1_grpc.ImageWorkerStub(channel)
-        for source, destination in (("s3://bucket/refs/in/a.jpg", "s3://bucket/refs/out/x?versionId=1.jpg"),
-                                    ("s3://bucket/refs/in/a.jpg", "s3://bucket/refs/out/x#1.jpg"),
-                                    ("s3://bucket/refs/in/a.jpg?versionId=1", "s3://bucket/refs/out/y.jpg")):
+        for source, destination in (("s3://hostile-keys/refs/in/a.jpg", "s3://hostile-keys/refs/out/x?versionId=1.jpg"),
+                                    ("s3://hostile-keys/refs/in/a.jpg", "s3://hostile-keys/refs/out/x#1.jpg"),
+                                    ("s3://hostile-keys/refs/in/a.jpg?versionId=1", "s3://hostile-keys/refs/out/y.jpg")):
             with pytest.raises(grpc.RpcError) as refused:
                 stub.Rotate(v1.RotateRequest(degrees=90, source=v1.ImageRef(uri=source),
                                              destination=v1.ImageRef(uri=destination)), timeout=30)
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert "in its key" in refused.value.details()
-        ok = stub.Rotate(v1.RotateRequest(degrees=90, source=v1.ImageRef(uri="s3://bucket/refs/in/a.jpg"),
-                                          destination=v1.ImageRef(uri="s3://bucket/refs/out/y.jpg")), timeout=30)
-        stored = s3.get("s3://bucket/refs/out/y.jpg")
+        ok = stub.Rotate(v1.RotateRequest(degrees=90, source=v1.ImageRef(uri="s3://hostile-keys/refs/in/a.jpg"),
+                                          destination=v1.ImageRef(uri="s3://hostile-keys/refs/out/y.jpg")), timeout=30)
+        stored = s3.get("s3://hostile-keys/refs/out/y.jpg")
         assert (ok.output_bytes, ok.output_sha256) == (len(stored), _digest(stored))
-    assert s3.get("s3://bucket/refs/out/x") == b"precious"
+    assert s3.get("s3://hostile-keys/refs/out/x") == b"precious"
     with pytest.raises(ValueError, match="in its key"):
-        Roots.of([], ["s3://bucket/refs/out?x/"])
+        Roots.of([], ["s3://hostile-keys/refs/out?x/"])
 
 
 def test_a_streamed_output_is_recorded_and_rerun_when_cut_short(tmp_path: Path) -> None:
