@@ -23,7 +23,7 @@ from pathlib import Path
 
 from batch.errors import BatchError
 from batch.results import is_bookkeeping
-from batch.store import Uri, is_uri, parse
+from batch.store import Uri, is_uri, parse, parse_object
 
 REQUIRED = ("path", "op")
 COLUMNS = ("path", "op", "rotation", "output", "id")
@@ -245,7 +245,7 @@ def _row(record: list[str], index: dict[str, int], width: int, line: int, places
             return _failed(row, f"{name} contains a NUL byte")
     if is_uri(row.path):
         try:
-            input_path = parse(row.path)
+            input_path = parse_object(row.path)
         except ValueError as e:
             return _failed(row, f"path {e}")
     else:
@@ -301,7 +301,7 @@ def output_location(output: str, input_path: Path | Uri, degrees: int, id_: str,
     out_dir, manifest = places.out_dir, places.manifest
     if output and is_uri(output):
         try:
-            target = parse(output)
+            target = parse_object(output)
         except ValueError as e:
             return None, f"output {e}"
         if not target.writable:

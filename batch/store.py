@@ -17,12 +17,13 @@ import posixpath
 from pathlib import Path
 
 from batch.extras import MissingExtra
-from worker.storage import READ_ONLY, missing_package, normalise_uri, uri_scheme
+from worker.storage import READ_ONLY, missing_package, normalise_uri, object_uri, uri_scheme
 from worker.storage import object_size as size
 from worker.storage import read_object as read
 from worker.storage import write_object as write
 
-__all__ = ["Uri", "credentials_problem", "is_uri", "location", "parse", "read", "require", "size", "write"]
+__all__ = ["Uri", "credentials_problem", "is_uri", "location", "parse", "parse_object", "read", "require", "size",
+           "write"]
 
 
 class Uri(str):
@@ -57,6 +58,13 @@ def parse(text: str) -> Uri:
     """The normalised URI of a manifest cell: ValueError saying why it names no object (a row's error), or
     MissingExtra when its store's package is not installed (the run's: no row of that store could run)."""
     uri = Uri(normalise_uri(text))
+    require(uri.scheme)
+    return uri
+
+
+def parse_object(text: str) -> Uri:
+    """``parse`` of a manifest cell that names one object (a row's input or output), not a prefix."""
+    uri = Uri(object_uri(text))
     require(uri.scheme)
     return uri
 

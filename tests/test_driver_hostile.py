@@ -168,6 +168,8 @@ def test_keys_with_a_question_mark_or_hash_are_refused_per_row_and_nothing_else_
 
     photo(64, 48, seed=1).save(tmp_path / "a.jpg", quality=90)
     s3.put("s3://hostile-keys/keys/x", b"precious")
+    source = (tmp_path / "a.jpg").read_bytes()
+    s3.put("s3://hostile-keys/keys/src.jpg", source)
     boto3.client("s3", endpoint_url=s3.endpoint).put_object(Bucket="hostile-keys", Key="keys-in/q?versionId=7.jpg",
                                                             Body=(tmp_path / "a.jpg").read_bytes())
     rows = [{"id": "v1", "path": "a.jpg", "op": "rotate", "rotation": "90",
@@ -177,6 +179,8 @@ def test_keys_with_a_question_mark_or_hash_are_refused_per_row_and_nothing_else_
             {"id": "hash", "path": "a.jpg", "op": "rotate", "rotation": "90", "output": "s3://hostile-keys/keys/x#1.jpg"},
             {"id": "query", "path": "a.jpg", "op": "rotate", "rotation": "90", "output": "s3://hostile-keys/keys/x?.jpg"},
             {"id": "input", "path": "s3://hostile-keys/keys-in/q?versionId=7.jpg", "op": "classify"},
+            {"id": "slash", "path": "s3://hostile-keys/keys/src.jpg/", "op": "rotate", "rotation": "90",
+             "output": "s3://hostile-keys/keys/src.jpg"},  # s3fs strips the '/': it would turn its own input
             {"id": "ok", "path": "a.jpg", "op": "rotate", "rotation": "90", "output": "s3://hostile-keys/keys/ok.jpg"}]
     manifest = write_manifest(tmp_path / "m.csv", rows)
     for attempt in (1, 2):  # resumed: still refused, never counted done
@@ -186,28 +190,34 @@ def test_keys_with_a_question_mark_or_hash_are_refused_per_row_and_nothing_else_
         for row_id, mark in (("v1", "?"), ("v2", "?"), ("hash", "#"), ("query", "?"), ("input", "?")):
             assert got[row_id]["status"] == "error", (attempt, row_id)
             assert f"has a '{mark}' in its key" in got[row_id]["error"]
+        assert "ends in '/'" in got["slash"]["error"]
         assert got["ok"]["status"] == "ok"
     assert s3.get("s3://hostile-keys/keys/x") == b"precious"
-    assert s3.keys("s3://hostile-keys/keys/") == ["s3://hostile-keys/keys/ok.jpg", "s3://hostile-keys/keys/x"]
+    assert s3.get("s3://hostile-keys/keys/src.jpg") == source
+    assert s3.keys("s3://hostile-keys/keys/") == ["s3://hostile-keys/keys/ok.jpg", "s3://hostile-keys/keys/src.jpg",
+                                                  "s3://hostile-keys/keys/x"]
 
 
 def test_a_worker_by_reference_refuses_keys_with_a_question_mark_or_hash(s3) -> None:
-    """The worker's side: a destination or source URI with '?' or '#' is refused (OUTSIDE_ROOTS, the reason
-    said), out/x untouched; a root with one does not start"""
+    """The worker's side: a destination or source URI with '?' or '#' in its key, or a key ending in '/', is
+    refused (OUTSIDE_ROOTS, the reason said), out/x untouched; a root with '?' does not start; what it does
+    write, its answer accounts for (size and SHA-256)"""
     s3.put("s3://hostile-keys/refs/out/x", b"precious")
     s3.put("s3://hostile-keys/refs/in/a.jpg", jpeg(64, 48, seed=1))
     roots = ("--data-root", "s3://hostile-keys/refs/in/", "--output-root", "s3://hostile-keys/refs/out/")
     with worker_process(*roots) as w, \
             grpc.insecure_channel(w.address) as channel:
         stub = v1_grpc.ImageWorkerStub(channel)
-        for source, destination in (("s3://hostile-keys/refs/in/a.jpg", "s3://hostile-keys/refs/out/x?versionId=1.jpg"),
-                                    ("s3://hostile-keys/refs/in/a.jpg", "s3://hostile-keys/refs/out/x#1.jpg"),
-                                    ("s3://hostile-keys/refs/in/a.jpg?versionId=1", "s3://hostile-keys/refs/out/y.jpg")):
+        refs = "s3://hostile-keys/refs"
+        for source, destination in ((f"{refs}/in/a.jpg", f"{refs}/out/x?versionId=1.jpg"),
+                                    (f"{refs}/in/a.jpg", f"{refs}/out/x#1.jpg"),
+                                    (f"{refs}/in/a.jpg?versionId=1", f"{refs}/out/y.jpg"),
+                                    (f"{refs}/in/a.jpg", f"{refs}/out/x/")):  # s3fs would strip the '/'
             with pytest.raises(grpc.RpcError) as refused:
                 stub.Rotate(v1.RotateRequest(degrees=90, source=v1.ImageRef(uri=source),
                                              destination=v1.ImageRef(uri=destination)), timeout=30)
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            assert "in its key" in refused.value.details()
+            assert "in its key" in refused.value.details() or "ends in '/'" in refused.value.details()
         ok = stub.Rotate(v1.RotateRequest(degrees=90, source=v1.ImageRef(uri="s3://hostile-keys/refs/in/a.jpg"),
                                           destination=v1.ImageRef(uri="s3://hostile-keys/refs/out/y.jpg")), timeout=30)
         stored = s3.get("s3://hostile-keys/refs/out/y.jpg")

@@ -90,6 +90,18 @@ def normalise_uri(text: str) -> str:
     return f"{canonical}://{bucket.lower()}/{key}"
 
 
+def object_uri(text: str) -> str:
+    """``normalise_uri`` of a URI that names one object: ValueError too when its key is empty or ends in '/'
+    (a store's client strips that '/': s3://b/a.jpg/ reads and writes b/a.jpg, which the clash checks would
+    take for another object)."""
+    normal = normalise_uri(text)
+    scheme, _, rest = normal.partition("://")
+    key = rest.partition("/")[2]
+    if scheme not in READ_ONLY and (not key or key.endswith("/")):
+        raise ValueError(f"{text!r} names a folder (its key is empty or ends in '/'), not an object")
+    return normal
+
+
 def missing_package(scheme: str) -> tuple[str, str] | None:
     """(package, extra) when the package that serves ``scheme`` (canonical) is not installed, else None."""
     package, extra = PACKAGES[scheme]
@@ -186,7 +198,7 @@ class Roots:
             raise StorageError(f"this worker does not {verb} objects (start it with {option} s3://BUCKET/PREFIX/ "
                                "to use references)", Reason.REFERENCES_OFF)
         try:
-            normal = normalise_uri(uri)
+            normal = object_uri(uri)
         except ValueError as e:
             raise StorageError(f"reference {e}", Reason.OUTSIDE_ROOTS) from None
         if not any(normal.startswith(prefix) for prefix in prefixes):
