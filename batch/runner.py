@@ -9,12 +9,10 @@ row ends as an ``Outcome``; the caller turns it into a results row.
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import logging
 import os
 import random
-import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,10 +23,10 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from batch import store, stream
+from batch import stream
 from batch.channel import Pool
 from batch.concurrency import AdaptiveLimit
-from batch.durable import atomic_file, escapes
+from batch.files import read_input, write_output
 from batch.manifest import Row, real_folder, resolved
 from batch.results import ERROR, OK, Outcome, Reason, RowFailed, faces_json
 from batch.store import Uri
@@ -47,7 +45,6 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
 # per 0.9 MB photo (docs/benchmarks.md). Bigger ones (24 MP images) go to a thread so a long read or write
 # does not stall the calls in flight.
 INLINE_MAX = 2 * 1024 * 1024
-MAX_INPUT = 2**31 - 2**20  # a protobuf message carries under 2 GiB; the request's other fields need a little
 
 @dataclass(frozen=True)
 class Settings:
@@ -89,124 +86,6 @@ def busy(error: grpc.aio.AioRpcError, size: int) -> bool:
     """A worker at its in-flight limit (WORKER_BUSY, or gRPC's own cap): a slot frees within milliseconds,
     so these are retried soon, and more often, while the fleet answers (``Settings.busy_budget``)."""
     return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not permanent(error, size)
-
-
-def read_input(path: Path | Uri, limit: int | None = None) -> bytes | None:
-    """The input's bytes (None when it is over ``limit`` bytes, or an object in a store, whose read always waits
-    on the network: call again without a limit, in a thread), or RowFailed saying precisely why not.
-
-    Only a regular file is read, and only as many bytes as ``stat`` said: a FIFO is opened without blocking
-    (it would hold the run in ``open`` for good) and refused, and so is a device (``/dev/zero`` reads without
-    end) or a socket. An object is read in one GET of at most the size one call can carry.
-    """
-    if isinstance(path, Uri):
-        return None if limit is not None else _read_object(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise RowFailed(f"file not found: {path}", Reason.INPUT_NOT_FOUND) from None
-    except PermissionError:
-        raise RowFailed(f"permission denied reading {path}", Reason.INPUT_UNREADABLE) from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise RowFailed(f"symlink loop: {path}", Reason.INPUT_UNREADABLE) from None
-        if e.errno == errno.ENXIO:
-            raise RowFailed(f"not a regular file (a socket): {path}", Reason.NOT_A_REGULAR_FILE) from None
-        raise RowFailed(f"cannot read {path}: {e.strerror}", Reason.INPUT_UNREADABLE) from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise RowFailed(f"is a directory, not an image file: {path}", Reason.NOT_A_REGULAR_FILE)
-        if not stat.S_ISREG(info.st_mode):
-            raise RowFailed(f"not a regular file ({_file_kind(info.st_mode)}): {path}", Reason.NOT_A_REGULAR_FILE)
-        if info.st_size > MAX_INPUT:
-            raise RowFailed(f"file is {info.st_size:,} bytes ({info.st_size / 2**30:.1f} GiB): over the "
-                            f"{MAX_INPUT / 2**30:.0f} GiB one call can carry", Reason.INPUT_TOO_LARGE)
-    except BaseException:
-        os.close(fd)
-        raise
-    with open(fd, "rb") as f:
-        if limit is not None and info.st_size > limit:
-            return None
-        try:
-            data = f.read(info.st_size + 1)
-        except OSError as e:
-            raise RowFailed(f"cannot read {path}: {e.strerror}", Reason.INPUT_UNREADABLE) from None
-        if len(data) > info.st_size:
-            raise RowFailed(f"file grew while it was read (still being written?): {path}", Reason.INPUT_CHANGED)
-        return data
-
-
-def _read_object(uri: Uri) -> bytes:
-    try:
-        data = store.read(uri, MAX_INPUT)
-    except FileNotFoundError:
-        raise RowFailed(f"object not found: {uri}", Reason.INPUT_NOT_FOUND) from None
-    except PermissionError:
-        raise RowFailed(f"permission denied reading {uri}", Reason.INPUT_UNREADABLE) from None
-    except OSError as e:
-        raise RowFailed(f"cannot read {uri}: {e}", Reason.INPUT_UNREADABLE) from None
-    if len(data) > MAX_INPUT:
-        raise RowFailed(f"object {uri} is over the {MAX_INPUT / 2**30:.0f} GiB one call can carry",
-                        Reason.INPUT_TOO_LARGE)
-    return data
-
-
-def _file_kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a plain file"
-
-
-def write_output(path: Path | Uri, data: bytes, root: str) -> None:
-    """Write atomically, without an fsync: the run makes outputs durable in groups before journaling
-    their rows (batch/durable.py). ``root`` is --out with links resolved: the output's folder, resolved
-    when it is written to, must be inside it (a folder inside --out may be a link to elsewhere). An object
-    named by the manifest is one PUT: atomic, and durable once answered."""
-    if isinstance(path, Uri):
-        try:
-            store.write(path, data)
-        except OSError as e:
-            raise RowFailed(f"cannot write output {path}: {e}", Reason.OUTPUT_UNWRITABLE) from None
-        return
-    try:
-        _make_folder(path.parent)
-        if (elsewhere := escapes(path.parent, root)) is not None:
-            raise RowFailed(f"output {path} would be written outside --out: {path.parent} leads to {elsewhere}",
-                            Reason.OUTPUT_OUTSIDE_OUT)
-        try:
-            with atomic_file(path, durable=False) as f:
-                f.write(data)
-        except FileNotFoundError:  # the folder was removed during the run
-            _made.discard(path.parent)
-            _make_folder(path.parent)
-            with atomic_file(path, durable=False) as f:
-                f.write(data)
-    except OSError as e:
-        raise RowFailed(f"cannot write output {path}: {e.strerror or e}", Reason.OUTPUT_UNWRITABLE) from None
-
-
-_made: set[Path] = set()  # folders known to exist: one mkdir per folder, not per row
-
-
-def forget_folders() -> None:
-    """Drop what the run learnt about folders (made, resolved): a later run in this process looks again."""
-    _made.clear()
-    real_folder.cache_clear()
-
-
-def _make_folder(folder: Path) -> None:
-    if folder not in _made:
-        folder.mkdir(parents=True, exist_ok=True)
-        if len(_made) > 10_000:  # bounded: outputs spread over many folders only cost a mkdir each again
-            _made.clear()
-        _made.add(folder)
 
 
 def describe(error: grpc.aio.AioRpcError) -> str:

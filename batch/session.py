@@ -36,6 +36,7 @@ from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, address_count, grpc_ta
 from batch.concurrency import DEFAULT_CAP, AdaptiveLimit
 from batch.durable import Entry, GroupCommit
 from batch.errors import BatchError, UsageError, WorkerStartError
+from batch.files import forget_folders
 from batch.index import RunIndex, Scanned
 from batch.manifest import ManifestError, Row, read_rows
 from batch.progress import Progress, Tally
@@ -55,7 +56,7 @@ from batch.results import (
     write_run_info,
     write_table,
 )
-from batch.runner import Settings, fan_out, forget_folders
+from batch.runner import Settings, fan_out
 from batch.shard import Shard, file_sha256, sharer
 from batch.store import Uri, credentials_problem, is_uri, parse
 from worker.local import LocalWorker, LocalWorkerError, cpu_count

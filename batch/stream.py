@@ -24,7 +24,8 @@ from typing import IO
 
 import grpc
 
-from batch.durable import atomic_file, escapes
+from batch.durable import atomic_file
+from batch.files import open_input, output_folder
 from batch.results import Reason, RowFailed
 from worker.api import imageworker_v1_pb2 as v1
 
@@ -46,7 +47,7 @@ async def rotate(stub, request: v1.RotateRequest, path: Path, size: int, output:
                  timeout: float) -> v1.RotateResponse:
     """``request`` (without its image) on the ``size``-byte file ``path`` by RotateStream; the rotated image
     written atomically to ``output``, whose folder must resolve inside ``root``; the answer's metadata."""
-    _check_folder(output, root)
+    output_folder(output, root)
     call = stub.RotateStream(timeout=timeout)
     with _opened(path) as source, _cancelled_on_error(call):
         await _send(call, v1.RotateChunk(request=request, size=size), v1.RotateChunk, source, size)
@@ -126,14 +127,9 @@ async def _receive(call, sink: IO[bytes], size: int, path: Path) -> None:
 
 @contextlib.contextmanager
 def _opened(path: Path) -> Iterator[IO[bytes]]:
-    """The input opened for a stream: a regular file only (a FIFO must not block the run in ``open``)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise RowFailed(f"cannot read {path}: {e.strerror}", Reason.INPUT_UNREADABLE) from None
+    """The input opened for a stream (batch/files.py: a regular file only, refused precisely otherwise)."""
+    fd, _size = open_input(path)
     with open(fd, "rb", buffering=0) as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced since it was looked at
-            raise RowFailed(f"not a regular file: {path}", Reason.NOT_A_REGULAR_FILE)
         yield f
 
 
@@ -147,14 +143,3 @@ def _cancelled_on_error(call) -> Iterator[None]:
     except BaseException:
         call.cancel()
         raise
-
-
-def _check_folder(output: Path, root: str) -> None:
-    """Make ``output``'s folder; refuse it unless it resolves inside ``root`` (--out with links resolved)."""
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RowFailed(f"cannot write output {output}: {e.strerror or e}", Reason.OUTPUT_UNWRITABLE) from None
-    if (elsewhere := escapes(output.parent, root)) is not None:
-        raise RowFailed(f"output {output} would be written outside --out: {output.parent} leads to {elsewhere}",
-                        Reason.OUTPUT_OUTSIDE_OUT)
