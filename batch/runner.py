@@ -12,16 +12,12 @@ import asyncio
 import hashlib
 import logging
 import os
-import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from batch import stream
 from batch.channel import Pool
@@ -29,17 +25,12 @@ from batch.concurrency import AdaptiveLimit
 from batch.files import read_input, write_output
 from batch.manifest import Row, real_folder, resolved
 from batch.results import ERROR, OK, Outcome, Reason, RowFailed, faces_json
+from batch.retry import GaveUp, Retries
 from batch.store import Uri
 from worker.api import imageworker_v1_pb2 as v1
 
-log = logging.getLogger("batch.runner")  # `batch run -v`: retries, busy refusals, slow rows as they happen
+log = logging.getLogger("batch.runner")  # `batch run -v`: slow rows as they happen (retries: batch/retry.py)
 
-# Not gRPC's own retries (service-config retryPolicy): measured, they skip requests over 256 KiB unless
-# grpc.per_rpc_retry_buffer_size is raised, clamp attempts at 5, and see codes only: busy and too large look alike.
-# CANCELLED here comes from the other side (our own cancellation raises asyncio.CancelledError instead): a
-# worker shutting down cancels a call that reached it as it stopped; another worker can answer it.
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.CANCELLED)
 # Files up to this size are read and written in the event loop: on a local disk (page cache) that takes well
 # under a millisecond, less than the two thread hops it saves: 0.2 ms of driver CPU per 3 KiB image, 0.7 ms
 # per 0.9 MB photo (docs/benchmarks.md). Bigger ones (24 MP images) go to a thread so a long read or write
@@ -68,97 +59,6 @@ class Settings:
         ordinary retries at most, and never less than a call may take (--timeout): other drivers' calls may hold
         every slot of the fleet that long, and a driver refused while they do has no answer of its own."""
         return max(self.timeout, sum(min(self.backoff_cap, self.backoff_base * 2 ** k) for k in range(self.retries)))
-
-
-def backoff(retry: int, settings: Settings, busy: bool = False) -> float:
-    """Seconds before retry number ``retry`` (1-based): exponential, capped, with jitter in [1/2, 1] of it.
-
-    Defaults (1 s doubling to 20 s, 6 retries) wait 26-51 s in all: a worker restarting within
-    that does not fail a row. After busy refusals: 50 ms doubling to 1 s.
-    """
-    base, cap = ((settings.busy_backoff_base, settings.busy_backoff_cap) if busy
-                 else (settings.backoff_base, settings.backoff_cap))
-    ceiling = min(cap, base * 2 ** (retry - 1))
-    return ceiling * random.uniform(0.5, 1.0)
-
-
-def busy(error: grpc.aio.AioRpcError, size: int) -> bool:
-    """A worker at its in-flight limit (WORKER_BUSY, or gRPC's own cap): a slot frees within milliseconds,
-    so these are retried soon, and more often, while the fleet answers (``Settings.busy_budget``)."""
-    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not permanent(error, size)
-
-
-def describe(error: grpc.aio.AioRpcError) -> str:
-    return f"{error.code().name}: {error.details()}"
-
-
-WORKER_DOMAIN = "imageworker.v1"
-WORKER_BUSY = v1.ErrorReason.Name(v1.WORKER_BUSY)
-# gRPC's own RESOURCE_EXHAUSTED carries no reason and means either a request over the worker's transport limit
-# (max-message + max(max-message, 16 MiB): always over this) or, under a burst, a call past gRPC's concurrency
-# cap (worker/server.py): without reading its text, only the size of the request tells them apart.
-TRANSPORT_LIMIT_FLOOR = 16 * 2**20
-
-
-def error_reason(error: grpc.aio.AioRpcError) -> str | None:
-    """The worker's ErrorInfo reason (a name of imageworker.v1.ErrorReason) from the status details, if any."""
-    try:
-        status = rpc_status.from_call(error)
-    except (ValueError, DecodeError):  # details that do not parse, or contradict the status: no reason
-        return None
-    for detail in status.details if status is not None else ():
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info) and info.domain == WORKER_DOMAIN:
-            return info.reason
-    return None
-
-
-def permanent(error: grpc.aio.AioRpcError, size: int) -> bool:
-    """Whether retrying the ``size``-byte image cannot help: anything but the transient codes, and a
-    RESOURCE_EXHAUSTED but a busy worker's (IMAGE_TOO_LARGE, or gRPC's own refusal of a message over its limit)."""
-    if error.code() not in RETRYABLE:
-        return True
-    if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return False
-    reason = error_reason(error)
-    if reason is None:
-        return size > TRANSPORT_LIMIT_FLOOR
-    return reason != WORKER_BUSY
-
-
-def explain_permanent(error: grpc.aio.AioRpcError, size: int) -> str:
-    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and error_reason(error) is None:
-        # gRPC's own transport limit, before our servicer sees the image
-        return (f"{describe(error)}: the image ({size:,} bytes, {size / 2**20:.1f} MiB) is over the worker's "
-                "message limit; start the worker with a larger `worker serve --max-message-mb`")
-    return describe(error)
-
-
-def permanent_reason(error: grpc.aio.AioRpcError) -> str:
-    """The ``reason`` of a row failed for good by ``error``: the worker's ErrorInfo reason; else gRPC's own
-    refusal of a message over its limit; else the status code's name (a worker of another make, say)."""
-    if (reason := error_reason(error)) is not None:
-        return reason
-    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return Reason.MESSAGE_TOO_LARGE
-    return error.code().name
-
-
-# The reason of a row whose retries ran out, by the last attempt's code (one of RETRYABLE).
-_EXHAUSTED = {grpc.StatusCode.DEADLINE_EXCEEDED: Reason.TIMED_OUT, grpc.StatusCode.RESOURCE_EXHAUSTED:
-              Reason.WORKER_OVERLOADED, grpc.StatusCode.UNAVAILABLE: Reason.RETRIES_EXHAUSTED,
-              grpc.StatusCode.CANCELLED: Reason.RETRIES_EXHAUSTED}
-
-
-def explain_exhausted(error: grpc.aio.AioRpcError, attempts: int, settings: Settings) -> str:
-    code = error.code()
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return (f"no answer within --timeout {settings.timeout:g} s in {attempts} attempts "
-                f"(a larger --timeout helps with big images): {describe(error)}")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return (f"worker overloaded after {attempts} attempts (lower --concurrency or start more workers): "
-                f"{describe(error)}")
-    return f"worker unavailable after {attempts} attempts: {describe(error)}"
 
 
 def by_reference(row: Row, settings: Settings) -> bool:
@@ -203,11 +103,9 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
         except RowFailed as e:
             return Outcome.failed(e)
     source = _reference(row.input_path) if referenced else None
-    attempts = 0
-    failures = 0  # retryable failures other than busy refusals: at most settings.retries are retried
-    busy_refusals, first_refused = 0, 0.0
+    calls = Retries(settings, limit, row.id)
     while True:
-        attempts += 1
+        calls.attempts += 1
         started = time.monotonic()
         try:
             async with pool.call() as stub:
@@ -227,34 +125,12 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
                                    stream.classify(stub, request, row.input_path, size, settings.timeout))
                 worker = pool.answered(stub, reply.worker)
         except RowFailed as e:
-            return Outcome.failed(e, attempts=attempts)
+            return Outcome.failed(e, attempts=calls.attempts)
         except grpc.aio.AioRpcError as e:
-            if permanent(e, len(data)):
-                return Outcome(ERROR, error=explain_permanent(e, len(data)), reason=permanent_reason(e),
-                               attempts=attempts)
-            if refused := busy(e, len(data)):
-                limit.refused()
-                busy_refusals += 1
-                wait = backoff(busy_refusals, settings, busy=True)
-                # A full fleet (other drivers' calls, say) answers some of ours: the row waits its turn for as
-                # long as that goes on. Only a fleet that answered none of the run's calls for the busy budget
-                # since this row's first refusal fails it, as overloaded.
-                now = time.monotonic()
-                if busy_refusals == 1:
-                    first_refused = now
-                given_up = now + wait - max(first_refused, limit.last_answer) > settings.busy_budget
-            else:
-                failures += 1
-                wait = backoff(failures, settings)
-                given_up = failures > settings.retries
-            if given_up:
-                log.warning("row %s: giving up after %d attempts: %s", row.id, attempts, describe(e))
-                return Outcome(ERROR, error=explain_exhausted(e, attempts, settings), reason=_EXHAUSTED[e.code()],
-                               attempts=attempts,
-                               gave_up=True)
-            log.info("row %s: %s; %s in %.2f s", row.id, describe(e),
-                     f"worker busy, busy refusal {busy_refusals}" if refused
-                     else f"retry {failures} of {settings.retries}", wait)
+            try:
+                wait = calls.after(e, len(data))
+            except RowFailed as failed:
+                return Outcome.failed(failed, attempts=calls.attempts, gave_up=isinstance(failed, GaveUp))
             await asyncio.sleep(wait)
             continue
         latency_ms = (time.monotonic() - started) * 1000
@@ -263,7 +139,7 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
             log.info("row %s: slow: its call took %.1f s, over half of --timeout %g s", row.id, latency_ms / 1000,
                      settings.timeout)
         break
-    common = dict(attempts=attempts, latency_ms=latency_ms, worker=worker, width=reply.width,
+    common = dict(attempts=calls.attempts, latency_ms=latency_ms, worker=worker, width=reply.width,
                   height=reply.height)
     if row.op == "classify":
         return Outcome(OK, label=reply.label, confidence=reply.confidence, faces=faces_json(reply.faces),

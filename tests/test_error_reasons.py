@@ -15,7 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from PIL import Image
 
-from batch.runner import busy, error_reason, explain_permanent, permanent
+from batch.retry import busy, error_reason, explain_permanent, permanent
 from tests.support.hostile import gif_frame_bomb, png_bomb
 from tests.support.images import jpeg
 from tests.support.processes import BIG_MESSAGES, worker_process

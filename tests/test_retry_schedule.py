@@ -16,7 +16,8 @@ from batch.channel import Pool
 from batch.concurrency import AdaptiveLimit
 from batch.manifest import Row
 from batch.results import Outcome
-from batch.runner import Settings, backoff, fan_out
+from batch.retry import backoff
+from batch.runner import Settings, fan_out
 from tests.support.images import jpeg
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
