@@ -32,7 +32,7 @@ def read_input(path: Path | Uri, limit: int | None = None) -> bytes | None:
     """
     if isinstance(path, Uri):
         return None if limit is not None else _read_object(path)
-    fd, size = open_input(path)
+    fd, size = open_input(path, MAX_INPUT)
     with open(fd, "rb") as f:
         if limit is not None and size > limit:
             return None
@@ -45,9 +45,10 @@ def read_input(path: Path | Uri, limit: int | None = None) -> bytes | None:
         return data
 
 
-def open_input(path: Path) -> tuple[int, int]:
+def open_input(path: Path, max_size: int | None = None) -> tuple[int, int]:
     """A local input opened for reading, and its size: a regular file only, checked on what was opened, and
-    not blocking the run in ``open`` (a FIFO); RowFailed saying precisely why not. The caller closes it."""
+    not blocking the run in ``open`` (a FIFO); with ``max_size`` (what one call can carry), at most that big;
+    RowFailed saying precisely why not. The caller closes it. A stream has no such bound: the worker says."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -66,9 +67,9 @@ def open_input(path: Path) -> tuple[int, int]:
             raise RowFailed(f"is a directory, not an image file: {path}", Reason.NOT_A_REGULAR_FILE)
         if not stat.S_ISREG(info.st_mode):
             raise RowFailed(f"not a regular file ({_file_kind(info.st_mode)}): {path}", Reason.NOT_A_REGULAR_FILE)
-        if info.st_size > MAX_INPUT:
+        if max_size is not None and info.st_size > max_size:
             raise RowFailed(f"file is {info.st_size:,} bytes ({info.st_size / 2**30:.1f} GiB): over the "
-                            f"{MAX_INPUT / 2**30:.0f} GiB one call can carry", Reason.INPUT_TOO_LARGE)
+                            f"{max_size / 2**30:.0f} GiB one call can carry", Reason.INPUT_TOO_LARGE)
     except BaseException:
         os.close(fd)
         raise
