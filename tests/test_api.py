@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import threading
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import worker
 from tests.support.images import jpeg
 from tests.support.inprocess import StandInClassifier, in_process_worker
 from tests.support.manifests import write_manifest
+from worker.local import python_command
 
 
 @pytest.fixture
@@ -139,3 +141,16 @@ def test_a_dataframe_runs_on_the_embedded_worker_by_reference(tmp_path, monkeypa
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["workers"]["embedded"] and run["workers"]["rows_by_reference"] == 3
     assert run["base"] == str(tmp_path) and not (tmp_path / "out" / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_a_plain_script_prints_nothing_and_leaves_no_lock(tmp_path) -> None:
+    (tmp_path / "a.jpg").write_bytes(jpeg(48, 32))
+    script = ("import pandas as pd, batch\n"
+              "frame = pd.DataFrame({'path': ['a.jpg', 'missing.jpg'], 'op': 'rotate', 'rotation': 90})\n"
+              "results = batch.run(frame, out='out')\n"
+              "assert list(results['status']) == ['ok', 'error'], results\n")
+    done = subprocess.run(python_command("-c", script), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("", "")  # a library prints nothing unless asked
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
