@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -47,6 +48,7 @@ FOLDER_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # A scraper sends its request at once and reads the answer within its own timeout (Prometheus: 10 s).
 SCRAPE_READ_TIMEOUT = 5.0  # seconds a connection may stay silent before it is closed
 SCRAPE_CONNECTIONS = 32  # connections served at once; each holds a thread
+SCRAPE_TRIES = 3  # reads of the processes' files per scrape (see _settled)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -180,6 +182,26 @@ class _ScrapeServer(ThreadingMixIn, WSGIServer):
         log.debug("metrics connection from %s ended early", client_address, exc_info=True)
 
 
+def _settled(app):
+    """``app`` (prometheus_client's WSGI app over the processes' files), read again when a read races a
+    process's start or end: a file listed and then removed as its process exits (FileNotFoundError), or
+    read while it is being created or grown (prometheus_client's RuntimeError "read beyond file size",
+    struct.error). These came back as HTTP 500 to a scraper polling during a test; a retry a moment later
+    reads settled files. The app raises before it starts the response, so reading again is safe."""
+    def wsgi(environ, start_response):
+        for _ in range(SCRAPE_TRIES - 1):
+            with contextlib.suppress(OSError, RuntimeError, struct.error):
+                return app(environ, start_response)
+            time.sleep(0.01)
+        try:
+            return app(environ, start_response)
+        except (OSError, RuntimeError, struct.error) as e:
+            log.warning("metrics scrape failed %d times, the last: %r", SCRAPE_TRIES, e)
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"metrics are being rewritten by a worker process; scrape again\n"]
+    return wsgi
+
+
 @contextlib.contextmanager
 def exported(host: str, port: int | None) -> Iterator[None]:
     """Serve http://host:port/metrics, the sum over every process forked inside the block (nothing if ``port``
@@ -204,7 +226,7 @@ def exported(host: str, port: int | None) -> Iterator[None]:
             server = _ScrapeServer(host, port)
         except OSError as e:
             raise OSError(f"cannot bind --metrics-port {host}:{port}: {e.strerror}") from None
-        server.set_app(make_wsgi_app(registry))
+        server.set_app(_settled(make_wsgi_app(registry)))
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         _endpoint = server.socket
         log.info("metrics at http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
