@@ -42,6 +42,7 @@ MANIFEST_COLUMNS = ("path", "op", "rotation", "output", "id")
 # The highest of every seconds option: gRPC turns a deadline of ~9e9 s or more (and inf, nan) into one already
 # past, and asyncio.sleep overflows on huge values; a day is far beyond any call or interval that makes sense.
 DAY = 86400.0
+MAX_CONCURRENCY, MAX_RETRIES, MAX_CONNECTIONS = 100_000, 1_000, 1_024
 
 
 def configure(manifest: str | os.PathLike, *, out: str | os.PathLike | None = None,
@@ -69,9 +70,10 @@ def configure(manifest: str | os.PathLike, *, out: str | os.PathLike | None = No
     from batch.shard import parse_shard
     from batch.store import is_uri
 
-    _check_int("concurrency", concurrency, 1, optional=True)
-    _check_int("retries", retries, 0)
-    _check_int("connections", connections, 1, optional=True)
+    # Upper bounds far past any use, so that a typo is an error rather than a run that cannot be held in memory.
+    _check_int("concurrency", concurrency, 1, optional=True, maximum=MAX_CONCURRENCY)
+    _check_int("retries", retries, 0, maximum=MAX_RETRIES)
+    _check_int("connections", connections, 1, optional=True, maximum=MAX_CONNECTIONS)
     _check_int("quality", quality, 1, optional=True, maximum=100)
     for option, value, low in (("--timeout", timeout, 0.001), ("--resolve-every", resolve_every, 0.1),
                                ("--checkpoint-every", checkpoint_every, 0.1)):

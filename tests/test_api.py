@@ -115,8 +115,12 @@ def test_problems_of_the_run_raise_batch_errors(tmp_path) -> None:
         batch.run(bad, out=tmp_path / "out", workers=["127.0.0.1:9"])
     with pytest.raises(batch.UsageError, match="out is required"):
         batch.run([{"path": "a.jpg", "op": "classify"}])
-    with pytest.raises(batch.UsageError, match="--concurrency must be at least 1"):
+    with pytest.raises(batch.UsageError, match="--concurrency must be between 1 and 100000"):
         batch.run(bad, concurrency=0)
+    with pytest.raises(batch.UsageError, match=r"--retries must be between 0 and 1000 \(got 1000000000\)"):
+        batch.run(bad, retries=10**9)
+    with pytest.raises(batch.UsageError, match="--connections must be between 1 and 1024"):
+        batch.run(bad, connections=1 << 40)
     with pytest.raises(batch.UsageError, match="unknown option colour"):
         batch.run(bad, colour="red")
     with pytest.raises(batch.UsageError, match="--format 'jpeg2000'"):

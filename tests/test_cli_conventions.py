@@ -59,6 +59,9 @@ def test_dash_h_is_help(main, args: list[str]) -> None:
     (["--max-call-seconds", "inf"], "--max-call-seconds must be more than 0 and at most"),
     (["--keepalive-seconds", "nan"], "--keepalive-seconds must be more than 0 and at most"),
     (["--idle-connection-seconds", "1e12"], "--idle-connection-seconds must be more than 0 and at most"),
+    (["--grace", "inf"], "--grace must be from 0 to"), (["--grace", "nan"], "--grace must be from 0 to"),
+    (["--threads", "100000"], "--threads must be from 1 to 1024"),
+    (["--processes", "5000"], "--processes and --threads must be from 1 to 1024"),
 ])
 def test_worker_serve_usage_errors_exit_2(args: list[str], message: str) -> None:
     result = CliRunner().invoke(worker_main, ["serve", *args], catch_exceptions=False)

@@ -13,8 +13,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -24,6 +27,7 @@ from click.testing import CliRunner
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from tests.support import intruder
 from tests.support.images import jpeg, photo
 from tests.support.manifests import write_manifest
 from tests.support.processes import ROOT, free_port, start_batch, wait_for, worker_process
@@ -58,27 +62,44 @@ def _listening(processes: list[psutil.Process]) -> tuple[list[int], list[str]]:
     return sorted(ports), sorted(paths)
 
 
-def _nobody_can_run_python() -> str | None:
-    """Why the probe cannot run as nobody here, or None."""
+@pytest.fixture
+def as_nobody() -> Iterator[list[str] | str]:
+    """The intruder's command as the user nobody, from a copy in a public folder, or why it cannot run here.
+
+    The copy and a base interpreter in isolated mode make the probe independent of the permissions of the
+    checkout and its virtual environment (a CI checkout may live in a private folder)."""
     if os.geteuid() != 0:
-        return "needs root, to run a probe as the user nobody (setpriv); run the suite as root, as CI does"
+        yield "needs root, to run a probe as the user nobody (setpriv); run the suite as root, as CI does"
+        return
     if shutil.which("setpriv") is None:
-        return "needs setpriv (util-linux) to run a probe as the user nobody"
-    probe = subprocess.run([*AS_NOBODY, *python_command("-c", "import grpc, worker.api")], capture_output=True,
-                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd="/")
-    if probe.returncode != 0:
-        return f"nobody cannot run this interpreter on this checkout: {probe.stderr.strip()[-300:]}"
-    return None
+        yield "needs setpriv (util-linux) to run a probe as the user nobody"
+        return
+    public = Path(tempfile.mkdtemp(prefix="imagebatch-intruder-"))
+    try:
+        public.chmod(0o755)
+        script = public / "intruder.py"
+        shutil.copyfile(intruder.__file__, script)
+        script.chmod(0o644)
+        for python in dict.fromkeys(filter(None, [os.path.realpath(sys.executable), shutil.which("python3")])):
+            if subprocess.run([*AS_NOBODY, python, "-I", "-c", "import socket"], capture_output=True,
+                              cwd="/").returncode == 0:
+                yield [*AS_NOBODY, python, "-I", str(script)]
+                break
+        else:
+            yield "no Python interpreter here that the user nobody may run"
+    finally:
+        shutil.rmtree(public)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_another_user_cannot_use_the_embedded_worker_while_a_batch_runs(tmp_path: Path, stop: signal.Signals,
+                                                                        as_nobody: list[str] | str,
                                                                         record_property) -> None:
     """As nobody during a batch: the embedded worker has no TCP port and its sockets refuse; the folder goes"""
-    if reason := _nobody_can_run_python():
-        pytest.skip(reason)
+    if isinstance(as_nobody, str):
+        pytest.skip(as_nobody)
     data, out = tmp_path / "data", tmp_path / "out"
     (data / "private").mkdir(parents=True)
     (data / "private").chmod(0o700)
@@ -99,11 +120,9 @@ def test_another_user_cannot_use_the_embedded_worker_while_a_batch_runs(tmp_path
         mode = folder.stat().st_mode & 0o777 if folder else None
         plant = out / "o" / "planted.png"  # a row's output would do as well: the worker would replace it
         probe = subprocess.run(
-            [*AS_NOBODY, *python_command("-m", "tests.support.intruder", "--secret", str(data / "private" /
-                                                                                            "secret.png"),
-                                         "--plant", str(plant)),
+            [*as_nobody, "--secret", str(data / "private" / "secret.png"), "--plant", str(plant),
              *(f"--tcp={p}" for p in ports), *(f"--unix={p}" for p in paths)],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd="/")
+            capture_output=True, text=True, timeout=120, cwd="/")
         assert probe.returncode == 0, probe.stderr
         seen = json.loads(probe.stdout)
         still_running = batch.poll() is None

@@ -51,6 +51,7 @@ class ConfigError(ValueError):
 SERVICE_NAMES = ("imageworker.v1.ImageWorker", "ABImageService")
 # The longest of the worker's own time limits: a year, well within what gRPC's millisecond options hold.
 MAX_SECONDS = 365 * 24 * 3600
+MAX_PROCESSES = 1024
 # Clients may ping this often (the driver pings every 30 s during calls); more often is gRPC's "too many pings".
 MIN_CLIENT_PING_MS = 10_000
 # Calls gRPC admits beyond the image calls: health checks, the first answer of
@@ -187,8 +188,10 @@ def _check_config(config: ServerConfig) -> None:
     for path in (config.tls_cert, config.tls_key, config.tls_client_ca):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"TLS file not found: {path}")
-    if config.processes < 1 or config.threads < 1:
-        raise ConfigError("--processes and --threads must be at least 1")
+    if not (1 <= config.processes <= MAX_PROCESSES and 1 <= config.threads <= MAX_PROCESSES):
+        raise ConfigError(f"--processes and --threads must be from 1 to {MAX_PROCESSES}")
+    if not 0 <= config.grace <= MAX_SECONDS:  # nan fails too
+        raise ConfigError(f"--grace must be from 0 to {MAX_SECONDS:,} seconds (a year): got {config.grace:g}")
     for flag, seconds in (("--stream-idle-seconds", config.stream_idle_seconds),
                           ("--max-call-seconds", config.max_call_seconds),
                           ("--keepalive-seconds", config.keepalive_seconds),

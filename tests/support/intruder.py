@@ -1,12 +1,16 @@
 """Another local user looking for a worker to use; tests/test_trust.py runs it as ``nobody`` during a batch.
 
-    python -P -m tests.support.intruder --secret PATH --plant PATH [--tcp PORT]... [--unix PATH]...
+    python -I intruder.py --secret PATH --plant PATH [--tcp PORT]... [--unix PATH]...
 
 It lists what any user can see (listening loopback TCP ports in /proc/net/tcp and tcp6, listening Unix
 sockets in /proc/net/unix), then tries to use the addresses it is given (the ones that belong to the batch
 under test, so that nothing else on a shared machine is called): a plain connect, a health check, and a Rotate
 by reference that reads ``--secret`` and writes ``--plant``. It prints one JSON object saying what it saw and
 what each attempt got.
+
+It needs only the standard library until a connect succeeds (then grpc and the generated stubs, if this user
+can import them), so it runs as another user from a copy in a public folder, whatever the permissions of the
+checkout and its virtual environment.
 """
 
 from __future__ import annotations
@@ -16,12 +20,6 @@ import errno
 import json
 import socket
 from pathlib import Path
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from worker.api import imageworker_v1_pb2 as v1
-from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 ACCEPTING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix: a listening socket
@@ -64,6 +62,14 @@ def connect(family: int, address) -> str:
 
 def call(target: str, secret: str, plant: str) -> dict[str, str]:
     """A health check and a Rotate by reference at ``target``: "OK"/"SERVING", or the status code's name."""
+    try:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        from worker.api import imageworker_v1_pb2 as v1
+        from worker.api import imageworker_v1_pb2_grpc as v1_grpc
+    except ImportError as e:  # the connect alone already showed the worker open to this user
+        return {"health": f"not tried: {e}", "rotate": f"not tried: {e}"}
     got = {}
     with grpc.insecure_channel(target) as channel:
         try:
@@ -89,13 +95,13 @@ def main() -> None:
     args = ap.parse_args()
     seen_ports, seen_paths = loopback_tcp_ports(), listening_unix_paths()
     tried = []
-    for port in args.tcp:
-        tried.append({"address": f"127.0.0.1:{port}", "seen": port in seen_ports,
-                      "connect": connect(socket.AF_INET, ("127.0.0.1", port)),
-                      **call(f"127.0.0.1:{port}", args.secret, args.plant)})
-    for path in args.unix:
-        tried.append({"address": f"unix:{path}", "seen": path in seen_paths,
-                      "connect": connect(socket.AF_UNIX, path), **call(f"unix:{path}", args.secret, args.plant)})
+    attempts = [(f"127.0.0.1:{port}", port in seen_ports, socket.AF_INET, ("127.0.0.1", port)) for port in args.tcp]
+    attempts += [(f"unix:{path}", path in seen_paths, socket.AF_UNIX, path) for path in args.unix]
+    for target, seen, family, address in attempts:
+        connected = connect(family, address)
+        untried = "not tried (no connection)"
+        called = call(target, args.secret, args.plant) if connected == "ok" else {"health": untried, "rotate": untried}
+        tried.append({"address": target, "seen": seen, "connect": connected, **called})
     print(json.dumps({"tcp_ports_seen": len(seen_ports), "unix_sockets_seen": len(seen_paths), "tried": tried}))
 
 
