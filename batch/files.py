@@ -3,7 +3,7 @@
 An input is read only if it is a regular file, checked on what was opened (a FIFO must not hold the run in
 ``open``, a device reads without end), and only as many bytes as ``stat`` said; an output is written
 atomically, in a folder that resolves inside --out. Every refusal is a ``RowFailed`` with its reason. Both
-ways of sending use these: the bytes in one call (batch/runner.py) and a stream (batch/stream.py).
+ways of sending use these: the bytes in one call and a stream (batch/transport.py, batch/stream.py).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ grpc.per_rpc_retry_buffer_size is raised, clamp attempts at 5, and see codes onl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -23,7 +24,9 @@ from batch.results import Reason, RowFailed
 from worker.api import imageworker_v1_pb2 as v1
 
 if TYPE_CHECKING:
+    from batch.channel import Pool
     from batch.runner import Settings
+    from batch.transport import Sent, Transport
 
 log = logging.getLogger("batch.retry")  # `batch run -v`: retries and busy refusals as they happen
 
@@ -38,7 +41,8 @@ class GaveUp(RowFailed):
 
 
 class Retries:
-    """One row's calls: how many were made, and after each failed one whether, and when, to call again."""
+    """One row's calls: how many were made, and after each failed one whether, and when, to call again.
+    ``call`` wraps any transport in this policy."""
 
     def __init__(self, settings: Settings, limit: AdaptiveLimit, row_id: str) -> None:
         self.settings = settings
@@ -48,6 +52,24 @@ class Retries:
         self._failures = 0  # retryable failures other than busy refusals: at most settings.retries are retried
         self._busy_refusals = 0
         self._first_refused = 0.0
+
+    async def call(self, transport: Transport, pool: Pool) -> tuple[Sent, float]:
+        """``transport.send`` until it is answered: the answer and its call's latency in seconds; RowFailed (or
+        GaveUp) when the row fails on our side, for good, or after its retries."""
+        while True:
+            self.attempts += 1
+            started = time.monotonic()
+            try:
+                sent = await transport.send(pool)
+            except grpc.aio.AioRpcError as e:
+                await asyncio.sleep(self.after(e, transport.message_bytes))
+                continue
+            latency = time.monotonic() - started
+            self.limit.answered(latency)
+            if latency > self.settings.timeout / 2:
+                log.info("row %s: slow: its call took %.1f s, over half of --timeout %g s", self.row_id, latency,
+                         self.settings.timeout)
+            return sent, latency
 
     def after(self, error: grpc.aio.AioRpcError, size: int) -> float:
         """Seconds to wait before calling again after ``error`` (the request carried ``size`` bytes); RowFailed
