@@ -6,7 +6,8 @@
 handler also answers as ``/imageworker.v1.ImageWorker/Rotate``, so that a real
 ``batch run --worker`` can use it as a stand-in worker: a request by reference
 (``destination`` set) is answered with the metadata only, as a worker that
-wrote the file would.
+wrote the file would. It answers ``RotateBatch`` too, each item as Rotate (one admission for the batch, as
+the worker does), so that a driver's batched sending can be priced alone.
 
 It runs on ``worker.server`` itself: ``serve`` reserves the port and forks the
 processes (SO_REUSEPORT, signals, LISTENING line), and ``new_server``/``bind``
@@ -47,14 +48,28 @@ def serve_echo(config: ServerConfig, address: str, ready: Callable[[], None]) ->
         except Busy as e:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
 
+    def answer_batch(request: pb.RotateBatchRequest) -> pb.RotateBatchResponse:
+        return pb.RotateBatchResponse(results=[pb.RotateResult(response=answer(item)) for item in request.items])
+
+    def echo_batch(request: pb.RotateBatchRequest, context) -> pb.RotateBatchResponse:
+        try:
+            return admission.run(answer_batch, request)
+        except Busy as e:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+
     server = new_server(config)
     handler = grpc.unary_unary_rpc_method_handler(
         echo, request_deserializer=pb.RotateRequest.FromString,
         response_serializer=pb.RotateResponse.SerializeToString,
     )
+    batch = grpc.unary_unary_rpc_method_handler(
+        echo_batch, request_deserializer=pb.RotateBatchRequest.FromString,
+        response_serializer=pb.RotateBatchResponse.SerializeToString,
+    )
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Rotate": handler}),
                                      grpc.method_handlers_generic_handler("imageworker.v1.ImageWorker",
-                                                                          {"Rotate": handler})])
+                                                                          {"Rotate": handler,
+                                                                           "RotateBatch": batch})])
     bind(server, config, address)
     stop = stop_requested()
     server.start()

@@ -19,6 +19,14 @@ ROOT = PROTO_DIR.parent
 PROTOS = ("imageworker_v1.proto", "abimage.proto")
 
 
+def googleapis_protos() -> Path:
+    """The folder holding google/rpc/status.proto: googleapis-common-protos ships it beside its modules (a
+    dependency of grpcio-status, so wherever the worker runs)."""
+    from google.rpc import status_pb2
+
+    return Path(status_pb2.__file__).resolve().parents[2]
+
+
 def generate(out: Path) -> list[Path]:
     """Write the generated modules under ``out/worker/api/``; return their paths."""
     from grpc_tools import protoc  # only needed by developers, not at run time
@@ -29,6 +37,7 @@ def generate(out: Path) -> list[Path]:
         args = [
             "grpc_tools.protoc",
             f"-I{include}",
+            f"-I{googleapis_protos()}",
             f"-Iworker/api={PROTO_DIR}",
             f"--python_out={out}",
             f"--pyi_out={out}",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.rpc import status_pb2
 from grpc_tools import protoc
 
 from tests.support.images import jpeg
@@ -28,18 +29,20 @@ CLIENTS = Path(__file__).resolve().parent / "conformance"
 NODE_MODULES_ENV = "IMAGEBATCH_NODE_MODULES"
 LABELS = {"George W Bush", "Colin Powell", "unknown", "no_face"}
 # The calls that wait for the face model on a fresh worker (Rotate auto asks for faces: the image has no EXIF).
-MODEL_CALLS = ("Classify", "ClassifyStream", "Rotate auto", "RotateStream auto", "RecognizeFace")
-IMAGE_CALLS = ("Rotate", "RotateStream", "RotateImage", *MODEL_CALLS)
+MODEL_CALLS = ("Classify", "ClassifyStream", "ClassifyBatch", "Rotate auto", "RotateStream auto", "RecognizeFace")
+IMAGE_CALLS = ("Rotate", "RotateStream", "RotateBatch", "RotateImage", *MODEL_CALLS)
 SERVICES = ["ABImageService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
             "imageworker.v1.ImageWorker"]
+# google/rpc/status.proto (the batch RPCs' item errors), as googleapis-common-protos ships it.
+GOOGLEAPIS = Path(status_pb2.__file__).resolve().parents[2]
 
 
 def generate(protos: list[Path], out: Path) -> Path:
     """Python modules and gRPC stubs for ``protos`` by grpc_tools.protoc, in ``out``."""
     include = Path(protoc.__file__).parent / "_proto"
     for proto in protos:
-        args = ["grpc_tools.protoc", f"-I{include}", f"-I{proto.parent}", f"--python_out={out}",
-                f"--grpc_python_out={out}", str(proto)]
+        args = ["grpc_tools.protoc", f"-I{include}", f"-I{GOOGLEAPIS}", f"-I{proto.parent}",
+                f"--python_out={out}", f"--grpc_python_out={out}", str(proto)]
         assert protoc.main(args) == 0, f"protoc failed on {proto}"
     return out
 
@@ -85,6 +88,11 @@ def test_every_rpc_answers_protoc_stubs_on_a_fresh_worker(tmp_path, photo, deadl
     for name in ("Rotate auto", "RotateStream auto"):
         assert results[name]["bytes"] > 0 and results[name]["decided_by"], results[name]
     assert results["Classify"]["label"] in LABELS and results["ClassifyStream"]["label"] in LABELS
+    # Each item of a batch as its own call: the good one answered, the bad one failed with its reason.
+    assert results["RotateBatch"]["items"][0]["width"] == 48, results["RotateBatch"]
+    assert results["RotateBatch"]["items"][1] == {"reason": "UNSUPPORTED_FORMAT"}
+    assert results["ClassifyBatch"]["items"][0]["label"] in LABELS
+    assert results["ClassifyBatch"]["items"][1] == {"reason": "EMPTY_IMAGE"}
     assert results["RecognizeFace"]["classification"] in LABELS
     turned = np.rot90(np.arange(6, dtype=np.uint8).reshape(2, 3))  # counter-clockwise
     assert (results["RotateImage"]["width"], results["RotateImage"]["height"]) == (2, 3)
@@ -116,7 +124,8 @@ def test_node_grpc_js_on_a_fresh_worker(tmp_path, photo):
         pytest.skip(f"needs node and {NODE_MODULES_ENV}=DIR/node_modules, where DIR had "
                     "`npm install @grpc/grpc-js @grpc/proto-loader` (.ci/run does this)")
     with worker_process() as w:
-        results = run_client(["node", str(CLIENTS / "client.js"), w.address, str(ROOT / "proto"), str(photo)],
+        results = run_client(["node", str(CLIENTS / "client.js"), w.address, str(ROOT / "proto"), str(photo),
+                              str(GOOGLEAPIS)],
                              {"NODE_PATH": modules}, tmp_path)
         assert_quiet_log(w.log)
     assert results["Rotate"] == {"code": "OK", "width": 48, "height": 64, "bytes": results["Rotate"].get("bytes")}

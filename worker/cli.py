@@ -96,6 +96,10 @@ def main() -> None:
 @click.option("--max-call-seconds", default=600.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Longest any call lasts, whatever its deadline: one without a deadline (gRPC's default) or "
                    "with a later one ends with DEADLINE_EXCEEDED then.")
+@click.option("--max-batch-items", default=64, show_default=True, type=click.IntRange(1, 4096),
+              help="Most items one RotateBatch or ClassifyBatch call may carry; a larger batch is refused whole "
+                   "(INVALID_ARGUMENT, BATCH_TOO_LARGE). Its items are worked one after another in one call's "
+                   "slot, within its deadline.")
 @click.option("--keepalive-seconds", default=60.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Ping a connection quiet this long; one that does not answer within as long again is dropped "
                    "with its calls.")

@@ -84,6 +84,7 @@ class ServerConfig:
     allow_unauthenticated_references: bool = False
     stream_idle_seconds: float = 30.0  # longest wait for a stream's next message
     max_call_seconds: float = 600.0  # longest any call lasts, whatever its deadline (or none)
+    max_batch_items: int = 64  # items one RotateBatch or ClassifyBatch call may carry
     keepalive_seconds: float = 60.0  # ping a connection quiet this long; drop it when unanswered as long again
     idle_connection_seconds: float = 300.0  # close a connection without calls this long (and unfinished handshakes)
 
@@ -567,6 +568,7 @@ def services(config: ServerConfig, address: str, recorder: Metrics):
                             config.unsent_per_connection, config.inflight_bytes_limit),
         stream_idle=config.stream_idle_seconds,
         max_call=config.max_call_seconds,
+        max_batch_items=config.max_batch_items,
         roots=Roots.of(config.data_roots, config.output_roots),
         metrics=recorder,
     )

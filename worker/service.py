@@ -6,7 +6,8 @@ classifier, pack the answer. The streaming RPCs receive the image in chunks
 holding what they have received, each chunk waited for at most
 --stream-idle-seconds; they answer in chunks; the image itself is decoded
 whole, as in a unary call. No call lasts past --max-call-seconds, whatever its
-deadline (or none). ``WorkerError``s become their status code with
+deadline (or none). The batch RPCs run each item through the unary call's own code and answer its error as
+that item's result. ``WorkerError``s become their status code with
 the message unchanged and a ``google.rpc.ErrorInfo`` naming their reason (plus
 a ``RetryInfo`` when a retry soon may succeed); anything else is a bug, logged
 with its traceback and answered ``INTERNAL`` with reason INTERNAL.
@@ -57,6 +58,7 @@ class WorkerState:
     admission: Admission  # image calls held and working at once
     stream_idle: float = 30.0  # seconds a stream may send nothing (--stream-idle-seconds)
     max_call: float = 600.0  # seconds any call may last, whatever its deadline (--max-call-seconds)
+    max_batch_items: int = 64  # items a batch call may carry (--max-batch-items)
     # The face model, waited for while a call lasts (worker.server loads it at the first call that needs it).
     classifier: Callable[[admission.Call], Classifier] | None = None
     roots: Roots = field(default_factory=Roots)  # reference mode: what requests may name instead of bytes
@@ -362,7 +364,7 @@ def _cut_off(call: _Limited) -> Iterator[None]:
         timer.cancel()
 
 
-def _error_status(code: str, message: str, reason: Reason, retry_after: float | None = None) -> grpc.Status:
+def _rich_status(code: str, message: str, reason: Reason, retry_after: float | None = None) -> status_pb2.Status:
     """gRPC's rich error model: the code and message, with ErrorInfo (and RetryInfo) in the details."""
     rich = status_pb2.Status(code=code_pb2.Code.Value(code), message=message)
     rich.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
@@ -370,7 +372,85 @@ def _error_status(code: str, message: str, reason: Reason, retry_after: float | 
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(round(retry_after * 1e9))
         rich.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-    return rpc_status.to_status(rich)
+    return rich
+
+
+def _error_status(code: str, message: str, reason: Reason, retry_after: float | None = None) -> grpc.Status:
+    return rpc_status.to_status(_rich_status(code, message, reason, retry_after))
+
+
+def _worker_status(error: WorkerError) -> status_pb2.Status:
+    return _rich_status(error.status, str(error), error.reason, error.retry_after)
+
+
+def _batched(servicer, method: str, one: Callable, answer: type, result: type) -> Callable:
+    """A batch RPC over ``one(item, context)``, the work of the unary call: the batch admitted as one call
+    holding all its items' image bytes, each item then sized, given a worker turn and answered (or failed) as
+    the unary call would be, one after another. An item's error is its result; only the batch's own refusal,
+    its client leaving, or a bug outside the items fails the call."""
+
+    def call(request, context: grpc.ServicerContext):
+        state = servicer.state
+        context = state.limited(context)
+        items = request.items
+        with _handled(servicer, method, context) as record:
+            record.received = sum(len(item.image) for item in items)
+            if len(items) > state.max_batch_items:
+                raise InvalidArgument(f"the batch holds {len(items)} items, over this worker's limit of "
+                                      f"{state.max_batch_items} (worker serve --max-batch-items); send fewer per "
+                                      "batch", Reason.BATCH_TOO_LARGE)
+            with state.admission.held(context, record.received):
+                results = _each(servicer, method, items, one, result, context, record)
+            response = answer(results=results)
+            record.sent = response.ByteSize()
+            state.admission.hold_answer(context, record.sent)
+        return response
+
+    return call
+
+
+def _each(servicer, method: str, items, one: Callable, result: type, context: _Limited, record: _Record) -> list:
+    """One result per item, in order. Once the batch's time is up, the item at hand and those after it fail with
+    CALL_EXPIRED; a client gone (Cancelled) ends the call."""
+    state = servicer.state
+    name = f"{type(servicer).__name__}.{method}"
+    results = []
+    room = state.max_message_bytes  # the answer is one message: items whose answers would not fit are refused
+    for index, item in enumerate(items):
+        state._read.size = 0
+        try:
+            state.check_size(item.image)
+            response = state.admission.turn(one, item, context, call=context)
+        except Cancelled:
+            raise
+        except Expired as e:
+            log.info("%s from %s: out of time at item %d of %d: %s", name, context.peer(), index + 1, len(items), e)
+            failed = result(error=_worker_status(e))
+            results.extend(failed for _ in range(len(items) - index))
+            break
+        except WorkerError as e:
+            level = logging.DEBUG if isinstance(e, Busy) else logging.WARNING
+            log.log(level, "%s from %s: item %d failed: %s: %s", name, context.peer(), index, e.status, e)
+            results.append(result(error=_worker_status(e)))
+            continue
+        except Exception:
+            log.exception("%s from %s: item %d: internal error", name, context.peer(), index)
+            results.append(result(error=_rich_status("INTERNAL", f"internal error in {method}; see the worker's "
+                                                     "log", Reason.INTERNAL)))
+            continue
+        finally:
+            record.received += state._read.size
+        size = response.ByteSize() + 16  # its field's tag and length beside it
+        if size > room:
+            results.append(result(error=_rich_status(
+                "INVALID_ARGUMENT", f"this item's answer ({size:,} bytes) would take the batch's answer over this "
+                f"worker's limit of {state.max_message_bytes / 2**20:.0f} MiB (worker serve --max-message-mb); "
+                "send it alone or in a smaller batch", Reason.BATCH_TOO_LARGE)))
+            continue
+        room -= size
+        results.append(result(response=response))
+    state._read.size = 0
+    return results
 
 
 class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
@@ -378,6 +458,10 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
 
     def __init__(self, state: WorkerState) -> None:
         self.state = state
+        self.RotateBatch = _batched(self, "RotateBatch", self._rotate, imageworker_v1_pb2.RotateBatchResponse,
+                                    imageworker_v1_pb2.RotateResult)
+        self.ClassifyBatch = _batched(self, "ClassifyBatch", self._classify,
+                                      imageworker_v1_pb2.ClassifyBatchResponse, imageworker_v1_pb2.ClassifyResult)
 
     @staticmethod
     def image_of(request) -> bytes:
@@ -385,6 +469,9 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
 
     @rpc
     def Rotate(self, request, context):
+        return self._rotate(request, context)
+
+    def _rotate(self, request, context) -> imageworker_v1_pb2.RotateResponse:
         out = self._rotated(request, self.state.input_of(request), context)
         return self._rotate_response(out, self.state.deliver(request, out.data))
 
@@ -430,6 +517,9 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
 
     @rpc
     def Classify(self, request, context):
+        return self._classify(request, context)
+
+    def _classify(self, request, context) -> imageworker_v1_pb2.ClassifyResponse:
         return self._classified(self.state.input_of(request), context)
 
     def ClassifyStream(self, chunks, context):

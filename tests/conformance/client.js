@@ -1,7 +1,9 @@
 // A client in another language: Node's @grpc/grpc-js, loading proto/imageworker_v1.proto at run time with
 // @grpc/proto-loader, calling Rotate and Classify with no deadline (grpc-js's default).
 //
-//     NODE_PATH=DIR/node_modules node client.js ADDRESS PROTO_DIR JPEG
+//     NODE_PATH=DIR/node_modules node client.js ADDRESS PROTO_DIR JPEG GOOGLEAPIS_DIR
+//
+// GOOGLEAPIS_DIR holds google/rpc/status.proto (the batch RPCs' item errors; googleapis-common-protos ships it).
 //
 // Both calls start at once, so on a fresh worker each arrives before the face model has loaded.
 // Prints one JSON object: each RPC's status code name and, when OK, what its answer says.
@@ -10,8 +12,10 @@ const fs = require("fs");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
 
-const [address, protoDir, imagePath] = process.argv.slice(2);
-const definition = protoLoader.loadSync("imageworker_v1.proto", { includeDirs: [protoDir], longs: Number });
+const [address, protoDir, imagePath, googleapisDir] = process.argv.slice(2);
+const definition = protoLoader.loadSync("imageworker_v1.proto", {
+  includeDirs: [protoDir, googleapisDir], longs: Number,
+});
 const v1 = grpc.loadPackageDefinition(definition).imageworker.v1;
 const client = new v1.ImageWorker(address, grpc.credentials.createInsecure());
 const image = fs.readFileSync(imagePath);

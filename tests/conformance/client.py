@@ -19,6 +19,7 @@ import abimage_pb2_grpc
 import grpc
 import imageworker_v1_pb2 as v1
 import imageworker_v1_pb2_grpc as v1_grpc
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -63,6 +64,19 @@ def main() -> None:
         return {"width": reply.width, "height": reply.height, "decided_by": reply.decided_by,
                 "bytes": len(reply.image)}
 
+    def batch(call, request):
+        """Each item's answer (its summary) or its error's ErrorInfo reason."""
+        info = error_details_pb2.ErrorInfo()
+        items = []
+        for result in call(request, timeout=timeout).results:
+            if result.HasField("error"):
+                items.append({"reason": next(info.reason for d in result.error.details if d.Unpack(info))})
+            elif isinstance(result.response, v1.RotateResponse):
+                items.append(rotated(result.response))
+            else:
+                items.append({"label": result.response.label})
+        return {"items": items}
+
     grey = abimage_pb2.ABImage(color=False, data=bytes(range(6)), width=3, height=2)
     calls = {
         "Rotate": lambda: rotated(worker.Rotate(v1.RotateRequest(image=image, degrees=90), timeout=timeout)),
@@ -71,6 +85,10 @@ def main() -> None:
         "RotateStream": lambda: rotate_stream(auto=False),
         "RotateStream auto": lambda: rotate_stream(auto=True),
         "ClassifyStream": classify_stream,
+        "RotateBatch": lambda: batch(worker.RotateBatch, v1.RotateBatchRequest(items=[
+            v1.RotateRequest(image=image, degrees=90), v1.RotateRequest(image=b"not an image")])),
+        "ClassifyBatch": lambda: batch(worker.ClassifyBatch, v1.ClassifyBatchRequest(items=[
+            v1.ClassifyRequest(image=image), v1.ClassifyRequest(image=b"")])),
         "RotateImage": lambda: (lambda r: {"width": r.width, "height": r.height, "data": list(r.data)})(
             legacy.RotateImage(abimage_pb2.ABImageRotateRequest(rotation=1, image=grey), timeout=timeout)),
         "RecognizeFace": lambda: {"classification": legacy.RecognizeFace(

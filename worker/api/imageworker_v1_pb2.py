@@ -22,35 +22,48 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fworker/api/imageworker_v1.proto\x12\x0eimageworker.v1\"5\n\x08ImageRef\x12\x0e\n\x04path\x18\x01 \x01(\tH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x42\n\n\x08location\"\xb7\x01\n\rRotateRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0f\n\x07\x64\x65grees\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0f\n\x07quality\x18\x04 \x01(\x05\x12\x0c\n\x04\x61uto\x18\x05 \x01(\x08\x12(\n\x06source\x18\x06 \x01(\x0b\x32\x18.imageworker.v1.ImageRef\x12-\n\x0b\x64\x65stination\x18\x07 \x01(\x0b\x32\x18.imageworker.v1.ImageRef\"\xce\x01\n\x0eRotateResponse\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0e\n\x06worker\x18\x06 \x01(\t\x12\x12\n\ndecided_by\x18\x07 \x01(\t\x12\x0f\n\x07\x64\x65grees\x18\x08 \x01(\x05\x12\x0c\n\x04note\x18\t \x01(\t\x12\x14\n\x0coutput_bytes\x18\n \x01(\x03\x12\x15\n\routput_sha256\x18\x0b \x01(\t\"J\n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12(\n\x06source\x18\x02 \x01(\x0b\x32\x18.imageworker.v1.ImageRef\"?\n\x03\x42ox\x12\x0c\n\x04left\x18\x01 \x01(\x05\x12\x0b\n\x03top\x18\x02 \x01(\x05\x12\r\n\x05right\x18\x03 \x01(\x05\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x05\"F\n\x04\x46\x61\x63\x65\x12 \n\x03\x62ox\x18\x01 \x01(\x0b\x32\x13.imageworker.v1.Box\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\xc4\x01\n\x10\x43lassifyResponse\x12\r\n\x05label\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12#\n\x05\x66\x61\x63\x65s\x18\x03 \x03(\x0b\x32\x14.imageworker.v1.Face\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\x12\x0e\n\x06worker\x18\x08 \x01(\t\x12\x13\n\x0borientation\x18\t \x01(\x05\"\x99\x01\n\x0bRotateChunk\x12\x30\n\x07request\x18\x01 \x01(\x0b\x32\x1d.imageworker.v1.RotateRequestH\x00\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32\x1e.imageworker.v1.RotateResponseH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12\x0c\n\x04size\x18\x04 \x01(\x03\x42\x06\n\x04part\"o\n\rClassifyChunk\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32\x1f.imageworker.v1.ClassifyRequestH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12\x0c\n\x04size\x18\x04 \x01(\x03\x42\x06\n\x04partJ\x04\x08\x02\x10\x03*\xd9\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x0f\n\x0bWORKER_BUSY\x10\x01\x12\x13\n\x0fIMAGE_TOO_LARGE\x10\x02\x12\x0f\n\x0bPIXEL_LIMIT\x10\x03\x12\x16\n\x12UNSUPPORTED_FORMAT\x10\x04\x12\x11\n\rCORRUPT_IMAGE\x10\x05\x12\x0f\n\x0b\x45MPTY_IMAGE\x10\x06\x12\x14\n\x10INVALID_ROTATION\x10\x07\x12\x12\n\x0eINVALID_PIXELS\x10\x08\x12\x11\n\rMODEL_LOADING\x10\t\x12\x0c\n\x08INTERNAL\x10\n\x12\x10\n\x0c\x43\x41LL_EXPIRED\x10\x0b\x12\x12\n\x0e\x43\x41LL_CANCELLED\x10\x0c\x12\x0e\n\nWORK_LIMIT\x10\r\x12\x12\n\x0eREFERENCES_OFF\x10\x0e\x12\x11\n\rOUTSIDE_ROOTS\x10\x0f\x12\x12\n\x0e\x46ILE_NOT_FOUND\x10\x10\x12\x13\n\x0f\x46ILE_UNREADABLE\x10\x11\x12\x13\n\x0f\x46ILE_UNWRITABLE\x10\x12\x12\x12\n\x0eINVALID_FORMAT\x10\x13\x12\x13\n\x0fINVALID_QUALITY\x10\x14\x12\x16\n\x12\x43ONVERSION_REFUSED\x10\x15\x12\x12\n\x0eSTREAM_INVALID\x10\x16\x32\xc8\x02\n\x0bImageWorker\x12G\n\x06Rotate\x12\x1d.imageworker.v1.RotateRequest\x1a\x1e.imageworker.v1.RotateResponse\x12M\n\x08\x43lassify\x12\x1f.imageworker.v1.ClassifyRequest\x1a .imageworker.v1.ClassifyResponse\x12L\n\x0cRotateStream\x12\x1b.imageworker.v1.RotateChunk\x1a\x1b.imageworker.v1.RotateChunk(\x01\x30\x01\x12S\n\x0e\x43lassifyStream\x12\x1d.imageworker.v1.ClassifyChunk\x1a .imageworker.v1.ClassifyResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fworker/api/imageworker_v1.proto\x12\x0eimageworker.v1\x1a\x17google/rpc/status.proto\"5\n\x08ImageRef\x12\x0e\n\x04path\x18\x01 \x01(\tH\x00\x12\r\n\x03uri\x18\x02 \x01(\tH\x00\x42\n\n\x08location\"\xb7\x01\n\rRotateRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0f\n\x07\x64\x65grees\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0f\n\x07quality\x18\x04 \x01(\x05\x12\x0c\n\x04\x61uto\x18\x05 \x01(\x08\x12(\n\x06source\x18\x06 \x01(\x0b\x32\x18.imageworker.v1.ImageRef\x12-\n\x0b\x64\x65stination\x18\x07 \x01(\x0b\x32\x18.imageworker.v1.ImageRef\"\xce\x01\n\x0eRotateResponse\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x0e\n\x06worker\x18\x06 \x01(\t\x12\x12\n\ndecided_by\x18\x07 \x01(\t\x12\x0f\n\x07\x64\x65grees\x18\x08 \x01(\x05\x12\x0c\n\x04note\x18\t \x01(\t\x12\x14\n\x0coutput_bytes\x18\n \x01(\x03\x12\x15\n\routput_sha256\x18\x0b \x01(\t\"J\n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12(\n\x06source\x18\x02 \x01(\x0b\x32\x18.imageworker.v1.ImageRef\"?\n\x03\x42ox\x12\x0c\n\x04left\x18\x01 \x01(\x05\x12\x0b\n\x03top\x18\x02 \x01(\x05\x12\r\n\x05right\x18\x03 \x01(\x05\x12\x0e\n\x06\x62ottom\x18\x04 \x01(\x05\"F\n\x04\x46\x61\x63\x65\x12 \n\x03\x62ox\x18\x01 \x01(\x0b\x32\x13.imageworker.v1.Box\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\xc4\x01\n\x10\x43lassifyResponse\x12\r\n\x05label\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12#\n\x05\x66\x61\x63\x65s\x18\x03 \x03(\x0b\x32\x14.imageworker.v1.Face\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\x12\x0e\n\x06worker\x18\x08 \x01(\t\x12\x13\n\x0borientation\x18\t \x01(\x05\"\x99\x01\n\x0bRotateChunk\x12\x30\n\x07request\x18\x01 \x01(\x0b\x32\x1d.imageworker.v1.RotateRequestH\x00\x12\x32\n\x08response\x18\x02 \x01(\x0b\x32\x1e.imageworker.v1.RotateResponseH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12\x0c\n\x04size\x18\x04 \x01(\x03\x42\x06\n\x04part\"o\n\rClassifyChunk\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32\x1f.imageworker.v1.ClassifyRequestH\x00\x12\x0e\n\x04\x64\x61ta\x18\x03 \x01(\x0cH\x00\x12\x0c\n\x04size\x18\x04 \x01(\x03\x42\x06\n\x04partJ\x04\x08\x02\x10\x03\"B\n\x12RotateBatchRequest\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.imageworker.v1.RotateRequest\"r\n\x0cRotateResult\x12\x32\n\x08response\x18\x01 \x01(\x0b\x32\x1e.imageworker.v1.RotateResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"D\n\x13RotateBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.imageworker.v1.RotateResult\"F\n\x14\x43lassifyBatchRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.imageworker.v1.ClassifyRequest\"v\n\x0e\x43lassifyResult\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32 .imageworker.v1.ClassifyResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\t\n\x07outcome\"H\n\x15\x43lassifyBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.imageworker.v1.ClassifyResult*\xee\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x0f\n\x0bWORKER_BUSY\x10\x01\x12\x13\n\x0fIMAGE_TOO_LARGE\x10\x02\x12\x0f\n\x0bPIXEL_LIMIT\x10\x03\x12\x16\n\x12UNSUPPORTED_FORMAT\x10\x04\x12\x11\n\rCORRUPT_IMAGE\x10\x05\x12\x0f\n\x0b\x45MPTY_IMAGE\x10\x06\x12\x14\n\x10INVALID_ROTATION\x10\x07\x12\x12\n\x0eINVALID_PIXELS\x10\x08\x12\x11\n\rMODEL_LOADING\x10\t\x12\x0c\n\x08INTERNAL\x10\n\x12\x10\n\x0c\x43\x41LL_EXPIRED\x10\x0b\x12\x12\n\x0e\x43\x41LL_CANCELLED\x10\x0c\x12\x0e\n\nWORK_LIMIT\x10\r\x12\x12\n\x0eREFERENCES_OFF\x10\x0e\x12\x11\n\rOUTSIDE_ROOTS\x10\x0f\x12\x12\n\x0e\x46ILE_NOT_FOUND\x10\x10\x12\x13\n\x0f\x46ILE_UNREADABLE\x10\x11\x12\x13\n\x0f\x46ILE_UNWRITABLE\x10\x12\x12\x12\n\x0eINVALID_FORMAT\x10\x13\x12\x13\n\x0fINVALID_QUALITY\x10\x14\x12\x16\n\x12\x43ONVERSION_REFUSED\x10\x15\x12\x12\n\x0eSTREAM_INVALID\x10\x16\x12\x13\n\x0f\x42\x41TCH_TOO_LARGE\x10\x17\x32\xfe\x03\n\x0bImageWorker\x12G\n\x06Rotate\x12\x1d.imageworker.v1.RotateRequest\x1a\x1e.imageworker.v1.RotateResponse\x12M\n\x08\x43lassify\x12\x1f.imageworker.v1.ClassifyRequest\x1a .imageworker.v1.ClassifyResponse\x12L\n\x0cRotateStream\x12\x1b.imageworker.v1.RotateChunk\x1a\x1b.imageworker.v1.RotateChunk(\x01\x30\x01\x12S\n\x0e\x43lassifyStream\x12\x1d.imageworker.v1.ClassifyChunk\x1a .imageworker.v1.ClassifyResponse(\x01\x12V\n\x0bRotateBatch\x12\".imageworker.v1.RotateBatchRequest\x1a#.imageworker.v1.RotateBatchResponse\x12\\\n\rClassifyBatch\x12$.imageworker.v1.ClassifyBatchRequest\x1a%.imageworker.v1.ClassifyBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'worker.api.imageworker_v1_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORREASON']._serialized_start=1183
-  _globals['_ERRORREASON']._serialized_end=1656
-  _globals['_IMAGEREF']._serialized_start=51
-  _globals['_IMAGEREF']._serialized_end=104
-  _globals['_ROTATEREQUEST']._serialized_start=107
-  _globals['_ROTATEREQUEST']._serialized_end=290
-  _globals['_ROTATERESPONSE']._serialized_start=293
-  _globals['_ROTATERESPONSE']._serialized_end=499
-  _globals['_CLASSIFYREQUEST']._serialized_start=501
-  _globals['_CLASSIFYREQUEST']._serialized_end=575
-  _globals['_BOX']._serialized_start=577
-  _globals['_BOX']._serialized_end=640
-  _globals['_FACE']._serialized_start=642
-  _globals['_FACE']._serialized_end=712
-  _globals['_CLASSIFYRESPONSE']._serialized_start=715
-  _globals['_CLASSIFYRESPONSE']._serialized_end=911
-  _globals['_ROTATECHUNK']._serialized_start=914
-  _globals['_ROTATECHUNK']._serialized_end=1067
-  _globals['_CLASSIFYCHUNK']._serialized_start=1069
-  _globals['_CLASSIFYCHUNK']._serialized_end=1180
-  _globals['_IMAGEWORKER']._serialized_start=1659
-  _globals['_IMAGEWORKER']._serialized_end=1987
+  _globals['_ERRORREASON']._serialized_start=1728
+  _globals['_ERRORREASON']._serialized_end=2222
+  _globals['_IMAGEREF']._serialized_start=76
+  _globals['_IMAGEREF']._serialized_end=129
+  _globals['_ROTATEREQUEST']._serialized_start=132
+  _globals['_ROTATEREQUEST']._serialized_end=315
+  _globals['_ROTATERESPONSE']._serialized_start=318
+  _globals['_ROTATERESPONSE']._serialized_end=524
+  _globals['_CLASSIFYREQUEST']._serialized_start=526
+  _globals['_CLASSIFYREQUEST']._serialized_end=600
+  _globals['_BOX']._serialized_start=602
+  _globals['_BOX']._serialized_end=665
+  _globals['_FACE']._serialized_start=667
+  _globals['_FACE']._serialized_end=737
+  _globals['_CLASSIFYRESPONSE']._serialized_start=740
+  _globals['_CLASSIFYRESPONSE']._serialized_end=936
+  _globals['_ROTATECHUNK']._serialized_start=939
+  _globals['_ROTATECHUNK']._serialized_end=1092
+  _globals['_CLASSIFYCHUNK']._serialized_start=1094
+  _globals['_CLASSIFYCHUNK']._serialized_end=1205
+  _globals['_ROTATEBATCHREQUEST']._serialized_start=1207
+  _globals['_ROTATEBATCHREQUEST']._serialized_end=1273
+  _globals['_ROTATERESULT']._serialized_start=1275
+  _globals['_ROTATERESULT']._serialized_end=1389
+  _globals['_ROTATEBATCHRESPONSE']._serialized_start=1391
+  _globals['_ROTATEBATCHRESPONSE']._serialized_end=1459
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=1461
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=1531
+  _globals['_CLASSIFYRESULT']._serialized_start=1533
+  _globals['_CLASSIFYRESULT']._serialized_end=1651
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=1653
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=1725
+  _globals['_IMAGEWORKER']._serialized_start=2225
+  _globals['_IMAGEWORKER']._serialized_end=2735
 # @@protoc_insertion_point(module_scope)

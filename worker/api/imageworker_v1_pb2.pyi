@@ -1,3 +1,4 @@
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -32,6 +33,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INVALID_QUALITY: _ClassVar[ErrorReason]
     CONVERSION_REFUSED: _ClassVar[ErrorReason]
     STREAM_INVALID: _ClassVar[ErrorReason]
+    BATCH_TOO_LARGE: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 WORKER_BUSY: ErrorReason
 IMAGE_TOO_LARGE: ErrorReason
@@ -55,6 +57,7 @@ INVALID_FORMAT: ErrorReason
 INVALID_QUALITY: ErrorReason
 CONVERSION_REFUSED: ErrorReason
 STREAM_INVALID: ErrorReason
+BATCH_TOO_LARGE: ErrorReason
 
 class ImageRef(_message.Message):
     __slots__ = ("path", "uri")
@@ -181,3 +184,43 @@ class ClassifyChunk(_message.Message):
     data: bytes
     size: int
     def __init__(self, request: _Optional[_Union[ClassifyRequest, _Mapping]] = ..., data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
+class RotateBatchRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[RotateRequest]
+    def __init__(self, items: _Optional[_Iterable[_Union[RotateRequest, _Mapping]]] = ...) -> None: ...
+
+class RotateResult(_message.Message):
+    __slots__ = ("response", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: RotateResponse
+    error: _status_pb2.Status
+    def __init__(self, response: _Optional[_Union[RotateResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class RotateBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[RotateResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[RotateResult, _Mapping]]] = ...) -> None: ...
+
+class ClassifyBatchRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ClassifyRequest]
+    def __init__(self, items: _Optional[_Iterable[_Union[ClassifyRequest, _Mapping]]] = ...) -> None: ...
+
+class ClassifyResult(_message.Message):
+    __slots__ = ("response", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: ClassifyResponse
+    error: _status_pb2.Status
+    def __init__(self, response: _Optional[_Union[ClassifyResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class ClassifyBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ClassifyResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ClassifyResult, _Mapping]]] = ...) -> None: ...

@@ -54,6 +54,16 @@ class ImageWorkerStub:
                 request_serializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyChunk.SerializeToString,
                 response_deserializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
+        self.RotateBatch = channel.unary_unary(
+                '/imageworker.v1.ImageWorker/RotateBatch',
+                request_serializer=worker_dot_api_dot_imageworker__v1__pb2.RotateBatchRequest.SerializeToString,
+                response_deserializer=worker_dot_api_dot_imageworker__v1__pb2.RotateBatchResponse.FromString,
+                _registered_method=True)
+        self.ClassifyBatch = channel.unary_unary(
+                '/imageworker.v1.ImageWorker/ClassifyBatch',
+                request_serializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyBatchRequest.SerializeToString,
+                response_deserializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyBatchResponse.FromString,
+                _registered_method=True)
 
 
 class ImageWorkerServicer:
@@ -98,6 +108,30 @@ class ImageWorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateBatch(self, request, context):
+        """Several Rotate requests in one call, for small images and references,
+        where a call's own cost outweighs the image's: one result per item, in
+        the items' order, each the answer or the error that a Rotate call with
+        that item would have had. One item's failure never fails the others.
+        The batch is one call to the worker's admission (its items' image bytes
+        held together), its items worked one after another; the call's deadline
+        (or --max-call-seconds) covers all of them: the items it leaves undone
+        fail with CALL_EXPIRED. A batch of more items than the worker's
+        --max-batch-items is refused whole (INVALID_ARGUMENT, BATCH_TOO_LARGE),
+        as is one over --max-message-mb (RESOURCE_EXHAUSTED, by gRPC). A worker
+        from before these calls answers UNIMPLEMENTED: send the items one by one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClassifyBatch(self, request, context):
+        """Several Classify requests in one call, as RotateBatch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageWorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -120,6 +154,16 @@ def add_ImageWorkerServicer_to_server(servicer, server):
                     servicer.ClassifyStream,
                     request_deserializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyChunk.FromString,
                     response_serializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'RotateBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateBatch,
+                    request_deserializer=worker_dot_api_dot_imageworker__v1__pb2.RotateBatchRequest.FromString,
+                    response_serializer=worker_dot_api_dot_imageworker__v1__pb2.RotateBatchResponse.SerializeToString,
+            ),
+            'ClassifyBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClassifyBatch,
+                    request_deserializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyBatchRequest.FromString,
+                    response_serializer=worker_dot_api_dot_imageworker__v1__pb2.ClassifyBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -230,6 +274,60 @@ class ImageWorker:
             '/imageworker.v1.ImageWorker/ClassifyStream',
             worker_dot_api_dot_imageworker__v1__pb2.ClassifyChunk.SerializeToString,
             worker_dot_api_dot_imageworker__v1__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imageworker.v1.ImageWorker/RotateBatch',
+            worker_dot_api_dot_imageworker__v1__pb2.RotateBatchRequest.SerializeToString,
+            worker_dot_api_dot_imageworker__v1__pb2.RotateBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/imageworker.v1.ImageWorker/ClassifyBatch',
+            worker_dot_api_dot_imageworker__v1__pb2.ClassifyBatchRequest.SerializeToString,
+            worker_dot_api_dot_imageworker__v1__pb2.ClassifyBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
