@@ -1,18 +1,23 @@
-"""Classification throughput (issue 6, item 4): 250x250 face photos and 1920x1080 photos with one small face.
+"""Classification: issue 20's three rows side by side (the default, parts 4 and 5), and where the time goes.
 
-Part 1 sends Classify calls to a real `worker serve --processes 2` on loopback
-(both processes get the same number of connections) and reports images/s.
-Part 2 times each step of the pipeline in this process, one image at a time,
-to show where the time goes: decode (+EXIF, to RGB), detect, align
-(landmarks + chip), embed, classify.
-Part 3 prices the search of the other quarter turns (``faces_any_turn``) against
-the upright pass alone (``faces_in``, all there was before), in this process:
-on images without a face (every turn is searched), upright photos and turned ones.
-Part 4 prices ``rotate auto`` on 1920x1080 photos without an EXIF orientation (the faces decide:
-``worker.auto_rotate`` with the classifier's ``upright_turn``, decode and write included) against
-one upright detector pass on the same photo, each timed back to back in this process.
+Part 4 prices, per 1920x1080 photo without an EXIF orientation (face-free, and with one upright face),
+``classify`` (decode included) and ``rotate auto`` (``worker.auto_rotate`` with the classifier's
+``upright_turn``: decode, face search, write) against one upright detector pass (dlib's detector on the
+decoded frame at full size), the three timed back to back in alternating order, in this process, in CPU
+time of the thread and in wall time. Goals: both <= 1.5x one pass.
+Part 5 runs ``batch run MANIFEST`` (the embedded worker) and face_recognition's CLI
+(``face_recognition --cpus 2 KNOWN FOLDER``) on the same files, start-up included, alternating which goes
+first: held-out LFW portraits and face-free 1080p photos, with each side's accuracy. Goals: >= 1.4x
+faster on portraits, >= 2x on face-free photos, at the same accuracy. Needs face_recognition's CLI:
+``pip install --no-deps face-recognition==1.3.0 'setuptools<81'`` (its dlib is our dlib-bin; its model
+package imports pkg_resources).
+Part 1 sends Classify calls to a real `worker serve --processes 2` on loopback (images/s); part 2 times
+each step of the pipeline in-process (decode, detect, align, embed, classify); part 3 prices the search of
+the other quarter turns (``faces_any_turn``) against the upright pass alone (``faces_in``) on several kinds
+of images.
 
-    python bench/bench_classify.py [--photos 200] [--scenes 100] [--processes 2] [--turns 40] [--auto 20]
+    python bench/bench_classify.py                      # parts 4 and 5, about 3 minutes on a quiet machine
+    python bench/bench_classify.py --parts 123 [--photos 200] [--scenes 100] [--turns 40]
 
 Needs the LFW photos: set IMAGEBATCH_LFW to an LFW folder (lfw-deepfunneled).
 """
@@ -20,29 +25,33 @@ Needs the LFW photos: set IMAGEBATCH_LFW to an LFW folder (lfw-deepfunneled).
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import itertools
+import math
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-from common import print_header, table
+from common import BIN, print_header, table, write_manifest
 from PIL import Image
 from servers import running, worker_cmd
 
 from worker.api import imageworker_v1_pb2 as pb
 from worker.api import imageworker_v1_pb2_grpc as pb_grpc
+from worker.classifier import NO_FACE, UNKNOWN
 from worker.decode import DEFAULT_MAX_PIXELS, upright
-from worker.faces import load_classifier
+from worker.faces import artifact, load_classifier
 from worker.faces.pipeline import (
     DlibModels,
     detect_faces,
-    detect_scored,
     embed_chips,
     face_chip,
     faces_any_turn,
@@ -50,7 +59,7 @@ from worker.faces.pipeline import (
     to_rgb,
 )
 from worker.faces.training.dataset import gallery, lfw_from_env
-from worker.faces.training.evaluate import turned_photo
+from worker.faces.training.evaluate import held_out, turned_photo
 from worker.faces.training.scenes import backgrounds, pasted
 from worker.rotation import auto_rotate
 
@@ -201,25 +210,135 @@ def turn_cost(images: list[bytes]) -> tuple[float, float, float, float, str, flo
     return a, b, b - a, mean_extra, ratio, runs / len(images), searched, turned
 
 
-def auto_cost(images: list[bytes], rounds: int) -> tuple[float, float, str, Counter]:
-    """Median ms of one upright detector pass and of ``rotate auto`` (decode, face search, write), the ratio
-    auto / pass (median and range, each image timed back to back ``rounds`` times) and what decided."""
+def no_face_photos(count: int) -> list[bytes]:
+    """``count`` different face-free 1920x1080 JPEGs (no EXIF): crops of 70-100 % of scikit-learn's two sample
+    photos, mirrored or not, scaled back to 1920x1080."""
+    rng = random.Random(3)
+    out = []
+    for i, bg in zip(range(count), itertools.cycle(backgrounds()), strict=False):
+        keep = 1.0 if i < 2 else rng.uniform(0.7, 1.0)
+        w, h = round(bg.width * keep), round(bg.height * keep)
+        x, y = rng.randrange(bg.width - w + 1), rng.randrange(bg.height - h + 1)
+        img = bg.crop((x, y, x + w, y + h)).resize(bg.size, Image.Resampling.BILINEAR)
+        out.append(_jpeg(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if i % 2 else img))
+    return out
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def goal_costs(images: list[bytes], rounds: int) -> dict[str, object]:
+    """Per photo and round, back to back in alternating order: one upright detector pass (dlib's detector on
+    the decoded frame at full size, the issue's unit), ``classify`` (decode included) and ``rotate auto``
+    (``auto_rotate`` with the classifier's ``upright_turn``: decode, face search, write). Ratios to the pass
+    in CPU time of this thread (steadier than wall time on a shared machine) and in wall time."""
     classifier = load_classifier()
-    pass_ms, auto_ms, ratios, decided = [], [], [], Counter()
-    for data in images:
+    detector = classifier.dlib.detector
+    cpu: dict[str, list[float]] = {"pass": [], "classify": [], "auto": []}
+    wall: dict[str, list[float]] = {k: [] for k in cpu}
+    labels, decided = Counter(), Counter()
+    for i, data in enumerate(images):
         rgb = to_rgb(upright(data, DEFAULT_MAX_PIXELS))
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            detect_scored(rgb, classifier.dlib)
-            t1 = time.perf_counter()
-            out = auto_rotate(data, lambda d=data: classifier.upright_turn(d, DEFAULT_MAX_PIXELS))
-            t2 = time.perf_counter()
-            pass_ms.append((t1 - t0) * 1000)
-            auto_ms.append((t2 - t1) * 1000)
-            ratios.append((t2 - t1) / (t1 - t0))
-        decided[out.decided_by] += 1
-    spread = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-    return statistics.median(pass_ms), statistics.median(auto_ms), spread, decided
+        steps = {"pass": lambda x=rgb: detector.run(x, 0, 0.0),
+                 "classify": lambda d=data: classifier.classify(d, DEFAULT_MAX_PIXELS),
+                 "auto": lambda d=data: auto_rotate(d, lambda: classifier.upright_turn(d, DEFAULT_MAX_PIXELS))}
+        for r in range(rounds):
+            order = list(steps) if (i + r) % 2 == 0 else list(reversed(steps))
+            for name in order:
+                c0, w0 = time.thread_time(), time.perf_counter()
+                out = steps[name]()
+                cpu[name].append(time.thread_time() - c0)
+                wall[name].append(time.perf_counter() - w0)
+                if r == 0 and name == "classify":
+                    labels[out.label] += 1
+                if r == 0 and name == "auto":
+                    decided[out.decided_by] += 1
+    result: dict[str, object] = {"pass_ms": statistics.median(cpu["pass"]) * 1000,
+                                 "labels": dict(labels), "decided": dict(decided)}
+    for name in ("classify", "auto"):
+        result[f"{name}_ms"] = statistics.median(cpu[name]) * 1000
+        result[f"{name}_cpu"] = _spread([a / b for a, b in zip(cpu[name], cpu["pass"], strict=True)])
+        result[f"{name}_wall"] = _spread([a / b for a, b in zip(wall[name], wall["pass"], strict=True)])
+    return result
+
+
+# -- against face_recognition's command line ----------------------------------------------------
+
+def cli_sets(folder: Path, portraits: int, no_faces: list[bytes], known_each: int) -> dict[str, object]:
+    """The shipped model's held-out photos (``portraits`` of them, people it knows and never-seen ones) and the
+    face-free 1080p photos as files under ``folder``, each set with its truth, and a known-people folder for
+    face_recognition: ``known_each`` training photos of each person the model knows."""
+    lfw = lfw_from_env()
+    meta = artifact.load().meta
+    split = held_out(meta, lfw)
+    pairs = random.Random(4).sample(list(zip(split.paths, split.truth, strict=True)), min(portraits, len(split.paths)))
+    sets = {}
+    for name, files in (("250x250 LFW portraits", [(p.read_bytes(), t) for p, t in pairs]),
+                        ("1920x1080, no face", [(d, NO_FACE) for d in no_faces])):
+        where = folder / name.split(",")[0].replace(" ", "_")
+        where.mkdir()
+        truth = {}
+        for i, (data, t) in enumerate(files):
+            path = where / f"{i:04d}.jpg"
+            path.write_bytes(data)
+            truth[path.name] = t
+        write_manifest(where.with_suffix(".csv"), ({"path": str(where / n), "op": "classify"} for n in truth))
+        sets[name] = (where, truth)
+    known = folder / "known"
+    known.mkdir()
+    for person in meta["labels"]:
+        photos = [p for p, t in zip(split.train_paths, split.train_truth, strict=True) if t == person]
+        for j, p in enumerate(photos[:known_each]):
+            (known / f"{person}__{j}.jpg").write_bytes(p.read_bytes())
+    return {"known": known, "sets": sets}
+
+
+def ours(manifest: Path, out: Path) -> tuple[float, dict[str, str]]:
+    """Seconds of ``batch run MANIFEST`` (embedded worker, start-up included) and its label per file name."""
+    t = time.perf_counter()
+    subprocess.run([str(BIN / "batch"), "run", str(manifest), "--out", str(out), "--restart", "--quiet"],
+                   check=True, capture_output=True)
+    seconds = time.perf_counter() - t
+    with open(out / "results.csv", newline="") as f:
+        return seconds, {Path(r["path"]).name: r["label"] for r in csv.DictReader(f)}
+
+
+def theirs(known: Path, folder: Path, cpus: int) -> tuple[float, dict[str, str]]:
+    """Seconds of ``face_recognition --cpus N KNOWN FOLDER`` and its answer per file name: the closest known
+    person that matched, ``unknown`` for faces that matched nobody, ``no_face`` without a face."""
+    t = time.perf_counter()
+    done = subprocess.run([str(BIN / "face_recognition"), "--cpus", str(cpus), "--show-distance", "true",
+                           str(known), str(folder)], check=True, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    best: dict[str, tuple[float, str]] = {}
+    for line in done.stdout.splitlines():
+        path, name, distance = line.rsplit(",", 2)
+        label = {"unknown_person": UNKNOWN, "no_persons_found": NO_FACE}.get(name, name.split("__")[0])
+        d = float(distance) if distance != "None" else math.inf
+        key = Path(path).name
+        if key not in best or d < best[key][0]:
+            best[key] = (d, label)
+    return seconds, {k: v[1] for k, v in best.items()}
+
+
+def cli_comparison(sets: dict[str, object], rounds: int, cpus: int, scratch: Path) -> list[tuple]:
+    """Each set through both commands, alternating which goes first, ``rounds`` times."""
+    rows = []
+    for name, (folder, truth) in sets["sets"].items():
+        mine, other, ratios = [], [], []
+        for r in range(rounds):
+            runs = [("ours", lambda f=folder: ours(f.with_suffix(".csv"), scratch / "out")),
+                    ("theirs", lambda f=folder: theirs(sets["known"], f, cpus))]
+            timed = dict((who, run()) for who, run in (runs if r % 2 == 0 else runs[::-1]))
+            mine.append(timed["ours"][0])
+            other.append(timed["theirs"][0])
+            ratios.append(timed["theirs"][0] / timed["ours"][0])
+            answers = {who: labels for who, (_, labels) in timed.items()}
+        right = {who: sum(labels.get(k) == t for k, t in truth.items()) for who, labels in answers.items()}
+        rows.append((name, len(truth), statistics.median(mine), statistics.median(other), _spread(ratios),
+                     f"{right['ours']}/{len(truth)}", f"{right['theirs']}/{len(truth)}"))
+    return rows
 
 
 def main() -> None:
@@ -230,9 +349,14 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4, help="calls in flight")
     ap.add_argument("--steps", type=int, default=40, help="images per corpus timed step by step in-process")
     ap.add_argument("--turns", type=int, default=40, help="images per corpus for the cost of the quarter turns")
-    ap.add_argument("--auto", type=int, default=20, help="1080p photos per kind for the cost of rotate auto")
-    ap.add_argument("--auto-rounds", type=int, default=3, help="times each photo is timed for rotate auto")
-    ap.add_argument("--parts", default="1234", help="which parts to run (digits 1-4)")
+    ap.add_argument("--no-faces", type=int, default=20, help="face-free 1080p photos (parts 4 and 5)")
+    ap.add_argument("--with-face", type=int, default=10, help="1080p photos with one upright face (part 4)")
+    ap.add_argument("--rounds", type=int, default=3, help="times each photo is timed in part 4")
+    ap.add_argument("--portraits", type=int, default=60, help="held-out LFW portraits (part 5)")
+    ap.add_argument("--cli-rounds", type=int, default=2, help="runs of each command per set (part 5)")
+    ap.add_argument("--known", type=int, default=5, help="photos of each known person for face_recognition")
+    ap.add_argument("--cpus", type=int, default=2, help="face_recognition --cpus")
+    ap.add_argument("--parts", default="45", help="which parts to run (digits 1-5); default: the issue's rows")
     args = ap.parse_args()
 
     print_header("Classification throughput and where the time goes")
@@ -265,18 +389,42 @@ def main() -> None:
               "there was before) against `faces_any_turn`; detector runs: their mean in the search (a 2x "
               "upsampled retry of a small image counts too); searched the turns: images whose upright pass "
               "had no sure face; found turned: images answered under a turn other than 0.")
+    if "4" in args.parts or "5" in args.parts:
+        no_faces = no_face_photos(args.no_faces)
     if "4" in args.parts:
-        kinds = turn_corpora(args.auto)
+        rng = random.Random(5)
+        files = random.Random(6).sample(sorted(f for fs in gallery(lfw_from_env()).values() for f in fs),
+                                        args.with_face)
         rows = []
-        for name in ("1920x1080, no face", "1920x1080, one 60-120 px face, upright"):
-            images = kinds[name][: args.auto]
-            pass_ms, auto_ms, ratio, decided = auto_cost(images, args.auto_rounds)
-            rows.append((name, len(images), pass_ms, auto_ms, ratio, dict(decided)))
-        print(table(["photos (no EXIF orientation)", "count", "one upright pass ms", "rotate auto ms",
-                     "auto / pass (range)", "decided by"], rows))
-        print(f"\nMedian per photo, each timed {args.auto_rounds} times back to back, one thread, in-process: "
-              "`detect_scored` on the decoded photo against `auto_rotate` with the classifier's `upright_turn` "
-              "(decode, face search, write).")
+        for name, images in (("1920x1080, no face", no_faces),
+                             ("1920x1080, one 60-120 px face, upright", [_scene(f, rng) for f in files])):
+            c = goal_costs(images, args.rounds)
+            rows.append((name, len(images), c["pass_ms"], c["classify_ms"], c["classify_cpu"], c["classify_wall"],
+                         c["auto_ms"], c["auto_cpu"], c["auto_wall"], c["labels"], c["decided"]))
+        print(table(["photos (no EXIF orientation)", "count", "one upright pass ms", "classify ms",
+                     "classify / pass, CPU", "classify / pass, wall", "rotate auto ms", "auto / pass, CPU",
+                     "auto / pass, wall", "labels", "rotate auto decided by"], rows))
+        print(f"\nMedians per photo, each photo timed {args.rounds} times, the three back to back in alternating "
+              "order, one thread, in-process. One upright pass: dlib's detector on the decoded frame at full size "
+              "(the issue's unit; decode not included); classify: `FaceClassifier.classify` on the file's bytes; "
+              "rotate auto: `auto_rotate` with the classifier's `upright_turn` (decode, face search, write). "
+              "ms are CPU time of the thread; ratios per photo and round, median (range). Goals: both <= 1.5.\n")
+    if "5" in args.parts:
+        if not (BIN / "face_recognition").exists():
+            sys.exit("part 5 needs face_recognition's CLI: pip install --no-deps face-recognition==1.3.0 "
+                     "'setuptools<81' (its dlib is the dlib-bin we have; its models need pkg_resources)")
+        with tempfile.TemporaryDirectory() as tmp:
+            sets = cli_sets(Path(tmp), args.portraits, no_faces, args.known)
+            rows = cli_comparison(sets, args.cli_rounds, args.cpus, Path(tmp))
+        print(table(["images", "count", "batch run s", f"face_recognition --cpus {args.cpus} s",
+                     "batch run faster by (range)", "batch run right", "face_recognition right"], rows))
+        print(f"\nWall seconds, start-up included, median of {args.cli_rounds} runs of each command alternating "
+              "which goes first: `batch run MANIFEST --restart --quiet` (the embedded worker, one process per "
+              f"core) against `face_recognition --cpus {args.cpus} --show-distance true KNOWN FOLDER` with "
+              f"{args.known} training photos of each person the model knows in KNOWN. Right: the image's label "
+              "(face_recognition: its closest match) is the truth (a known person, `unknown` for never-seen "
+              "people, `no_face`). Goals: >= 1.4x faster on portraits, >= 2x on no-face photos.\n")
+
 
 if __name__ == "__main__":
     main()

@@ -25,7 +25,10 @@ SCRIPTS = {
     "driver": ["bench_driver_cost.py"],
     "references": ["bench_references.py", "--rounds", "3"],  # the driver's ceiling, bytes vs reference mode
     "drivers": ["bench_drivers.py"],  # 1, 2 and 4 shards of one manifest against three stand-ins
+    "classify": ["bench_classify.py"],  # issue 20's classification rows; needs IMAGEBATCH_LFW and face_recognition
 }
+# Scripts that make their own images instead of reading the corpus.
+OWN_IMAGES = {"classify"}
 
 
 def main() -> None:
@@ -41,7 +44,8 @@ def main() -> None:
     for name in a.only.split(","):
         wait_for_quiet(a.quiet_load, a.max_wait)
         script, *args = SCRIPTS[name]
-        cmd = [sys.executable, str(HERE / script), "--corpus", str(a.corpus), *args]
+        corpus = [] if name in OWN_IMAGES else ["--corpus", str(a.corpus)]
+        cmd = [sys.executable, str(HERE / script), *corpus, *args]
         print(f"running {' '.join(cmd)}", file=sys.stderr, flush=True)
         result = subprocess.run(cmd, capture_output=True, text=True)
         (a.out / f"{name}.md").write_text(result.stdout)
