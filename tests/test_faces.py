@@ -150,6 +150,15 @@ def test_shipped_artifact_loads_and_matches_its_checksum(shipped):
     assert meta["split"]["test_negatives"] and meta["split"]["test_people"][BUSH]
 
 
+def test_the_shipped_detector_file_is_the_installed_dlibs_frontal_face_detector(tmp_path):
+    """worker/models/frontal_face_detector.svm (read in 1 ms) is what ``dlib.get_frontal_face_detector()``
+    builds (0.7 s), byte for byte as dlib saves it: regenerate it so if dlib's detector ever changes."""
+    import dlib
+
+    dlib.get_frontal_face_detector().save(str(tmp_path / "frontal.svm"))
+    assert (tmp_path / "frontal.svm").read_bytes() == artifact.DETECTOR.read_bytes()
+
+
 def test_corrupt_artifact_is_refused_clearly(tmp_path):
     npz, js = artifact.paths(artifact.SHIPPED)
     shutil.copy(npz, tmp_path / "m.npz")
