@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from batch.manifest import ManifestError, Row, resolved, rotation_name
 from batch.results import COLUMNS, ERROR, Outcome, Reason, already_done
@@ -127,10 +128,10 @@ class RunIndex:
         return self.db.execute("SELECT count(*) FROM rows r JOIN prev p ON p.id = r.id WHERE p.status = 'ok' "
                                "AND r.output_path LIKE ? || '://%'", (scheme,)).fetchone()[0]
 
-    def scan(self, unchecked: frozenset[str] = frozenset()) -> Iterator[Scanned]:
-        """Each row in manifest order with its outcome when it is settled without a call (the row is invalid,
-        its output would overwrite an input or another row's output, or an earlier run did it), else None;
-        and, for exact duplicates (same input, rotation and output), which row leads them.
+    def scan(self, unchecked: frozenset[str] = frozenset()) -> Iterator[Step]:
+        """Each row of this run's share in manifest order, once: ``Settled`` (invalid, its output would overwrite
+        an input or another row's output, or an earlier run did it), ``Follows`` (an exact duplicate: same input,
+        rotation and output as an earlier row, its leader) or ``Call``. ``Plan`` is its one reader.
 
         One query per chunk of rows (three look-ups per row cost more than the row's own SQL work), so a
         cursor never spans the writes of a run. Earlier outputs on a store in ``unchecked`` count as gone.
@@ -156,11 +157,13 @@ class RunIndex:
                 clash = facts.conflict(row) if row.output_path is not None and not leader and not row.error else None
                 if row.error or clash:
                     reason = Reason.INVALID_ROW if row.error else Reason.OUTPUT_CLASH
-                    yield Scanned(row, Outcome(ERROR, error=row.error or clash, reason=reason), followed=followed)
+                    yield Settled(row, Outcome(ERROR, error=row.error or clash, reason=reason), followed=followed)
                 elif already_done(row, previous, unchecked):
-                    yield Scanned(row, Outcome.done_before(previous), followed=followed)
+                    yield Settled(row, Outcome.done_before(previous), followed=followed)
+                elif leader is not None:
+                    yield Follows(row, leader)
                 else:
-                    yield Scanned(row, None, leader, followed)
+                    yield Call(row, followed=followed)
             after = chunk[-1][0]
 
     # --- results ----------------------------------------------------------------------------------
@@ -269,14 +272,75 @@ class _OutputFacts:
         return None
 
 
+# The three kinds of step; each reads as the others do (``outcome`` None until known, ``leader`` None unless it
+# shares another row's outcome, ``followed`` when later rows share its own).
 @dataclass(frozen=True)
-class Scanned:
-    """One row as the scan sees it: its settled outcome (or None: it needs a call, or its leader's)."""
+class Settled:
+    """A row whose outcome is known without a call of its own: invalid, clashing, done by an earlier run, or an
+    exact duplicate sharing the outcome of its leader (``leader``, an id)."""
 
     row: Row
-    outcome: Outcome | None
-    leader: str | None = None  # id of the earlier row whose outcome this exact duplicate shares
+    outcome: Outcome
     followed: bool = False  # later rows duplicate this one exactly
+    leader: str | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """A row that needs a call."""
+
+    row: Row
+    followed: bool = False
+    outcome: ClassVar[None] = None
+    leader: ClassVar[None] = None
+
+
+@dataclass(frozen=True)
+class Follows:
+    """An exact duplicate (same input, rotation and output) of the earlier row ``leader`` (its id), whose outcome
+    is not known yet: it is settled with it (``Plan.finished``), without a call of its own."""
+
+    row: Row
+    leader: str
+    outcome: ClassVar[None] = None
+    followed: ClassVar[bool] = False
+
+
+Step = Settled | Call | Follows
+
+
+class Plan:
+    """The one owner of exact duplicates: the index's rows of this run, each once as a ``Step``, and the rows
+    settled by a leader's outcome (``finished``). A follower whose leader is settled already comes as ``Settled``.
+
+    Memory is bounded by the manifest's duplicate groups, not its length.
+    """
+
+    def __init__(self, index: RunIndex, unchecked: frozenset[str] = frozenset()) -> None:
+        self.index = index
+        self._unchecked = unchecked
+        self._leaders: set[str] = set()  # rows that later rows follow, outcome not known yet
+        self._waiting: dict[str, list[Row]] = {}  # their followers met so far
+        self._led: dict[str, Outcome] = {}  # the outcomes of those that are settled
+
+    def __iter__(self) -> Iterator[Step]:
+        for step in self.index.scan(self._unchecked):
+            if isinstance(step, Follows):
+                if (outcome := self._led.get(step.leader)) is not None:
+                    step = Settled(step.row, Outcome.shared(outcome), leader=step.leader)
+                else:
+                    self._waiting.setdefault(step.leader, []).append(step.row)
+            elif step.followed:
+                self._leaders.add(step.row.id)
+            yield step
+
+    def finished(self, row: Row, outcome: Outcome) -> list[Settled]:
+        """``row``'s outcome is known: the rows that follow it, settled with it."""
+        if row.id not in self._leaders:
+            return []
+        self._leaders.discard(row.id)
+        self._led[row.id] = outcome
+        return [Settled(f, Outcome.shared(outcome), leader=row.id) for f in self._waiting.pop(row.id, ())]
 
 
 def _str(path: Path | Uri | None) -> str | None:

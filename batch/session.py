@@ -37,7 +37,7 @@ from batch.concurrency import DEFAULT_CAP, AdaptiveLimit
 from batch.durable import Entry, GroupCommit
 from batch.errors import BatchError, UsageError, WorkerStartError
 from batch.files import forget_folders
-from batch.index import RunIndex, Scanned
+from batch.index import Call, Plan, RunIndex, Settled
 from batch.manifest import ManifestError, Row, read_rows
 from batch.progress import Progress, Tally
 from batch.results import (
@@ -162,8 +162,9 @@ class Run:
     """The rows of one run on their way to the journal: ``start``, ``settle`` each row, ``commit`` each
     durable group (called by the group commit), ``close``."""
 
-    def __init__(self, index: RunIndex, journal: Journal, progress: Progress) -> None:
-        self.index = index
+    def __init__(self, plan: Plan, journal: Journal, progress: Progress) -> None:
+        self.plan = plan
+        self.index = plan.index
         self.journal = journal
         self.progress = progress
         self.tally = progress.tally
@@ -175,11 +176,6 @@ class Run:
         self.unrunnable = 0  # rows settled as errors without a call (invalid, clashing): for the start line
         self._group = GroupCommit(self.commit)
         self._committer: asyncio.Task | None = None
-        # Exact duplicates share their leader's outcome: followers waiting for it, and the outcomes of leaders
-        # that later rows follow (bounded by the manifest's duplicate groups, not its length).
-        self._followed: set[str] = set()
-        self._waiting: dict[str, list[Row]] = {}
-        self._led: dict[str, Outcome] = {}
 
     def start(self, on_failure) -> None:
         """Commit groups in the background; ``on_failure`` is called if that stops (a failed sync)."""
@@ -199,11 +195,8 @@ class Run:
         written = (outcome.output if outcome.output and not (outcome.skipped or outcome.by_reference
                                                               or is_uri(outcome.output)) else None)
         self._group.add((row, outcome, result_row(row, outcome)), written)
-        if row.id in self._followed:
-            self._followed.discard(row.id)
-            self._led[row.id] = outcome
-            for follower in self._waiting.pop(row.id, ()):
-                self.settle(follower, Outcome.shared(outcome))
+        for follower in self.plan.finished(row, outcome):
+            self.settle(follower.row, follower.outcome)
 
     def commit(self, entries: list[Entry]) -> None:
         """A group whose outputs are durable: journal it (one flush), then count and show it."""
@@ -214,23 +207,17 @@ class Run:
             self.tally.add(outcome)
         self.progress.update()
 
-    def calls(self, scan: Iterator[Scanned]) -> Iterator[Row]:
-        """The rows of ``scan`` that need a call; the others are settled on the way (an exact duplicate once its
-        leader is). Ends early once stopped."""
-        for s in scan:
+    def calls(self) -> Iterator[Row]:
+        """The rows of the plan that need a call; the settled ones are settled on the way, and a follower with
+        its leader (``settle``). Ends early once stopped."""
+        for step in self.plan:
             if self.stopped:
                 return
-            if s.followed:
-                self._followed.add(s.row.id)
-            if s.outcome is not None:
-                self.unrunnable += s.outcome.status == ERROR
-                self.settle(s.row, s.outcome)
-            elif s.leader is None:
-                yield s.row
-            elif s.leader in self._led:
-                self.settle(s.row, Outcome.shared(self._led[s.leader]))
-            else:
-                self._waiting.setdefault(s.leader, []).append(s.row)
+            if isinstance(step, Call):
+                yield step.row
+            elif isinstance(step, Settled):
+                self.unrunnable += step.outcome.status == ERROR and step.leader is None
+                self.settle(step.row, step.outcome)
 
     async def stop(self) -> None:
         """Stop the background commits (raises the error of a sync that failed)."""
@@ -320,10 +307,10 @@ async def execute(options: RunOptions, stop: Stop | None = None) -> Summary:
             journal = Journal(journal_path(out, options.results_format))
         except OSError as e:
             raise UsageError(f"cannot write the results journal in --out {out}: {e.strerror}") from None
-        run = Run(index, journal, progress)
+        run = Run(Plan(index, unchecked), journal, progress)
         embedded = None
         try:
-            calls = run.calls(index.scan(unchecked))
+            calls = run.calls()
             first = next(calls, None)
             read_roots, write_roots = _reference_roots(options, targets, out)
             if first is not None and not targets:
