@@ -66,9 +66,10 @@ def configure(manifest: str | os.PathLike, *, out: str | os.PathLike | None = No
     from batch.channel import Tls, worker_addresses
     from batch.extras import require_pyarrow
     from batch.manifest import AUTO, check_template, format_name, parse_rotation
+    from batch.runner import Settings
     from batch.session import RunOptions
     from batch.shard import parse_shard
-    from batch.store import is_uri
+    from batch.store import is_uri, parse
 
     # Upper bounds far past any use, so that a typo is an error rather than a run that cannot be held in memory.
     _check_int("concurrency", concurrency, 1, optional=True, maximum=MAX_CONCURRENCY)
@@ -102,14 +103,22 @@ def configure(manifest: str | os.PathLike, *, out: str | os.PathLike | None = No
         raise UsageError(f"progress {progress!r}: not one of {', '.join(MODES)}, None or a callable")
     if isinstance(shard, str):
         shard = parse_shard(shard)
+    if out is not None and is_uri(str(out)):  # the session takes it as it is: a Uri
+        try:
+            uri = parse(str(out))
+        except ValueError as e:
+            raise UsageError(f"--out {e}") from None
+        if not uri.writable:
+            raise UsageError(f"--out {out}: {uri.scheme}:// is read-only")
+        out = uri
     addresses = [workers] if isinstance(workers, str) else list(workers)
     return RunOptions(
         manifest=Path(manifest), out=out if out is None or is_uri(str(out)) else Path(out),
-        workers=tuple(worker_addresses(addresses, environ={})), concurrency=concurrency, timeout=float(timeout),
-        retries=retries, restart=bool(restart),
+        workers=tuple(worker_addresses(addresses, environ={})), concurrency=concurrency,
+        calls=Settings(timeout=float(timeout), retries=retries, quality=quality or 0), restart=bool(restart),
         tls=Tls(Path(tls_ca), _path(tls_cert), _path(tls_key), tls_server_name) if tls_ca else None,
         results_format=results_format, connections=connections, name_template=name, output_format=fmt,
-        quality=quality or 0, rotation=rotation, references=bool(references), resolve_every=float(resolve_every),
+        rotation=rotation, references=bool(references), resolve_every=float(resolve_every),
         progress=progress if isinstance(progress, str) else "quiet",
         on_progress=progress if callable(progress) else None, command=tuple(command),
         base=Path(base) if base is not None else None, shard=shard, checkpoint_every=float(checkpoint_every),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from batch.concurrency import DEFAULT_CAP, PER_ADDRESS
 from batch.errors import BatchError, UsageError
 from batch.report.command import report
 from worker.grpc_logging import quiet_grpc
@@ -90,8 +91,8 @@ _SHARD = _ShardType()
                    "K is $JOB_COMPLETION_INDEX (Kubernetes Indexed Job), else $SLURM_ARRAY_TASK_ID (minus "
                    "$SLURM_ARRAY_TASK_MIN). Also $BATCH_SHARD. See docs/batch.md, Scaling past one driver.")
 @click.option("--concurrency", type=click.IntRange(1), default=None,
-              show_default="4 per embedded worker process; for named workers 8 per address, adapted to their "
-                           "latency and busy refusals up to 128",
+              show_default=f"4 per embedded worker process; for named workers {PER_ADDRESS} per address, adapted to "
+                           f"their latency and busy refusals up to {DEFAULT_CAP}",
               help="Calls in flight, fixed at this number.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, metavar="SECONDS",
               help="Seconds each call may take (0.001 to 86400).")

@@ -21,6 +21,7 @@ import math
 import time
 
 DEFAULT_CAP = 128  # calls in flight at most without --concurrency: bytes mode holds each call's image in memory
+PER_ADDRESS = 8  # calls to start with per address of named workers, whose size and distance are unknown
 SMOOTHING = 0.3  # how far each window moves the limit toward its new estimate (0.2 ramped too slowly for short runs)
 LONG_TERM = 0.02  # weight of one window in the long-term latency average (about 50 windows)
 
@@ -40,8 +41,13 @@ class AdaptiveLimit:
         self._window: list[float] = []
         self._long_term: float | None = None
         # When a call was last answered (or the gate made): a fleet full of other drivers' calls still answers
-        # some of ours, while one that refuses everything does not (batch/runner.py's busy budget).
+        # some of ours, while one that refuses everything does not (batch/retry.py's busy budget).
         self.last_answer = time.monotonic()
+
+    @classmethod
+    def for_addresses(cls, addresses: int) -> AdaptiveLimit:
+        """An adaptive limit for named workers at ``addresses`` addresses: PER_ADDRESS calls each to start."""
+        return cls(PER_ADDRESS * max(1, addresses), DEFAULT_CAP)
 
     @property
     def current(self) -> int:
@@ -90,9 +96,11 @@ class AdaptiveLimit:
         estimate = self.limit * gradient + math.sqrt(self.limit)
         self._set((1 - SMOOTHING) * self.limit + SMOOTHING * estimate)
 
-    def at_least(self, limit: int) -> None:
-        """Raise the limit to ``limit`` (a fleet that grew), within the cap."""
-        self._set(max(self.limit, float(limit)))
+    def fleet(self, addresses: int) -> None:
+        """The workers' names resolve to ``addresses`` addresses now: an adaptive limit grows to PER_ADDRESS
+        calls for each, within the cap (a fleet that grew); it never shrinks for one that did not."""
+        if self.adaptive:
+            self._set(max(self.limit, float(PER_ADDRESS * addresses)))
 
     def refused(self) -> None:
         """A worker refused a call as busy: it holds as many as it may."""

@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import platform
@@ -26,14 +27,14 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
 
 from batch import demo, remote
 from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, address_count, grpc_targets
-from batch.concurrency import DEFAULT_CAP, AdaptiveLimit
+from batch.concurrency import AdaptiveLimit
 from batch.durable import Entry, GroupCommit
 from batch.errors import BatchError, UsageError, WorkerStartError
 from batch.files import forget_folders
@@ -58,7 +59,7 @@ from batch.results import (
 )
 from batch.runner import Settings, fan_out
 from batch.shard import Shard, file_sha256, sharer
-from batch.store import Uri, credentials_problem, is_uri, parse
+from batch.store import Uri, credentials_problem, is_uri
 from worker.local import LocalWorker, LocalWorkerError, cpu_count
 
 log = logging.getLogger("batch.session")
@@ -69,17 +70,17 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class RunOptions:
     manifest: Path
-    out: Path | str | None = None  # a folder, or an object-store URI (batch/remote.py)
+    out: Path | Uri | None = None  # a folder, or an object-store URI (batch/remote.py)
     workers: tuple[str, ...] = ()  # addresses; empty: the embedded worker
     concurrency: int | None = None
-    timeout: float = 60.0
-    retries: int = 6
+    # --timeout, --retries, --quality: what every row's calls go by, passed to them as it is (with the run's
+    # folders filled in once they are known).
+    calls: Settings = Settings(timeout=60.0, retries=6)
     restart: bool = False
     tls: Tls | None = None
     results_format: str = "csv"
     name_template: str | None = None  # --name: default output names
     output_format: str | None = None  # --format (Pillow's name): convert every rotated output
-    quality: int = 0  # --quality for lossy targets; 0: the worker's rule
     rotation: str | None = None  # --rotation: for rows that leave theirs empty ("auto" or degrees)
     references: bool = False  # --references: named workers read and write the files themselves
     resolve_every: float = 5.0  # --resolve-every: seconds between lookups of the workers' DNS names
@@ -92,16 +93,8 @@ class RunOptions:
 
     @property
     def out_store(self) -> Uri | None:
-        """--out as a URI, or None for a folder."""
-        if self.out is None or not is_uri(str(self.out)):
-            return None
-        try:
-            uri = parse(str(self.out))
-        except ValueError as e:
-            raise UsageError(f"--out {e}") from None
-        if not uri.writable:
-            raise UsageError(f"--out {self.out}: {uri.scheme}:// is read-only")
-        return uri
+        """--out as a URI (parsed and checked by ``batch.api.configure``), or None for a folder."""
+        return self.out if isinstance(self.out, Uri) else None
     # The folder relative input paths are relative to: the manifest's own, unless the manifest was written for
     # the run (batch.run with a DataFrame: the caller's working folder).
     base: Path | None = None
@@ -324,6 +317,8 @@ async def execute(options: RunOptions, stop: Stop | None = None) -> Summary:
                     raise WorkerStartError(str(e)) from e  # its message already says what failed
             limit, connections = _defaults(options, targets, embedded)
             summary.limit, summary.connections = limit, connections
+            fleet = Fleet(targets, connections, limit, replace(options.calls, out_root=os.path.realpath(out),
+                                                               read_roots=read_roots, write_roots=write_roots))
             where = (f"an embedded worker ({embedded.processes} processes on private Unix sockets in "
                      f"{embedded.socket_dir})" if embedded
                      else ", ".join(targets))
@@ -338,9 +333,7 @@ async def execute(options: RunOptions, stop: Stop | None = None) -> Summary:
                 progress.note(f"batch: running {total:,} rows{share} on {where}, {in_flight}; results in "
                               f"{results_in}")
             run.give_up_after = max(2 * limit.current, 10)
-            settings = Settings(timeout=options.timeout, retries=options.retries, out_root=os.path.realpath(out),
-                                quality=options.quality, read_roots=read_roots, write_roots=write_roots)
-            await _go(run, first, calls, targets, connections, settings, limit, options, stop)
+            await _go(run, None if first is None else itertools.chain([first], calls), fleet, options, stop)
         except asyncio.CancelledError:
             if stop.signum is None and not run.commit_failed:
                 raise
@@ -366,22 +359,30 @@ async def execute(options: RunOptions, stop: Stop | None = None) -> Summary:
     return summary
 
 
-async def _go(run: Run, first: Row | None, rest: Iterator[Row], targets: list[str], connections: int,
-              settings: Settings, limit: AdaptiveLimit, options: RunOptions, stop: Stop) -> None:
-    """The calls for every row that needs one, with the group commit running beside them."""
+@dataclass(frozen=True)
+class Fleet:
+    """Where a run's calls go and how, decided once its workers are known."""
+
+    targets: list[str]
+    connections: int  # per target
+    limit: AdaptiveLimit  # calls in flight
+    settings: Settings  # ``RunOptions.calls`` with the run's folders
+
+
+async def _go(run: Run, rows: Iterator[Row] | None, fleet: Fleet, options: RunOptions, stop: Stop) -> None:
+    """The calls for every row of ``rows`` (None: no row needs one), with the group commit running beside them."""
     run.start(on_failure=stop._task.cancel)  # a failed sync stops the run; close() raises its error
-    pool = Pool(targets, connections, options.tls) if first is not None else None
+    pool = Pool(fleet.targets, fleet.connections, options.tls) if rows is not None else None
     background: list[asyncio.Task] = []
     try:
         if pool is not None:
             await pool.connect()
-            if limit.adaptive:
-                limit.at_least(8 * pool.addresses)  # a name's addresses count now that they are resolved
-            background.append(asyncio.create_task(_watch_fleet(pool, limit, options.resolve_every)))
+            fleet.limit.fleet(pool.addresses)  # a name's addresses count now that they are resolved
+            background.append(asyncio.create_task(_watch_fleet(pool, fleet.limit, options.resolve_every)))
             if (store := options.out_store) is not None:
                 background.append(asyncio.create_task(_checkpoints(run.journal.path, store,
                                                                    options.checkpoint_every)))
-            await fan_out(_chain(first, rest), pool, settings, run.settle, limit)
+            await fan_out(rows, pool, fleet.settings, run.settle, fleet.limit)
     finally:
         stop._closing = True
         try:
@@ -416,8 +417,8 @@ async def _watch_fleet(pool: Pool, limit: AdaptiveLimit, every: float) -> None:
     of the limit) within that, one that leaves gets none."""
     while True:
         await asyncio.sleep(every)
-        if await pool.refresh() and limit.adaptive:
-            limit.at_least(8 * pool.addresses)
+        if await pool.refresh():
+            limit.fleet(pool.addresses)
 
 
 async def _checkpoints(journal: Path, store: Uri, every: float) -> None:
@@ -435,11 +436,6 @@ async def _checkpoints(journal: Path, store: Uri, every: float) -> None:
             raise
         except OSError as e:
             log.warning("cannot upload the journal to %s (the run goes on; next try in %g s): %s", store, every, e)
-
-
-def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
-    yield first
-    yield from rest
 
 
 def _store_access(options: RunOptions, targets: list[str], index: RunIndex) -> tuple[frozenset[str], list[str]]:
@@ -495,7 +491,7 @@ def _defaults(options: RunOptions, targets: list[str], embedded: LocalWorker | N
     waited while the single-threaded driver was busy between calls (4 gave
     +6 % on 1920x1080 photos, docs/benchmarks.md); a quarter of the worker's own
     in-flight limit (4 x its 4 threads). For named workers the fleet's size and
-    distance are unknown: 8 per address to start with, then adapted to what
+    distance are unknown: `PER_ADDRESS` (8) per address to start with, then adapted to what
     they answer (batch/concurrency.py). An explicit --concurrency is kept as given.
     """
     connections = options.connections or (4 if embedded else DEFAULT_CONNECTIONS)
@@ -503,7 +499,7 @@ def _defaults(options: RunOptions, targets: list[str], embedded: LocalWorker | N
         return AdaptiveLimit(options.concurrency, options.concurrency, adaptive=False), connections
     if embedded is not None:
         return AdaptiveLimit(4 * embedded.processes, 4 * embedded.processes, adaptive=False), connections
-    return AdaptiveLimit(8 * max(1, address_count(targets)), DEFAULT_CAP), connections
+    return AdaptiveLimit.for_addresses(address_count(targets)), connections
 
 
 def _finish(run: Run, journal: Journal, index: RunIndex, summary: Summary, info, clock: float,
@@ -616,7 +612,7 @@ def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedde
             "rows_by_reference": t.by_reference,
         },
         "settings": {
-            "timeout_s": options.timeout, "retries": options.retries,
+            "timeout_s": options.calls.timeout, "retries": options.calls.retries,
             "concurrency": summary.limit.current if summary.limit else None,
             "concurrency_peak": round(summary.limit.peak) if summary.limit else None,
             "concurrency_adaptive": summary.limit.adaptive if summary.limit else None,
