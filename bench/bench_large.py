@@ -40,7 +40,7 @@ from common import (
 from PIL import Image
 from servers import running, worker_cmd
 
-from worker.server import ServerConfig
+from worker.config import ServerConfig
 
 
 def main() -> None:

@@ -25,8 +25,9 @@ import sys
 from collections.abc import Callable
 
 from worker.admission import Admission
+from worker.config import ServerConfig
 from worker.errors import Busy
-from worker.server import ServerConfig, bind, new_server, serve, stop_requested
+from worker.server import bind, new_server, serve, stop_requested
 
 
 def serve_echo(config: ServerConfig, address: str, ready: Callable[[], None]) -> int:

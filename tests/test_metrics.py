@@ -18,8 +18,9 @@ from tests.support.results import results
 from tests.support.rpc import scrape, total
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
+from worker.config import ConfigError, ServerConfig
 from worker.metrics import FOLDER_ENV, exported
-from worker.server import ConfigError, ServerConfig, serve
+from worker.server import serve
 
 pytestmark = pytest.mark.slow  # real worker and driver processes on loopback
 

@@ -117,7 +117,7 @@ def serve(log_level: str, **options) -> None:
     """
     quiet_grpc(debug=log_level.upper() == "DEBUG")  # before anything imports grpc
 
-    from worker.server import ConfigError, ServerConfig
+    from worker.config import ConfigError, ServerConfig
     from worker.server import serve as run
 
     logging.basicConfig(

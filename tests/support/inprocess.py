@@ -18,9 +18,10 @@ from grpc_health.v1 import health_pb2
 from PIL import Image
 
 from worker.classifier import Box, Classification, FaceResult
+from worker.config import ServerConfig
 from worker.decode import upright, use_own_pixel_limit
 from worker.metrics import Metrics
-from worker.server import ServerConfig, services, set_health
+from worker.server import services, set_health
 from worker.service import WorkerState
 
 
