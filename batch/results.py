@@ -23,7 +23,6 @@ import enum
 import hashlib
 import json
 import os
-import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,20 +237,18 @@ def already_done(row, previous: dict[str, str] | None, unchecked: frozenset[str]
 
 
 def _file_intact(previous: dict[str, str]) -> bool:
+    from batch.files import open_input  # the one safe opener (a regular file, never held in open()); it imports us
+
     try:
-        # Non-blocking: a FIFO put in an output's place must not hold the run in open().
-        fd = os.open(previous["output"], os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd, size = open_input(Path(previous["output"]))
         with open(fd, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                return False
             if not previous["output_bytes"]:
                 return True
-            if info.st_size != _size(previous["output_bytes"]):
+            if size != _size(previous["output_bytes"]):
                 return False
             return not previous["output_sha256"] or hashlib.file_digest(f, "sha256").hexdigest() == \
                 previous["output_sha256"]
-    except OSError:
+    except (RowFailed, OSError):
         return False
 
 
