@@ -109,7 +109,8 @@ class GroupCommit:
             if not self._pending:
                 continue
             self._take()
-            await asyncio.to_thread(self._sync, self._syncing_devices)  # a slow disk must not stall the calls
+            if self._syncing_devices:  # else nothing to make durable (references, failures): no thread hop
+                await asyncio.to_thread(self._sync, self._syncing_devices)  # a slow disk must not stall the calls
             self._done()
 
     def flush(self) -> None:

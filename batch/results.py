@@ -277,7 +277,8 @@ class Journal:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
         new = os.fstat(fd).st_size == 0
         self._file = open(fd, "a", newline="", encoding="utf-8")  # noqa: SIM115 - closed by close()
-        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS)
+        # "ignore": rows come from result_row with exactly COLUMNS; "raise" would scan every row's keys again.
+        self._writer = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="ignore")
         if new:
             self._writer.writeheader()
         elif not _ends_with_newline(self.path):
@@ -314,7 +315,7 @@ def write_table(rows: Iterable[dict[str, str]], path: Path) -> int:
             return _write_parquet(rows, f)
     count = 0
     with atomic_file(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")  # as the journal's
         writer.writeheader()
         for r in rows:
             writer.writerow(r)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING
 from batch import stream
 from batch.channel import Pool
 from batch.files import read_input, write_output
-from batch.manifest import Row, real_folder, resolved
+from batch.manifest import Row, real_folder, resolved, within
 from batch.store import Uri
 from worker.api import imageworker_v1_pb2 as v1
 
@@ -181,7 +180,7 @@ def _served(where: Path | Uri, roots: tuple[str, ...], folder: bool = False) -> 
         # "/" is --references' "whatever the worker serves": the worker's own roots decide, for URIs too.
         return any(root == "/" or where.startswith(root) for root in roots)
     real = real_folder(str(where.parent)) if folder else resolved(where)
-    return any(root[:1] == "/" and os.path.commonpath([real, root]) == root for root in roots)
+    return any(root[:1] == "/" and within(real, root) for root in roots)
 
 
 def _reference(where: Path | Uri) -> v1.ImageRef:
