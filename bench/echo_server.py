@@ -20,6 +20,7 @@ the same in-flight gate; only the service differs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 from collections.abc import Callable
@@ -40,8 +41,11 @@ def serve_echo(config: ServerConfig, address: str, ready: Callable[[], None]) ->
 
     def answer(request: pb.RotateRequest) -> pb.RotateResponse:
         image = b"" if request.HasField("destination") else request.image
+        # The worker's account of what it sent, as a real worker gives it (it hashes in its own processes):
+        # without one the driver hashes the bytes itself, as it does for an older worker.
         return pb.RotateResponse(image=image, format="JPEG", method="echo", worker=identity, width=1, height=1,
-                                 degrees=request.degrees % 360)
+                                 degrees=request.degrees % 360, output_bytes=len(image),
+                                 output_sha256=hashlib.sha256(image).hexdigest())
 
     def echo(request: pb.RotateRequest, context) -> pb.RotateResponse:
         try:
