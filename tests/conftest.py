@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from tests.support.certificates import Pki, make_pki
-from tests.support.images import make_corpus
+from tests.support.images import make_corpus, make_formats
 from tests.support.processes import BIG_MESSAGES, worker_process
 from worker.local import LocalWorker
 
@@ -31,6 +31,12 @@ def channel(worker: LocalWorker) -> Iterator[grpc.Channel]:
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The suite's own corpus (tests.support.images.make_corpus): formats/ and a few photos, large and tiny."""
     return make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def formats_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Only the corpus's formats/ folder: one 640x480 picture in every format the worker reads."""
+    return make_formats(tmp_path_factory.mktemp("formats"))
 
 
 @pytest.fixture(scope="session")

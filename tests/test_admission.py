@@ -96,7 +96,7 @@ def test_a_time_remaining_is_bounded_whatever_the_deadline(seconds, limit, wait)
 def test_a_wait_without_a_finite_deadline_lasts_until_its_event(remaining):
     # 1e19 s is what OverflowError'd threading.Event.wait when a client set no deadline.
     done = threading.Event()
-    threading.Timer(0.3, done.set).start()
+    threading.Timer(1.5 * admission.POLL, done.set).start()  # past the first poll: the wait goes on
     admission.wait(done, _Call(remaining))
     assert done.is_set()
     gate = Admission(limit=2, workers=1)

@@ -1,4 +1,5 @@
-"""The shipped face model through a real `worker serve` on loopback: Classify and the legacy RecognizeFace."""
+"""The shipped face model behind the worker's real servicers on loopback (in this process: loading the model is
+this module's cost, a worker process would add its start): Classify and the legacy RecognizeFace."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ import pytest
 from PIL import Image
 
 from tests.support.faces import BUSH, CLOCKWISE, POWELL, SAMPLES, held_out_photo, lfw_root, needs_lfw
+from tests.support.inprocess import in_process_worker
+from tests.support.processes import BIG_MESSAGES
 from worker.api import abimage_pb2, abimage_pb2_grpc, imageworker_v1_pb2, imageworker_v1_pb2_grpc
-from worker.faces import artifact
+from worker.faces import artifact, load_classifier
 from worker.faces.legacy import old_client_thumbnail
-from worker.faces.training.evaluate import running_worker
 
 
 @pytest.fixture(scope="module")
 def channel():
-    with running_worker(None, processes=1) as ch:
+    with in_process_worker(load_classifier()) as live, grpc.insecure_channel(live.address, BIG_MESSAGES) as ch:
         yield ch
 
 

@@ -95,10 +95,13 @@ async def run_rows(servicer: Crowded, todo: list[Row], settings: Settings) -> di
 
 
 def test_a_row_refused_while_the_fleet_answers_others_waits_its_turn(tmp_path: Path) -> None:
-    # A busy budget of 1 s; the row is refused for 2 s while the rest of the run goes on.
-    settings = Settings(timeout=1, retries=1, out_root=str(tmp_path))
-    servicer = Crowded({"90"}, seconds=2.0)
-    outcomes = asyncio.run(run_rows(servicer, rows(tmp_path, [90] + [180] * 150), settings))
+    # The schedule at half its time scale, a busy budget of 0.5 s; the row is refused for 1 s while the rest of
+    # the run (75 rows of 20 ms, two at a time) goes on.
+    settings = Settings(timeout=0.5, retries=1, backoff_base=0.5, busy_backoff_base=0.025, busy_backoff_cap=0.5,
+                        out_root=str(tmp_path))
+    assert settings.busy_budget == 0.5
+    servicer = Crowded({"90"}, seconds=1.0)
+    outcomes = asyncio.run(run_rows(servicer, rows(tmp_path, [90] + [180] * 75), settings))
     assert all(o.status == "ok" for o in outcomes.values()), outcomes["r0"].error
     assert outcomes["r0"].attempts == len(servicer.refused) + 1 > 2
     assert servicer.refused[-1] - servicer.refused[0] > settings.busy_budget  # refused past the budget, not failed

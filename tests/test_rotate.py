@@ -11,7 +11,6 @@ import io
 import shutil
 import subprocess
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,12 +43,6 @@ needs_turbojpeg = pytest.mark.skipif(
 
 
 # --- fixtures and helpers ---------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def formats_corpus(corpus: Path) -> Path:
-    """The corpus's formats/ folder (the corpus is built once per session by conftest)."""
-    return corpus / "formats"
 
 
 def decode(data: bytes) -> Image.Image:

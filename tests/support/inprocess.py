@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from PIL import Image
 
-from worker.classifier import Box, Classification, FaceResult
+from worker.classifier import Box, Classification, Classifier, FaceResult
 from worker.config import ServerConfig
 from worker.decode import upright, use_own_pixel_limit
 from worker.metrics import Metrics
@@ -60,8 +60,9 @@ class InProcessWorker:
 
 
 @contextmanager
-def in_process_worker(classifier: StandInClassifier | None = None, **config) -> Iterator[InProcessWorker]:
-    """A worker serving in this process until the block ends; ``config`` are ServerConfig fields (limits,
+def in_process_worker(classifier: Classifier | None = None, **config) -> Iterator[InProcessWorker]:
+    """A worker serving in this process until the block ends, with the stand-in classifier unless given one (the
+    shipped model: ``worker.faces.load_classifier()``); ``config`` are ServerConfig fields (limits,
     threads, ``data_roots``/``output_roots`` for reference mode)."""
     settings = ServerConfig(host="127.0.0.1", port=0, processes=1, **config)
     pillow_guard = Image.MAX_IMAGE_PIXELS
