@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.certificates import Pki, make_pki
 from tests.support.images import make_corpus, make_formats
+from tests.support.inprocess import InProcessWorker, in_process_worker
 from tests.support.processes import BIG_MESSAGES, worker_process
 from worker.local import LocalWorker
 
@@ -18,6 +19,14 @@ from worker.local import LocalWorker
 def worker() -> Iterator[LocalWorker]:
     """One plaintext single-process worker shared by the tests of a session."""
     with worker_process() as w:
+        yield w
+
+
+@pytest.fixture
+def live() -> Iterator[InProcessWorker]:
+    """The real servicers in this process on 127.0.0.1:0 (tests/support/inprocess.py), fresh for each test: its
+    ``state.served`` counts only that test's calls (it starts in milliseconds)."""
+    with in_process_worker() as w:
         yield w
 
 

@@ -20,12 +20,6 @@ from tests.support.manifests import write_manifest
 from worker.local import python_command
 
 
-@pytest.fixture
-def live():
-    with in_process_worker() as w:
-        yield w
-
-
 def _photos(folder: Path, n: int, size: tuple[int, int] = (48, 32)) -> pd.DataFrame:
     (folder / "img").mkdir(parents=True, exist_ok=True)
     for i in range(n):

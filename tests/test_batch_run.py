@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from batch.cli import main
 from tests.support.images import jpeg
+from tests.support.inprocess import run_cli
 from tests.support.manifests import make_batch, write_manifest
 from tests.support.processes import run_batch, start_batch, wait_for, worker_process
 from tests.support.results import by_id, results
@@ -24,11 +23,6 @@ def write_jpeg(path: Path, width: int = 48, height: int = 32, seed: int = 0) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(jpeg(width, height, seed))
     return path
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    r = CliRunner().invoke(main, ["run", *args], catch_exceptions=False)
-    return r.exit_code, r.stdout, r.stderr
 
 
 def files_named(folder: Path, *suffixes: str) -> list[Path]:
@@ -78,7 +72,7 @@ def test_manifest_problem_exits_2_before_any_work(tmp_path):
         {"id": "x", "path": "a.jpg", "op": "rotate", "rotation": "90"},
     ])
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli(str(manifest), "--out", str(out))
+    code, stdout, stderr = run_cli("run", str(manifest), "--out", str(out))
     assert code == 2
     assert f"{manifest}, line 3: duplicate id 'x' (first used on line 2)" in stderr
     assert not (out / "worker.log").exists()  # no worker was started
@@ -89,14 +83,14 @@ def test_manifest_problem_exits_2_before_any_work(tmp_path):
 def test_not_a_csv_exits_2_naming_the_line(tmp_path):
     manifest = tmp_path / "photo.csv"
     manifest.write_bytes(Image.new("RGB", (4, 4)).tobytes() + b"\x89\xff")
-    code, _, stderr = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--worker", "127.0.0.1:9")
+    code, _, stderr = run_cli("run", str(manifest), "--out", str(tmp_path / "out"), "--worker", "127.0.0.1:9")
     assert code == 2
     assert "line 1" in stderr and ("not UTF-8" in stderr or "missing required column" in stderr)
 
 
 def test_bad_worker_address_is_a_usage_error(tmp_path):
     manifest = write_manifest(tmp_path / "m.csv", [{"path": "a.jpg", "op": "classify"}])
-    code, _, stderr = run_cli(str(manifest), "--worker", "localhost", "--out", str(tmp_path / "o"))
+    code, _, stderr = run_cli("run", str(manifest), "--worker", "localhost", "--out", str(tmp_path / "o"))
     assert code == 2 and "worker address 'localhost' is not HOST:PORT" in stderr
 
 
@@ -110,7 +104,7 @@ def test_every_process_of_a_multi_process_worker_gets_calls(tmp_path):
     out = tmp_path / "out"
     with worker_process(processes=2) as w:
         # 16 connections: the chance that the kernel puts them all on one process is 2^-15.
-        code, stdout, stderr = run_cli(str(manifest), "--out", str(out), "--worker", w.address,
+        code, stdout, stderr = run_cli("run", str(manifest), "--out", str(out), "--worker", w.address,
                                        "--connections", "16", "--quiet")
     assert code == 0, stderr
     pids = {r["worker"].rsplit("/", 1)[1] for r in results(out)}
@@ -145,7 +139,7 @@ def test_ctrl_c_then_the_same_command_finishes_exactly_once(tmp_path, worker):
     kept = {r["id"]: r["finished_at"] for r in partial}
     assert all(r["finished_at"] == kept[r["id"]] for r in table if r["id"] in kept)  # not redone
 
-    code, _, stderr = run_cli(str(manifest), "--out", str(reference), "--worker", worker.address, "--quiet")
+    code, _, stderr = run_cli("run", str(manifest), "--out", str(reference), "--worker", worker.address, "--quiet")
     assert code == 0, stderr
     for r in results(reference):
         mine = Path(r["output"].replace(str(reference), str(out)))
@@ -164,19 +158,19 @@ def test_resume_redoes_failed_rows_and_missing_outputs_and_restart_starts_over(t
     ])
     out = tmp_path / "out"
     args = (str(manifest), "--out", str(out), "--worker", worker.address, "--quiet")
-    assert run_cli(*args)[0] == 1
+    assert run_cli("run", *args)[0] == 1
     first = {r["id"]: r for r in results(out)}
     (out / "rotated" / "b.jpg").unlink()
     write_jpeg(tmp_path / "c.jpg", seed=5)
 
-    code, stdout, _ = run_cli(*args)
+    code, stdout, _ = run_cli("run", *args)
     assert code == 0 and "3 rows: 3 ok (1 already done), 0 failed" in stdout
     second = {r["id"]: r for r in results(out)}
     assert second["a"] == first["a"]
     assert second["b"]["finished_at"] != first["b"]["finished_at"] and (out / "rotated" / "b.jpg").exists()
     assert second["c"]["status"] == "ok"
 
-    code, stdout, _ = run_cli(*args, "--restart")
+    code, stdout, _ = run_cli("run", *args, "--restart")
     assert code == 0 and "3 rows: 3 ok, 0 failed" in stdout
     assert results(out)[0]["finished_at"] != first["a"]["finished_at"]
 
@@ -185,7 +179,7 @@ def test_resume_redoes_failed_rows_and_missing_outputs_and_restart_starts_over(t
 def test_parquet_results_one_row_per_manifest_row(tmp_path, worker):
     manifest = make_batch(tmp_path, 12)
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli(str(manifest), "--out", str(out), "--worker", worker.address,
+    code, stdout, stderr = run_cli("run", str(manifest), "--out", str(out), "--worker", worker.address,
                                    "--results-format", "parquet", "--quiet")
     assert code == 0, stderr
     assert stdout.strip().endswith("results.parquet")
@@ -207,7 +201,7 @@ def test_image_over_the_worker_message_limit_is_not_retried(tmp_path):
     ])
     out = tmp_path / "out"
     with worker_process("--max-message-mb", "1", "--max-image-mb", "16") as w:
-        code, _, _ = run_cli(str(manifest), "--out", str(out), "--worker", w.address, "--quiet")
+        code, _, _ = run_cli("run", str(manifest), "--out", str(out), "--worker", w.address, "--quiet")
     assert code == 1
     by_id = {r["id"]: r for r in results(out)}
     assert by_id["big"]["attempts"] == by_id["huge"]["attempts"] == "1"
@@ -220,7 +214,7 @@ def test_image_over_the_worker_message_limit_is_not_retried(tmp_path):
 def test_batch_worker_environment_variable(tmp_path, worker, monkeypatch):
     manifest = make_batch(tmp_path, 2)
     monkeypatch.setenv("BATCH_WORKER", f" {worker.address} ,")
-    code, _, stderr = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--quiet")
+    code, _, stderr = run_cli("run", str(manifest), "--out", str(tmp_path / "out"), "--quiet")
     assert code == 0, stderr
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["workers"] == {"targets": [f"ipv4:{worker.address}"], "embedded": False, "embedded_processes": None,
@@ -231,7 +225,7 @@ def test_batch_worker_environment_variable(tmp_path, worker, monkeypatch):
 @pytest.mark.slow
 def test_plain_progress_lines_when_not_a_terminal(tmp_path, worker):
     manifest = make_batch(tmp_path, 3)
-    code, stdout, stderr = run_cli(str(manifest), "--out", str(tmp_path / "out"), "--worker", worker.address)
+    code, stdout, stderr = run_cli("run", str(manifest), "--out", str(tmp_path / "out"), "--worker", worker.address)
     assert code == 0
     assert "batch: running 3 rows" in stderr and "\r" not in stderr
     assert len(stdout.strip().splitlines()) == 1 and io.StringIO(stdout).read().startswith("3 rows: 3 ok")

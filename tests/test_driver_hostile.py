@@ -12,14 +12,13 @@ import pytest
 
 from batch.stream import STREAM_MIN
 from tests.support.images import jpeg, photo
+from tests.support.inprocess import in_process_worker, run_cli
 from tests.support.manifests import write_manifest
 from tests.support.processes import run_batch, worker_process
 from tests.support.results import by_id, results
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.storage import Roots
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +47,17 @@ def manifest(tmp_path: Path) -> Path:
 def test_a_seconds_option_out_of_range_is_a_usage_error_before_any_work(manifest: Path, tmp_path: Path,
                                                                        option: str, value: str) -> None:
     out = tmp_path / "out"
-    done = run_batch(manifest, "--out", out, option, value, "--quiet")
-    assert done.returncode == 2, done.stderr
-    assert f"batch run: error: {option} {float(value)!r}: expected a number of seconds from" in done.stderr
-    assert "Traceback" not in done.stderr
+    code, _, stderr = run_cli("run", manifest, "--out", out, option, value, "--quiet")
+    assert code == 2, stderr
+    assert f"batch run: error: {option} {float(value)!r}: expected a number of seconds from" in stderr
+    assert "Traceback" not in stderr
     assert not out.exists()  # refused before the results folder, the worker or any call
 
 
-def test_the_ends_of_the_seconds_ranges_are_accepted(manifest: Path, tmp_path: Path) -> None:
-    done = run_batch(manifest, "--out", tmp_path / "out", "--timeout", "86400", "--resolve-every", "0.1", "--quiet")
-    assert done.returncode == 0, done.stderr
+def test_the_ends_of_the_seconds_ranges_are_accepted(live, manifest: Path, tmp_path: Path) -> None:
+    code, _, stderr = run_cli("run", manifest, "--worker", live.address, "--out", tmp_path / "out",
+                              "--timeout", "86400", "--resolve-every", "0.1", "--quiet")
+    assert code == 0, stderr
 
 
 @pytest.mark.parametrize(("template", "said"), [
@@ -74,16 +74,17 @@ def test_the_ends_of_the_seconds_ranges_are_accepted(manifest: Path, tmp_path: P
 def test_a_template_that_cannot_format_is_a_usage_error_before_any_work(manifest: Path, tmp_path: Path,
                                                                        template: str, said: str) -> None:
     out = tmp_path / "out"
-    done = run_batch(manifest, "--out", out, "--name", template, "--quiet")
-    assert done.returncode == 2, done.stderr
-    assert said in done.stderr and "Traceback" not in done.stderr
+    code, _, stderr = run_cli("run", manifest, "--out", out, "--name", template, "--quiet")
+    assert code == 2, stderr
+    assert said in stderr and "Traceback" not in stderr
     assert not out.exists()
 
 
-def test_a_template_with_format_specs_of_text_names_outputs(manifest: Path, tmp_path: Path) -> None:
+def test_a_template_with_format_specs_of_text_names_outputs(live, manifest: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    done = run_batch(manifest, "--out", out, "--name", "{stem:_>6}-{rotation!s:>4}-{id:.1}{ext}", "--quiet")
-    assert done.returncode == 0, done.stderr
+    code, _, stderr = run_cli("run", manifest, "--worker", live.address, "--out", out,
+                              "--name", "{stem:_>6}-{rotation!s:>4}-{id:.1}{ext}", "--quiet")
+    assert code == 0, stderr
     assert (out / "rotated" / "_____a-  90-a.png").is_file()
 
 
@@ -94,7 +95,7 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.mark.parametrize("mode", ["embedded", "bytes"])
+@pytest.mark.parametrize("mode", ["references", "bytes"])
 def test_resume_reruns_rows_whose_output_was_truncated_emptied_or_replaced(tmp_path: Path, mode: str) -> None:
     """Each output's size and SHA-256 are recorded with its row (written by the worker by reference, or by the
     driver from the bytes it got); a second run re-runs the rows whose file was cut short, emptied or replaced at
@@ -107,12 +108,15 @@ def test_resume_reruns_rows_whose_output_was_truncated_emptied_or_replaced(tmp_p
     out = tmp_path / "out"
 
     def run() -> dict[str, dict[str, str]]:
-        if mode == "embedded":
-            done = run_batch(manifest, "--out", out, "--quiet")
+        if mode == "references":  # as the embedded worker: it reads and writes the files itself
+            out.mkdir(exist_ok=True)  # a worker's root exists before it starts
+            with in_process_worker(data_roots=(tmp_path,), output_roots=(out,)) as w:
+                code, _, stderr = run_cli("run", manifest, "--worker", w.address, "--references", "--out", out,
+                                          "--quiet")
         else:
-            with worker_process() as w:
-                done = run_batch(manifest, "--worker", w.address, "--out", out, "--quiet")
-        assert done.returncode == 0, done.stderr
+            with in_process_worker() as w:
+                code, _, stderr = run_cli("run", manifest, "--worker", w.address, "--out", out, "--quiet")
+        assert code == 0, stderr
         return by_id(results(out))
 
     first = run()
@@ -134,6 +138,7 @@ def test_resume_reruns_rows_whose_output_was_truncated_emptied_or_replaced(tmp_p
     assert second["kept"] == first["kept"]  # skipped: its earlier result kept as it was
 
 
+@pytest.mark.slow  # the embedded worker (or a worker process) against moto's S3
 def test_resume_reruns_a_row_whose_object_was_truncated(s3, tmp_path: Path) -> None:
     """The same for an output object: its size (one HEAD) against the recorded one"""
     photo(64, 48, seed=1).save(tmp_path / "a.jpg", quality=90)
@@ -160,6 +165,7 @@ def test_resume_reruns_a_row_whose_object_was_truncated(s3, tmp_path: Path) -> N
 # --- object-store keys with ? or # ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the embedded worker (or a worker process) against moto's S3
 def test_keys_with_a_question_mark_or_hash_are_refused_per_row_and_nothing_else_is_written(s3, tmp_path: Path) \
         -> None:
     """s3fs reads '?versionId=' as a version: such outputs would all land on out/x. Each is its row's error with
@@ -198,6 +204,7 @@ def test_keys_with_a_question_mark_or_hash_are_refused_per_row_and_nothing_else_
                                                   "s3://hostile-keys/keys/x"]
 
 
+@pytest.mark.slow  # the embedded worker (or a worker process) against moto's S3
 def test_a_worker_by_reference_refuses_keys_with_a_question_mark_or_hash(s3) -> None:
     """The worker's side: a destination or source URI with '?' or '#' in its key, or a key ending in '/', is
     refused (OUTSIDE_ROOTS, the reason said), out/x untouched; a root with '?' does not start; what it does
@@ -234,14 +241,15 @@ def test_a_streamed_output_is_recorded_and_rerun_when_cut_short(tmp_path: Path) 
     assert (tmp_path / "big.png").stat().st_size > STREAM_MIN
     manifest = write_manifest(tmp_path / "m.csv", [{"id": "big", "path": "big.png", "op": "rotate", "rotation": "90"}])
     out, output = tmp_path / "out", tmp_path / "out" / "rotated" / "big.png"
-    with worker_process() as w:
-        first = run_batch(manifest, "--worker", w.address, "--out", out, "--quiet")
-        assert first.returncode == 0, first.stderr
+    with in_process_worker() as w:
+        code, _, stderr = run_cli("run", manifest, "--worker", w.address, "--out", out, "--quiet")
+        assert code == 0, stderr
         before = by_id(results(out))["big"]
         written = output.read_bytes()
         assert (before["output_bytes"], before["output_sha256"]) == (str(len(written)), _digest(written))
         output.write_bytes(written[:STREAM_MIN])
-        second = run_batch(manifest, "--worker", w.address, "--out", out, "--quiet")
-    assert second.returncode == 0, second.stderr
+        code, _, stderr = run_cli("run", manifest, "--worker", w.address, "--out", out, "--quiet")
+    assert code == 0, stderr
+    assert w.state.served == {"RotateStream": 2}
     assert by_id(results(out))["big"]["finished_at"] != before["finished_at"]
     assert output.read_bytes() == written

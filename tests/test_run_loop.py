@@ -20,12 +20,6 @@ from tests.support.inprocess import in_process_worker
 
 
 @pytest.fixture
-def live():
-    with in_process_worker() as w:
-        yield w
-
-
-@pytest.fixture
 def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The test's folder as the current one: a frame's relative paths are relative to it."""
     monkeypatch.chdir(tmp_path)

@@ -14,9 +14,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import grpc
+from click.testing import CliRunner
 from grpc_health.v1 import health_pb2
 from PIL import Image
 
+from batch.cli import main as batch_main
 from worker.classifier import Box, Classification, Classifier, FaceResult
 from worker.config import ServerConfig
 from worker.decode import upright, use_own_pixel_limit
@@ -79,3 +81,9 @@ def in_process_worker(classifier: Classifier | None = None, **config) -> Iterato
     finally:
         server.stop(0).wait()
         Image.MAX_IMAGE_PIXELS = pillow_guard
+
+
+def run_cli(*args: object) -> tuple[int, str, str]:
+    """`batch ARGS…` in this process (click's CliRunner): its exit code, stdout and stderr."""
+    result = CliRunner().invoke(batch_main, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
