@@ -4,9 +4,9 @@ retry policy (batch.runner) reads that reason, never the message text."""
 from __future__ import annotations
 
 import asyncio
-import io
 import subprocess
 import sys
+import threading
 
 import grpc
 import pytest
@@ -18,7 +18,8 @@ from PIL import Image
 from batch.retry import busy, error_reason, explain_permanent, permanent
 from tests.support.hostile import gif_frame_bomb, png_bomb
 from tests.support.images import jpeg
-from tests.support.processes import BIG_MESSAGES, worker_process
+from tests.support.inprocess import StandInClassifier, in_process_worker
+from tests.support.processes import BIG_MESSAGES
 from worker import decode
 from worker.api import abimage_pb2 as ab
 from worker.api import abimage_pb2_grpc as ab_grpc
@@ -122,14 +123,15 @@ def test_a_bomb_refused_by_pillows_guard_is_a_pixel_limit_too():
     assert e.value.reason == Reason.PIXEL_LIMIT
 
 
-# --- a real worker over real gRPC ---------------------------------------------------------------------------
+# --- the worker's real servicers over real gRPC (in this process) --------------------------------------------
+
+SMALL_WORKER = {"threads": 1, "max_concurrent_rpcs": 1, "max_message_mb": 2, "max_pixels": 30_000_000}
 
 
 @pytest.fixture(scope="module")
 def small_worker():
     """One image call at a time, 2 MiB messages (transport cap 18 MiB), 30 MP."""
-    with worker_process("--threads", "1", "--max-concurrent-rpcs", "1", "--max-message-mb", "2",
-                        "--max-pixels", "30000000") as w:
+    with in_process_worker(**SMALL_WORKER) as w:
         yield w
 
 
@@ -145,13 +147,6 @@ def refusal(address: str, call: str, request: Message, *, stub=v1_grpc.ImageWork
     return asyncio.run(go())
 
 
-def png(width: int, height: int) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 100, 50)).save(out, "PNG")
-    return out.getvalue()
-
-
-@pytest.mark.slow  # a real worker process
 @pytest.mark.parametrize("call, request_, code, reason", [
     ("Rotate", v1.RotateRequest(image=jpeg(16, 16), degrees=45), "INVALID_ARGUMENT", "INVALID_ROTATION"),
     ("Rotate", v1.RotateRequest(image=jpeg(64, 64)[:300], degrees=90), "INVALID_ARGUMENT", "CORRUPT_IMAGE"),
@@ -168,7 +163,6 @@ def test_each_refusal_carries_its_reason_and_the_driver_never_retries_it(small_w
     assert permanent(error, len(request_.image))
 
 
-@pytest.mark.slow  # a real worker process
 @pytest.mark.parametrize("call, request_, reason", [
     ("RotateImage", ab.ABImageRotateRequest(rotation=7, image=ab.ABImage(data=bytes(4), width=2, height=2)),
      "INVALID_ROTATION"),
@@ -179,29 +173,36 @@ def test_the_legacy_service_sends_reasons_too(small_worker, call, request_, reas
     error = refusal(small_worker.address, call, request_, stub=ab_grpc.ABImageServiceStub)
     assert (error.code(), error_reason(error)) == (grpc.StatusCode.INVALID_ARGUMENT, reason), error.details()
 
-@pytest.mark.slow  # a real worker process
+
 def test_a_message_over_grpcs_own_limit_has_no_reason_and_stays_permanent(small_worker):
     error = refusal(small_worker.address, "Rotate", v1.RotateRequest(image=bytes(20 * 2**20), degrees=90))
     assert error.code() == RE and error_reason(error) is None, error.details()
     assert permanent(error, 20 * 2**20) and not busy(error, 20 * 2**20)
     assert "--max-message-mb" in explain_permanent(error, 20 * 2**20)
 
-@pytest.mark.slow  # a real worker process
-def test_a_busy_worker_says_so_with_a_retry_delay_and_the_driver_retries_soon(small_worker):
-    slow = v1.RotateRequest(image=png(5000, 5000), degrees=90)  # 25 MP to decode and encode, a few KiB to send
+
+def test_a_busy_worker_says_so_with_a_retry_delay_and_the_driver_retries_soon():
+    gate = threading.Event()  # the first call holds the worker's one slot until the others are answered
+    request = v1.ClassifyRequest(image=jpeg(64, 64))
 
     async def go() -> list[grpc.aio.AioRpcError]:
-        async with grpc.aio.insecure_channel(small_worker.address, options=BIG_MESSAGES) as ch:
+        async with grpc.aio.insecure_channel(held.address, options=BIG_MESSAGES) as ch:
             stub = v1_grpc.ImageWorkerStub(ch)
-            answers = await asyncio.gather(*(stub.Rotate(slow, timeout=120) for _ in range(6)),
+            first = asyncio.ensure_future(stub.Classify(request, timeout=60))
+            while held.state.admission.admitted == 0:
+                await asyncio.sleep(0.01)
+            answers = await asyncio.gather(*(stub.Classify(request, timeout=60) for _ in range(5)),
                                            return_exceptions=True)
-        return [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+            gate.set()
+            assert (await first).label == "face"
+        return answers
 
-    refused = asyncio.run(go())
-    assert refused, "six calls at once against a worker taking one: some must be refused"
+    with in_process_worker(StandInClassifier(gate), **SMALL_WORKER) as held:
+        refused = asyncio.run(go())
+    assert all(isinstance(a, grpc.aio.AioRpcError) for a in refused), "a worker taking one call refuses the rest"
     for error in refused:
         assert (error.code(), error_reason(error)) == (RE, "WORKER_BUSY"), error.details()
-        assert busy(error, len(slow.image)) and not permanent(error, len(slow.image))
+        assert busy(error, len(request.image)) and not permanent(error, len(request.image))
     rich = rpc_status.from_call(refused[0])
     assert rich.code == code_pb2.RESOURCE_EXHAUSTED
     delays = [d for d in rich.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
