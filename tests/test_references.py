@@ -1,5 +1,6 @@
-"""Reference mode: the worker reads inputs and writes outputs itself, only under its roots. Through real workers
-on loopback and the real `batch run`."""
+"""Reference mode: the worker reads inputs and writes outputs itself, only under its roots. Through the worker's
+real servicers on loopback (in this process) and the real `batch run`; the embedded worker's choice in a real
+`batch run` process."""
 
 from __future__ import annotations
 
@@ -13,14 +14,13 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from tests.support.images import jpeg, photo
+from tests.support.inprocess import in_process_worker, run_cli
 from tests.support.manifests import write_manifest
-from tests.support.processes import run_batch, worker_process
+from tests.support.processes import run_batch
 from tests.support.results import by_id, files_under, results
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.cli import main
-
-pytestmark = pytest.mark.slow
 
 
 def reason(error: grpc.RpcError) -> str:
@@ -52,7 +52,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def rooted_worker(shared: Path):
-    with worker_process("--data-root", str(shared / "data"), "--output-root", str(shared / "out")) as w:
+    with in_process_worker(data_roots=(shared / "data",), output_roots=(shared / "out",)) as w:
         yield w
 
 
@@ -60,17 +60,18 @@ def test_a_named_worker_with_roots_rotates_and_classifies_by_reference(shared: P
                                                                        record_property) -> None:
     """batch run --references against a worker with --data-root/--output-root: every row ok, by reference"""
     out = shared / "out" / "refs"
-    done = run_batch(shared / "data" / "m.csv", "--worker", rooted_worker.address, "--references", "--out", out,
-                     "--quiet")
-    assert done.returncode == 0, done.stderr
+    code, _, stderr = run_cli("run", shared / "data" / "m.csv", "--worker", rooted_worker.address, "--references",
+                              "--out", out, "--quiet")
+    assert code == 0, stderr
     got = by_id(results(out))
     info = json.loads((out / "run.json").read_text())
     record_property("observed", f"exit 0; {len(got)} rows ok; {info['workers']['rows_by_reference']} by reference")
     assert all(r["status"] == "ok" for r in got.values())
     assert info["workers"]["rows_by_reference"] == 8
-    assert got["c"]["label"] == "no_face"
+    assert got["c"]["label"] == "face"  # the stand-in model's answer for an image read by reference
 
 
+@pytest.mark.slow  # the embedded worker: a `batch run` process and its child
 def test_the_embedded_worker_uses_references_and_writes_the_same_bytes(shared: Path, rooted_worker,
                                                                        record_property) -> None:
     """The embedded worker goes by reference; its outputs are byte-identical to bytes mode's"""
@@ -87,6 +88,7 @@ def test_the_embedded_worker_uses_references_and_writes_the_same_bytes(shared: P
     assert a == b and len(a) == 7
 
 
+@pytest.mark.slow  # the embedded worker: a `batch run` process and its child
 def test_an_embedded_row_outside_the_roots_goes_by_bytes(tmp_path: Path, shared: Path) -> None:
     """An input outside the manifest's folder: the embedded worker gets its bytes, the row is ok"""
     (tmp_path / "m").mkdir()
@@ -120,10 +122,10 @@ def test_every_escape_is_refused_permission_denied(shared: Path, rooted_worker, 
     assert sorted(p.name for p in elsewhere.iterdir()) == ["secret.jpg"]
 
 
-def test_a_worker_without_roots_refuses_references(shared: Path, worker) -> None:
+def test_a_worker_without_roots_refuses_references(shared: Path, live) -> None:
     """A worker started without roots refuses references (REFERENCES_OFF)"""
     request = v1.ClassifyRequest(source=v1.ImageRef(path=str(shared / "data" / "pics" / "p0.jpg")))
-    with grpc.insecure_channel(worker.address) as channel, pytest.raises(grpc.RpcError) as e:
+    with grpc.insecure_channel(live.address) as channel, pytest.raises(grpc.RpcError) as e:
         v1_grpc.ImageWorkerStub(channel).Classify(request, timeout=30)
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and reason(e.value) == "REFERENCES_OFF"
 
