@@ -290,24 +290,22 @@ def call(worker, **fields) -> v1.RotateResponse:
         return v1_grpc.ImageWorkerStub(ch).Rotate(v1.RotateRequest(**fields), timeout=60)
 
 
-@pytest.mark.slow
-def test_conversions_through_the_worker(worker):
-    reply = call(worker, image=encode(rgba_picture(), "PNG"), degrees=-90, format="JPEG", quality=80)
+def test_conversions_through_the_worker(live):
+    reply = call(live, image=encode(rgba_picture(), "PNG"), degrees=-90, format="JPEG", quality=80)
     assert (reply.format, reply.degrees, reply.width, reply.height) == ("JPEG", 270, 48, 64)
     assert reply.note == "alpha flattened onto white: JPEG has no transparency" and reply.decided_by == ""
     assert decode(reply.image).format == "JPEG"
-    reply = call(worker, image=animated_gif(), degrees=90, format="WEBP")
+    reply = call(live, image=animated_gif(), degrees=90, format="WEBP")
     assert reply.format == "WEBP" and decode(reply.image).n_frames == 3 and reply.note == ""
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fields, reason", [
     ({"format": "JPEG2000"}, "INVALID_FORMAT"),
     ({"quality": 500}, "INVALID_QUALITY"),
 ])
-def test_bad_options_through_the_worker_carry_their_reason(worker, fields, reason):
+def test_bad_options_through_the_worker_carry_their_reason(live, fields, reason):
     with pytest.raises(grpc.RpcError) as e:
-        call(worker, image=encode(few_colours(), "PNG"), degrees=90, **fields)
+        call(live, image=encode(few_colours(), "PNG"), degrees=90, **fields)
     info = error_details_pb2.ErrorInfo()
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [info.reason for d in rpc_status.from_call(e.value).details if d.Unpack(info)] == [reason]
