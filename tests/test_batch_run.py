@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.support.images import jpeg
-from tests.support.inprocess import run_cli
+from tests.support.inprocess import in_process_worker, run_cli
 from tests.support.manifests import make_batch, write_manifest
 from tests.support.processes import run_batch, start_batch, wait_for, worker_process
 from tests.support.results import by_id, results
@@ -147,8 +147,7 @@ def test_ctrl_c_then_the_same_command_finishes_exactly_once(tmp_path, worker):
     assert not files_named(out, ".batchtmp", ".tmp")
 
 
-@pytest.mark.slow
-def test_resume_redoes_failed_rows_and_missing_outputs_and_restart_starts_over(tmp_path, worker):
+def test_resume_redoes_failed_rows_and_missing_outputs_and_restart_starts_over(tmp_path, live):
     write_jpeg(tmp_path / "a.jpg")
     write_jpeg(tmp_path / "b.jpg", seed=3)
     manifest = write_manifest(tmp_path / "m.csv", [
@@ -157,7 +156,7 @@ def test_resume_redoes_failed_rows_and_missing_outputs_and_restart_starts_over(t
         {"id": "c", "path": "c.jpg", "op": "classify"},
     ])
     out = tmp_path / "out"
-    args = (str(manifest), "--out", str(out), "--worker", worker.address, "--quiet")
+    args = (str(manifest), "--out", str(out), "--worker", live.address, "--quiet")
     assert run_cli("run", *args)[0] == 1
     first = {r["id"]: r for r in results(out)}
     (out / "rotated" / "b.jpg").unlink()
@@ -175,11 +174,10 @@ def test_resume_redoes_failed_rows_and_missing_outputs_and_restart_starts_over(t
     assert results(out)[0]["finished_at"] != first["a"]["finished_at"]
 
 
-@pytest.mark.slow
-def test_parquet_results_one_row_per_manifest_row(tmp_path, worker):
+def test_parquet_results_one_row_per_manifest_row(tmp_path, live):
     manifest = make_batch(tmp_path, 12)
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli("run", str(manifest), "--out", str(out), "--worker", worker.address,
+    code, stdout, stderr = run_cli("run", str(manifest), "--out", str(out), "--worker", live.address,
                                    "--results-format", "parquet", "--quiet")
     assert code == 0, stderr
     assert stdout.strip().endswith("results.parquet")
@@ -189,7 +187,6 @@ def test_parquet_results_one_row_per_manifest_row(tmp_path, worker):
     assert not (out / "results.journal.csv").exists() and not (out / "results.csv").exists()
 
 
-@pytest.mark.slow
 def test_image_over_the_worker_message_limit_is_not_retried(tmp_path):
     big = tmp_path / "big.jpg"
     big.write_bytes(b"\xff\xd8\xff" + os.urandom(int(1.5 * 2**20)))
@@ -200,7 +197,7 @@ def test_image_over_the_worker_message_limit_is_not_retried(tmp_path):
         {"id": "huge", "path": "huge.jpg", "op": "rotate", "rotation": "90"},
     ])
     out = tmp_path / "out"
-    with worker_process("--max-message-mb", "1", "--max-image-mb", "16") as w:
+    with in_process_worker(max_message_mb=1, max_image_mb=16) as w:
         code, _, _ = run_cli("run", str(manifest), "--out", str(out), "--worker", w.address, "--quiet")
     assert code == 1
     by_id = {r["id"]: r for r in results(out)}
@@ -210,22 +207,20 @@ def test_image_over_the_worker_message_limit_is_not_retried(tmp_path):
     assert "18.0 MiB" in by_id["huge"]["error"] and "worker serve --max-image-mb" in by_id["huge"]["error"]
 
 
-@pytest.mark.slow
-def test_batch_worker_environment_variable(tmp_path, worker, monkeypatch):
+def test_batch_worker_environment_variable(tmp_path, live, monkeypatch):
     manifest = make_batch(tmp_path, 2)
-    monkeypatch.setenv("BATCH_WORKER", f" {worker.address} ,")
+    monkeypatch.setenv("BATCH_WORKER", f" {live.address} ,")
     code, _, stderr = run_cli("run", str(manifest), "--out", str(tmp_path / "out"), "--quiet")
     assert code == 0, stderr
     run = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert run["workers"] == {"targets": [f"ipv4:{worker.address}"], "embedded": False, "embedded_processes": None,
+    assert run["workers"] == {"targets": [f"ipv4:{live.address}"], "embedded": False, "embedded_processes": None,
                               "answered": run["workers"]["answered"], "rows_by_reference": 0}
     assert sum(run["workers"]["answered"].values()) == 2
 
 
-@pytest.mark.slow
-def test_plain_progress_lines_when_not_a_terminal(tmp_path, worker):
+def test_plain_progress_lines_when_not_a_terminal(tmp_path, live):
     manifest = make_batch(tmp_path, 3)
-    code, stdout, stderr = run_cli("run", str(manifest), "--out", str(tmp_path / "out"), "--worker", worker.address)
+    code, stdout, stderr = run_cli("run", str(manifest), "--out", str(tmp_path / "out"), "--worker", live.address)
     assert code == 0
     assert "batch: running 3 rows" in stderr and "\r" not in stderr
     assert len(stdout.strip().splitlines()) == 1 and io.StringIO(stdout).read().startswith("3 rows: 3 ok")
