@@ -1,5 +1,6 @@
 """The results folder is the run's own, and a damaged one never costs the run: through the real `batch run`
-and `batch report` commands, against a real worker on loopback."""
+and `batch report` commands (in this process, click's CliRunner), against the worker's real servicers on
+loopback."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.images import jpeg
+from tests.support.inprocess import run_cli
 from tests.support.manifests import write_manifest
-from tests.support.processes import BATCH, batch_env, run_batch
 from tests.support.results import by_id, results, stray_temporaries
 
-pytestmark = pytest.mark.slow
+
+def run_batch(*args: object) -> subprocess.CompletedProcess:
+    """`batch run ARGS…` in this process, as a finished process: its exit code, stdout and stderr."""
+    return subprocess.CompletedProcess(args, *run_cli("run", *args))
 
 
 def said(done: subprocess.CompletedProcess) -> str:
@@ -31,7 +35,7 @@ def images(folder: Path, *names: str) -> None:
         (folder / name).write_bytes(jpeg(32, 24, seed=i))
 
 
-def test_outputs_naming_the_runs_own_files_or_the_manifest_are_refused(tmp_path: Path, worker,
+def test_outputs_naming_the_runs_own_files_or_the_manifest_are_refused(tmp_path: Path, live,
                                                                         record_property) -> None:
     """Outputs named .lock, results.csv, run.json, the index, worker.log, report.html or without an extension"""
     images(tmp_path, "a.jpg")
@@ -43,7 +47,7 @@ def test_outputs_naming_the_runs_own_files_or_the_manifest_are_refused(tmp_path:
              {"id": "fine", "path": "a.jpg", "op": "rotate", "rotation": "90", "output": "a90.jpg"}]
     manifest = write_manifest(tmp_path / "jobs", rows)
     before = manifest.read_bytes()
-    done = run_batch(manifest, "--worker", worker.address, "--out", out, "--quiet")
+    done = run_batch(manifest, "--worker", live.address, "--out", out, "--quiet")
     record_property("observed", said(done))
     assert done.returncode == 1, done.stderr
     got = by_id(results(out))
@@ -55,13 +59,13 @@ def test_outputs_naming_the_runs_own_files_or_the_manifest_are_refused(tmp_path:
     assert manifest.read_bytes() == before
 
 
-def test_the_manifest_inside_out_is_never_an_output(tmp_path: Path, worker, record_property) -> None:
+def test_the_manifest_inside_out_is_never_an_output(tmp_path: Path, live, record_property) -> None:
     """An output naming the manifest itself (--out is its folder): a row error, the manifest untouched"""
     images(tmp_path, "a.jpg")
     manifest = write_manifest(tmp_path / "jobs.csv", [
         {"id": "1", "path": "a.jpg", "op": "rotate", "rotation": "90", "output": "jobs.csv"}])
     before = manifest.read_bytes()
-    done = run_batch(manifest, "--worker", worker.address, "--out", tmp_path, "--quiet")  # --out is its folder
+    done = run_batch(manifest, "--worker", live.address, "--out", tmp_path, "--quiet")  # --out is its folder
     record_property("observed", said(done))
     assert done.returncode == 1
     assert by_id(results(tmp_path))["1"]["error"] == "output 'jobs.csv' is the manifest itself"
@@ -72,7 +76,7 @@ def test_the_manifest_inside_out_is_never_an_output(tmp_path: Path, worker, reco
     (".lock", ".lock is a symbolic link: refusing to follow it"),
     ("results.csv", "results.csv is a symbolic link: refusing to follow it"),
 ])
-def test_a_link_planted_in_out_is_never_written_through(tmp_path: Path, name: str, message: str,
+def test_a_link_planted_in_out_is_never_written_through(tmp_path: Path, name: str, message: str, live,
                                                         record_property) -> None:
     """A symlink planted at --out/.lock or --out/results.csv: refused, exit 2, its target untouched"""
     victim = tmp_path / "precious.txt"
@@ -81,7 +85,7 @@ def test_a_link_planted_in_out_is_never_written_through(tmp_path: Path, name: st
     out.mkdir()
     (out / name).symlink_to(victim)
     manifest = write_manifest(tmp_path / "m.csv", [{"path": "a.jpg", "op": "rotate", "rotation": "45"}])
-    done = run_batch(manifest, "--out", out, "--quiet")
+    done = run_batch(manifest, "--worker", live.address, "--out", out, "--quiet")
     record_property("observed", said(done))
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
@@ -107,7 +111,7 @@ def test_a_missing_manifest_leaves_no_results_folder(tmp_path: Path, record_prop
     assert not (tmp_path / "out").exists()
 
 
-def test_nul_bytes_and_huge_cells_are_row_errors(tmp_path: Path, record_property) -> None:
+def test_nul_bytes_and_huge_cells_are_row_errors(tmp_path: Path, live, record_property) -> None:
     """NUL bytes in a path or output and a 40,000-digit rotation: row errors, quoted short; resume reads them back"""
     manifest = tmp_path / "m.csv"
     manifest.write_text("id,path,op,rotation,output\n"
@@ -115,25 +119,25 @@ def test_nul_bytes_and_huge_cells_are_row_errors(tmp_path: Path, record_property
                         "nulout,a.jpg,rotate,90,x\x00.jpg\n"
                         f"huge,a.jpg,rotate,{'9' * 40_000},\n", encoding="utf-8")
     out = tmp_path / "out"
-    done = run_batch(manifest, "--out", out, "--quiet")
+    done = run_batch(manifest, "--worker", live.address, "--out", out, "--quiet")
     record_property("observed", said(done))
     assert done.returncode == 1, done.stderr
     got = by_id(results(out))
     assert got["nul"]["error"] == "path contains a NUL byte"
     assert got["nulout"]["error"] == "output contains a NUL byte"
     assert got["huge"]["error"] == f"rotation {'9' * 40}… (40,000 characters) is out of range"
-    rerun = run_batch(manifest, "--out", out, "--quiet")  # resume reads its own table back
+    rerun = run_batch(manifest, "--worker", live.address, "--out", out, "--quiet")  # resume reads its own table back
     assert rerun.returncode == 1 and len(results(out)) == 3
 
 
-def test_a_damaged_journal_is_resumed_and_reported_not_a_traceback(tmp_path: Path, worker, record_property) -> None:
+def test_a_damaged_journal_is_resumed_and_reported_not_a_traceback(tmp_path: Path, live, record_property) -> None:
     """results.csv with a non-UTF-8 byte mid-file and cut inside a character: named, resumed"""
     names = ("é1.jpg", "é2.jpg", "é3.jpg")
     images(tmp_path, *names)
     manifest = write_manifest(tmp_path / "m.csv",
                               [{"id": n, "path": n, "op": "rotate", "rotation": "90"} for n in names])
     out = tmp_path / "out"
-    assert run_batch(manifest, "--worker", worker.address, "--out", out, "--quiet").returncode == 0
+    assert run_batch(manifest, "--worker", live.address, "--out", out, "--quiet").returncode == 0
     table = out / "results.csv"
     data = table.read_bytes()
     lines = data.split(b"\n")
@@ -141,13 +145,12 @@ def test_a_damaged_journal_is_resumed_and_reported_not_a_traceback(tmp_path: Pat
     cut = b"\n".join(lines)
     cut = cut[:cut.rindex("é3".encode()) + 1]  # a crash between the two bytes of a character
     table.write_bytes(cut)
-    report = subprocess.run([*BATCH, "report", str(out), "--json"], capture_output=True, text=True,
-                            env=batch_env(), timeout=60)
-    assert report.returncode == 0, report.stderr
-    warnings = json.loads(report.stdout)["warnings"]
+    code, stdout, stderr = run_cli("report", out, "--json")
+    assert code == 0, stderr
+    warnings = json.loads(stdout)["warnings"]
     assert any("not UTF-8 text): line 3" in w for w in warnings), warnings
     assert any("unfinished last line" in w for w in warnings), warnings
-    rerun = run_batch(manifest, "--worker", worker.address, "--out", out)
+    rerun = run_batch(manifest, "--worker", live.address, "--out", out)
     record_property("observed", f"report: {'; '.join(warnings)}; rerun {said(rerun)}")
     assert rerun.returncode == 0, rerun.stderr
     assert "not UTF-8 text): line 3" in rerun.stderr
@@ -156,14 +159,14 @@ def test_a_damaged_journal_is_resumed_and_reported_not_a_traceback(tmp_path: Pat
     assert json.loads((out / "run.json").read_text())["counts"]["skipped_already_done"] == 1
 
 
-def test_a_shorter_manifest_keeps_the_other_rows_and_says_so(tmp_path: Path, worker, record_property) -> None:
+def test_a_shorter_manifest_keeps_the_other_rows_and_says_so(tmp_path: Path, live, record_property) -> None:
     """A shorter manifest into the same --out: the other rows kept, and the run says so"""
     images(tmp_path, "a.jpg", "b.jpg")
     rows = [{"id": n, "path": f"{n}.jpg", "op": "rotate", "rotation": "90"} for n in ("a", "b")]
     out = tmp_path / "out"
-    assert run_batch(write_manifest(tmp_path / "m.csv", rows), "--worker", worker.address, "--out", out,
+    assert run_batch(write_manifest(tmp_path / "m.csv", rows), "--worker", live.address, "--out", out,
                      "--quiet").returncode == 0
-    shorter = run_batch(write_manifest(tmp_path / "m.csv", rows[:1]), "--worker", worker.address, "--out", out)
+    shorter = run_batch(write_manifest(tmp_path / "m.csv", rows[:1]), "--worker", live.address, "--out", out)
     record_property("observed", said(shorter))
     assert shorter.returncode == 0
     assert "1 rows of earlier runs have ids this manifest does not have: kept" in shorter.stderr
@@ -190,25 +193,25 @@ def fill(disk: Path) -> None:
             f.write(b"\0" * 4096)
 
 
-def test_a_full_disk_is_one_line_and_leaves_nothing_temporary(tmp_path: Path, small_disk: Path, worker,
+def test_a_full_disk_is_one_line_and_leaves_nothing_temporary(tmp_path: Path, small_disk: Path, live,
                                                                record_property) -> None:
     """A full disk (a 1 MiB tmpfs): one line naming it, no temporaries; freed, the rerun finishes"""
     names = [f"p{i}.jpg" for i in range(20)]
     images(tmp_path, *names)
     rows = [{"id": n, "path": n, "op": "rotate", "rotation": "90"} for n in names]
     out = small_disk / "out"
-    first = run_batch(write_manifest(tmp_path / "m.csv", rows[:2]), "--worker", worker.address, "--out", out,
+    first = run_batch(write_manifest(tmp_path / "m.csv", rows[:2]), "--worker", live.address, "--out", out,
                       "--quiet")
     assert first.returncode == 0, first.stderr
     fill(small_disk)
-    done = run_batch(write_manifest(tmp_path / "m.csv", rows), "--worker", worker.address, "--out", out, "--quiet")
+    done = run_batch(write_manifest(tmp_path / "m.csv", rows), "--worker", live.address, "--out", out, "--quiet")
     record_property("observed", said(done))
     assert done.returncode in (1, 2), done.stderr
     output = done.stdout + done.stderr
     assert ("No space left on device" in output or "disk is full" in output) and "Traceback" not in output
     assert not stray_temporaries(out)
     (small_disk / "filler").unlink()
-    rerun = run_batch(write_manifest(tmp_path / "m.csv", rows), "--worker", worker.address, "--out", out,
+    rerun = run_batch(write_manifest(tmp_path / "m.csv", rows), "--worker", live.address, "--out", out,
                       "--quiet")
     assert rerun.returncode == 0, rerun.stderr
     assert [r["status"] for r in results(out)] == ["ok"] * 20
