@@ -22,6 +22,7 @@ from PIL import Image
 from batch import demo
 from batch.cli import main as batch_main
 from tests.support.images import jpeg, photo
+from tests.support.inprocess import in_process_worker, run_cli
 from tests.support.manifests import write_manifest
 from tests.support.processes import BATCH, ROOT, batch_env, run_batch, start_batch, worker_process
 from tests.support.results import results
@@ -135,23 +136,24 @@ def test_the_embedded_worker_ignores_worker_serve_options_in_the_environment(tmp
 
 # -- driver logging --------------------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_batch_run_verbose_logs_retries_and_busy_refusals(tmp_path: Path) -> None:
-    for i in range(12):
-        photo(1024, 768, seed=i).save(tmp_path / f"p{i}.jpg", quality=90)
-    manifest = _rotations(tmp_path / "m.csv", [f"p{i}.jpg" for i in range(12)])
-    with worker_process("--threads", "1", "--max-concurrent-rpcs", "1") as w:
+    for i in range(6):
+        photo(640, 480, seed=i).save(tmp_path / f"p{i}.jpg", quality=90)
+    photo(1920, 1080).save(tmp_path / "big.jpg", quality=90)  # milliseconds to turn: never within 1 ms
+    manifest = _rotations(tmp_path / "m.csv", [f"p{i}.jpg" for i in range(6)])
+    with in_process_worker(threads=1, max_concurrent_rpcs=1) as w:  # six calls at once for one slot
         busy = ("--worker", w.address, "--concurrency", "6")
-        quiet = run_batch(manifest, *busy, "--out", tmp_path / "q")
-        loud = run_batch(manifest, *busy, "--out", tmp_path / "v", "-v")
+        quiet_code, _, quiet = run_cli("run", manifest, *busy, "--out", tmp_path / "q")
+        loud_code, _, loud = run_cli("run", manifest, *busy, "--out", tmp_path / "v", "-v")
         # A deadline no call can meet: every attempt is retried, then the row fails.
-        late = run_batch(manifest, "--worker", w.address, "--out", tmp_path / "t", "--timeout", "0.001",
-                         "--retries", "1", "--log-level", "info")
-    assert quiet.returncode == loud.returncode == 0, (quiet.stderr, loud.stderr)
-    assert " INFO: " not in quiet.stderr
-    assert "busy" in loud.stderr and "connected: " in loud.stderr
-    assert late.returncode == 1
-    assert "retry 1 of 1" in late.stderr and "DEADLINE_EXCEEDED" in late.stderr
+        late_code, _, late = run_cli("run", _rotations(tmp_path / "one.csv", ["big.jpg"]), "--worker", w.address,
+                                     "--out", tmp_path / "t",
+                                     "--timeout", "0.001", "--retries", "1", "--log-level", "info")
+    assert quiet_code == loud_code == 0, (quiet, loud)
+    assert " INFO: " not in quiet
+    assert "busy" in loud and "connected: " in loud
+    assert late_code == 1
+    assert "retry 1 of 1" in late and "DEADLINE_EXCEEDED" in late
 
 
 # -- signals: results flushed, 130 for SIGINT, 143 for SIGTERM --------------------------------------
