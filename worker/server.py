@@ -149,8 +149,9 @@ def serve_worker(config: ServerConfig, address: str, ready: Callable[[], None]) 
     from grpc_health.v1 import health_pb2
 
     from worker.decode import use_own_pixel_limit
+    from worker.memory import tune_malloc
 
-    _limit_malloc_arenas(config.threads)
+    tune_malloc(config.threads)  # keeps photos' buffers mapped between calls (worker/memory.py)
     use_own_pixel_limit()  # --max-pixels, not Pillow's process-wide default, bounds every image here
     recorder = metrics.ProcessMetrics() if config.metrics_port is not None else Metrics()
     server, health_servicer, state = services(config, address, recorder)
