@@ -266,7 +266,7 @@ async def execute(options: RunOptions, stop: Stop | None = None) -> Summary:
     except OSError as e:
         raise UsageError(f"cannot create --out {out}: {e.strerror}") from None
     shard, store = options.shard, options.out_store
-    with _locked(out), contextlib.closing(_index(out, shard)) as index:
+    with _locked(out), contextlib.closing(_index(out, shard)) as index, _launched(options, targets, out) as early:
         if store is not None:
             _fetch(store, out, options.restart)
         rows = read_rows(Path(options.manifest), out, options.name_template, options.output_format, options.rotation,
@@ -306,12 +306,12 @@ async def execute(options: RunOptions, stop: Stop | None = None) -> Summary:
             calls = run.calls()
             first = next(calls, None)
             read_roots, write_roots = _reference_roots(options, targets, out)
-            if first is not None and not targets:
-                # On private Unix sockets: it reads and writes files as we do, for us alone.
-                embedded = LocalWorker(cpu_count(), out / WORKER_LOG_NAME, private=True,
-                                       args=("--data-root", *read_roots, "--output-root", *write_roots))
+            if first is not None and early is not None:
+                embedded = early
+                os.replace(embedded.log, out / WORKER_LOG_NAME)  # its stderr follows: the log is now this run's
+                embedded.log = out / WORKER_LOG_NAME
                 try:
-                    await _to_the_end(embedded.start)
+                    await _to_the_end(embedded.wait_serving)
                     targets = grpc_targets(embedded.addresses)
                 except LocalWorkerError as e:
                     raise WorkerStartError(str(e)) from e  # its message already says what failed
@@ -482,6 +482,28 @@ def _reference_roots(options: RunOptions, targets: list[str], out: Path) -> tupl
     if options.references:
         return ("/",), ("/",)
     return (), ()
+
+
+@contextlib.contextmanager
+def _launched(options: RunOptions, targets: list[str], out: Path) -> Iterator[LocalWorker | None]:
+    """The embedded worker when no worker is named, launched before the manifest is read and indexed so that
+    both start-ups overlap; stopped at the end (at once when it was not needed or the run could not start).
+    Its log takes the place of an earlier run's only once it is used (nothing to run, or a manifest problem,
+    leaves that one as it was)."""
+    if targets:
+        yield None
+        return
+    read_roots, write_roots = _reference_roots(options, targets, out)
+    # On private Unix sockets: it reads and writes files as we do, for us alone.
+    worker = LocalWorker(cpu_count(), out / f".{WORKER_LOG_NAME}.starting", private=True,
+                         args=("--data-root", *read_roots, "--output-root", *write_roots))
+    worker.launch()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        if worker.log.name != WORKER_LOG_NAME:
+            worker.log.unlink(missing_ok=True)
 
 
 def _defaults(options: RunOptions, targets: list[str], embedded: LocalWorker | None) -> tuple[AdaptiveLimit, int]:

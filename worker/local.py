@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import secrets
+import selectors
 import shutil
 import signal
 import subprocess
@@ -62,7 +63,8 @@ class LocalServer:
     """``with LocalServer(command, log) as s:`` serves at ``s.address`` inside the block.
 
     ``command`` must print ``LISTENING ADDRESS...`` (``host:port``, or several ``unix:path``) as its first
-    line of output once it serves; its stderr goes to ``log``. ``address`` is the first, ``addresses`` all.
+    line of output once it serves, and nothing more (its stdout is a pipe read only for that line); its stderr
+    goes to ``log``. ``address`` is the first, ``addresses`` all. ``start`` is ``launch`` then ``wait_serving``.
     """
 
     what = "server"  # for messages
@@ -75,7 +77,6 @@ class LocalServer:
         self.env = env
         self.addresses: list[str] = []
         self.proc: subprocess.Popen | None = None
-        self._stdout = self.log.with_name(f".{self.log.name}.stdout")
 
     def __enter__(self) -> LocalServer:
         self.start()
@@ -93,28 +94,57 @@ class LocalServer:
         return int(self.address.rsplit(":", 1)[1])
 
     def start(self) -> str:
-        with open(self._stdout, "wb") as out, open(self.log, "wb") as err:
+        """Launch and wait until it serves; its (first) address."""
+        self.launch()
+        return self.wait_serving()
+
+    def launch(self) -> None:
+        """Start the child without waiting for it: its start-up overlaps whatever its user does meanwhile."""
+        with open(self.log, "wb") as err:
             self.proc = subprocess.Popen(
-                self.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=self.env,
+                self.command, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=self.env,
                 # Its own session: a terminal's Ctrl-C reaches only its parent, which stops the child in order.
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
             )
+
+    def wait_serving(self) -> str:
+        """Block until the launched child prints its LISTENING line (read as it is written, not polled for);
+        LocalWorkerError if it exits first or takes longer than ``startup_timeout``."""
         deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            text = self._stdout.read_text(errors="replace")
-            if text.startswith("LISTENING ") and "\n" in text:
-                self.addresses = text.split("\n", 1)[0].split()[1:]
-                return self.address
-            if self.proc.poll() is not None:
-                raise LocalWorkerError(
-                    f"the local {self.what} exited with code {self.proc.returncode} before serving; "
-                    f"its log ({self.log}) ends with:\n{self.log_tail()}"
-                )
-            time.sleep(0.05)
-        self.stop()
+        line = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while not line.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.stop()
+                    raise LocalWorkerError(
+                        f"the local {self.what} did not serve within {self.startup_timeout:.0f} s; "
+                        f"its log ({self.log}) ends with:\n{self.log_tail()}"
+                    )
+                # The pipe's end (EOF) says it exited, unless processes it forked still hold it: look now and then.
+                chunk = os.read(self.proc.stdout.fileno(), 4096) if sel.select(min(left, 1.0)) else None
+                if chunk == b"" or (chunk is None and self.proc.poll() is not None):
+                    self._exited_before_serving()
+                line += chunk or b""
+        text = line.decode(errors="replace")
+        if not text.startswith("LISTENING "):
+            self.stop()
+            raise LocalWorkerError(f"the local {self.what} printed {text.strip()!r} instead of LISTENING; "
+                                   f"its log ({self.log}) ends with:\n{self.log_tail()}")
+        # The pipe stays open until stop: these servers print nothing after that line.
+        self.addresses = text.split()[1:]
+        return self.address
+
+    def _exited_before_serving(self) -> None:
+        try:
+            code = self.proc.wait(5)
+        except subprocess.TimeoutExpired:  # its forks closed the pipe, it did not: stop it all
+            self.stop()
+            code = self.proc.returncode
         raise LocalWorkerError(
-            f"the local {self.what} did not serve within {self.startup_timeout:.0f} s; "
+            f"the local {self.what} exited with code {code} before serving; "
             f"its log ({self.log}) ends with:\n{self.log_tail()}"
         )
 
@@ -125,17 +155,22 @@ class LocalServer:
             return "(no log)"
 
     def stop(self, grace: float = 20.0) -> int | None:
-        """SIGTERM (a worker drains), SIGKILL if it is still there after ``grace`` seconds; its exit code."""
+        """SIGTERM (a worker drains), SIGKILL if it is still there after ``grace`` seconds; its exit code.
+        One not seen serving (never waited for) has nothing to drain, and may not yet relay SIGTERM to what it
+        is forking: SIGKILLed with them at once."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            if not self.addresses:
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: take its server processes too
                 self.proc.wait()
-        self._stdout.unlink(missing_ok=True)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.proc.returncode
 
 

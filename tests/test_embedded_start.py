@@ -1,0 +1,78 @@
+"""Starting local servers: launched first, waited for later (worker.local), as `batch run` does with its embedded
+worker so that the worker's start-up overlaps the driver's own (reading and indexing the manifest)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from batch.cli import main
+from tests.support.images import jpeg
+from tests.support.manifests import write_manifest
+from worker.local import LocalServer, LocalWorker, LocalWorkerError
+
+
+def _server(tmp_path: Path, code: str, timeout: float = 30) -> LocalServer:
+    return LocalServer([sys.executable, "-c", code], tmp_path / "server.log", startup_timeout=timeout)
+
+
+def test_wait_serving_returns_the_addresses_the_child_printed(tmp_path):
+    server = _server(tmp_path, "import time; print('LISTENING unix:/a unix:/b', flush=True); time.sleep(60)")
+    server.launch()
+    try:
+        assert server.wait_serving() == "unix:/a"
+        assert server.addresses == ["unix:/a", "unix:/b"]
+    finally:
+        server.stop()
+    assert server.proc.returncode is not None
+
+
+def test_a_child_that_exits_before_serving_is_an_error_with_its_code_and_log(tmp_path):
+    server = _server(tmp_path, "import sys; sys.stderr.write('cannot bind'); sys.exit(3)")
+    server.launch()
+    with pytest.raises(LocalWorkerError, match=r"exited with code 3 before serving(.|\n)*cannot bind"):
+        server.wait_serving()
+
+
+def test_a_child_that_prints_something_else_is_an_error_naming_it(tmp_path):
+    server = _server(tmp_path, "import time; print('hello', flush=True); time.sleep(60)")
+    server.launch()
+    with pytest.raises(LocalWorkerError, match="printed 'hello' instead of LISTENING"):
+        server.wait_serving()
+    assert server.proc.returncode is not None  # stopped
+
+
+def test_a_child_that_stays_silent_is_stopped_after_the_timeout(tmp_path):
+    server = _server(tmp_path, "import time; time.sleep(60)", timeout=0.5)
+    server.launch()
+    with pytest.raises(LocalWorkerError, match="did not serve within"):
+        server.wait_serving()
+    assert server.proc.returncode is not None
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_before_it_was_waited_for_leaves_no_process_and_no_socket_folder(tmp_path):
+    worker = LocalWorker(2, tmp_path / "worker.log", private=True)
+    worker.launch()
+    worker.stop()
+    assert worker.proc.returncode is not None
+    assert not worker.socket_dir.exists()
+
+
+@pytest.mark.slow
+def test_a_run_with_nothing_to_do_keeps_the_earlier_worker_log(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg(48, 32))
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "1", "path": "a.jpg", "op": "rotate", "rotation": "90"}])
+    out = tmp_path / "out"
+    first = CliRunner().invoke(main, ["run", str(manifest), "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    log = (out / "worker.log").read_text()
+    assert "serving" in log  # the embedded worker's log of the run that used it
+    again = CliRunner().invoke(main, ["run", str(manifest), "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert (out / "worker.log").read_text() == log
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".worker")) == []
+
