@@ -190,21 +190,6 @@ def serve_worker(config: ServerConfig, address: str, ready: Callable[[], None]) 
     return EXIT_BROKEN if broken.is_set() else 0
 
 
-def _limit_malloc_arenas(count: int) -> None:
-    """At most ``count`` glibc malloc arenas in this process (as MALLOC_ARENA_MAX would).
-
-    glibc gives threads arenas of their own and keeps what big images freed in
-    each; the server has a thread per admitted call but only --threads decode
-    at once, so more arenas than that only retain memory. No-op off glibc.
-    """
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).mallopt(-8, count)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 def set_health(servicer, status) -> None:
     """``status`` for the whole server and each of its services."""
     for name in ("", *SERVICE_NAMES):
