@@ -21,12 +21,12 @@ from worker import jpeg_transform
 from worker.decode import upright
 from worker.errors import InvalidArgument
 from worker.rotation import (
-    _webp_quality,
     lossless_jpeg_available,
     normalize_degrees,
     rotate,
     rotate_pixels,
 )
+from worker.rotation.webp import webp_quality
 
 T = Image.Transpose
 TURN = {0: None, 90: T.ROTATE_90, 180: T.ROTATE_180, 270: T.ROTATE_270, -90: T.ROTATE_270}
@@ -128,7 +128,7 @@ def test_corpus_file_matches_reference(formats_corpus, name, degrees):
     elif name == "rgb.webp":  # lossy WebP: no pixel-exact reference exists
         assert psnr(out, want) >= 35
         assert len(got.data) <= 1.25 * len(data)
-        assert abs(_webp_quality(got.data) - _webp_quality(data)) <= 2  # its own quality, not more
+        assert abs(webp_quality(got.data) - webp_quality(data)) <= 2  # its own quality, not more
     else:
         assert_frames_equal(got.data, data, degrees)
 
