@@ -29,7 +29,8 @@ Entry = tuple[Any, Any, dict[str, str]]
 _DIR_CACHE = 4096  # folders whose device is remembered (outputs usually share a few folders)
 
 
-TEMP_SUFFIX = ".batchtmp"  # ".<name>.batchtmp" beside a file while it is written
+TEMP_SUFFIX = ".batchtmp"
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC  # ".<name>.batchtmp" beside a file while it is written
 
 
 @contextlib.contextmanager
@@ -44,10 +45,12 @@ def atomic_file(path: Path, mode: str = "wb", *, durable: bool = True, **open_ar
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # a crash's leftover, or a link planted there: O_EXCL below never follows one
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            fd = os.open(tmp, _CREATE, 0o666)  # O_EXCL never follows a link planted there
+        except FileExistsError:  # a crash's leftover, or that link: removed, then made afresh
+            os.unlink(tmp)
+            fd = os.open(tmp, _CREATE, 0o666)
         with open(fd, mode, **open_args) as f:
             yield f
             if durable:

@@ -20,7 +20,7 @@ from batch.results import COLUMNS, ERROR, Outcome, Reason, already_done
 from batch.store import Uri, location
 
 _ROW_FIELDS = ("line", "id", "path", "op", "rotation", "output", "input_path", "degrees", "output_path", "error",
-               "format")
+               "format", "input_real")
 _RESULT_COLUMNS = ", ".join(f'"{c}" TEXT' for c in COLUMNS if c != "id")
 CHUNK = 1000
 

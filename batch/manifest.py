@@ -18,7 +18,7 @@ import posixpath
 import re
 import string
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from batch.errors import BatchError
@@ -61,6 +61,9 @@ class Row:
     output_path: Path | Uri | None = None  # absolute, inside --out, or a URI the manifest names; rotate rows only
     error: str | None = None
     format: str = ""  # the format to write (Pillow's name), from the output's extension or --format; "": keep
+    # ``input_path`` with its links resolved, as the run's index stored it (batch/index.py): the row's way is
+    # chosen on it without an lstat of its own (None: not known, resolved when needed).
+    input_real: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def auto(self) -> bool:

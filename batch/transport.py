@@ -167,19 +167,20 @@ def _by_reference(row: Row, settings: Settings) -> bool:
     serves (reference mode); else the bytes travel in the messages."""
     if not settings.read_roots:
         return False
-    inside = _served(row.input_path, settings.read_roots)
+    inside = _served(row.input_path, settings.read_roots, real=row.input_real)
     if row.op == "rotate":
         inside = inside and _served(row.output_path, settings.write_roots, folder=True)
     return inside
 
 
-def _served(where: Path | Uri, roots: tuple[str, ...], folder: bool = False) -> bool:
+def _served(where: Path | Uri, roots: tuple[str, ...], folder: bool = False, real: str | None = None) -> bool:
     """Whether a worker with ``roots`` (resolved folders, URI prefixes ending in /) serves ``where`` (for
-    ``folder``, an output, whose folder matters: it is renamed over its path)."""
+    ``folder``, an output, whose folder matters: it is renamed over its path); ``real``: ``where`` resolved
+    already (the index's)."""
     if isinstance(where, Uri):
         # "/" is --references' "whatever the worker serves": the worker's own roots decide, for URIs too.
         return any(root == "/" or where.startswith(root) for root in roots)
-    real = real_folder(str(where.parent)) if folder else resolved(where)
+    real = real_folder(str(where.parent)) if folder else real or resolved(where)
     return any(root[:1] == "/" and within(real, root) for root in roots)
 
 
