@@ -232,11 +232,7 @@ _OUTPUT_JOINS = (
 )
 _OUTPUT_FACTS = ("r.input_real, r.output_real, c.id, c.line, w.id, w.line, w.input_real, w.degrees, w.format, "
                  "(SELECT count(*) FROM rows WHERE output_real = r.output_real)")
-_TURN = "coalesce(((degrees % 360) + 360) % 360, -1)"  # a quarter turn 0..270, -1 for auto (degrees NULL)
-
-
-def _turn(degrees: int | None) -> int:
-    return -1 if degrees is None else degrees % 360
+_TURN = "coalesce(degrees, -1)"  # the quarter turn 0..270 (manifest.parse_rotation), -1 for auto (degrees NULL)
 
 
 @dataclass(frozen=True)
@@ -256,7 +252,7 @@ class _OutputFacts:
         """The earlier row this one duplicates exactly (same input, same rotation, so the same output)."""
         if self.first_writer_line is None or self.first_writer_line == row.line:
             return None
-        same = (self.first_writer_input == self.real_input and _turn(self.first_writer_degrees) == _turn(row.degrees)
+        same = (self.first_writer_input == self.real_input and self.first_writer_degrees == row.degrees
                 and self.first_writer_format == row.format)
         return self.first_writer_id if same else None
 

@@ -57,7 +57,7 @@ class Row:
     rotation: str
     output: str
     input_path: Path | Uri | None = None  # absolute, normalised (symlinks not resolved); or a normalised URI
-    degrees: int | None = None  # None for rotation "auto"
+    degrees: int | None = None  # the quarter turn counter-clockwise, 0, 90, 180 or 270 (-90 is 270); None for "auto"
     output_path: Path | Uri | None = None  # absolute, inside --out, or a URI the manifest names; rotate rows only
     error: str | None = None
     format: str = ""  # the format to write (Pillow's name), from the output's extension or --format; "": keep
@@ -286,7 +286,8 @@ def _row(record: list[str], index: dict[str, int], width: int, line: int, places
 
 
 def parse_rotation(text: str) -> tuple[int | None, str | None]:
-    """Degrees counter-clockwise from a manifest cell: (value, None) or (None, the problem)."""
+    """The quarter turn counter-clockwise a manifest cell names, as 0, 90, 180 or 270 (the one place a rotation is
+    normalised: -90 and 450 name 270 and 90): (turn, None) or (None, the problem)."""
     if not text:
         return None, "rotation is required for rotate (degrees counter-clockwise, a multiple of 90)"
     digits = text[1:] if text[:1] in "+-" else text
@@ -298,7 +299,7 @@ def parse_rotation(text: str) -> tuple[int | None, str | None]:
         return None, f"rotation {_quoted(text)} is out of range"
     if value % 90:
         return None, f"rotation {value} is not a multiple of 90 degrees"
-    return value, None
+    return value % 360, None
 
 
 def _quoted(text: str, limit: int = 40) -> str:
@@ -367,7 +368,7 @@ def rotation_name(path: Path | Uri, degrees: int | None) -> Path | Uri:
 
 
 def _turn(degrees: int | None) -> str:
-    return AUTO if degrees is None else str(degrees % 360)
+    return AUTO if degrees is None else str(degrees)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -68,7 +68,7 @@ async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit
         written, digest = await transport.deliver(reply)
     except RowFailed as e:
         return Outcome.failed(e, **common)
-    turned = reply.degrees if row.auto else row.degrees % 360
+    turned = reply.degrees if row.auto else row.degrees
     lossless = reply.method in ("lossless", "copy") if reply.format == "JPEG" else None
     return Outcome(OK, output=str(row.output_path), format=reply.format, turned=turned, decided_by=reply.decided_by,
                    lossless=lossless, note=reply.note, by_reference=transport.by_reference, output_bytes=written,

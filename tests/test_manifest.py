@@ -57,7 +57,7 @@ def test_file_level_problems_name_the_line(tmp_path, text, line, words):
 
 
 @pytest.mark.parametrize(("text", "value", "problem"), [
-    ("90", 90, None), ("-90", -90, None), ("+450", 450, None), ("0", 0, None),
+    ("90", 90, None), ("-90", 270, None), ("+450", 90, None), ("0", 0, None), ("-360", 0, None),
     ("45", None, "rotation 45 is not a multiple of 90 degrees"),
     ("abc", None, "rotation 'abc' is not a whole number of degrees"),
     ("1e9", None, "rotation '1e9' is not a whole number of degrees"),
