@@ -42,7 +42,7 @@ MANIFEST_COLUMNS = ("path", "op", "rotation", "output", "id")
 # The highest of every seconds option: gRPC turns a deadline of ~9e9 s or more (and inf, nan) into one already
 # past, and asyncio.sleep overflows on huge values; a day is far beyond any call or interval that makes sense.
 DAY = 86400.0
-MAX_CONCURRENCY, MAX_RETRIES, MAX_CONNECTIONS = 100_000, 1_000, 1_024
+MAX_CONCURRENCY, MAX_RETRIES, MAX_CONNECTIONS, MAX_BATCH_ROWS = 100_000, 1_000, 1_024, 4_096
 
 
 def configure(manifest: str | os.PathLike, *, out: str | os.PathLike | None = None,
@@ -53,7 +53,7 @@ def configure(manifest: str | os.PathLike, *, out: str | os.PathLike | None = No
               results_format: str = "csv", connections: int | None = None,
               name: str | None = None, format: str | None = None, quality: int | None = None,  # noqa: A002
               rotation: str | int | None = None, references: bool = False, resolve_every: float = 5.0,
-              shard: str | Shard | None = None, checkpoint_every: float = 60.0,
+              shard: str | Shard | None = None, checkpoint_every: float = 60.0, batch_rows: int = 16,
               command: Iterable[str] = ()) -> RunOptions:
     """The run's configuration from the CLI's options, checked once: UsageError naming the option otherwise.
 
@@ -76,6 +76,7 @@ def configure(manifest: str | os.PathLike, *, out: str | os.PathLike | None = No
     _check_int("retries", retries, 0, maximum=MAX_RETRIES)
     _check_int("connections", connections, 1, optional=True, maximum=MAX_CONNECTIONS)
     _check_int("quality", quality, 1, optional=True, maximum=100)
+    _check_int("batch_rows", batch_rows, 1, maximum=MAX_BATCH_ROWS)
     for option, value, low in (("--timeout", timeout, 0.001), ("--resolve-every", resolve_every, 0.1),
                                ("--checkpoint-every", checkpoint_every, 0.1)):
         if problem := seconds_problem(option, value, low, DAY):
@@ -115,7 +116,8 @@ def configure(manifest: str | os.PathLike, *, out: str | os.PathLike | None = No
     return RunOptions(
         manifest=Path(manifest), out=out if out is None or is_uri(str(out)) else Path(out),
         workers=tuple(worker_addresses(addresses, environ={})), concurrency=concurrency,
-        calls=Settings(timeout=float(timeout), retries=retries, quality=quality or 0), restart=bool(restart),
+        calls=Settings(timeout=float(timeout), retries=retries, quality=quality or 0, batch_rows=batch_rows),
+        restart=bool(restart),
         tls=Tls(Path(tls_ca), _path(tls_cert), _path(tls_key), tls_server_name) if tls_ca else None,
         results_format=results_format, connections=connections, name_template=name, output_format=fmt,
         rotation=rotation, references=bool(references), resolve_every=float(resolve_every),
@@ -191,7 +193,7 @@ def _known(options: dict[str, Any]) -> dict[str, Any]:
 
 _OPTIONS = ("concurrency", "timeout", "retries", "restart", "tls_ca", "tls_cert", "tls_key", "tls_server_name",
             "results_format", "connections", "name", "format", "quality", "rotation", "references", "resolve_every",
-            "shard", "checkpoint_every")
+            "shard", "checkpoint_every", "batch_rows")
 
 
 def _write_manifest(rows: Iterable[Mapping[str, Any]], out: Path) -> None:

@@ -94,6 +94,10 @@ _SHARD = _ShardType()
               show_default=f"4 per embedded worker process; for named workers {PER_ADDRESS} per address, adapted to "
                            f"their latency and busy refusals up to {DEFAULT_CAP}",
               help="Calls in flight, fixed at this number.")
+@click.option("--batch-rows", type=click.IntRange(1, 4096), default=16, show_default=True, metavar="N",
+              help="Rows per call for rows by reference and images of at most 64 KiB (RotateBatch, ClassifyBatch): "
+                   "fewer calls for the same rows, each row still answered, retried and counted alone; 1: one "
+                   "row per call. A worker without the batch calls gets one row per call.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, metavar="SECONDS",
               help="Seconds each call may take (0.001 to 86400).")
 @click.option("--retries", type=click.IntRange(0), default=6, show_default=True,

@@ -64,7 +64,7 @@ class Retries:
             except grpc.aio.AioRpcError as e:
                 await asyncio.sleep(self.after(e, transport.message_bytes))
                 continue
-            latency = time.monotonic() - started
+            latency = sent.latency if sent.latency is not None else time.monotonic() - started
             self.limit.answered(latency)
             if latency > self.settings.timeout / 2:
                 log.info("row %s: slow: its call took %.1f s, over half of --timeout %g s", self.row_id, latency,

@@ -10,12 +10,15 @@ import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from batch.batching import Batcher
 from batch.channel import Pool
 from batch.concurrency import AdaptiveLimit
 from batch.manifest import Row
 from batch.results import ERROR, OK, Outcome, Reason, RowFailed, faces_json
 from batch.retry import GaveUp, Retries
-from batch.transport import choose
+from batch.transport import Transport, batched, choose
+
+MAX_BATCHED_ROWS = 2048
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Settings:
     read_roots: tuple[str, ...] = ()
     write_roots: tuple[str, ...] = ()
     quality: int = 0  # --quality for lossy targets; 0: the worker's rule (proto RotateRequest.quality)
+    batch_rows: int = 1  # --batch-rows: rows per call for references and small images (batch/batching.py)
 
     @property
     def busy_budget(self) -> float:
@@ -42,10 +46,11 @@ class Settings:
         return max(self.timeout, sum(min(self.backoff_cap, self.backoff_base * 2 ** k) for k in range(self.retries)))
 
 
-async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit) -> Outcome:
-    """Run one valid row to its outcome: its transport, called under the retry policy; never raises for a
-    row-level problem."""
-    transport = choose(row, settings)
+async def process(row: Row, pool: Pool, settings: Settings, limit: AdaptiveLimit,
+                  transport: Transport | None = None) -> Outcome:
+    """Run one valid row to its outcome: its transport (``choose``'s unless given), called under the retry
+    policy; never raises for a row-level problem."""
+    transport = transport or choose(row, settings)
     calls = Retries(settings, limit, row.id)
     try:
         await transport.prepare()
@@ -82,21 +87,32 @@ async def fan_out(rows: Iterable[Row], pool: Pool, settings: Settings, finished:
     A bounded queue keeps at most a few rows ahead of the calls, so memory does
     not depend on the manifest's length. Cancelling this coroutine cancels the
     calls in flight; their rows are simply not reported.
+
+    With ``settings.batch_rows`` above 1, rows by reference and small ones go several per call
+    (batch/batching.py): each such call holds one slot of ``limit``, so as many rows as batches can fill are
+    taken at once.
     """
+    batcher = Batcher(pool, limit, settings.timeout, settings.batch_rows) if settings.batch_rows > 1 else None
+    # Rows in flight: a full batch per slot, within a bound (each holds up to batching.SMALL bytes, or a path).
+    tasks_count = max(limit.cap, min(limit.cap * settings.batch_rows, MAX_BATCHED_ROWS))
     queue: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=limit.cap)
     failed: list[BaseException] = []
 
     async def work() -> None:
         while (row := await queue.get()) is not None:
+            transport = choose(row, settings, batcher)
+            if batched(transport):  # its call takes the slot, for all the rows of its batch
+                finished(row, await process(row, pool, settings, limit, transport))
+                continue
             async with limit:
-                finished(row, await process(row, pool, settings, limit))
+                finished(row, await process(row, pool, settings, limit, transport))
 
     def ended(task: asyncio.Task) -> None:
         # A task only ends early by a bug (or a results file that cannot be written): raise it here.
         if not task.cancelled() and task.exception() is not None:
             failed.append(task.exception())
 
-    tasks = [asyncio.create_task(work()) for _ in range(limit.cap)]
+    tasks = [asyncio.create_task(work()) for _ in range(tasks_count)]
     for t in tasks:
         t.add_done_callback(ended)
     try:
@@ -111,3 +127,5 @@ async def fan_out(rows: Iterable[Row], pool: Pool, settings: Settings, finished:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if batcher is not None:
+            await batcher.close()

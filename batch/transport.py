@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batch import stream
+from batch.batching import SMALL, Batcher, Unbatched
 from batch.channel import Pool
 from batch.files import read_input, write_output
 from batch.manifest import Row, real_folder, resolved, within
@@ -44,6 +45,8 @@ class Sent:
 
     reply: Reply
     worker: str
+    # The call's own seconds, when they are not the row's wait for its answer (a batch: its gate slot, its rows).
+    latency: float | None = None
 
 
 class Transport:
@@ -96,8 +99,11 @@ class BytesTransport(Transport):
         data = read_input(self.row.input_path, INLINE_MAX)
         self.data = data if data is not None else await asyncio.to_thread(read_input, self.row.input_path)
 
+    def request(self) -> v1.RotateRequest | v1.ClassifyRequest:
+        return self._request(self.data)
+
     async def send(self, pool: Pool) -> Sent:
-        request = self._request(self.data)
+        request = self.request()
         async with pool.call() as stub:
             method = stub.Rotate if self.row.op == "rotate" else stub.Classify
             reply = await method(request, timeout=self.settings.timeout)
@@ -139,27 +145,76 @@ class ReferenceTransport(Transport):
 
     by_reference = True
 
-    async def send(self, pool: Pool) -> Sent:
+    def request(self) -> v1.RotateRequest | v1.ClassifyRequest:
         row = self.row
         files = {"source": _reference(row.input_path)}
         if row.op == "rotate":
             files["destination"] = _reference(row.output_path)
+        return self._request(**files)
+
+    async def send(self, pool: Pool) -> Sent:
         async with pool.call() as stub:
-            method = stub.Rotate if row.op == "rotate" else stub.Classify
-            reply = await method(self._request(**files), timeout=self.settings.timeout)
+            method = stub.Rotate if self.row.op == "rotate" else stub.Classify
+            reply = await method(self.request(), timeout=self.settings.timeout)
             return Sent(reply, pool.answered(stub, reply.worker))
 
 
-def choose(row: Row, settings: Settings) -> Transport:
+class BatchedTransport(Transport):
+    """A row by reference, or a small one by bytes, sent with others in one call (batch/batching.py): its own
+    transport makes its request and delivers its answer; alone when the worker cannot take it in a batch."""
+
+    def __init__(self, alone: BytesTransport | ReferenceTransport, batcher: Batcher) -> None:
+        super().__init__(alone.row, alone.settings)
+        self.alone = alone
+        self.batcher = batcher
+        self.by_reference = alone.by_reference
+
+    @property
+    def message_bytes(self) -> int:
+        return self.alone.message_bytes
+
+    async def prepare(self) -> None:
+        await self.alone.prepare()
+
+    async def send(self, pool: Pool) -> Sent:
+        if not self.batcher.off:
+            try:
+                return await self.batcher.send(self.row.op, self.alone.request(), self.message_bytes)
+            except Unbatched:
+                pass
+        async with self.batcher.limit:  # a single call holds a slot of the gate as the batches do
+            return await self.alone.send(pool)
+
+    async def deliver(self, reply: v1.RotateResponse) -> tuple[int | None, str]:
+        return await self.alone.deliver(reply)
+
+
+def choose(row: Row, settings: Settings, batcher: Batcher | None = None) -> Transport:
     """The way ``row`` goes: by reference when the worker serves both its files; else a large local file by
     stream (the worker's --max-image-mb decides); else its bytes in one call. A row on an object store never
-    streams: its input is no local file to stat, and its output is one PUT."""
+    streams: its input is no local file to stat, and its output is one PUT. With a ``batcher``, rows by
+    reference and local files of at most ``batching.SMALL`` bytes go in batches."""
     if _by_reference(row, settings):
-        return ReferenceTransport(row, settings)
+        alone = ReferenceTransport(row, settings)
+        return BatchedTransport(alone, batcher) if batcher is not None else alone
     on_store = isinstance(row.input_path, Uri) or isinstance(row.output_path, Uri)
     if not on_store and (size := stream.streamed_size(row.input_path)) is not None:
         return StreamTransport(row, settings, size)
+    if batcher is not None and not on_store and _small(row.input_path):
+        return BatchedTransport(BytesTransport(row, settings), batcher)
     return BytesTransport(row, settings)
+
+
+def batched(transport: Transport) -> bool:
+    """Whether ``transport``'s calls take their gate slot themselves (per batch) rather than per row."""
+    return isinstance(transport, BatchedTransport)
+
+
+def _small(path: Path) -> bool:
+    try:
+        return os.stat(path).st_size <= SMALL
+    except OSError:  # the row's own read says what is wrong
+        return False
 
 
 def _by_reference(row: Row, settings: Settings) -> bool:

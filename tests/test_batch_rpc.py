@@ -72,7 +72,8 @@ def test_each_item_of_a_rotate_batch_is_what_its_unary_call_is():
     reasons = [item_reason(r.error) if r.HasField("error") else "" for r in answer.results]
     assert reasons == ["", "UNSUPPORTED_FORMAT", "EMPTY_IMAGE", "INVALID_ROTATION", "", "INVALID_FORMAT"]
     assert (answer.results[4].response.format, answer.results[4].response.width) == ("PNG", 20)
-    assert w.state.served == {"Rotate": 2 * 2, "RotateBatch": 1}  # failed calls are not counted as served
+    # Failed calls are not counted as served; a batch's answered items count as their unary calls.
+    assert w.state.served == {"Rotate": 2 * 2 + 2, "RotateBatch": 1}
 
 
 def test_a_classify_batch_answers_good_items_beside_bad_ones():

@@ -60,17 +60,22 @@ def test_every_failure_has_its_reason_and_the_report_groups_by_it(live, here: Pa
     assert grouped == {r: 1 for r in reasons.values() if r}
 
 
+def worked(live) -> dict[str, int]:
+    """Images the worker answered, per method: a batch call's items count as their single calls."""
+    return {method: n for method, n in live.state.served.items() if not method.endswith("Batch")}
+
+
 def test_restart_runs_everything_again_and_resume_nothing(live, here: Path) -> None:
     out = here / "out"
     batch.run(_rotations(4), out=out, workers=[live.address])
-    assert live.state.served == {"Rotate": 4}
+    assert worked(live) == {"Rotate": 4}
     batch.run(_rotations(4), out=out, workers=[live.address])
-    assert live.state.served == {"Rotate": 4}
+    assert worked(live) == {"Rotate": 4}
     os.remove(batch.read_results(out).loc[0, "output"])  # an output deleted: that row runs again
     batch.run(_rotations(4), out=out, workers=[live.address])
-    assert live.state.served == {"Rotate": 5}
+    assert worked(live) == {"Rotate": 5}
     again = batch.run(_rotations(4), out=out, workers=[live.address], restart=True)
-    assert live.state.served == {"Rotate": 9} and (again["status"] == "ok").all()
+    assert worked(live) == {"Rotate": 9} and (again["status"] == "ok").all()
 
 
 def test_exact_duplicates_make_one_call(live, here: Path) -> None:
@@ -78,7 +83,7 @@ def test_exact_duplicates_make_one_call(live, here: Path) -> None:
                           "output": "one.jpg"})
     results = batch.run(frame, out=here / "out", workers=[live.address])
     assert (results["status"] == "ok").all() and set(results["output"]) == {str(here / "out" / "one.jpg")}
-    assert live.state.served == {"Rotate": 1}
+    assert worked(live) == {"Rotate": 1}
 
 
 def test_default_names_from_the_template_and_by_rotation(live, here: Path) -> None:
@@ -111,7 +116,7 @@ def test_big_files_go_by_stream_and_small_ones_in_one_call(live, here: Path) -> 
                           "rotation": 90})
     results = batch.run(frame, out=here / "out", workers=[live.address]).set_index("id")
     assert (results["status"] == "ok").all()
-    assert live.state.served == {"RotateStream": 1, "Rotate": 1}
+    assert worked(live) == {"RotateStream": 1, "Rotate": 1}
     with Image.open(results.loc["big", "output"]) as img:
         assert np.array_equal(np.asarray(img), np.rot90(noise))
 

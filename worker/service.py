@@ -449,6 +449,7 @@ def _each(servicer, method: str, items, one: Callable, result: type, context: _L
             continue
         room -= size
         results.append(result(response=response))
+        state.count(method.removesuffix("Batch"))  # served: each item answered, as its unary call would count
     state._read.size = 0
     return results
 

@@ -1,0 +1,154 @@
+"""Several rows per call: RotateBatch and ClassifyBatch for small images and references.
+
+A row of either kind costs the driver and the worker about as much in its call (~0.4 ms of gRPC per row per
+side, docs/benchmarks.md) as in its image, so rows that go by reference, and rows whose bytes are at most
+``SMALL``, are gathered into one call of up to ``rows`` rows and ``BATCH_BYTES`` bytes. A batch leaves as
+soon as it is full, else ``WAIT`` after its first row: never long for a partial one.
+
+The batcher only sends: each row's transport awaits its own future, settled with its own answer or its own
+error, as a ``grpc.aio.AioRpcError`` carrying the worker's ErrorInfo exactly as a single call would have
+failed, so the retry policy (batch/retry.py) sorts, retries and counts each row alone. A row comes back
+``Unbatched`` (send it alone) from a worker that predates the batch calls (UNIMPLEMENTED; no batches after
+that), or when the batch or its answer was too large for the worker (BATCH_TOO_LARGE; later batches are
+smaller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+
+from batch.channel import Pool
+from batch.concurrency import AdaptiveLimit
+from batch.retry import error_reason
+from worker.api import imageworker_v1_pb2 as v1
+
+if TYPE_CHECKING:
+    from batch.transport import Sent
+
+# Rows by bytes up to this go in batches. Above it the image's own cost (its serialisation here, its decode and
+# encode there) outweighs the call's, and a batch of them would only hold more memory at once.
+SMALL = 64 * 1024
+BATCH_BYTES = 2 * 2**20  # image bytes one batch carries at most: far below any worker's --max-message-mb
+WAIT = 0.002  # seconds a partial batch waits for more rows: the rows that a round of answers frees come by then
+BATCH_TOO_LARGE = v1.ErrorReason.Name(v1.BATCH_TOO_LARGE)
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+_STATUS_DETAILS = "grpc-status-details-bin"
+
+
+class Unbatched(Exception):
+    """This row goes alone: the worker cannot take it in a batch."""
+
+
+class Batcher:
+    """Gathers the rows of one run into batch calls, one gate slot (``limit``) per call."""
+
+    def __init__(self, pool: Pool, limit: AdaptiveLimit, timeout: float, rows: int) -> None:
+        self.pool = pool
+        self.limit = limit
+        self.timeout = timeout
+        self.rows = rows
+        self.off = rows < 2  # no batches: one row per call (--batch-rows 1, or an older worker)
+        self._pending: dict[str, list[tuple[v1.RotateRequest | v1.ClassifyRequest, asyncio.Future]]] = {
+            "rotate": [], "classify": []}
+        self._bytes = {"rotate": 0, "classify": 0}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._calls: set[asyncio.Task] = set()
+
+    async def send(self, op: str, request: v1.RotateRequest | v1.ClassifyRequest, size: int) -> Sent:
+        """``request`` (carrying ``size`` image bytes) answered in some batch: its own answer, or its own error
+        (``grpc.aio.AioRpcError``), or Unbatched."""
+        future = asyncio.get_running_loop().create_future()
+        pending = self._pending[op]
+        pending.append((request, future))
+        self._bytes[op] += size
+        if len(pending) >= self.rows or self._bytes[op] >= BATCH_BYTES:
+            self._flush(op)
+        elif len(pending) == 1:
+            self._timers[op] = asyncio.get_running_loop().call_later(WAIT, self._flush, op)
+        return await future
+
+    def _flush(self, op: str) -> None:
+        items, self._pending[op], self._bytes[op] = self._pending[op], [], 0
+        if (timer := self._timers.pop(op, None)) is not None:
+            timer.cancel()
+        if items:
+            task = asyncio.create_task(self._call(op, items))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    async def _call(self, op: str, items: list) -> None:
+        futures = [future for _, future in items]
+        try:
+            async with self.limit:
+                if all(f.done() for f in futures):  # every row was cancelled while the batch waited
+                    return
+                async with self.pool.call() as stub:
+                    started = time.monotonic()
+                    if op == "rotate":
+                        answer = await stub.RotateBatch(v1.RotateBatchRequest(items=[r for r, _ in items]),
+                                                        timeout=self.timeout)
+                    else:
+                        answer = await stub.ClassifyBatch(v1.ClassifyBatchRequest(items=[r for r, _ in items]),
+                                                          timeout=self.timeout)
+                    latency = time.monotonic() - started
+                    if len(answer.results) != len(items):
+                        raise _error(grpc.StatusCode.INTERNAL, f"the worker answered {len(answer.results)} results "
+                                     f"for a batch of {len(items)} rows")
+                    for future, result in zip(futures, answer.results, strict=True):
+                        if future.done():
+                            continue
+                        if result.HasField("error"):
+                            error = _item_error(result.error)
+                            future.set_exception(Unbatched() if error_reason(error) == BATCH_TOO_LARGE else error)
+                        else:
+                            future.set_result(_sent(result.response, self.pool.answered(stub, result.response.worker),
+                                                    latency))
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self.off = True  # a worker from before the batch calls: single calls from now on
+                _settle(futures, Unbatched)
+            elif error_reason(e) == BATCH_TOO_LARGE:
+                self.rows = max(1, len(items) // 2)  # the worker's --max-batch-items is below ours
+                _settle(futures, Unbatched)
+            else:
+                _settle(futures, lambda error=e: error)
+        except asyncio.CancelledError:  # the run is stopping: so are its rows
+            for future in futures:
+                future.cancel()
+            raise
+        except Exception as e:  # a bug: each row's task raises it, and the run with it
+            _settle(futures, lambda error=e: error)
+
+    async def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        for task in list(self._calls):
+            task.cancel()
+        await asyncio.gather(*self._calls, return_exceptions=True)
+
+
+def _sent(reply, worker: str, latency: float) -> Sent:
+    from batch.transport import Sent
+
+    return Sent(reply, worker, latency)
+
+
+def _settle(futures: list[asyncio.Future], error) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(error())
+
+
+def _error(code: grpc.StatusCode, message: str, trailing: tuple = ()) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), message)
+
+
+def _item_error(status) -> grpc.aio.AioRpcError:
+    """One item's google.rpc.Status as the error a single call would have raised: its code, its message, and
+    the status itself (ErrorInfo, RetryInfo) in the trailing metadata, where grpcio-status reads it."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _error(code, status.message, ((_STATUS_DETAILS, status.SerializeToString()),))
