@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from batch import batching
 from batch.batching import Batcher
 from batch.channel import Pool
 from batch.concurrency import AdaptiveLimit
@@ -36,7 +37,7 @@ class Settings:
     read_roots: tuple[str, ...] = ()
     write_roots: tuple[str, ...] = ()
     quality: int = 0  # --quality for lossy targets; 0: the worker's rule (proto RotateRequest.quality)
-    batch_rows: int = 1  # --batch-rows: rows per call for references and small images (batch/batching.py)
+    batch_rows: int = batching.ROWS  # --batch-rows: rows per call for references and small images (1: one each)
 
     @property
     def busy_budget(self) -> float:
