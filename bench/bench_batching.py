@@ -1,0 +1,84 @@
+"""Several rows per call (RotateBatch, --batch-rows 16, the default) against one row per call (--batch-rows 1),
+alternating in one run, on issue 20's rows that batching aims at:
+
+- 2,000 tiny JPEGs, the whole command: `batch run` with its embedded worker (start-up included), rows/s;
+- one driver by reference against a stand-in worker that answers at once (bench/echo_server.py), 1080p rows:
+  rows/s, and the driver's CPU per row (the worker cores it feeds at ~25 ms of worker CPU per photo).
+
+    python bench/bench_batching.py [--corpus /tmp/ibcorpus] [--tiny 2000] [--refs 3000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from common import DEFAULT_CORPUS, batch_run, corpus_rows, ensure_corpus, print_header, table, wait_for_quiet
+from common import write_manifest as write_rows
+from servers import echo_cmd, running
+
+WORKER_CPU_MS = 25.0  # a real worker's CPU per 1080p photo (docs/benchmarks.md): for "worker cores fed"
+MODES = {"one row per call": ("--batch-rows", "1"), "16 rows per call": ("--batch-rows", "16")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="corpus folder; built if absent")
+    ap.add_argument("--tiny", type=int, default=2000, help="tiny JPEG rows, embedded worker")
+    ap.add_argument("--refs", type=int, default=3000, help="1080p rows by reference against the stand-in")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="LOAD",
+                    help="first wait up to 15 min for the load average to fall below LOAD")
+    a = ap.parse_args()
+    ensure_corpus(a.corpus)
+    if a.wait_quiet:
+        wait_for_quiet(a.wait_quiet, 900)
+    print_header("Several rows per call against one: tiny JPEGs (whole command) and 1080p by reference")
+    tiny, photos = corpus_rows(a.corpus, "tiny"), corpus_rows(a.corpus, "photos")
+    rates = {(what, mode): [] for what in ("tiny", "refs") for mode in MODES}
+    cpu = {mode: [] for mode in MODES}
+    with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp, \
+            running(echo_cmd("--processes", "1")) as (address, _server):
+        tmp = Path(tmp)
+        tiny_csv, refs_csv = tmp / "tiny.csv", tmp / "refs.csv"
+        write_rows(tiny_csv, ({"id": str(i), "path": str(tiny[i % len(tiny)][0]), "op": "rotate", "rotation": "90"}
+                              for i in range(a.tiny)))
+        write_rows(refs_csv, ({"id": str(i), "path": str(photos[i % len(photos)][0]), "op": "rotate",
+                               "rotation": "90", "output": f"{i // 1000:03d}/{i:06d}.jpg"} for i in range(a.refs)))
+        for _ in range(a.rounds):  # interleaved, so that a noisy moment costs both modes alike
+            for mode, extra in MODES.items():
+                run = batch_run(tiny_csv, tmp / "tiny", "--restart", *extra)  # the embedded worker
+                _check(run, "tiny")
+                rates["tiny", mode].append(a.tiny / run.wall)
+                run = batch_run(refs_csv, tmp / "refs", "--restart", "--worker", address, "--references", *extra)
+                _check(run, "refs")
+                rates["refs", mode].append(a.refs / run.wall)
+                cpu[mode].append(run.cpu / a.refs * 1000)
+    print(f"{a.tiny} tiny JPEGs ({tiny[0][0].stat().st_size:,} bytes each) with the embedded worker, and "
+          f"{a.refs} 1080p rows by reference against one stand-in process; {a.rounds} rounds, median (spread)\n")
+    rows = []
+    for mode in MODES:
+        t, r = rates["tiny", mode], rates["refs", mode]
+        ms = statistics.median(cpu[mode])
+        rows.append([mode, f"{statistics.median(t):,.0f} ({min(t):,.0f}-{max(t):,.0f})",
+                     f"{statistics.median(r):,.0f} ({min(r):,.0f}-{max(r):,.0f})",
+                     f"{ms:.2f} ({min(cpu[mode]):.2f}-{max(cpu[mode]):.2f})", WORKER_CPU_MS / ms])
+    print(table(["mode", "tiny JPEGs, whole command: rows/s", "1080p by reference, stand-in: rows/s",
+                 "driver CPU ms/row by reference", "worker cores one driver feeds"], rows))
+    one, many = MODES
+    for what, label in (("tiny", "tiny JPEGs"), ("refs", "by reference")):
+        gain = statistics.median(rates[what, many]) / statistics.median(rates[what, one])
+        print(f"\n{label}: 16 rows per call / one row per call = {gain:.2f}x rows/s")
+    sys.exit(0)
+
+
+def _check(run, what: str) -> None:
+    if run.returncode != 0:
+        sys.exit(f"{what}: {' '.join(run.command)} exited {run.returncode}:\n{run.stdout}\n{run.stderr}")
+
+
+if __name__ == "__main__":
+    main()
