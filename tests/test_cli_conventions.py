@@ -142,7 +142,8 @@ def test_batch_run_verbose_logs_retries_and_busy_refusals(tmp_path: Path) -> Non
     photo(1920, 1080).save(tmp_path / "big.jpg", quality=90)  # milliseconds to turn: never within 1 ms
     manifest = _rotations(tmp_path / "m.csv", [f"p{i}.jpg" for i in range(6)])
     with in_process_worker(threads=1, max_concurrent_rpcs=1) as w:  # six calls at once for one slot
-        busy = ("--worker", w.address, "--concurrency", "6")
+        # One row per call: six small photos would otherwise go as one batch, in one call.
+        busy = ("--worker", w.address, "--concurrency", "6", "--batch-rows", "1")
         quiet_code, _, quiet = run_cli("run", manifest, *busy, "--out", tmp_path / "q")
         loud_code, _, loud = run_cli("run", manifest, *busy, "--out", tmp_path / "v", "-v")
         # A deadline no call can meet: every attempt is retried, then the row fails.
