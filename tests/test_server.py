@@ -1,4 +1,5 @@
-"""The worker over real gRPC on loopback: contract, limits, health, reflection, TLS, processes."""
+"""The worker over real gRPC on loopback: its contract, health and reflection through the real servicers in this
+process (tests/support/inprocess.py); limits, TLS, processes and shutdown with real `worker serve` processes."""
 
 from __future__ import annotations
 
@@ -18,13 +19,19 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from PIL import Image
 
 from tests.support.images import jpeg
+from tests.support.inprocess import in_process_worker
 from tests.support.processes import BIG_MESSAGES, rotates, serving, worker_process
 from worker.api import abimage_pb2 as ab
 from worker.api import abimage_pb2_grpc as ab_grpc
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 
-pytestmark = pytest.mark.slow  # real worker processes on loopback
+
+@pytest.fixture(scope="module")
+def channel():
+    """A channel to the worker's servicers in this process, for the module (they keep no state between calls)."""
+    with in_process_worker() as w, grpc.insecure_channel(w.address, BIG_MESSAGES) as ch:
+        yield ch
 
 
 def status_of(call) -> tuple[grpc.StatusCode, str]:
@@ -49,7 +56,8 @@ def test_reflection_lists_and_describes_services(channel):
     assert {"imageworker.v1.ImageWorker", "ABImageService", "grpc.health.v1.Health"} <= services
     v1_file = db.FindFileContainingSymbol("imageworker.v1.ImageWorker")
     assert v1_file.package == "imageworker.v1"
-    assert [m.name for m in v1_file.service[0].method] == ["Rotate", "Classify", "RotateStream", "ClassifyStream"]
+    assert [m.name for m in v1_file.service[0].method] == ["Rotate", "Classify", "RotateStream", "ClassifyStream",
+                                                           "RotateBatch", "ClassifyBatch"]
     legacy = db.FindFileContainingSymbol("ABImageService")
     assert legacy.package == ""
 
@@ -95,23 +103,18 @@ def test_bad_image_bytes_are_invalid_argument_for_both_ops(channel, data, expect
         assert expected in details
 
 
-def test_24_megapixel_jpeg_over_default_message_size_rotates_losslessly(channel, corpus):
+@pytest.mark.slow  # a worker process and the corpus's 24 MP photo
+def test_24_megapixel_jpeg_over_default_message_size_rotates_losslessly(worker, corpus):
     data = next((corpus / "large").glob("*.jpg")).read_bytes()
     assert len(data) > 4 * 2**20
-    reply = v1_grpc.ImageWorkerStub(channel).Rotate(v1.RotateRequest(image=data, degrees=270), timeout=120)
+    with grpc.insecure_channel(worker.address, BIG_MESSAGES) as ch:
+        reply = v1_grpc.ImageWorkerStub(ch).Rotate(v1.RotateRequest(image=data, degrees=270), timeout=120)
     assert (reply.width, reply.height, reply.method) == (4000, 6000, "lossless")
     assert abs(len(reply.image) - len(data)) / len(data) < 0.03
 
 
-def test_classify_answers_with_model_identity(channel):
-    reply = v1_grpc.ImageWorkerStub(channel).Classify(v1.ClassifyRequest(image=jpeg(200, 150)), timeout=60)
-    assert reply.label == "no_face" and not reply.faces
-    assert reply.model and reply.model_version
-    assert (reply.width, reply.height) == (200, 150)
-
-
 def test_image_over_max_message_mb_names_size_and_flag():
-    with worker_process("--max-message-mb", "1") as w, grpc.insecure_channel(w.address, BIG_MESSAGES) as ch:
+    with in_process_worker(max_message_mb=1) as w, grpc.insecure_channel(w.address, BIG_MESSAGES) as ch:
         stub = v1_grpc.ImageWorkerStub(ch)
         big = b"\xff\xd8" + bytes(3 * 2**20)
         code, details = status_of(lambda: stub.Rotate(v1.RotateRequest(image=big, degrees=90), timeout=30))
@@ -162,15 +165,6 @@ def test_legacy_rotate_malformed_is_invalid_argument(channel, request_, expected
     assert expected in details
 
 
-def test_legacy_recognize_face_answers_a_documented_label(channel):
-    thumb = np.asarray(Image.new("L", (37, 50), 128))
-    reply = ab_grpc.ABImageServiceStub(channel).RecognizeFace(
-        ab.ABCustomImageEndpointRequest(image=ab.ABImage(color=False, data=thumb.tobytes(), width=37, height=50)),
-        timeout=30,
-    )
-    assert reply.classification in {"George W Bush", "Colin Powell", "unknown", "no_face"}
-
-
 def test_legacy_recognize_face_malformed_is_invalid_argument(channel):
     stub = ab_grpc.ABImageServiceStub(channel)
     bad = ab.ABCustomImageEndpointRequest(image=ab.ABImage(color=False, data=b"\0" * 10, width=37, height=50))
@@ -181,6 +175,7 @@ def test_legacy_recognize_face_malformed_is_invalid_argument(channel):
 # --- processes, overload, shutdown -------------------------------------------------------------
 
 
+@pytest.mark.slow  # real worker processes
 def test_two_processes_both_answer():
     with worker_process(processes=2) as w:
         seen = set()
@@ -198,6 +193,7 @@ def test_two_processes_both_answer():
         assert w.log.read_text().count("stopped after serving") == 2
 
 
+@pytest.mark.slow  # real worker processes
 def test_past_max_concurrent_rpcs_answers_resource_exhausted(corpus):
     """One image call at a time allowed: of ten sent at once, the excess is refused with a message naming
     the flag, and health checks still answer while the worker is full."""
@@ -226,6 +222,7 @@ def test_past_max_concurrent_rpcs_answers_resource_exhausted(corpus):
         assert "worker busy: 1 image calls in flight already" in refusal and "--max-concurrent-rpcs" in refusal
 
 
+@pytest.mark.slow  # real worker processes
 def test_sigterm_lets_calls_in_flight_finish(corpus):
     data = next((corpus / "large").glob("*.jpg")).read_bytes()
     with worker_process() as w, grpc.insecure_channel(w.address, BIG_MESSAGES) as ch:
@@ -254,6 +251,7 @@ def _tls_rotate(address, pki, *, ca=None, client=False, plaintext=False):
         return v1_grpc.ImageWorkerStub(ch).Rotate(v1.RotateRequest(image=jpeg(16, 16), degrees=90), timeout=10)
 
 
+@pytest.mark.slow  # real worker processes
 def test_tls_worker_serves_tls_and_refuses_plaintext_and_wrong_ca(pki):
     with worker_process("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)) as w:
         address = f"localhost:{w.port}"
@@ -264,6 +262,7 @@ def test_tls_worker_serves_tls_and_refuses_plaintext_and_wrong_ca(pki):
         assert code == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.slow  # real worker processes
 def test_mtls_worker_requires_a_client_certificate(pki):
     args = ("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca))
     with worker_process(*args) as w:
@@ -273,11 +272,13 @@ def test_mtls_worker_requires_a_client_certificate(pki):
         assert code == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.slow  # real worker processes
 def test_non_loopback_without_tls_is_warned_about():
     with worker_process("--host", "0.0.0.0") as w:
         assert "WITHOUT TLS" in w.log.read_text()
 
 
+@pytest.mark.slow  # real worker processes
 def test_shutdown_does_not_hang_while_health_watch_streams_close():
     with worker_process() as w:
         channels = [grpc.insecure_channel(w.address, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -293,6 +294,7 @@ def test_shutdown_does_not_hang_while_health_watch_streams_close():
         assert w.proc.wait(30) == 0
 
 
+@pytest.mark.slow  # real worker processes
 def test_health_watch_streams_opening_and_closing_at_once_never_stall_the_worker():
     """Watch streams opened and closed from many clients at once (as round_robin clients do under
     overload): the worker keeps answering. grpcio-health-checking's servicer deadlocked here."""

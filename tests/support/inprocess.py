@@ -8,6 +8,8 @@ its own --max-pixels instead of Pillow's process-wide guard, which is put back w
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,7 +75,7 @@ def in_process_worker(classifier: Classifier | None = None, **config) -> Iterato
     classifier = classifier or StandInClassifier()
     state.classifier = lambda _remaining: classifier
     port = server.add_insecure_port("127.0.0.1:0")
-    state.identity = f"in-process:{port}"
+    state.identity = f"{socket.gethostname()}:{port}/{os.getpid()}"  # as a worker process names itself
     server.start()
     set_health(health, health_pb2.HealthCheckResponse.SERVING)
     try:
