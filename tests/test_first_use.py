@@ -18,6 +18,7 @@ from batch.channel import CONNECT_TIMEOUT, START_GRACE
 from tests.support.certificates import make_pki
 from tests.support.fleet import dns_server
 from tests.support.images import jpeg
+from tests.support.inprocess import run_cli
 from tests.support.manifests import make_batch, write_manifest
 from tests.support.processes import ROOT, free_port, run_batch, start_batch, worker_process
 from tests.support.results import results
@@ -177,8 +178,7 @@ def test_the_worker_column_names_the_address_called(tmp_path: Path) -> None:
         assert int(pid) == pids[address]
 
 
-@pytest.mark.slow
-def test_the_lossless_column_says_whether_a_jpeg_was_turned_losslessly(tmp_path: Path) -> None:
+def test_the_lossless_column_says_whether_a_jpeg_was_turned_losslessly(tmp_path: Path, live) -> None:
     """64x48 (whole 16-pixel MCUs) turns in the DCT domain: true; 65x47 (partial MCUs) is decoded and re-encoded:
     false; a PNG and a classify row leave it empty. libturbojpeg must be installed (the worker says so at start)"""
     from tests.support.images import png_bytes
@@ -192,34 +192,35 @@ def test_the_lossless_column_says_whether_a_jpeg_was_turned_losslessly(tmp_path:
         {"id": "png", "path": "p.png", "op": "rotate", "rotation": "90"},
         {"id": "faces", "path": "whole.jpg", "op": "classify"},
     ])
-    done = run_batch(manifest, "--out", tmp_path / "out", "--quiet", "--results-format", "parquet")
-    assert done.returncode == 0, done.stderr
+    code, _, stderr = run_cli("run", manifest, "--worker", live.address, "--out", tmp_path / "out", "--quiet",
+                              "--results-format", "parquet")
+    assert code == 0, stderr
     import pyarrow.parquet as pq
 
     table = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()}
     assert {k: table[k]["lossless"] for k in table} == {"whole": True, "partial": False, "png": None,
                                                        "faces": None}
-    done = run_batch(manifest, "--out", tmp_path / "csv", "--quiet")
-    assert done.returncode == 0, done.stderr
+    code, _, stderr = run_cli("run", manifest, "--worker", live.address, "--out", tmp_path / "csv", "--quiet")
+    assert code == 0, stderr
     assert {r["id"]: r["lossless"] for r in results(tmp_path / "csv")} == {"whole": "true", "partial": "false",
                                                                           "png": "", "faces": ""}
 
 
-@pytest.mark.slow
-def test_a_run_with_nothing_left_to_do_says_so(tmp_path: Path) -> None:
+def test_a_run_with_nothing_left_to_do_says_so(tmp_path: Path, live) -> None:
     """The same command again: its first line says nothing runs and why, not "running 3 rows on no worker";
     a row that cannot run as written is counted apart"""
     manifest = make_batch(tmp_path, 3)
-    assert run_batch(manifest, "--out", tmp_path / "out").returncode == 0
-    again = run_batch(manifest, "--out", tmp_path / "out")
-    assert again.returncode == 0, again.stderr
-    assert again.stderr.splitlines()[0] == (f"batch: nothing to run: 3 of 3 rows already done (--restart does "
+    run = ("run", manifest, "--worker", live.address, "--out", tmp_path / "out")
+    assert run_cli(*run)[0] == 0
+    code, _, stderr = run_cli(*run)
+    assert code == 0, stderr
+    assert stderr.splitlines()[0] == (f"batch: nothing to run: 3 of 3 rows already done (--restart does "
                                             f"them again); results in {tmp_path / 'out'}")
     with open(manifest, "a") as f:
         f.write("bad,img/00000.jpg,rotate,45\n")
-    mixed = run_batch(manifest, "--out", tmp_path / "out")
-    assert mixed.returncode == 1, mixed.stderr
-    assert mixed.stderr.splitlines()[0].startswith("batch: nothing to run: 3 of 4 rows already done (--restart "
+    code, _, stderr = run_cli(*run)
+    assert code == 1, stderr
+    assert stderr.splitlines()[0].startswith("batch: nothing to run: 3 of 4 rows already done (--restart "
                                                    "does them again), 1 cannot run as written (the error column "
                                                    "says why); results in ")
 
