@@ -18,6 +18,7 @@ from batch.cli import main
 from batch.results import read_run_info, run_legs, write_run_info
 from tests.support import browser
 from tests.support.images import photo
+from tests.support.inprocess import run_cli
 from tests.support.manifests import make_batch, write_manifest
 from tests.support.processes import run_batch, start_batch, wait_for
 from tests.support.reports import check_terminal_width, check_visit
@@ -88,20 +89,18 @@ def test_a_stopped_last_leg_says_why_and_is_not_complete(tmp_path: Path) -> None
 # --- real runs: slow -------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_a_rerun_with_nothing_to_do_keeps_what_the_first_run_recorded(tmp_path: Path, worker,
+def test_a_rerun_with_nothing_to_do_keeps_what_the_first_run_recorded(tmp_path: Path, live,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     n = 30
     manifest = make_batch(tmp_path, n, classify_every=10)
     out = tmp_path / "out"
-    args = (manifest, "--out", out, "--worker", worker.address)
-    first = run_batch(*args)
-    assert first.returncode == 0, first.stderr
+    args = ("run", manifest, "--out", out, "--worker", live.address)
+    code, _, stderr = run_cli(*args)
+    assert code == 0, stderr
     leg1 = json.loads((out / "run.json").read_text())
-    again = run_batch(*args)
-    assert again.returncode == 0, again.stderr
-    assert f"({n:,} already done)" in again.stdout
+    code, stdout, stderr = run_cli(*args)
+    assert code == 0, stderr
+    assert f"({n:,} already done)" in stdout
     info = json.loads((out / "run.json").read_text())
     assert [leg_of(leg) for leg in info["legs"]] == [leg_of(leg1), leg_of(info)]
     assert info["counts"]["skipped_already_done"] == n  # the top level: the newest leg, as before
@@ -130,8 +129,8 @@ def test_a_rerun_with_nothing_to_do_keeps_what_the_first_run_recorded(tmp_path: 
     assert "0.00 rows/s" not in text and "face_models -" not in text
 
     # --restart drops the rows, and with them the legs that ran them.
-    restarted = run_batch(*args, "--restart")
-    assert restarted.returncode == 0, restarted.stderr
+    code, _, stderr = run_cli(*args, "--restart")
+    assert code == 0, stderr
     assert len(json.loads((out / "run.json").read_text())["legs"]) == 1
 
 
