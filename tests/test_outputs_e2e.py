@@ -1,5 +1,6 @@
-"""Outputs the way image tools work, through `batch run` and its embedded worker: formats by extension and
---format, rotation auto (EXIF, then faces), and faces found in turned photos."""
+"""Outputs the way image tools work, through `batch run` (in this process, against the in-process worker; the
+shipped face model through the embedded worker): formats by extension and --format, rotation auto (EXIF, then
+faces), and faces found in turned photos."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ from PIL import Image
 
 from tests.support.faces import BUSH, CLOCKWISE, held_out_photo, needs_lfw
 from tests.support.images import photo
+from tests.support.inprocess import run_cli
 from tests.support.manifests import write_manifest
 from tests.support.processes import run_batch
 from tests.support.results import by_id, results
-
-pytestmark = pytest.mark.slow
 
 TURN = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
 
@@ -25,7 +25,7 @@ def rgb(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
-def test_outputs_convert_by_extension_and_by_format(tmp_path: Path) -> None:
+def test_outputs_convert_by_extension_and_by_format(tmp_path: Path, live) -> None:
     base = photo(64, 48, seed=7)
     base.save(tmp_path / "in.jpg", quality=95)
     base.save(tmp_path / "in.png")
@@ -40,8 +40,8 @@ def test_outputs_convert_by_extension_and_by_format(tmp_path: Path) -> None:
         {"id": "rgba-jpg", "path": "alpha.png", "op": "rotate", "rotation": "180", "output": "d.jpg"},
     ])
     out = tmp_path / "out"
-    done = run_batch(manifest, "--out", out, "--quiet")
-    assert done.returncode == 0, done.stderr
+    code, _, stderr = run_cli("run", manifest, "--worker", live.address, "--out", out, "--quiet")
+    assert code == 0, stderr
     got = by_id(results(out))
     expected = {"jpg-png": ("a.png", "PNG"), "png-webp": ("b.webp", "WEBP"), "tiff-jpg": ("c.jpg", "JPEG"),
                 "rgba-jpg": ("d.jpg", "JPEG")}
@@ -55,15 +55,17 @@ def test_outputs_convert_by_extension_and_by_format(tmp_path: Path) -> None:
     assert np.abs(rgb(out / "c.jpg") - reference.transpose(1, 0, 2)[::-1]).mean() < 4
     assert "alpha" in got["rgba-jpg"]["note"]
 
-    converted = run_batch(manifest, "--out", tmp_path / "all", "--format", "webp", "--quiet")
-    assert converted.returncode == 0, converted.stderr
+    code, _, stderr = run_cli("run", manifest, "--worker", live.address, "--out", tmp_path / "all", "--format", "webp",
+                              "--quiet")
+    assert code == 0, stderr
     plain = write_manifest(tmp_path / "p.csv", [{"id": "x", "path": "in.jpg", "op": "rotate", "rotation": "90"}])
-    assert run_batch(plain, "--out", tmp_path / "fmt", "--format", "png", "--quiet").returncode == 0
+    assert run_cli("run", plain, "--worker", live.address, "--out", tmp_path / "fmt", "--format", "png",
+                   "--quiet")[0] == 0
     (row,) = results(tmp_path / "fmt")
     assert row["output"] == str(tmp_path / "fmt" / "rotated" / "in.png") and row["format"] == "PNG"
 
 
-def test_auto_applies_every_exif_orientation(tmp_path: Path) -> None:
+def test_auto_applies_every_exif_orientation(tmp_path: Path, live) -> None:
     base = photo(48, 32, seed=3)
     rows = []
     for orientation in range(1, 9):
@@ -78,19 +80,22 @@ def test_auto_applies_every_exif_orientation(tmp_path: Path) -> None:
         stored.save(tmp_path / f"o{orientation}.png", exif=exif)
         rows.append({"id": f"o{orientation}", "path": f"o{orientation}.png", "op": "rotate", "rotation": "auto"})
     out = tmp_path / "out"
-    done = run_batch(write_manifest(tmp_path / "m.csv", rows), "--out", out, "--quiet")
-    assert done.returncode == 0, done.stderr
+    code, _, stderr = run_cli("run", write_manifest(tmp_path / "m.csv", rows), "--worker", live.address, "--out", out,
+                              "--quiet")
+    assert code == 0, stderr
     got = by_id(results(out))
     for orientation in range(1, 9):
         row = got[f"o{orientation}"]
         assert row["status"] == "ok" and row["rotation"] == "auto"
-        assert row["decided_by"] == ("exif" if orientation != 1 else "none"), row
+        # Orientation 1 (upright as stored) leaves it to the face model: the stand-in's one face is upright.
+        assert row["decided_by"] == ("exif" if orientation != 1 else "faces"), row
         written = Image.open(row["output"])
         assert written.getexif().get(0x0112, 1) == 1
         assert np.array_equal(rgb(Path(row["output"])), np.asarray(base.convert("RGB"), dtype=np.int16))
 
 
 @needs_lfw
+@pytest.mark.slow  # the embedded worker with the shipped face model
 def test_auto_and_classify_find_the_face_in_a_turned_photo(tmp_path: Path) -> None:
     upright = Image.open(held_out_photo(BUSH, 0)).convert("RGB")
     buf = io.BytesIO()
