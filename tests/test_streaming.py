@@ -21,6 +21,7 @@ from PIL import Image
 from batch import stream
 from tests.support.faces import BUSH, held_out_photo, needs_lfw
 from tests.support.images import jpeg
+from tests.support.inprocess import in_process_worker
 from tests.support.manifests import write_manifest
 from tests.support.processes import free_port, kill, run_batch, start_batch, tree_rss_mb, wait_for, worker_process
 from tests.support.results import by_id, results, stray_temporaries
@@ -145,36 +146,22 @@ def chunks(header, chunk_type, total: int, sent: list[int]):
         yield chunk_type(data=bytes(2**20))
 
 
-@pytest.mark.slow
-def test_an_image_over_max_image_mb_is_refused_before_its_bytes(tmp_path):
-    with worker_process("--max-image-mb", "16", "--max-message-mb", "4") as w, \
-            grpc.insecure_channel(w.address) as channel:
+def test_an_image_over_max_image_mb_is_refused_before_its_bytes():
+    """Refused on the stream's header (the driver's side of it: test_batch_run's over-the-limit rows)"""
+    with in_process_worker(max_image_mb=16, max_message_mb=4) as w, grpc.insecure_channel(w.address) as channel:
         stub = v1_grpc.ImageWorkerStub(channel)
         sent: list[int] = []
         header = v1.RotateChunk(request=v1.RotateRequest(degrees=90), size=200 * 2**20)
         with pytest.raises(grpc.RpcError) as refused:
             list(stub.RotateStream(chunks(header, v1.RotateChunk, 200 * 2**20, sent), timeout=60))
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert reason(refused.value) == "IMAGE_TOO_LARGE" and "--max-image-mb" in refused.value.details()
-        assert len(sent) < 100  # refused on the header: most of the 200 chunks were never sent
-
-        # Through the driver: a permanent row error after one attempt, nothing written.
-        big = tmp_path / "big.jpg"
-        big.write_bytes(jpeg(64, 64) + bytes(20 * 2**20))
-        manifest = write_manifest(tmp_path / "m.csv", [{"id": "big", "path": str(big), "op": "rotate",
-                                                        "rotation": "90"}])
-        out = tmp_path / "out"
-        driver = start_batch(manifest, "--out", out, "--worker", w.address, log=tmp_path / "batch.log")
-        assert driver.wait(120) == 1
-    row = by_id(results(out))["big"]
-    assert row["attempts"] == "1" and row["error"].startswith("RESOURCE_EXHAUSTED: ") and "20.0 MiB" in row["error"]
-    assert not (out / "rotated").exists() or not any((out / "rotated").iterdir())
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason(refused.value) == "IMAGE_TOO_LARGE" and "--max-image-mb" in refused.value.details()
+    assert len(sent) < 100  # refused on the header: most of the 200 chunks were never sent
 
 
-@pytest.mark.slow
-def test_streams_that_break_their_rules_end_with_stream_invalid(worker):
+def test_streams_that_break_their_rules_end_with_stream_invalid(live):
     image = jpeg(640, 480)
-    with grpc.insecure_channel(worker.address) as channel:
+    with grpc.insecure_channel(live.address) as channel:
         stub = v1_grpc.ImageWorkerStub(channel)
         cases = {
             "longer than declared": [v1.RotateChunk(request=v1.RotateRequest(degrees=90), size=len(image) - 1),
