@@ -1,4 +1,5 @@
-"""The worker's time and memory per call, and `worker serve`'s start-up checks, through real processes.
+"""The worker's time and memory per call through real processes, and `worker serve`'s start-up checks (in this
+process: they refuse before a port is bound).
 
 Abandoned calls stop (deadline passed, client gone), answers a client never reads are bounded, the legacy
 service has the same size limit, a port held by another worker is refused, and unusable TLS files, an empty
@@ -24,20 +25,19 @@ import h2.settings
 import numpy as np
 import psutil
 import pytest
+from click.testing import CliRunner
 from google.rpc import error_details_pb2, status_pb2
 from PIL import Image
 
-from tests.support.certificates import Pki, make_pki
+from tests.support.certificates import Pki
 from tests.support.images import jpeg, photo
+from tests.support.inprocess import in_process_worker
 from tests.support.processes import BIG_MESSAGES, ROOT, rotates, tree_rss_mb, worker_process
 from worker.api import abimage_pb2, abimage_pb2_grpc
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
+from worker.cli import main as worker_main
 from worker.local import python_command
-
-pytestmark = pytest.mark.slow
-
-SERVE = python_command("-m", "worker", "serve", "--processes", "1", "--port", "0")
 
 
 def served(log: str) -> dict[str, int]:
@@ -57,6 +57,7 @@ def slow_png() -> bytes:
 # --- time: work nobody waits for is stopped ----------------------------------------------------------------
 
 
+@pytest.mark.slow  # real worker processes
 def test_calls_expired_or_cancelled_while_waiting_for_a_turn_are_never_started(record_property):
     """Calls whose deadline passes (or whose client cancels) while they wait for the one thread never run."""
     slow = slow_png()
@@ -79,6 +80,7 @@ def test_calls_expired_or_cancelled_while_waiting_for_a_turn_are_never_started(r
     record_property("observed", "5 calls queued behind a 2.5 s rotation: 4 expired, 1 cancelled, 0 started")
 
 
+@pytest.mark.slow  # real worker processes
 def test_a_call_abandoned_mid_decode_stops_within_its_deadline(record_property):
     """A rotation whose deadline passes while it re-encodes stops there: the worker does not finish it."""
     slow = slow_png()
@@ -172,6 +174,7 @@ def noise_jpeg(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow  # real worker processes
 def test_answers_a_client_never_reads_are_bounded_and_other_clients_are_served(record_property):
     """400 calls on one connection that never opens its window: memory stops growing, the rest are refused busy."""
     image = noise_jpeg(800, 600)  # ~0.55 MiB, answered with as many bytes
@@ -207,7 +210,7 @@ def test_legacy_service_has_the_same_message_limit():
     """ABImageService refuses raw pixels over --max-message-mb like ImageWorker (IMAGE_TOO_LARGE)."""
     side = 1100  # 1100 x 1100 grey = 1.15 MiB, over 1 MiB
     image = abimage_pb2.ABImage(color=False, data=bytes(side * side), width=side, height=side)
-    with worker_process("--max-message-mb", "1") as w, grpc.insecure_channel(w.address) as channel:
+    with in_process_worker(max_message_mb=1) as w, grpc.insecure_channel(w.address) as channel:
         with pytest.raises(grpc.RpcError) as refused:
             abimage_pb2_grpc.ABImageServiceStub(channel).RotateImage(
                 abimage_pb2.ABImageRotateRequest(rotation=1, image=image), timeout=30)
@@ -218,6 +221,7 @@ def test_legacy_service_has_the_same_message_limit():
 # --- operations: the port, TLS files, options ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # real worker processes
 def test_a_port_another_worker_holds_is_refused(record_property):
     """A second `worker serve` on a port a worker serves exits 1 ('Address already in use'), taking nothing."""
     with worker_process(processes=2) as first:
@@ -229,13 +233,11 @@ def test_a_port_another_worker_holds_is_refused(record_property):
     record_property("observed", second.stderr.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
 def _serve(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*SERVE, *map(str, args)], capture_output=True, text=True, timeout=60)
+    """`worker serve ARGS…` in this process (click's CliRunner), as a finished process: only for options it
+    refuses at start-up, before it binds a port (an exception would be exit 1, not 2)."""
+    result = CliRunner().invoke(worker_main, ["serve", "--processes", "1", "--port", "0", *map(str, args)])
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.mark.parametrize("case, files, expected", [
@@ -266,6 +268,7 @@ def test_an_expired_certificate_is_named_with_its_dates(pki: Pki):
     assert f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S}" in result.stderr
 
 
+@pytest.mark.slow  # real worker processes
 def test_a_certificate_for_another_name_is_a_warning_naming_both(pki: Pki, record_property):
     """A certificate not naming --host serves, with a warning naming the host and the certificate's names."""
     with worker_process("--tls-cert", str(pki.elsewhere_server_cert), "--tls-key",
