@@ -15,8 +15,10 @@ from PIL import Image, ImageOps
 
 from tests.support.faces import SAMPLES, lfw_root
 from tests.support.images import decode, encode, mad, photo
+from tests.support.inprocess import in_process_worker
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
+from worker.faces import load_classifier
 from worker.rotation import auto_rotate, rotate
 
 T = Image.Transpose
@@ -103,48 +105,40 @@ def test_auto_converts_like_any_rotation():
     assert (unchanged.decided_by, unchanged.format, unchanged.method) == ("none", "JPEG", "reencoded")
 
 
-# --- through the worker, with its face model ---------------------------------------------------------------
+# --- through the worker's servicers, with the shipped face model (in this process) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped_worker():
+    with in_process_worker(load_classifier()) as w:
+        yield w
 
 
 def auto(worker, data: bytes) -> tuple[v1.RotateResponse, float]:
-    """Rotate auto, waiting for the face model to load (MODEL_LOADING is retried); the answer and its seconds."""
+    """Rotate auto; the answer and its seconds."""
     with grpc.insecure_channel(worker.address) as ch:
-        stub = v1_grpc.ImageWorkerStub(ch)
-        deadline = time.monotonic() + 240
-        while True:
-            start = time.perf_counter()
-            try:
-                return stub.Rotate(v1.RotateRequest(image=data, auto=True), timeout=120), time.perf_counter() - start
-            except grpc.RpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
+        start = time.perf_counter()
+        reply = v1_grpc.ImageWorkerStub(ch).Rotate(v1.RotateRequest(image=data, auto=True), timeout=120)
+        return reply, time.perf_counter() - start
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_exif_decides_through_the_worker(worker):
+def test_exif_decides_through_the_worker(shipped_worker):
     data, upright = oriented(6)
-    reply, _ = auto(worker, data)
+    reply, _ = auto(shipped_worker, data)
     assert (reply.decided_by, reply.degrees, reply.method) == ("exif", 270, "lossless")
     assert mad(decode(reply.image), upright) < 3
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_a_turned_face_photo_is_made_upright_through_the_worker(worker):
+def test_a_turned_face_photo_is_made_upright_through_the_worker(shipped_worker):
     path = sorted((lfw_root() / "George_W_Bush").glob("*.jpg"))[0]
     turned = encode(decode(path.read_bytes()).transpose(T.ROTATE_90), "JPEG", quality=95)  # no EXIF
-    reply, _ = auto(worker, turned)
+    reply, _ = auto(shipped_worker, turned)
     assert (reply.decided_by, reply.degrees) == ("faces", 270)
     assert mad(decode(reply.image), decode(turned).transpose(T.ROTATE_270)) < 3
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_a_photo_without_face_or_orientation_comes_back_unchanged(worker, record_property):
+def test_a_photo_without_face_or_orientation_comes_back_unchanged(shipped_worker, record_property):
     data = (SAMPLES / "china.jpg").read_bytes()
-    auto(worker, data)  # the first face search loads the model
-    reply, seconds = auto(worker, data)
+    reply, seconds = auto(shipped_worker, data)
     record_property("seconds", f"{seconds:.2f}")  # docs/rotation.md quotes the cost of a face search
     assert (reply.decided_by, reply.degrees, reply.method, reply.image) == ("none", 0, "copy", data)
