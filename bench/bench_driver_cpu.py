@@ -8,6 +8,8 @@ Three measures, each run ``--rounds`` times per side, the two sides alternating 
   driver does what it does against a real worker (read, send, receive, write atomically, group commit) and
   no image work happens anywhere;
 - ``reference``: the same with ``--references``: only paths travel, the stand-in answers at once;
+- ``bytes, short`` and ``reference, short``: the same with 100 rows, so that the start-up (imports, index,
+  connections, the finished table) and the cost of a further row can be told apart;
 - ``tiny``: the README's command (the embedded worker, started by the driver) on 2,000 64x64 JPEGs: rows/s of
   the whole command, start-up included.
 
@@ -41,6 +43,7 @@ from tests.support.images import make_corpus
 
 WORKER_CPU_MS = 25.0  # a real worker's CPU per 1080p photo (docs/benchmarks.md, "worker CPU per photo")
 DEFAULT_CORPUS = Path("/tmp/ibcorpus-driver")
+SHORT = 100  # rows of the short runs that price the start-up
 # The driver under measure, started by this launcher so that its own CPU (not its children's) is reported.
 _LAUNCH = ("import atexit, resource, sys\n"
            "def _report():\n"
@@ -116,9 +119,12 @@ def main() -> None:
         write_manifest(tmp / "tiny" / "tiny.csv", ({"id": str(i), "path": str(tiny[i % len(tiny)][0]), "op": "rotate",
                                                     "rotation": tiny[i % len(tiny)][1],
                                                     "output": f"{i // 1000:03d}/{i:06d}.jpg"} for i in range(a.tiny)))
+        write_manifest(tmp / "short.csv", photo_rows(SHORT))
         measures = {
             "bytes": (tmp / "bytes.csv", a.photos, ("--worker", address)),
+            "bytes, short": (tmp / "short.csv", SHORT, ("--worker", address)),
             "reference": (tmp / "reference.csv", a.references, ("--worker", address, "--references")),
+            "reference, short": (tmp / "short.csv", SHORT, ("--worker", address, "--references")),
             "tiny": (tmp / "tiny" / "tiny.csv", a.tiny, ()),
         }
         cpu: dict[tuple[str, str], list[float]] = {}
@@ -134,18 +140,31 @@ def main() -> None:
     def spread(values: list[float], fmt: str) -> str:
         return f"{format(min(values), fmt)}-{format(max(values), fmt)}"
 
-    out = []
+    out, net = [], []
     for measure, (_m, rows, _e) in measures.items():
+        if measure.endswith("short"):
+            continue
         for side in sides:
             ms, rs = cpu[(measure, side)], rate[(measure, side)]
             fed = f"{WORKER_CPU_MS / statistics.median(ms):.0f}" if measure != "tiny" else "-"
             out.append([measure, rows, side, statistics.median(ms), spread(ms, ".3f"), statistics.median(rs),
                         spread(rs, ".0f"), fed])
+            if measure != "tiny":  # the CPU a further row costs: the long run's less the short one's, per row
+                total = [m * rows / 1000 for m in ms]
+                short = [m * SHORT / 1000 for m in cpu[(f"{measure}, short", side)]]
+                per_row = [(t - s) / (rows - SHORT) * 1000 for t, s in zip(total, short, strict=True)]
+                start = [s - p * SHORT / 1000 for s, p in zip(short, per_row, strict=True)]
+                net.append([measure, side, statistics.median(per_row), spread(per_row, ".3f"),
+                            statistics.median(start), f"{WORKER_CPU_MS / statistics.median(per_row):.0f}"])
     print(f"1080p photos ({photos[0][0].stat().st_size / 1e6:.2f} MB each) against one stand-in worker process; "
           f"64x64 JPEGs with the embedded worker; {a.rounds} rounds, sides alternated; "
           f"before = {a.before}, after = this checkout\n")
     print(table(["measure", "rows", "side", "driver CPU ms/row (median)", "spread", "rows/s (median)", "spread",
                  f"worker cores fed (at {WORKER_CPU_MS:.0f} ms/photo)"], out))
+    print(f"\nNet of start-up: each round's run of {SHORT} rows against its long run (per row: the difference "
+          "over the extra rows; start-up: what is left of the short run)\n")
+    print(table(["measure", "side", "driver CPU ms per further row (median)", "spread", "start-up CPU s (median)",
+                 "worker cores fed, long runs"], net))
 
 
 if __name__ == "__main__":

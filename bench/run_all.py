@@ -25,6 +25,7 @@ SCRIPTS = {
     "driver": ["bench_driver_cost.py"],
     "references": ["bench_references.py", "--rounds", "3"],  # the driver's ceiling, bytes vs reference mode
     "batching": ["bench_batching.py"],  # several rows per call against one: tiny JPEGs, by reference
+    "driver_cpu": ["bench_driver_cpu.py", "--rounds", "3"],  # driver CPU per row by bytes / by reference, tiny
     "drivers": ["bench_drivers.py"],  # 1, 2 and 4 shards of one manifest against three stand-ins
     "classify": ["bench_classify.py"],  # issue 20's classification rows; needs IMAGEBATCH_LFW and face_recognition
 }
