@@ -10,6 +10,8 @@ Three measures, each run ``--rounds`` times per side, the two sides alternating 
 - ``reference``: the same with ``--references``: only paths travel, the stand-in answers at once;
 - ``bytes, short`` and ``reference, short``: the same with 100 rows, so that the start-up (imports, index,
   connections, the finished table) and the cost of a further row can be told apart;
+- a bare grpc.aio client in this process making the same calls (no files, no results): the floor of any
+  Python driver that makes one call a row;
 - ``tiny``: the README's command (the embedded worker, started by the driver) on 2,000 64x64 JPEGs: rows/s of
   the whole command, start-up included.
 
@@ -37,7 +39,7 @@ import time
 from pathlib import Path
 
 from common import BIN, REPO, corpus_rows, print_header, table, wait_for_quiet, write_manifest
-from servers import echo_cmd, running
+from servers import echo_cmd, load, running
 
 from tests.support.images import make_corpus
 
@@ -129,12 +131,21 @@ def main() -> None:
         }
         cpu: dict[tuple[str, str], list[float]] = {}
         rate: dict[tuple[str, str], list[float]] = {}
+        floor: dict[str, list[float]] = {}
         for r in range(a.rounds):
             for measure, (manifest, rows, extra) in measures.items():
                 for side, tree in sides.items():
                     wall, driver = run(manifest, tmp / f"out-{measure}-{side}", tree, *extra)
                     cpu.setdefault((measure, side), []).append(driver / rows * 1000)
                     rate.setdefault((measure, side), []).append(rows / wall)
+            # The floor of any Python driver: a bare grpc.aio client making the same calls (prebuilt requests,
+            # 8 in flight over 4 connections; no files, no results), its CPU per call.
+            for measure, images, calls in (("bytes", [p.read_bytes() for p, _ in photos], a.photos),
+                                           ("reference", [b""], a.references)):
+                t0 = os.times()
+                load(address, "/imageworker.v1.ImageWorker/Rotate", images, calls, concurrency=8, connections=4)
+                t1 = os.times()
+                floor.setdefault(measure, []).append(((t1.user - t0.user) + (t1.system - t0.system)) / calls * 1000)
             print(f"round {r + 1} of {a.rounds} done", file=sys.stderr, flush=True)
 
     def spread(values: list[float], fmt: str) -> str:
@@ -156,6 +167,10 @@ def main() -> None:
                 start = [s - p * SHORT / 1000 for s, p in zip(short, per_row, strict=True)]
                 net.append([measure, side, statistics.median(per_row), spread(per_row, ".3f"),
                             statistics.median(start), f"{WORKER_CPU_MS / statistics.median(per_row):.0f}"])
+        if measure in floor:
+            bare = floor[measure]
+            net.append([measure, "bare grpc.aio client, same calls", statistics.median(bare), spread(bare, ".3f"), "-",
+                        f"{WORKER_CPU_MS / statistics.median(bare):.0f}"])
     print(f"1080p photos ({photos[0][0].stat().st_size / 1e6:.2f} MB each) against one stand-in worker process; "
           f"64x64 JPEGs with the embedded worker; {a.rounds} rounds, sides alternated; "
           f"before = {a.before}, after = this checkout\n")
