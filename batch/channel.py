@@ -104,21 +104,25 @@ class Tls:
                     self.context().wrap_socket(raw, server_hostname=self.server_name or host) as tls:
                 tls.settimeout(timeout)
                 # Under TLS 1.3 a worker refuses a client certificate after the handshake: with an alert, or
-                # (gRPC's, when it has expired) by closing the connection before it says anything.
-                if not tls.recv(1) and self.cert is not None:
-                    problem = ("the worker closed the connection at once: it does not accept our client certificate "
-                               "(--tls-cert has expired, or is not signed by the CA the worker trusts)")
-                    return f"TLS handshake failed: {problem}"
+                # (gRPC's) by closing the connection before it says anything, where it would send its HTTP/2
+                # settings at once to a client it accepts.
+                if tls.recv(1):
+                    return None
+                if self.cert is None:
+                    return ("the worker closed the TLS connection: it probably requires a client certificate "
+                            "(mTLS: --tls-cert and --tls-key)")
+                problem = ("the worker closed the connection at once: it does not accept our client certificate "
+                           "(--tls-cert has expired, or is not signed by the CA the worker trusts)")
         except ssl.SSLCertVerificationError as e:
             problem = _VERIFY_PROBLEMS.get(e.verify_code, f"the worker's certificate does not verify: "
                                                           f"{e.verify_message}")
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):  # closed mid-handshake: a worker stopping, say
+            return None
         except ssl.SSLError as e:
-            problem = _ALERT_PROBLEMS.get(e.reason)
+            problem = _ALERT_PROBLEMS.get(e.reason, f"the worker refused it ({e.reason or type(e).__name__})")
         except OSError:  # refused, or nothing to read yet: nothing the handshake can tell
             return None
-        else:
-            return None
-        return f"TLS handshake failed: {problem}" if problem else None
+        return f"TLS handshake failed: {problem}"
 
 
 # X509_V_ERR_* codes of OpenSSL (x509_vfy.h) that have a cause a user can act on.
@@ -314,8 +318,7 @@ class Pool:
 
     async def probe(self, timeout: float = 3.0) -> list[str | None]:
         """One health check per channel that does not wait for a connection: None where it answers, else
-        gRPC's details. Several, because a channel over several addresses (``localhost``: ::1 and
-        127.0.0.1) reports one address's failure at a time, not always the telling one."""
+        gRPC's details (words to show, never to decide by)."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         async def check(channel) -> str | None:
@@ -344,8 +347,9 @@ class Pool:
                 w.cancel()
 
     async def connect(self, timeout: float = CONNECT_TIMEOUT) -> None:
-        """Wait for a worker to answer; UsageError at once when gRPC's error shows waiting cannot help (a TLS
-        mismatch), after START_GRACE seconds when nothing can be there (``absence``), else after ``timeout``."""
+        """Wait for a worker to answer; UsageError at once when a handshake shows waiting cannot help (a TLS
+        mismatch: ``mismatch``), after START_GRACE seconds when nothing can be there (``absence``), else after
+        ``timeout``."""
         deadline = time.monotonic() + timeout
         absent_since: float | None = time.monotonic()  # since when ``absence`` has had an answer, if it has
         told = False  # that we wait for a worker to start
@@ -357,11 +361,10 @@ class Pool:
             answers = await self.probe()
             if None in answers:
                 return
-            # A diagnosis that waiting cannot fix (a TLS mismatch) wins over another address's failure.
-            reason, final = max((connect_failure(details, self.tls) for details in answers), key=lambda rf: rf[1])
-            if self.tls is not None and (precise := await asyncio.to_thread(self.tls.handshake_problem,
-                                                                             self.targets[0])):
-                reason, final = precise, True
+            # A TLS mismatch, which waiting cannot fix, at any target wins over gRPC's words for the failure.
+            found = await asyncio.gather(*(asyncio.to_thread(mismatch, t, self.tls) for t in self.targets))
+            precise = next((m for m in found if m is not None), None)
+            reason, final = (precise, True) if precise else (answers[0], False)
             absent = None if final else await asyncio.to_thread(absence, self.targets)
             if absent is None:
                 absent_since, told = None, False
@@ -556,22 +559,29 @@ def _ip_target(address: str) -> str:
     return f"ipv6:{address}" if address.startswith("[") else f"ipv4:{address}"
 
 
-def connect_failure(details: str, tls: Tls | None) -> tuple[str, bool]:
-    """Explain why no worker answered, from gRPC's error details; and whether waiting longer cannot help."""
-    lowered = details.lower()
-    if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
-        return ("TLS handshake failed: the worker's certificate is not signed by the CA in --tls-ca "
-                "(or does not name this host)", True)
-    if "wrong_version_number" in lowered or ("handshake" in lowered and "tls" in lowered and tls):
-        return ("TLS handshake failed: the worker does not seem to speak TLS (drop --tls-ca), "
-                f"or refused ours: {details}", True)
-    if "socket closed" in lowered or "connection reset" in lowered:
-        if tls is None:
-            return ("the worker closed the connection: it probably requires TLS "
-                    "(give its CA with --tls-ca, and --tls-cert/--tls-key if it asks for client certificates)", True)
-        if tls.cert is None:
-            return ("the worker closed the TLS connection: it probably requires a client certificate "
-                    "(mTLS: --tls-cert and --tls-key)", True)
-        return ("the worker closed the TLS connection: it probably does not accept our client certificate "
-                "(--tls-cert is not signed by the CA the worker trusts)", True)
-    return details, False
+def mismatch(target: str, tls: Tls | None, timeout: float = 3.0) -> str | None:
+    """Why this driver's TLS settings can never work with the worker at ``target`` (its first address), from the
+    handshake's own codes and never gRPC's text: the worker's certificate, ours, or TLS on one side only. None
+    when a handshake finds no such problem (or nothing answers): then waiting may help."""
+    if tls is not None:
+        return tls.handshake_problem(target, timeout)
+    return _requires_tls(target, timeout)
+
+
+def _requires_tls(target: str, timeout: float) -> str | None:
+    """A plaintext driver's problem with ``target``: the worker completes a TLS handshake (which a plaintext
+    worker fails at its first byte), so it speaks only TLS."""
+    address = _probe_address(target)
+    if address is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False  # any certificate: this asks only whether the worker speaks TLS
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection(address, timeout) as raw, ctx.wrap_socket(raw, server_hostname=address[0]):
+            pass
+    except OSError:  # ssl.SSLError included: no TLS there, or nothing at all
+        return None
+    return ("the worker closed the connection: it probably requires TLS "
+            "(give its CA with --tls-ca, and --tls-cert/--tls-key if it asks for client certificates)")

@@ -1,18 +1,22 @@
 """The driver's connection logic without a worker: targets, addresses, diagnosis, and the pool's choice of
-connection. Pure logic and unconnected channels: seconds, no processes."""
+connection. Pure logic, unconnected channels and gRPC servers in this process on loopback: seconds, no
+processes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-from pathlib import Path
+from collections.abc import Iterator
+from concurrent import futures
 
+import grpc
 import pytest
 
 import batch.channel
-from batch.channel import Pool, Tls, absence, address_count, connect_failure, grpc_targets, worker_addresses
+from batch.channel import Pool, Tls, absence, address_count, grpc_targets, mismatch, worker_addresses
 from batch.errors import UsageError
+from tests.support.certificates import Pki
 from tests.support.fleet import FLEET_NAME, dns_server
 from tests.support.processes import free_port
 
@@ -46,26 +50,59 @@ def test_an_address_that_is_not_host_port_is_a_usage_error_naming_it(address):
 
 # --- why no worker answered ------------------------------------------------------------------------------
 
-CA = Tls(ca=Path("ca.pem"))
-MTLS = Tls(ca=Path("ca.pem"), cert=Path("client.pem"), key=Path("client.key"))
+@contextlib.contextmanager
+def grpc_server_on_loopback(kind: str, pki: Pki) -> Iterator[str]:
+    """A gRPC server in this process on 127.0.0.1: plaintext, TLS, or TLS requiring client certificates."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    if kind == "plaintext":
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        creds = grpc.ssl_server_credentials([(pki.server_key.read_bytes(), pki.server_cert.read_bytes())],
+                                            root_certificates=pki.ca.read_bytes() if kind == "mtls" else None,
+                                            require_client_auth=kind == "mtls")
+        port = server.add_secure_port("127.0.0.1:0", creds)
+    server.start()
+    try:
+        yield f"dns:///localhost:{port}"
+    finally:
+        server.stop(0)
 
 
-@pytest.mark.parametrize(("details", "tls", "says", "final"), [
-    ("... SSL_ERROR_SSL: error:1000007d:SSL routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED", CA,
-     "the worker's certificate is not signed by the CA in --tls-ca", True),
-    ("Ssl handshake failed: SSL_ERROR_SSL: error:100000f7:SSL routines:OPENSSL_internal:WRONG_VERSION_NUMBER", CA,
-     "does not seem to speak TLS (drop --tls-ca)", True),
-    ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: Socket closed", None,
-     "it probably requires TLS (give its CA with --tls-ca", True),
-    ("Socket closed", CA, "probably requires a client certificate (mTLS: --tls-cert and --tls-key)", True),
-    ("Connection reset by peer", MTLS, "does not accept our client certificate", True),
-    ("DNS resolution failed for nowhere.invalid:1", None, "DNS resolution failed for nowhere.invalid:1", False),
-], ids=["wrong CA", "TLS to plaintext", "plaintext to TLS", "no client certificate",
-        "client certificate refused", "anything else: gRPC's words"])
-def test_connection_failures_are_explained_and_hopeless_ones_final(details, tls, says, final):
-    reason, hopeless = connect_failure(details, tls)
-    assert says in reason
-    assert hopeless is final
+MISMATCHES = {  # (worker, the driver's TLS: None, "ca", "other_ca" or "expired_client"), what is said
+    "wrong CA": ("tls", "other_ca", "TLS handshake failed: the worker's certificate is not signed by the CA in "
+                                    "--tls-ca"),
+    "TLS to plaintext": ("plaintext", "ca", "TLS handshake failed: the worker does not speak TLS (drop --tls-ca)"),
+    "plaintext to TLS": ("tls", None, "it probably requires TLS (give its CA with --tls-ca"),
+    "no client certificate": ("mtls", "ca", "probably requires a client certificate (mTLS: --tls-cert and "
+                                            "--tls-key)"),
+    "client certificate refused": ("mtls", "expired_client", "it does not accept our client certificate"),
+    "TLS that works": ("tls", "ca", None),
+    "mTLS that works": ("mtls", "client", None),
+    "plaintext that works": ("plaintext", None, None),
+}
+
+
+def _tls(kind: str | None, pki: Pki) -> Tls | None:
+    return {None: None, "ca": Tls(pki.ca), "other_ca": Tls(pki.other_ca),
+            "client": Tls(pki.ca, pki.client_cert, pki.client_key),
+            "expired_client": Tls(pki.ca, pki.expired_client_cert, pki.expired_client_key)}[kind]
+
+
+@pytest.mark.parametrize("case", list(MISMATCHES))
+def test_a_tls_mismatch_is_named_from_the_handshake_itself(pki, case):
+    """What waiting cannot fix is found by a handshake with the worker (ssl's verify codes and alerts, whether
+    a worker completes a TLS handshake or closes the connection after it), not by reading gRPC's words."""
+    worker, tls, says = MISMATCHES[case]
+    with grpc_server_on_loopback(worker, pki) as target:
+        found = mismatch(target, _tls(tls, pki))
+    assert found is None if says is None else says in found
+
+
+def test_nothing_listening_or_no_host_port_is_no_mismatch(pki):
+    """A closed port, a name that does not resolve and a unix: target: waiting may help, so nothing is final."""
+    for target in (f"ipv4:127.0.0.1:{free_port()}", "dns:///nowhere.invalid:1", "unix:/nonexistent/worker.sock"):
+        assert mismatch(target, None) is None
+        assert mismatch(target, Tls(pki.ca)) is None
 
 
 def test_absence_is_the_networks_own_answer_refused_or_no_such_name():
