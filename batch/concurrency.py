@@ -43,6 +43,7 @@ class AdaptiveLimit:
         # When a call was last answered (or the gate made): a fleet full of other drivers' calls still answers
         # some of ours, while one that refuses everything does not (batch/retry.py's busy budget).
         self.last_answer = time.monotonic()
+        self._last_refused: object = None
 
     @classmethod
     def for_addresses(cls, addresses: int) -> AdaptiveLimit:
@@ -102,8 +103,13 @@ class AdaptiveLimit:
         if self.adaptive:
             self._set(max(self.limit, float(PER_ADDRESS * addresses)))
 
-    def refused(self) -> None:
-        """A worker refused a call as busy: it holds as many as it may."""
+    def refused(self, call: object = None) -> None:
+        """A worker refused a call as busy: it holds as many as it may. ``call`` names the refused call: the rows
+        of one batch (batch/batching.py) share one refusal, which cuts the limit once, not once a row."""
+        if call is not None:
+            if call is self._last_refused:
+                return
+            self._last_refused = call
         if self.adaptive:
             self._set(self.limit * 0.9)
 

@@ -78,7 +78,7 @@ class Retries:
         if permanent(error, size):
             raise RowFailed(explain_permanent(error, size), permanent_reason(error))
         if refused := busy(error, size):
-            self.limit.refused()
+            self.limit.refused(error)  # one error for the rows of one batch call: one cut
             self._busy_refusals += 1
             wait = backoff(self._busy_refusals, settings, busy=True)
             # A full fleet (other drivers' calls, say) answers some of ours: the row waits its turn for as

@@ -119,3 +119,16 @@ def test_a_busy_batch_has_each_row_retried_alone(here: Path) -> None:
         results = batch.run(frame, out=here / "out", workers=[one_slot.address], concurrency=4, batch_rows=2)
     assert (results["status"] == "ok").all() and (results["label"] == "face").all()
     assert results["attempts"].sum() > 8  # refused as busy (WORKER_BUSY), each row retried, then answered
+
+
+def test_the_rows_of_one_refused_batch_cut_the_limit_once() -> None:
+    from batch.concurrency import AdaptiveLimit
+
+    limit = AdaptiveLimit(100, 100)
+    batch_refusal, other = object(), object()
+    for _ in range(16):  # each row of the batch reports the one error its call failed with
+        limit.refused(batch_refusal)
+    assert limit.limit == pytest.approx(90)
+    limit.refused(other)
+    limit.refused()
+    assert limit.limit == pytest.approx(90 * 0.9 * 0.9)
