@@ -237,10 +237,10 @@ def test_a_worker_by_reference_refuses_keys_with_a_question_mark_or_hash(s3) -> 
 def test_a_streamed_output_is_recorded_and_rerun_when_cut_short(tmp_path: Path) -> None:
     """An input over the stream threshold goes by RotateStream: the worker's account of the bytes it streamed
     is recorded, matches the file, and a truncated file runs again"""
-    photo(1100, 800, seed=3, grain=30).save(tmp_path / "big.png")
-    assert (tmp_path / "big.png").stat().st_size > STREAM_MIN
-    manifest = write_manifest(tmp_path / "m.csv", [{"id": "big", "path": "big.png", "op": "rotate", "rotation": "90"}])
-    out, output = tmp_path / "out", tmp_path / "out" / "rotated" / "big.png"
+    photo(1100, 800, seed=3).save(tmp_path / "big.bmp")  # uncompressed: 2.5 MiB, quick to write and to turn
+    assert (tmp_path / "big.bmp").stat().st_size > STREAM_MIN
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "big", "path": "big.bmp", "op": "rotate", "rotation": "90"}])
+    out, output = tmp_path / "out", tmp_path / "out" / "rotated" / "big.bmp"
     with in_process_worker() as w:
         code, _, stderr = run_cli("run", manifest, "--worker", w.address, "--out", out, "--quiet")
         assert code == 0, stderr
