@@ -29,7 +29,9 @@ import csv
 import io
 import itertools
 import math
+import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -290,7 +292,7 @@ def cli_sets(folder: Path, portraits: int, no_faces: list[bytes], known_each: in
     for person in meta["labels"]:
         photos = [p for p, t in zip(split.train_paths, split.train_truth, strict=True) if t == person]
         for j, p in enumerate(photos[:known_each]):
-            (known / f"{person}__{j}.jpg").write_bytes(p.read_bytes())
+            (known / f"{person.replace(' ', '_')}__{j}.jpg").write_bytes(p.read_bytes())
     return {"known": known, "sets": sets}
 
 
@@ -309,16 +311,19 @@ def theirs(known: Path, folder: Path, cpus: int) -> tuple[float, dict[str, str]]
     person that matched, ``unknown`` for faces that matched nobody, ``no_face`` without a face."""
     t = time.perf_counter()
     done = subprocess.run([str(BIN / "face_recognition"), "--cpus", str(cpus), "--show-distance", "true",
-                           str(known), str(folder)], check=True, capture_output=True, text=True)
+                           str(known), str(folder)], check=True, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})  # each text in one write: never split
     seconds = time.perf_counter() - t
     best: dict[str, tuple[float, str]] = {}
-    for line in done.stdout.splitlines():
-        path, name, distance = line.rsplit(",", 2)
-        label = {"unknown_person": UNKNOWN, "no_persons_found": NO_FACE}.get(name, name.split("__")[0])
+    # Its pool's processes print each line's text and its newline as two writes, so lines can run into each
+    # other: read "FOLDER/NNNN.jpg,NAME,DISTANCE" wherever it stands.
+    for file, name, distance in re.findall(re.escape(str(folder)) + r"/(\d+\.jpg),([\w-]+),(None|[\d.]+)",
+                                           done.stdout):
+        label = {"unknown_person": UNKNOWN, "no_persons_found": NO_FACE}.get(
+            name, name.split("__")[0].replace("_", " "))  # a known photo's name: PERSON__N
         d = float(distance) if distance != "None" else math.inf
-        key = Path(path).name
-        if key not in best or d < best[key][0]:
-            best[key] = (d, label)
+        if file not in best or d < best[file][0]:
+            best[file] = (d, label)
     return seconds, {k: v[1] for k, v in best.items()}
 
 
