@@ -387,69 +387,74 @@ def _batched(servicer, method: str, one: Callable, answer: type, result: type) -
     """A batch RPC over ``one(item, context)``, the work of the unary call: the batch admitted as one call
     holding all its items' image bytes, each item then sized, given a worker turn and answered (or failed) as
     the unary call would be, one after another. An item's error is its result; only the batch's own refusal,
-    its client leaving, or a bug outside the items fails the call."""
+    its client leaving, or a bug outside the items fails the call. The metrics record each item as its unary
+    call (its code, reason, time and bytes) and the batch call once, its bytes in its items."""
 
     def call(request, context: grpc.ServicerContext):
         state = servicer.state
         context = state.limited(context)
         items = request.items
-        with _handled(servicer, method, context) as record:
-            record.received = sum(len(item.image) for item in items)
+        with _handled(servicer, method, context):
             if len(items) > state.max_batch_items:
                 raise InvalidArgument(f"the batch holds {len(items)} items, over this worker's limit of "
                                       f"{state.max_batch_items} (worker serve --max-batch-items); send fewer per "
                                       "batch", Reason.BATCH_TOO_LARGE)
-            with state.admission.held(context, record.received):
-                results = _each(servicer, method, items, one, result, context, record)
-            response = answer(results=results)
-            record.sent = response.ByteSize()
-            state.admission.hold_answer(context, record.sent)
+            with state.admission.held(context, sum(len(item.image) for item in items)):
+                response = answer(results=_each(servicer, method, items, one, result, context))
+            state.admission.hold_answer(context, response.ByteSize())
         return response
 
     return call
 
 
-def _each(servicer, method: str, items, one: Callable, result: type, context: _Limited, record: _Record) -> list:
+def _each(servicer, method: str, items, one: Callable, result: type, context: _Limited) -> list:
     """One result per item, in order. Once the batch's time is up, the item at hand and those after it fail with
     CALL_EXPIRED; a client gone (Cancelled) ends the call."""
     state = servicer.state
-    name = f"{type(servicer).__name__}.{method}"
-    results = []
+    name, unary = f"{type(servicer).__name__}.{method}", method.removesuffix("Batch")
+    results: list = []
     room = state.max_message_bytes  # the answer is one message: items whose answers would not fit are refused
     for index, item in enumerate(items):
+        if len(results) > index:  # failed with the call's time
+            break
         state._read.size = 0
+        record = _Record()
+        started = state.metrics.started()
         try:
             state.check_size(item.image)
             response = state.admission.turn(one, item, context, call=context)
-        except Cancelled:
+            size = response.ByteSize() + 16  # its field's tag and length beside it
+            if size > room:
+                raise InvalidArgument(
+                    f"this item's answer ({size:,} bytes) would take the batch's answer over this worker's limit "
+                    f"of {state.max_message_bytes / 2**20:.0f} MiB (worker serve --max-message-mb); send it alone "
+                    "or in a smaller batch", Reason.BATCH_TOO_LARGE)
+            room -= size
+            record.sent = response.ByteSize()
+            results.append(result(response=response))
+            state.count(unary)  # served: each item answered, as its unary call would count
+        except Cancelled as e:
+            record.code, record.reason = e.status, e.reason
             raise
         except Expired as e:
             log.info("%s from %s: out of time at item %d of %d: %s", name, context.peer(), index + 1, len(items), e)
-            failed = result(error=_worker_status(e))
-            results.extend(failed for _ in range(len(items) - index))
-            break
+            record.code, record.reason = e.status, e.reason
+            results.extend(result(error=_worker_status(e)) for _ in range(len(items) - index))
+            for left in items[index + 1:]:  # never started: each recorded as its call would be
+                state.metrics.ended(unary, e.status, e.reason, state.metrics.started(), len(left.image), 0)
         except WorkerError as e:
             level = logging.DEBUG if isinstance(e, Busy) else logging.WARNING
             log.log(level, "%s from %s: item %d failed: %s: %s", name, context.peer(), index, e.status, e)
+            record.code, record.reason = e.status, e.reason
             results.append(result(error=_worker_status(e)))
-            continue
         except Exception:
             log.exception("%s from %s: item %d: internal error", name, context.peer(), index)
+            record.code, record.reason = "INTERNAL", Reason.INTERNAL
             results.append(result(error=_rich_status("INTERNAL", f"internal error in {method}; see the worker's "
                                                      "log", Reason.INTERNAL)))
-            continue
         finally:
-            record.received += state._read.size
-        size = response.ByteSize() + 16  # its field's tag and length beside it
-        if size > room:
-            results.append(result(error=_rich_status(
-                "INVALID_ARGUMENT", f"this item's answer ({size:,} bytes) would take the batch's answer over this "
-                f"worker's limit of {state.max_message_bytes / 2**20:.0f} MiB (worker serve --max-message-mb); "
-                "send it alone or in a smaller batch", Reason.BATCH_TOO_LARGE)))
-            continue
-        room -= size
-        results.append(result(response=response))
-        state.count(method.removesuffix("Batch"))  # served: each item answered, as its unary call would count
+            state.metrics.ended(unary, record.code, record.reason, started, len(item.image) + state._read.size,
+                                record.sent)
     state._read.size = 0
     return results
 
