@@ -78,7 +78,8 @@ def run(manifest: Path, out: Path, tree: Path | None, *extra: str) -> tuple[floa
     if tree is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
     start = time.perf_counter()
-    done = subprocess.run([str(BIN / "python"), "-c", _LAUNCH, "run", str(manifest), "--out", str(out), "--quiet",
+    # -P: with -c the current folder (a checkout) would come before PYTHONPATH and shadow the earlier tree.
+    done = subprocess.run([str(BIN / "python"), "-P", "-c", _LAUNCH, "run", str(manifest), "--out", str(out), "--quiet",
                            "--restart", *extra], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
