@@ -166,7 +166,9 @@ def test_the_worker_column_names_the_address_called(tmp_path: Path) -> None:
     manifest = make_batch(tmp_path, 24)
     with worker_process("--host", "127.0.0.2", port=port) as a, worker_process("--host", "127.0.0.3", port=port) as b:
         assert (a.address, b.address) == (f"127.0.0.2:{port}", f"127.0.0.3:{port}")
-        done = run_batch(manifest, "--worker", f"{a.address},{b.address}", "--out", tmp_path / "out", "--quiet")
+        # One row per call: 24 small rows would otherwise be two batch calls, which may both go to one address.
+        done = run_batch(manifest, "--worker", f"{a.address},{b.address}", "--out", tmp_path / "out", "--quiet",
+                         "--batch-rows", "1")
         pids = {a.address: a.proc.pid, b.address: b.proc.pid}
     assert done.returncode == 0, done.stderr
     named = {r["worker"] for r in results(tmp_path / "out")}
