@@ -4,7 +4,7 @@ Three stand-in workers 25 ms away (tests/support/fleet.py: they answer after a s
 on 127.0.0.2-4 behind one name served by a DNS server on loopback; 3,000 tiny rows through the real
 ``batch run``, alternating a hand-tuned ``--concurrency 48`` with the defaults (which start at 8 calls per
 address and adapt), for several rounds. Prints each round's rows/s and the ratio defaults / tuned with its
-spread. (tests/test_fleet.py checks the behaviour: the limit adapts up and every worker answers.)
+spread. (tests/batch/test_fleet.py checks the behaviour: the limit adapts up and every worker answers.)
 
     python bench/bench_fleet.py [--rows 3000] [--rounds 3] [--wait-quiet 0.5]
 """

@@ -25,46 +25,46 @@ OUTPUT = ROOT / "docs" / "reliability.md"
 
 # Sections of the document, in order: (title, test file, what the section promises).
 SECTIONS = [
-    ("Faults", "test_reliability_faults.py",
+    ("Faults", "batch/test_reliability_faults.py",
      "Workers and drivers killed at awkward moments, with real processes on loopback."),
-    ("Hostile manifests and rows", "test_hostile_manifest.py",
+    ("Hostile manifests and rows", "batch/test_hostile_manifest.py",
      "The driver against broken manifests and rows: manifest-level problems stop the run before any call "
      "(`batch.ManifestError`; `batch run` exits 2); row-level ones fail that row with its message and reason "
      "while the other rows succeed."),
-    ("Hostile image bytes at the worker", "test_hostile_worker.py",
+    ("Hostile image bytes at the worker", "worker/test_hostile_worker.py",
      "Sent over gRPC to a real worker (`--max-message-mb 1`, memory capped); after each case the worker "
      "must still answer health SERVING and rotate a good image."),
-    ("Property tests (hypothesis)", "test_hostile_fuzz.py",
+    ("Property tests (hypothesis)", "worker/test_hostile_fuzz.py",
      "Arbitrary and mutated bytes into the decode path, `worker.rotation` and the manifest parser: "
      "only our own clean errors, never another exception or a hang."),
-    ("Rotation fidelity and decoder work", "test_rotate_fidelity.py",
+    ("Rotation fidelity and decoder work", "worker/test_rotate_fidelity.py",
      "Deep colour, EXIF orientation of any integer type, RGBA BMP and decoder work bombs through a real worker: "
      "never `ok` with less than was sent, and no file may cost unbounded work."),
-    ("The worker's limits per call, and its operations", "test_worker_limits.py",
+    ("The worker's limits per call, and its operations", "worker/test_worker_limits.py",
      "Abandoned and expired calls, clients that never read their answers, one size limit for every service, "
      "a port already held, unusable TLS files and bad options at start-up."),
-    ("Inputs that would hang or exhaust the driver", "test_driver_inputs.py",
+    ("Inputs that would hang or exhaust the driver", "batch/test_driver_inputs.py",
      "FIFOs, devices, sockets, files over what a call can carry, and folders in --out that link elsewhere."),
-    ("The results folder is the run's own", "test_results_folder.py",
+    ("The results folder is the run's own", "batch/test_results_folder.py",
      "Outputs naming the run's files or the manifest, planted links, full and read-only disks, damaged "
      "journals, shorter manifests: one line and the right exit code, nothing lost, nothing temporary left."),
-    ("Overload", "test_overload.py", "Four drivers at `--concurrency 64` against one small worker."),
-    ("TLS and mTLS end to end", "test_tls_batch.py", "`batch run` against TLS and mTLS workers."),
-    ("Security", "test_reliability_security.py", "What the worker touches and how models are loaded."),
-    ("Who can reach a worker, and what references let them do", "test_trust.py",
+    ("Overload", "batch/test_overload.py", "Four drivers at `--concurrency 64` against one small worker."),
+    ("TLS and mTLS end to end", "batch/test_tls_batch.py", "`batch run` against TLS and mTLS workers."),
+    ("Security", "worker/test_reliability_security.py", "What the worker touches and how models are loaded."),
+    ("Who can reach a worker, and what references let them do", "worker/test_trust.py",
      "Another local user (nobody) during a batch with the embedded worker, named workers serving references "
      "without client certificates, output folders raced into links, idle connections to the metrics port."),
-    ("Clients we did not write", "test_conformance.py",
+    ("Clients we did not write", "worker/test_conformance.py",
      "A fresh `worker serve` called only through stubs generated from proto/ into a temporary folder (every "
      "RPC, with no deadline, a very long one and a very short one), Node's @grpc/grpc-js, and the seed's "
      "legacy client (raw pixels, no deadline)."),
-    ("Streams that stop sending, cancels, idle connections", "test_stream_limits.py",
+    ("Streams that stop sending, cancels, idle connections", "worker/test_stream_limits.py",
      "Streams that declare much and send nothing, pause, trickle or are cancelled; connections that never "
      "speak or stop answering pings: bounded by what was received, idle and call limits, keepalive."),
-    ("Hostile options, templates, object keys and outputs", "test_driver_hostile.py",
+    ("Hostile options, templates, object keys and outputs", "batch/test_driver_hostile.py",
      "`--timeout inf`, `--name {rotation:d}`, object keys with ? or #, and outputs truncated, emptied or "
      "replaced after a run: a usage error before any work, a per-row refusal, or a rerun on resume."),
-    ("Drivers sharing a fleet", "test_shared_fleet.py",
+    ("Drivers sharing a fleet", "batch/test_shared_fleet.py",
      "Four adaptive drivers against two small workers: busy refusals retried, no row failed as overloaded."),
 ]
 

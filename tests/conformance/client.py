@@ -3,7 +3,7 @@ and reflection stubs, calling every RPC of a worker with one kind of deadline.
 
     python client.py ADDRESS none|long|short JPEG
 
-Run with the generated modules on PYTHONPATH and nothing of the project importable (tests/test_conformance.py
+Run with the generated modules on PYTHONPATH and nothing of the project importable (tests/worker/test_conformance.py
 does). The image calls all start at once, so on a fresh worker each arrives before the face model has loaded.
 Prints one JSON object: each RPC's status code name and, when OK, what its answer says.
 """

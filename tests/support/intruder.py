@@ -1,4 +1,4 @@
-"""Another local user looking for a worker to use; tests/test_trust.py runs it as ``nobody`` during a batch.
+"""Another local user looking for a worker to use; tests/worker/test_trust.py runs it as ``nobody`` during a batch.
 
     python -I intruder.py --secret PATH --plant PATH [--tcp PORT]... [--unix PATH]...
 

@@ -32,7 +32,7 @@ MAIN, LEGACY = "main_", "legacy_"
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "faces.npz"
 # dlib's frontal face detector as dlib itself saves it (``get_frontal_face_detector().save(...)``): read
 # from this file in 1 ms, where ``get_frontal_face_detector()`` decodes it from text compiled into dlib
-# in 0.7 s of CPU, each worker process's largest start-up cost for Classify. tests/test_faces.py checks
+# in 0.7 s of CPU, each worker process's largest start-up cost for Classify. tests/worker/faces/test_faces.py checks
 # that it is still the installed dlib's detector, byte for byte.
 DETECTOR = SHIPPED.parent / "frontal_face_detector.svm"
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"

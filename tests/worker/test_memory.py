@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from tests.support.images import photo
-from tests.support.processes import BIG_MESSAGES, worker_process
+from tests.support.processes import BIG_MESSAGES, ROOT, worker_process
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.memory import tune_malloc
@@ -48,7 +48,7 @@ PAGES_PER_ROUND = sum([800_000, 6_220_800, 8_294_400, 1_500_000, 8_294_400]) // 
 
 def _faults_per_round(mode: str) -> float:
     out = subprocess.run([sys.executable, "-c", _ROUNDS, mode], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=ROOT)
     return float(out.stdout)
 
 

@@ -1,5 +1,5 @@
 """`batch report` on a real `batch run` (embedded worker over loopback gRPC): figures, terminal, JSON, HTML
-in headless Chromium. `REPORT_SCREENSHOT=1 pytest tests/test_report_run.py` refreshes docs/report.png."""
+in headless Chromium. `REPORT_SCREENSHOT=1 pytest tests/batch/report/test_report_run.py` refreshes docs/report.png."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from batch.cli import main
 from batch.report import gallery, thumbs
-from batch.report.command import report
 from tests.support import browser
 from tests.support.reports import assert_self_contained, check_visit, parse_tags
 from tests.support.results import synthetic_rows, synthetic_run, write_results
@@ -21,7 +21,7 @@ from tests.support.results import synthetic_rows, synthetic_run, write_results
 
 def make_report(out: Path, target: Path | None = None) -> str:
     args = [str(out)] + (["--html", str(target)] if target else [])
-    result = CliRunner().invoke(report, args, catch_exceptions=False)
+    result = CliRunner().invoke(main, ["report", *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return (target or out / "report.html").read_text(encoding="utf-8")
 

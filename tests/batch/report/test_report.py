@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from batch.cli import main
 from batch.report import figures, terminal
-from batch.report.command import report
 from batch.report.table import load
 from batch.results import COLUMNS
 from tests.support.reports import check_figures, check_terminal_width
@@ -18,7 +18,7 @@ from tests.support.results import synthetic_rows, synthetic_run, write_results
 
 
 def invoke(*args: str):
-    return CliRunner().invoke(report, [str(a) for a in args], catch_exceptions=False)
+    return CliRunner().invoke(main, ["report", *map(str, args)], catch_exceptions=False)
 
 
 def test_figures_match_the_table(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_folder_without_results_is_a_clear_error(tmp_path: Path) -> None:
     result = invoke(tmp_path)
     assert result.exit_code == 2
     assert f"no results table in {tmp_path}" in result.output
-    assert CliRunner().invoke(report, [str(tmp_path / "nope")]).exit_code == 2
+    assert CliRunner().invoke(main, ["report", str(tmp_path / "nope")]).exit_code == 2
 
 
 def test_parquet_table_gives_the_same_figures(tmp_path: Path) -> None:

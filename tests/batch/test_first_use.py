@@ -84,7 +84,7 @@ def test_a_worker_started_after_the_driver_is_used(tmp_path: Path) -> None:
 
 # --- TLS by address ---------------------------------------------------------------------------------------
 
-OPERATIONS = Path(__file__).resolve().parents[1] / "docs" / "operations.md"
+OPERATIONS = ROOT / "docs" / "operations.md"
 
 
 def certificate_recipe() -> str:

@@ -197,7 +197,7 @@ def test_one_scan_settles_invalid_conflicting_and_done_rows(tmp_path: Path) -> N
 def test_spreadsheet_export_marks_formulas_as_text_and_keeps_results_exact(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from batch.report.command import report
+    from batch.cli import main
 
     evil = ["=1+2", "@SUM(A1)", "+cmd", "-2+3", "\tx", "plain"]
     rows = [ok_row(e, path=f"=HYPERLINK(\"http://x\",\"{i}\")") for i, e in enumerate(evil)]
@@ -205,7 +205,7 @@ def test_spreadsheet_export_marks_formulas_as_text_and_keeps_results_exact(tmp_p
     write_csv(tmp_path / "results.csv", rows)
     exact = (tmp_path / "results.csv").read_bytes()
     sheet = tmp_path / "sheet.csv"
-    done = CliRunner().invoke(report, [str(tmp_path), "--spreadsheet", str(sheet)], catch_exceptions=False)
+    done = CliRunner().invoke(main, ["report", str(tmp_path), "--spreadsheet", str(sheet)], catch_exceptions=False)
     assert done.exit_code == 0, done.output
     assert (tmp_path / "results.csv").read_bytes() == exact
     raw = sheet.read_bytes()

@@ -25,7 +25,7 @@ from grpc_tools import protoc
 from tests.support.images import jpeg
 from tests.support.processes import ROOT, rotates, serving, worker_process
 
-CLIENTS = Path(__file__).resolve().parent / "conformance"
+CLIENTS = ROOT / "tests" / "conformance"
 NODE_MODULES_ENV = "IMAGEBATCH_NODE_MODULES"
 LABELS = {"George W Bush", "Colin Powell", "unknown", "no_face"}
 # The calls that wait for the face model on a fresh worker (Rotate auto asks for faces: the image has no EXIF).
