@@ -66,3 +66,30 @@ def run_pool(kind: str, jobs: list[tuple[str, int, str]], processes: int) -> tup
         methods = Counter(pool.imap_unordered(FUNCS[kind], jobs, chunksize=1))
         elapsed = time.perf_counter() - start
     return elapsed, methods
+
+
+def _cost(jobs: list[tuple[str, int]], tuned: bool) -> tuple[float, float]:
+    import resource
+
+    from worker.memory import tune_malloc
+    from worker.rotation import rotate
+
+    if tuned:
+        tune_malloc(1)
+    images = [(Path(src).read_bytes(), degrees) for src, degrees in jobs]
+    for data, degrees in images:  # one pass first: the heap grows to its working size, as a warm worker's has
+        rotate(data, degrees)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for data, degrees in images:
+        rotate(data, degrees)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return cpu / len(images) * 1000, (after.ru_minflt - before.ru_minflt) / len(images)
+
+
+def in_process_cost(jobs: list[tuple[str, int]], tuned: bool = False) -> tuple[float, float]:
+    """CPU milliseconds and minor page faults per image of ``worker.rotation.rotate`` on the jobs' bytes, in a
+    fresh process of its own (files read before the clock starts); ``tuned``: with the worker's malloc settings
+    (worker.memory)."""
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return pool.apply(_cost, (jobs, tuned))
