@@ -363,6 +363,8 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2, help="face_recognition --cpus")
     ap.add_argument("--parts", default="45", help="which parts to run (digits 1-5); default: the issue's rows")
     args = ap.parse_args()
+    if (lfw := lfw_from_env()) is None or not lfw.is_dir():  # every part reads LFW photos
+        sys.exit("set IMAGEBATCH_LFW to an LFW folder (lfw-deepfunneled) to run this")
 
     print_header("Classification throughput and where the time goes")
     if "1" in args.parts or "2" in args.parts:
