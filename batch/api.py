@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batch.concurrency import BATCH_ROWS
 from batch.errors import RunStopped, UsageError
 from batch.progress import MODES, Tally
 from batch.results import MANIFEST_NAME
@@ -42,7 +43,6 @@ MANIFEST_COLUMNS = ("path", "op", "rotation", "output", "id")
 # The highest of every seconds option: gRPC turns a deadline of ~9e9 s or more (and inf, nan) into one already
 # past, and asyncio.sleep overflows on huge values; a day is far beyond any call or interval that makes sense.
 DAY = 86400.0
-ROWS = 16  # --batch-rows' default: batch.batching.ROWS (not imported here: `import batch` stays light)
 MAX_CONCURRENCY, MAX_RETRIES, MAX_CONNECTIONS, MAX_BATCH_ROWS = 100_000, 1_000, 1_024, 4_096
 
 
@@ -54,7 +54,7 @@ def configure(manifest: str | os.PathLike, *, out: str | os.PathLike | None = No
               results_format: str = "csv", connections: int | None = None,
               name: str | None = None, format: str | None = None, quality: int | None = None,  # noqa: A002
               rotation: str | int | None = None, references: bool = False, resolve_every: float = 5.0,
-              shard: str | Shard | None = None, checkpoint_every: float = 60.0, batch_rows: int = ROWS,
+              shard: str | Shard | None = None, checkpoint_every: float = 60.0, batch_rows: int = BATCH_ROWS,
               command: Iterable[str] = ()) -> RunOptions:
     """The run's configuration from the CLI's options, checked once: UsageError naming the option otherwise.
 

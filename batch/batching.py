@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 # Rows by bytes up to this go in batches. Above it the image's own cost (its serialisation here, its decode and
 # encode there) outweighs the call's, and a batch of them would only hold more memory at once.
 SMALL = 64 * 1024
-ROWS = 16  # rows per batch by default (--batch-rows): past ~16 the per-row cost no longer falls much
 BATCH_BYTES = 2 * 2**20  # image bytes one batch carries at most: far below any worker's --max-message-mb
 WAIT = 0.002  # seconds a partial batch waits for more rows: the rows that a round of answers frees come by then
 BATCH_TOO_LARGE = v1.ErrorReason.Name(v1.BATCH_TOO_LARGE)

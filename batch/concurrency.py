@@ -21,6 +21,7 @@ import math
 import time
 
 DEFAULT_CAP = 128  # calls in flight at most without --concurrency: bytes mode holds each call's image in memory
+BATCH_ROWS = 16  # rows per call by default (--batch-rows): past ~16 the per-row cost no longer falls much
 PER_ADDRESS = 8  # calls to start with per address of named workers, whose size and distance are unknown
 SMOOTHING = 0.3  # how far each window moves the limit toward its new estimate (0.2 ramped too slowly for short runs)
 LONG_TERM = 0.02  # weight of one window in the long-term latency average (about 50 windows)

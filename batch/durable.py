@@ -69,11 +69,17 @@ def atomic_file(path: Path, mode: str = "wb", *, durable: bool = True, **open_ar
             os.close(fd)
 
 
+def within(path: str, folder: str) -> bool:
+    """Whether normalised absolute ``path`` is ``folder`` or under it: ``os.path.commonpath``'s answer, by a
+    prefix test (a fifth of its cost, and it runs for every row)."""
+    return path == folder or path.startswith(folder if folder.endswith(os.sep) else folder + os.sep)
+
+
 def escapes(folder: Path, root: str) -> str | None:
     """Where ``folder`` really leads, when that is outside ``root`` (a resolved folder), else None: checked on
     the resolved path when an output is about to be written there, since a folder inside --out may be a link."""
     real = os.path.realpath(folder)
-    return real if os.path.commonpath([real, root]) != root else None
+    return None if within(real, root) else real
 
 
 class SyncError(OSError):

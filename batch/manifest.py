@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batch.durable import within
 from batch.errors import BatchError
 from batch.results import is_bookkeeping
 from batch.store import Uri, is_uri, parse, parse_object
@@ -384,12 +385,6 @@ def resolved(path: Path) -> str:
         return os.path.realpath(path)
     folder, name = os.path.split(path)
     return os.path.join(real_folder(folder), name)
-
-
-def within(path: str, folder: str) -> bool:
-    """Whether normalised absolute ``path`` is ``folder`` or under it: ``os.path.commonpath``'s answer, by a
-    prefix test (a fifth of its cost, and it runs for every row)."""
-    return path == folder or path.startswith(folder if folder.endswith(os.sep) else folder + os.sep)
 
 
 def _inside(path: Path, folder: Path) -> bool:

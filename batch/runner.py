@@ -10,10 +10,9 @@ import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from batch import batching
 from batch.batching import Batcher
 from batch.channel import Pool
-from batch.concurrency import AdaptiveLimit
+from batch.concurrency import BATCH_ROWS, AdaptiveLimit
 from batch.manifest import Row
 from batch.results import ERROR, OK, Outcome, Reason, RowFailed, faces_json
 from batch.retry import GaveUp, Retries
@@ -37,7 +36,7 @@ class Settings:
     read_roots: tuple[str, ...] = ()
     write_roots: tuple[str, ...] = ()
     quality: int = 0  # --quality for lossy targets; 0: the worker's rule (proto RotateRequest.quality)
-    batch_rows: int = batching.ROWS  # --batch-rows: rows per call for references and small images (1: one each)
+    batch_rows: int = BATCH_ROWS  # --batch-rows: rows per call for references and small images (1: one each)
 
     @property
     def busy_budget(self) -> float:

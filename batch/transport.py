@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 from batch import stream
 from batch.batching import SMALL, Batcher, Unbatched
 from batch.channel import Pool
+from batch.durable import within
 from batch.files import read_input, write_output
-from batch.manifest import Row, real_folder, resolved, within
+from batch.manifest import Row, real_folder, resolved
 from batch.store import Uri
 from worker.api import imageworker_v1_pb2 as v1
 
