@@ -79,7 +79,11 @@ def test_every_rpc_answers_protoc_stubs_on_a_fresh_worker(tmp_path, photo, deadl
     codes = {name: r["code"] for name, r in results.items()}
     if deadline == "short":
         # Gone before the model loads or the stream ends: the client's own DEADLINE_EXCEEDED, never INTERNAL.
-        assert {codes[name] for name in (*MODEL_CALLS, "Watch")} == {"DEADLINE_EXCEEDED"}, results
+        assert {codes[name] for name in (*MODEL_CALLS, "Watch") if name != "ClassifyBatch"} == {"DEADLINE_EXCEEDED"}, \
+            results
+        # A batch call that answers in time carries each item's own failure inside an OK call.
+        assert codes["ClassifyBatch"] == "DEADLINE_EXCEEDED" or \
+            all("reason" in item for item in results["ClassifyBatch"]["items"]), results
         assert set(codes.values()) <= {"OK", "DEADLINE_EXCEEDED"}, results
         return
     assert set(codes.values()) == {"OK"}, results
