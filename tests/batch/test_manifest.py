@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from batch.index import RunIndex
 from batch.manifest import ManifestError, parse_rotation, read_rows
+from tests.support.manifests import indexed
 
 
 def write(tmp_path: Path, text: str | bytes, name: str = "m.csv") -> Path:
@@ -111,25 +111,17 @@ def test_default_output_of_an_input_outside_the_manifest_folder_stays_under_rota
 
 def test_duplicate_ids_name_both_lines(tmp_path):
     m = write(tmp_path, "id,path,op\nx,a.jpg,classify\ny,b.jpg,classify\n\nx,c.jpg,classify\n")
-    index = RunIndex(tmp_path / "index.sqlite")
-    try:
-        with pytest.raises(ManifestError) as e:
-            index.add_rows(read_rows(m, tmp_path / "out"), m)
-    finally:
-        index.close()
+    with pytest.raises(ManifestError) as e, indexed(m, tmp_path / "out"):
+        pass
     assert e.value.line == 5
     assert "duplicate id 'x' (first used on line 2)" in str(e.value)
 
 
 def test_default_id_colliding_with_an_explicit_one_is_a_duplicate(tmp_path):
     m = write(tmp_path, "id,path,op\n3,a.jpg,classify\n,b.jpg,classify\n")
-    index = RunIndex(tmp_path / "index.sqlite")
-    try:
-        with pytest.raises(ManifestError, match="duplicate id '3'") as e:
-            index.add_rows(read_rows(m, tmp_path / "out"), m)
-        assert "a row without an id takes its line number as its id" in str(e.value)
-    finally:
-        index.close()
+    with pytest.raises(ManifestError, match="duplicate id '3'") as e, indexed(m, tmp_path / "out"):
+        pass
+    assert "a row without an id takes its line number as its id" in str(e.value)
 
 
 def test_outputs_clashing_with_inputs_or_each_other(tmp_path):
@@ -139,12 +131,8 @@ def test_outputs_clashing_with_inputs_or_each_other(tmp_path):
     m = write(tmp_path, "id,path,op,rotation,output\n"
                         "1,a.jpg,rotate,90,link.jpg\n2,b.jpg,rotate,90,a.jpg\n"
                         "3,c.jpg,rotate,90,same.jpg\n4,d.jpg,rotate,90,same.jpg\n")
-    index = RunIndex(tmp_path / "index.sqlite")
-    try:
-        index.add_rows(read_rows(m, out), m)
+    with indexed(m, out) as index:
         problems = {s.row.id: s.outcome and s.outcome.error for s in index.scan()}
-    finally:
-        index.close()
     assert problems["1"] == f"output {tmp_path / 'link.jpg'} is the input itself: refusing to overwrite an input"
     assert problems["2"] == (f"output {tmp_path / 'a.jpg'} is the input of row '1' (line 2): "
                              "refusing to overwrite an input")

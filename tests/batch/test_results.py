@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from batch.index import RunIndex
 from batch.manifest import read_rows
 from batch.progress import Progress, Tally
 from batch.results import (
@@ -25,6 +24,7 @@ from batch.results import (
     result_row,
     write_table,
 )
+from tests.support.manifests import indexed
 
 
 def manifest_rows(tmp_path: Path, text: str) -> list:
@@ -181,13 +181,9 @@ def test_one_scan_settles_invalid_conflicting_and_done_rows(tmp_path: Path) -> N
                         "clash,b.jpg,rotate,90,a.jpg\n"
                         "done,c.jpg,classify,,\n"
                         "todo,d.jpg,classify,,\n", encoding="utf-8")
-    index = RunIndex(tmp_path / "index.sqlite")
-    try:
-        index.add_rows(read_rows(manifest, tmp_path), manifest)
+    with indexed(manifest, tmp_path) as index:
         index.add_previous([tuple(ok_row("done", path="c.jpg").values())])
         settled = {s.row.id: s.outcome for s in index.scan()}
-    finally:
-        index.close()
     assert settled["bad"].status == ERROR and "multiple of 90" in settled["bad"].error
     assert settled["clash"].status == ERROR and "refusing to overwrite an input" in settled["clash"].error
     assert settled["done"].skipped

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batch.index import Call, Follows, Plan, RunIndex, Settled
-from batch.manifest import Row, read_rows
+from batch.index import Call, Follows, Plan, Settled
+from batch.manifest import Row
 from batch.results import ERROR, OK, Outcome
 from batch.runner import Settings
 from batch.store import parse
 from batch.stream import STREAM_MIN
 from batch.transport import BytesTransport, ReferenceTransport, StreamTransport, choose
+from tests.support.manifests import indexed
 
 
 def _row(op: str, source: Path | str, output: Path | str | None) -> Row:
@@ -51,9 +52,7 @@ def test_the_plan_settles_exact_duplicates_with_their_leader(tmp_path: Path) -> 
                         "twin,a.jpg,rotate,90,same.jpg\n"
                         "other,b.jpg,classify,,\n"
                         "late,a.jpg,rotate,90,same.jpg\n", encoding="utf-8")
-    index = RunIndex(tmp_path / "index.sqlite")
-    try:
-        index.add_rows(read_rows(manifest, tmp_path), manifest)
+    with indexed(manifest, tmp_path) as index:
         plan = Plan(index)
         steps = iter(plan)
         lead, bad, twin, other = (next(steps) for _ in range(4))
@@ -73,5 +72,3 @@ def test_the_plan_settles_exact_duplicates_with_their_leader(tmp_path: Path) -> 
         # A follower met after its leader is settled comes settled.
         (late,) = list(steps)
         assert type(late) is Settled and late.leader == "lead" and late.outcome.output == done.output
-    finally:
-        index.close()

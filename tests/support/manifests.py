@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+from batch.index import RunIndex
+from batch.manifest import read_rows
 from tests.support.images import jpeg
 
 COLUMNS = ("id", "path", "op", "rotation", "output")
@@ -25,6 +28,18 @@ def write_manifest(path: Path, rows: Sequence[dict | None], columns: Sequence[st
             writer.writerow({c: row.get(c, "") for c in columns})
     path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + buf.getvalue().encode("utf-8"))
     return path
+
+
+@contextmanager
+def indexed(manifest: Path, out: Path) -> Iterator[RunIndex]:
+    """A run index (beside ``manifest``) holding its rows as `batch run --out OUT` reads them; closed after, also
+    when reading the rows fails."""
+    index = RunIndex(manifest.parent / "index.sqlite")
+    try:
+        index.add_rows(read_rows(manifest, out), manifest)
+        yield index
+    finally:
+        index.close()
 
 
 def make_batch(folder: Path, n: int, *, classify_every: int = 0, size: int = 48) -> Path:
