@@ -5,6 +5,14 @@ side, docs/benchmarks.md) as in its image, so rows that go by reference, and row
 ``SMALL``, are gathered into one call of up to ``rows`` rows and ``BATCH_BYTES`` bytes. A batch leaves as
 soon as it is full, else ``WAIT`` after its first row: never long for a partial one.
 
+A batch's rows are worked one after another by one worker process, so a batch of costly rows is a lump of
+work that one process holds while another may have none (16 portraits to classify are ~1.3 s of one core:
+60 of them in four batches kept one of two processes busy to the end). Full, a batch is therefore as many rows
+as its calls answer in about ``BATCH_SECONDS`` (the median time per row of the op's recent calls, queueing
+included), which for small rotations is the whole ``rows`` and for a face search or a 1080p photo one row.
+Classify rows go one per call until their first answers say what they cost: a row is at least a detector pass
+over the image, where a call costs the worker ~0.4 ms.
+
 The batcher only sends: each row's transport awaits its own future, settled with its own answer or its own
 error, as a ``grpc.aio.AioRpcError`` carrying the worker's ErrorInfo exactly as a single call would have
 failed, so the retry policy (batch/retry.py) sorts, retries and counts each row alone. A row comes back
@@ -16,6 +24,8 @@ smaller).
 from __future__ import annotations
 
 import asyncio
+import collections
+import statistics
 import time
 from typing import TYPE_CHECKING
 
@@ -34,6 +44,10 @@ if TYPE_CHECKING:
 SMALL = 64 * 1024
 BATCH_BYTES = 2 * 2**20  # image bytes one batch carries at most: far below any worker's --max-message-mb
 WAIT = 0.002  # seconds a partial batch waits for more rows: the rows that a round of answers frees come by then
+# Seconds of answer a full batch is sized to: the call's cost (~0.4 ms a side) is a few % of it, and the work a
+# batch holds back from the other processes at the end of a run is about that long.
+BATCH_SECONDS = 0.15
+RECENT = 8  # answered calls of an op whose time per row sizes its next batches
 BATCH_TOO_LARGE = v1.ErrorReason.Name(v1.BATCH_TOO_LARGE)
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 _STATUS_DETAILS = "grpc-status-details-bin"
@@ -57,6 +71,16 @@ class Batcher:
         self._bytes = {"rotate": 0, "classify": 0}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._calls: set[asyncio.Task] = set()
+        self._per_row: dict[str, collections.deque[float]] = {op: collections.deque(maxlen=RECENT)
+                                                              for op in self._pending}
+
+    def full(self, op: str) -> int:
+        """Rows in a full batch of ``op`` now: ``rows``, fewer for rows that take long (module docstring)."""
+        times = self._per_row[op]
+        if not times:
+            return 1 if op == "classify" else self.rows
+        per_row = statistics.median(times)
+        return max(1, min(self.rows, int(BATCH_SECONDS / per_row))) if per_row > 0 else self.rows
 
     async def send(self, op: str, request: v1.RotateRequest | v1.ClassifyRequest, size: int) -> Sent:
         """``request`` (carrying ``size`` image bytes) answered in some batch: its own answer, or its own error
@@ -65,7 +89,12 @@ class Batcher:
         pending = self._pending[op]
         pending.append((request, future))
         self._bytes[op] += size
-        if len(pending) >= self.rows or self._bytes[op] >= BATCH_BYTES:
+        if len(pending) >= self.full(op) or self._bytes[op] >= BATCH_BYTES:
+            # The other op's partial batch holds earlier rows: it leaves first, so that a row never waits for a
+            # call slot behind rows read after it (one-row classify calls would take every slot first).
+            for other in self._pending:
+                if other != op:
+                    self._flush(other)
             self._flush(op)
         elif len(pending) == 1:
             self._timers[op] = asyncio.get_running_loop().call_later(WAIT, self._flush, op)
@@ -95,6 +124,7 @@ class Batcher:
                         answer = await stub.ClassifyBatch(v1.ClassifyBatchRequest(items=[r for r, _ in items]),
                                                           timeout=self.timeout)
                     latency = time.monotonic() - started
+                    self._per_row[op].append(latency / len(items))
                     if len(answer.results) != len(items):
                         raise _error(grpc.StatusCode.INTERNAL, f"the worker answered {len(answer.results)} results "
                                      f"for a batch of {len(items)} rows")

@@ -416,12 +416,15 @@ class Pool:
             self._connected = bool(ready)
         # No channel ready: pick one anyway; the call fails fast with UNAVAILABLE and is retried after a backoff.
         candidates = ready or order
-        in_flight: dict[object, int] = {}  # per worker process; a channel not yet answered is its own group
+        # Calls in flight per worker process; the channels not yet answered count per address, which is at
+        # least one process of its own (the embedded worker: one Unix socket per process), so the first calls
+        # of a run spread over the addresses before they spread over one address's connections.
+        in_flight: dict[str, int] = {}
         for c in live:
-            key = c.process or id(c)
+            key = c.process or c.address
             in_flight[key] = in_flight.get(key, 0) + c.busy
         # Least busy process first, then least busy connection; min keeps the first of equals: round robin.
-        best = min(candidates, key=lambda c: (in_flight[c.process or id(c)], c.busy))
+        best = min(candidates, key=lambda c: (in_flight[c.process or c.address], c.busy))
         self._next = (live.index(best) + 1) % n
         return best
 

@@ -99,7 +99,8 @@ _SHARD = _ShardType()
               metavar="N",
               help="Rows per call for rows by reference and images of at most 64 KiB (RotateBatch, ClassifyBatch): "
                    "fewer calls for the same rows, each row still answered, retried and counted alone; 1: one "
-                   "row per call. A worker without the batch calls gets one row per call.")
+                   "row per call; rows whose calls take long go fewer to a call. A worker without the batch calls "
+                   "gets one row per call.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, metavar="SECONDS",
               help="Seconds each call may take (0.001 to 86400).")
 @click.option("--retries", type=click.IntRange(0), default=6, show_default=True,

@@ -5,6 +5,7 @@ the batch calls, and a worker whose batches are smaller than the driver's, get t
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 import batch
+from batch.batching import BATCH_SECONDS
 from tests.support.hostile import truncated
 from tests.support.images import jpeg
 from tests.support.inprocess import StandInClassifier, in_process_worker
@@ -132,3 +134,27 @@ def test_the_rows_of_one_refused_batch_cut_the_limit_once() -> None:
     limit.refused(other)
     limit.refused()
     assert limit.limit == pytest.approx(90 * 0.9 * 0.9)
+
+
+class CostlyClassifier(StandInClassifier):
+    """The stand-in, taking longer per image than a full batch is sized to (a face search on a photo)."""
+
+    def classify(self, data: bytes, max_pixels: int):
+        time.sleep(1.5 * BATCH_SECONDS)
+        return super().classify(data, max_pixels)
+
+
+def test_costly_rows_go_one_per_call_so_no_process_holds_a_lump_of_them(here: Path) -> None:
+    frame = pd.DataFrame({"path": [f"img/{i}.jpg" for i in range(6)], "op": "classify"})
+    with in_process_worker(CostlyClassifier()) as w:
+        results = batch.run(frame, out=here / "out", workers=[w.address], concurrency=3)
+    assert (results["label"] == "face").all()
+    assert w.state.served["ClassifyBatch"] == w.state.served["Classify"] == 6
+
+
+def test_cheap_classify_rows_go_alone_until_answers_show_them_cheap_then_in_batches(here: Path) -> None:
+    frame = pd.DataFrame({"path": [f"img/{i % 12}.jpg" for i in range(96)], "op": "classify"})
+    with in_process_worker() as w:
+        results = batch.run(frame, out=here / "out", workers=[w.address], concurrency=2)
+    assert (results["status"] == "ok").all()
+    assert w.state.served["Classify"] == 96 and w.state.served["ClassifyBatch"] < 96 - 16

@@ -184,3 +184,22 @@ def test_calls_are_balanced_per_worker_process_not_per_connection():
             assert await calls.enter_async_context(pool.call()) is c
 
     _with_pool(3, body)
+
+
+def test_the_first_calls_spread_over_the_addresses_before_their_connections():
+    """Before any answer says which process a connection reached, each address is at least one process (the
+    embedded worker: one Unix socket per process): two calls go to two addresses, not to two connections of
+    the first."""
+
+    async def run() -> None:
+        pool = Pool(grpc_targets([f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]), connections=4)
+        try:
+            async with contextlib.AsyncExitStack() as calls:
+                lent = [await calls.enter_async_context(pool.call()) for _ in range(4)]
+            by_stub = {c.stub: c.address for c in pool._conns}
+            assert len({by_stub[s] for s in lent[:2]}) == 2  # one call at each address
+            assert len({id(s) for s in lent}) == 4  # and then round the connections of each
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
