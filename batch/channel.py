@@ -26,8 +26,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.exception
-import dns.resolver
 import grpc
 
 from batch.errors import UsageError
@@ -462,6 +460,8 @@ class DnsName:
 
     def resolve(self) -> list[str]:
         """The name's addresses as "ip:port" (IPv6 bracketed), sorted; [] when the lookup fails."""
+        import dns.exception  # dnspython only for names (~40 ms of imports at every start otherwise)
+
         try:
             return self.lookup()
         except NameMissing:  # said once by whoever waits for it (Pool.connect), not at every look-up
@@ -473,6 +473,8 @@ class DnsName:
 
     def lookup(self) -> list[str]:
         """``resolve``, raising the resolver's error: NameMissing when the answer is that the name does not exist."""
+        import dns.resolver
+
         try:
             if self.server is None:
                 infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
@@ -501,6 +503,8 @@ def absence(targets: list[str], timeout: float = 1.0) -> str | None:
     refused: list[str] = []
     for target in targets:
         if (name := dns_name(target)) is not None:
+            import dns.exception
+
             try:
                 addresses = name.lookup()
             except NameMissing:
@@ -545,6 +549,8 @@ def dns_name(target: str) -> DnsName | None:
 
 def _query(host: str, server: tuple[str, int]) -> list[str]:
     """A and AAAA records of ``host`` asked of the DNS server ``server`` (dnspython: the target names it)."""
+    import dns.resolver
+
     resolver = dns.resolver.Resolver(configure=False)
     resolver.nameservers = [server[0]]
     resolver.port = server[1]

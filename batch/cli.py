@@ -41,10 +41,10 @@ def main() -> None:
 def _configure_logging(verbose: int, log_level: str | None) -> None:
     """The driver's log (retries, reconnects, busy refusals, slow rows) on stderr, printed above a
     progress bar rather than through it."""
-    from tqdm import tqdm
-
     class Handler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
+            from tqdm import tqdm  # at the first record: a run that logs nothing never imports it (~50 ms)
+
             tqdm.write(self.format(record), file=sys.stderr)
 
     level = log_level.upper() if log_level else ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
