@@ -32,6 +32,7 @@ import math
 import os
 import random
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -286,6 +287,11 @@ def cli_sets(folder: Path, portraits: int, no_faces: list[bytes], known_each: in
             path.write_bytes(data)
             truth[path.name] = t
         write_manifest(where.with_suffix(".csv"), ({"path": str(where / n), "op": "classify"} for n in truth))
+        one = where.with_name(where.name + "_one")  # the set's first image alone: each command's start-up
+        one.mkdir()
+        first = sorted(truth)[0]
+        (one / first).write_bytes((where / first).read_bytes())
+        write_manifest(one.with_suffix(".csv"), [{"path": str(one / first), "op": "classify"}])
         sets[name] = (where, truth)
     known = folder / "known"
     known.mkdir()
@@ -296,14 +302,20 @@ def cli_sets(folder: Path, portraits: int, no_faces: list[bytes], known_each: in
     return {"known": known, "sets": sets}
 
 
-def ours(manifest: Path, out: Path) -> tuple[float, dict[str, str]]:
-    """Seconds of ``batch run MANIFEST`` (embedded worker, start-up included) and its label per file name."""
-    t = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def ours(manifest: Path, out: Path) -> tuple[float, dict[str, str], float]:
+    """Seconds of ``batch run MANIFEST`` (embedded worker, start-up included), its label per file name, and the
+    CPU seconds of the command and its worker processes (all waited for, so counted in RUSAGE_CHILDREN)."""
+    t, cpu = time.perf_counter(), _children_cpu()
     subprocess.run([str(BIN / "batch"), "run", str(manifest), "--out", str(out), "--restart", "--quiet"],
                    check=True, capture_output=True)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, _children_cpu() - cpu
     with open(out / "results.csv", newline="") as f:
-        return seconds, {Path(r["path"]).name: r["label"] for r in csv.DictReader(f)}
+        return seconds, {Path(r["path"]).name: r["label"] for r in csv.DictReader(f)}, cpu
 
 
 def theirs(known: Path, folder: Path, cpus: int) -> tuple[float, dict[str, str]]:
@@ -327,23 +339,38 @@ def theirs(known: Path, folder: Path, cpus: int) -> tuple[float, dict[str, str]]
     return seconds, {k: v[1] for k, v in best.items()}
 
 
-def cli_comparison(sets: dict[str, object], rounds: int, cpus: int, scratch: Path) -> list[tuple]:
-    """Each set through both commands, alternating which goes first, ``rounds`` times."""
-    rows = []
+def cli_comparison(sets: dict[str, object], rounds: int, cpus: int, scratch: Path) -> tuple[list[tuple], list[tuple]]:
+    """Each set through both commands, alternating which goes first, ``rounds`` times; then each command on the
+    set's first image alone (its start-up and one image), alternating too. Returns the comparison's rows and
+    the start-up rows: each side's one-image seconds and what each further image adds."""
+    rows, split = [], []
     for name, (folder, truth) in sets["sets"].items():
-        mine, other, ratios = [], [], []
+        one = folder.with_name(folder.name + "_one")
+        mine, other, ratios, cpu, mine_one, other_one, cpu_one = [], [], [], [], [], [], []
         for r in range(rounds):
             runs = [("ours", lambda f=folder: ours(f.with_suffix(".csv"), scratch / "out")),
-                    ("theirs", lambda f=folder: theirs(sets["known"], f, cpus))]
+                    ("theirs", lambda f=folder: theirs(sets["known"], f, cpus)),
+                    ("ours 1", lambda o=one: ours(o.with_suffix(".csv"), scratch / "out")),
+                    ("theirs 1", lambda o=one: theirs(sets["known"], o, cpus))]
             timed = dict((who, run()) for who, run in (runs if r % 2 == 0 else runs[::-1]))
             mine.append(timed["ours"][0])
             other.append(timed["theirs"][0])
             ratios.append(timed["theirs"][0] / timed["ours"][0])
-            answers = {who: labels for who, (_, labels) in timed.items()}
+            cpu.append(timed["ours"][2])
+            mine_one.append(timed["ours 1"][0])
+            other_one.append(timed["theirs 1"][0])
+            cpu_one.append(timed["ours 1"][2])
+            answers = {who: timed[who][1] for who in ("ours", "theirs")}
         right = {who: sum(labels.get(k) == t for k, t in truth.items()) for who, labels in answers.items()}
         rows.append((name, len(truth), statistics.median(mine), statistics.median(other), _spread(ratios),
                      f"{right['ours']}/{len(truth)}", f"{right['theirs']}/{len(truth)}"))
-    return rows
+        n = len(truth) - 1
+        split.append((name, statistics.median(mine_one), statistics.median(other_one),
+                      1000 * (statistics.median(mine) - statistics.median(mine_one)) / n,
+                      1000 * (statistics.median(other) - statistics.median(other_one)) / n,
+                      statistics.median(cpu_one), statistics.median(cpu),
+                      1000 * (statistics.median(cpu) - statistics.median(cpu_one)) / n))
+    return rows, split
 
 
 def main() -> None:
@@ -422,15 +449,23 @@ def main() -> None:
                      "'setuptools<81' (its dlib is the dlib-bin we have; its models need pkg_resources)")
         with tempfile.TemporaryDirectory() as tmp:
             sets = cli_sets(Path(tmp), args.portraits, no_faces, args.known)
-            rows = cli_comparison(sets, args.cli_rounds, args.cpus, Path(tmp))
+            rows, split = cli_comparison(sets, args.cli_rounds, args.cpus, Path(tmp))
         print(table(["images", "count", "batch run s", f"face_recognition --cpus {args.cpus} s",
                      "batch run faster by (range)", "batch run right", "face_recognition right"], rows))
+        print()
+        print(table(["images", "batch run, 1 image s", "face_recognition, 1 image s",
+                     "batch run, wall ms per further image", "face_recognition, wall ms per further image",
+                     "batch run CPU s, 1 image", "batch run CPU s, all", "batch run CPU ms per further image"],
+                    split))
         print(f"\nWall seconds, start-up included, median of {args.cli_rounds} runs of each command alternating "
               "which goes first: `batch run MANIFEST --restart --quiet` (the embedded worker, one process per "
               f"core) against `face_recognition --cpus {args.cpus} --show-distance true KNOWN FOLDER` with "
               f"{args.known} training photos of each person the model knows in KNOWN. Right: the image's label "
               "(face_recognition: its closest match) is the truth (a known person, `unknown` for never-seen "
-              "people, `no_face`). Goals: >= 1.4x faster on portraits, >= 2x on no-face photos.\n")
+              "people, `no_face`). Goals: >= 1.4x faster on portraits, >= 2x on no-face photos. Second table: "
+              "each command on the set's first image alone (start-up and one image; medians of as many runs), "
+              "what each further image adds to the median (wall, both cores), and CPU seconds of `batch run` and "
+              "its worker processes (face_recognition's pool processes are never waited for: no CPU figure).\n")
 
 
 if __name__ == "__main__":
