@@ -354,7 +354,10 @@ class Pool:
         while True:
             if self._names:
                 await self.refresh()  # a name that appears while we wait gets its channels now
-            if await self.wait_ready(min(2.0, max(deadline - time.monotonic(), 0.1))):
+            wait = min(2.0, max(deadline - time.monotonic(), 0.1))
+            if absent_since is not None:  # nothing there (or no answer yet): look again when the grace ends
+                wait = min(wait, max(absent_since + START_GRACE - time.monotonic(), 0.1))
+            if await self.wait_ready(wait):
                 return
             answers = await self.probe()
             if None in answers:

@@ -124,9 +124,9 @@ def test_absence_is_the_networks_own_answer_refused_or_no_such_name():
 
 
 def test_connect_to_nothing_gives_up_after_the_start_grace_saying_nothing_listens(monkeypatch):
-    """Refused on every address: the wait ends after START_GRACE (here 0.5 s), not the whole timeout, and says
-    which address refused."""
-    monkeypatch.setattr(batch.channel, "START_GRACE", 0.5)
+    """Refused on every address: the wait ends when START_GRACE (here 0.2 s) ends, not after the whole timeout,
+    and says which address refused."""
+    monkeypatch.setattr(batch.channel, "START_GRACE", 0.2)
     address = f"127.0.0.1:{free_port()}"
 
     async def connect() -> None:
