@@ -49,11 +49,15 @@ def dns_server(name: str = FLEET_NAME) -> Iterator[tuple[Records, int]]:
     records = Records(name)
     port = free_port()
     server = DNSServer(records, address="127.0.0.1", port=port, logger=_Quiet())
-    server.start_thread()
+    # Not server.start_thread(): its serve_forever looks for shutdown() every 0.5 s, which each test waited out.
+    thread = threading.Thread(target=server.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
     try:
         yield records, port
     finally:
-        server.stop()
+        server.server.shutdown()
+        server.server.server_close()
+        thread.join()
 
 
 class _Quiet:
