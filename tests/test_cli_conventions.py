@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from PIL import Image
 from batch import demo
 from batch.cli import main as batch_main
 from tests.support.images import jpeg, photo
-from tests.support.inprocess import in_process_worker, run_cli
+from tests.support.inprocess import StandInClassifier, in_process_worker, run_cli
 from tests.support.manifests import write_manifest
 from tests.support.processes import BATCH, ROOT, batch_env, run_batch, start_batch, worker_process
 from tests.support.results import results
@@ -138,19 +139,29 @@ def test_the_embedded_worker_ignores_worker_serve_options_in_the_environment(tmp
 
 def test_batch_run_verbose_logs_retries_and_busy_refusals(tmp_path: Path) -> None:
     for i in range(6):
-        photo(640, 480, seed=i).save(tmp_path / f"p{i}.jpg", quality=90)
+        (tmp_path / f"p{i}.jpg").write_bytes(jpeg(64, 48, seed=i))
     photo(1920, 1080).save(tmp_path / "big.jpg", quality=90)  # milliseconds to turn: never within 1 ms
-    manifest = _rotations(tmp_path / "m.csv", [f"p{i}.jpg" for i in range(6)])
-    with in_process_worker(threads=1, max_concurrent_rpcs=1) as w:  # six calls at once for one slot
-        # One row per call: six small photos would otherwise go as one batch, in one call.
-        busy = ("--worker", w.address, "--concurrency", "6", "--batch-rows", "1")
-        quiet_code, _, quiet = run_cli("run", manifest, *busy, "--out", tmp_path / "q")
-        loud_code, _, loud = run_cli("run", manifest, *busy, "--out", tmp_path / "v", "-v")
-        # A deadline no call can meet: every attempt is retried, then the row fails.
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": f"c{i}", "path": f"p{i}.jpg", "op": "classify"}
+                                                   for i in range(6)])
+    runs = {}
+    for name, flags in (("quiet", ()), ("loud", ("-v",))):
+        # Six calls at once for one slot, whose first call is held until another was refused as busy: both
+        # runs see busy refusals, and only the verbose one logs them.
+        gate = threading.Event()
+        with in_process_worker(StandInClassifier(gate), threads=1, max_concurrent_rpcs=1) as w:
+            w.open_after(gate, "WORKER_BUSY")
+            # One row per call: six small photos would otherwise go as one batch, in one call.
+            code, _, stderr = run_cli("run", manifest, "--worker", w.address, "--concurrency", "6",
+                                      "--batch-rows", "1", "--out", tmp_path / name, *flags)
+            runs[name] = code, stderr, w.recorder.reasons["WORKER_BUSY"]
+    (quiet_code, quiet, quiet_refused), (loud_code, loud, loud_refused) = runs["quiet"], runs["loud"]
+    # A deadline no call can meet: every attempt is retried, then the row fails.
+    with in_process_worker() as w:
         late_code, _, late = run_cli("run", _rotations(tmp_path / "one.csv", ["big.jpg"]), "--worker", w.address,
                                      "--out", tmp_path / "t",
                                      "--timeout", "0.001", "--retries", "1", "--log-level", "info")
     assert quiet_code == loud_code == 0, (quiet, loud)
+    assert quiet_refused > 0 and loud_refused > 0
     assert " INFO: " not in quiet
     assert "busy" in loud and "connected: " in loud
     assert late_code == 1

@@ -117,7 +117,7 @@ def test_a_busy_batch_has_each_row_retried_alone(here: Path) -> None:
     gate = threading.Event()
     frame = pd.DataFrame({"path": [f"img/{i}.jpg" for i in range(8)], "op": "classify"})
     with in_process_worker(StandInClassifier(gate), max_concurrent_rpcs=1, threads=1) as one_slot:
-        threading.Timer(0.5, gate.set).start()  # the first batch holds the only slot that long: the rest busy
+        one_slot.open_after(gate, "WORKER_BUSY")  # the first batch holds the only slot until another is refused
         results = batch.run(frame, out=here / "out", workers=[one_slot.address], concurrency=4, batch_rows=2)
     assert (results["status"] == "ok").all() and (results["label"] == "face").all()
     assert results["attempts"].sum() > 8  # refused as busy (WORKER_BUSY), each row retried, then answered

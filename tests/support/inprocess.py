@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,11 +57,42 @@ class StandInClassifier:
         return "face"
 
 
+class Recorder(Metrics):
+    """The worker's metrics, which also count the reasons its calls ended with (the ErrorInfo reasons; "" for
+    an answer), so that a test can wait for a refusal instead of sleeping until one is likely."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: Counter[str] = Counter()
+        self._changed = threading.Condition()
+
+    def ended(self, method: str, code: str, reason: str, *args, **kwargs) -> None:
+        super().ended(method, code, reason, *args, **kwargs)
+        with self._changed:
+            self.reasons[reason] += 1
+            self._changed.notify_all()
+
+    def wait_for(self, reason: str, count: int = 1, timeout: float = 30.0) -> bool:
+        """Whether ``count`` calls have ended with ``reason`` within ``timeout`` seconds."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.reasons[reason] >= count, timeout)
+
+
 @dataclass
 class InProcessWorker:
     address: str
     state: WorkerState  # its ``served`` counts the calls answered
     server: grpc.Server
+
+    @property
+    def recorder(self) -> Recorder:
+        return self.state.metrics  # type: ignore[return-value]  # in_process_worker's
+
+    def open_after(self, gate: threading.Event, reason: str, timeout: float = 30.0) -> None:
+        """Set ``gate`` (a StandInClassifier's) once a call has ended with ``reason`` here, or after ``timeout``
+        seconds without one (the test's assertions then say what did not happen)."""
+        threading.Thread(target=lambda: (self.recorder.wait_for(reason, timeout=timeout), gate.set()),
+                         daemon=True).start()
 
 
 @contextmanager
@@ -71,7 +103,7 @@ def in_process_worker(classifier: Classifier | None = None, **config) -> Iterato
     settings = ServerConfig(host="127.0.0.1", port=0, processes=1, **config)
     pillow_guard = Image.MAX_IMAGE_PIXELS
     use_own_pixel_limit()
-    server, health, state = services(settings, "127.0.0.1:0", Metrics())
+    server, health, state = services(settings, "127.0.0.1:0", Recorder())
     classifier = classifier or StandInClassifier()
     state.classifier = lambda _remaining: classifier
     port = server.add_insecure_port("127.0.0.1:0")
