@@ -92,8 +92,14 @@ def test_a_time_remaining_is_bounded_whatever_the_deadline(seconds, limit, wait)
     assert bounded(seconds, limit) == wait
 
 
+@pytest.fixture
+def short_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waits sliced into polls of 10 ms instead of the worker's 100: the same slicing, sooner over."""
+    monkeypatch.setattr(admission, "POLL", 0.01)
+
+
 @pytest.mark.parametrize("remaining", [None, 1e9, 1e19, float("inf")])
-def test_a_wait_without_a_finite_deadline_lasts_until_its_event(remaining):
+def test_a_wait_without_a_finite_deadline_lasts_until_its_event(remaining, short_polls):
     # 1e19 s is what OverflowError'd threading.Event.wait when a client set no deadline.
     done = threading.Event()
     threading.Timer(1.5 * admission.POLL, done.set).start()  # past the first poll: the wait goes on
@@ -103,11 +109,11 @@ def test_a_wait_without_a_finite_deadline_lasts_until_its_event(remaining):
     assert gate.run(lambda: "ok", call=_Call(remaining)) == "ok"
 
 
-def test_a_wait_ends_with_its_calls_deadline_or_its_client():
+def test_a_wait_ends_with_its_calls_deadline_or_its_client(short_polls):
     with pytest.raises(Expired):
-        admission.wait(threading.Event(), _Call(0.2))
+        admission.wait(threading.Event(), _Call(0.05))
     call = _Call(None)
-    threading.Timer(0.2, lambda: setattr(call, "active", False)).start()
+    threading.Timer(0.05, lambda: setattr(call, "active", False)).start()
     with pytest.raises(Cancelled):
         admission.wait(threading.Event(), call)
 

@@ -46,7 +46,7 @@ def test_a_child_that_prints_something_else_is_an_error_naming_it(tmp_path):
 
 
 def test_a_child_that_stays_silent_is_stopped_after_the_timeout(tmp_path):
-    server = _server(tmp_path, "import time; time.sleep(60)", timeout=0.5)
+    server = _server(tmp_path, "import time; time.sleep(60)", timeout=0.2)
     server.launch()
     with pytest.raises(LocalWorkerError, match="did not serve within"):
         server.wait_serving()

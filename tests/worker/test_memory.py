@@ -19,7 +19,8 @@ from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.memory import tune_malloc
 
 # Four threads each allocate, touch and free the buffers of a 1080p rotation (input, pixels, turned copy,
-# output), as the worker's threads do; prints the minor faults per round after two rounds to warm up.
+# output), as the worker's threads do; prints the minor faults per round after one round to warm up (untuned,
+# every round faults them all in again: a few rounds tell, and each costs ~60 ms of page faults).
 _ROUNDS = """
 import resource, sys, threading
 from worker.memory import tune_malloc
@@ -38,10 +39,10 @@ def run(rounds):
     threads = [threading.Thread(target=work, args=(rounds,)) for _ in range(4)]
     for t in threads: t.start()
     for t in threads: t.join()
-run(2)
+run(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-run(10)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 40)
+run(3)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 12)
 """
 PAGES_PER_ROUND = sum([800_000, 6_220_800, 8_294_400, 1_500_000, 8_294_400]) // 4096
 
