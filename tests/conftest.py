@@ -44,7 +44,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def formats_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Only the corpus's formats/ folder: one 640x480 picture in every format the worker reads."""
+    """Only the corpus's formats/ folder: one 320x240 picture in every format the worker reads."""
     return make_formats(tmp_path_factory.mktemp("formats"))
 
 
