@@ -125,15 +125,17 @@ def detect_faces(rgb: np.ndarray, models: DlibModels, budget: int = DETECT_PIXEL
     return detect_scored(rgb, models, budget)[0]
 
 
-def detect_scored(rgb: np.ndarray, models: DlibModels, budget: int = DETECT_PIXELS) -> tuple[list[Box], float]:
+def detect_scored(rgb: np.ndarray, models: DlibModels, budget: int = DETECT_PIXELS,
+                  upsample: bool = True) -> tuple[list[Box], float]:
     """``detect_faces`` and the detector's best score (``-inf`` without a face): how face-like its
-    most face-like window is (0 is the detector's own threshold)."""
+    most face-like window is (0 is the detector's own threshold). ``upsample``: whether an image that
+    fits the budget twice over gets the 2x pass when the first finds nothing."""
     height, width = rgb.shape[:2]
     scale = detection_scale(width, height, budget)
     work = rgb if scale == 1.0 else _resized(rgb, scale)
     with models.detector_lock:
         rects, scores, _ = models.detector.run(work, 0, 0.0)
-        if not rects and width * height * 4 <= budget:
+        if not rects and upsample and width * height * 4 <= budget:
             rects, scores, _ = models.detector.run(work, 1, 0.0)
     boxes = sorted({_to_box(r, scale, width, height) for r in rects}, key=lambda b: (-b.area, b.left, b.top))
     return main_face_first([b for b in boxes if b.area > 0], width, height), max(scores, default=-math.inf)
@@ -251,7 +253,9 @@ def search_turns(rgb: np.ndarray, models: DlibModels) -> tuple[int, list[Box]] |
 
     The turns are searched on one grey copy shrunk to ``TURNED_PIXELS`` (shrunk and made grey once, then
     turned: turning and shrinking a 1080p frame three times costs more than the three scans), so that a
-    photo with no face costs about 1.3 upright scans, not four."""
+    photo with no face costs about 1.3 upright scans, not four. Once the search holds a face (a weak upright
+    one), the turns are scanned without the 2x retry of a small image, which looks only for faces under about
+    60 px: in a portrait with a weak upright face the three retries cost about as much as its embedding."""
     height, width = rgb.shape[:2]
     boxes, score = detect_scored(rgb, models)
     best = (score, 0, boxes) if boxes else None
@@ -261,7 +265,7 @@ def search_turns(rgb: np.ndarray, models: DlibModels) -> tuple[int, list[Box]] |
         budget = DETECT_PIXELS if small is rgb else TURNED_PIXELS
         work = small if small is rgb else np.asarray(Image.fromarray(small).convert("L"))
         for degrees in QUARTER_TURNS:
-            found, score = detect_scored(turned(work, degrees), models, budget)
+            found, score = detect_scored(turned(work, degrees), models, budget, best is None)
             if found and (best is None or score > best[0]):
                 best = (score, degrees, [_upscaled(b, small, rgb, degrees) for b in found])
             if best is not None and best[0] >= SURE_FACE:

@@ -13,6 +13,7 @@ import random
 import shutil
 from pathlib import Path
 
+import dlib
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -306,7 +307,7 @@ def test_turns_are_searched_until_a_sure_face_and_the_best_wins(monkeypatch, scr
     copies = {d: turned(rgb, d) for d in (0, 90, 180, 270)}
     seen: list[int] = []
 
-    def detect(work, models, budget=0):
+    def detect(work, models, budget=0, upsample=True):
         degrees = next(d for d, c in copies.items() if c.shape == work.shape and np.array_equal(c, work))
         seen.append(degrees)
         return ([Box(1, 2, 5, 9)], script[degrees]) if degrees in script else ([], -np.inf)
@@ -534,3 +535,30 @@ def test_evaluate_without_data_is_a_usage_error_naming_both_sources(monkeypatch)
     assert "--data" in result.output and "IMAGEBATCH_LFW" in result.output
     for command in ("train", "evaluate"):
         assert "shared" not in CliRunner().invoke(main, [command, "--help"]).output
+
+
+class _ScriptedDetector:
+    """dlib's detector's ``run`` as a script: a face (at ``score``) only in the upright image; the upsampling
+    of every run noted."""
+
+    def __init__(self, upright: np.ndarray, score: float | None) -> None:
+        self.upright, self.score, self.upsampled = upright, score, []
+
+    def run(self, image, upsample, adjust):
+        self.upsampled.append(upsample)
+        if self.score is not None and image.shape == self.upright.shape and np.array_equal(image, self.upright):
+            return [dlib.rectangle(60, 60, 159, 159)], [self.score], [0]
+        return [], [], []
+
+
+@pytest.mark.parametrize(("upright_score", "runs"), [
+    (None, [0, 1] * 4),  # no face yet: each turn, like the upright image, also at 2x
+    (0.5, [0, 0, 0, 0]),  # a weak upright face in hand: the turns at 1x only
+    (1.5, [0]),  # a sure upright face: no turn at all
+], ids=["none", "weak-upright", "sure-upright"])
+def test_a_small_images_turns_are_upsampled_only_while_no_face_is_in_hand(upright_score, runs):
+    rgb = np.random.default_rng(0).integers(0, 255, (250, 240, 3), dtype=np.uint8)
+    detector = _ScriptedDetector(rgb, upright_score)
+    found = pipeline.search_turns(rgb, pipeline.DlibModels(detector, None, None))
+    assert detector.upsampled == runs
+    assert found == (None if upright_score is None else (0, [Box(60, 60, 160, 160)]))
