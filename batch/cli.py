@@ -38,19 +38,22 @@ def main() -> None:
     """Run a CSV manifest of images through imagebatch workers."""
 
 
+class _AboveTheBar(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm  # at the first record: a run that logs nothing never imports it (~50 ms)
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
 def _configure_logging(verbose: int, log_level: str | None) -> None:
     """The driver's log (retries, reconnects, busy refusals, slow rows) on stderr, printed above a
     progress bar rather than through it."""
-    class Handler(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            from tqdm import tqdm  # at the first record: a run that logs nothing never imports it (~50 ms)
-
-            tqdm.write(self.format(record), file=sys.stderr)
-
     level = log_level.upper() if log_level else ("WARNING", "INFO", "DEBUG")[min(verbose, 2)]
-    handler = Handler()
+    handler = _AboveTheBar()
     handler.setFormatter(logging.Formatter("%(asctime)s batch %(levelname)s: %(message)s", "%H:%M:%S"))
     logger = logging.getLogger("batch")
+    for earlier in [h for h in logger.handlers if isinstance(h, _AboveTheBar)]:
+        logger.removeHandler(earlier)  # an earlier `batch run` in this process: each line once, not once a run
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False

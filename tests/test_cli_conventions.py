@@ -163,7 +163,7 @@ def test_batch_run_verbose_logs_retries_and_busy_refusals(tmp_path: Path) -> Non
     assert quiet_code == loud_code == 0, (quiet, loud)
     assert quiet_refused > 0 and loud_refused > 0
     assert " INFO: " not in quiet
-    assert "busy" in loud and "connected: " in loud
+    assert "busy" in loud and loud.count("connected: ") == 1  # once, though this process ran `batch run` before
     assert late_code == 1
     assert "retry 1 of 1" in late and "DEADLINE_EXCEEDED" in late
 
