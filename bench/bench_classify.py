@@ -32,17 +32,18 @@ import math
 import os
 import random
 import re
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import psutil
 from common import BIN, print_header, table, write_manifest
 from PIL import Image
 from servers import running, worker_cmd
@@ -302,30 +303,55 @@ def cli_sets(folder: Path, portraits: int, no_faces: list[bytes], known_each: in
     return {"known": known, "sets": sets}
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def timed_run(command: list[str], **kwargs) -> tuple[subprocess.CompletedProcess, float, float]:
+    """``subprocess.run(command)``, its wall seconds and the CPU seconds (user + system) of it and every process
+    under it, sampled every 10 ms (face_recognition never waits for its pool's processes, so the kernel's
+    RUSAGE_CHILDREN would leave them out; a process's last <10 ms are)."""
+    cpu: dict[int, float] = {}
+    done = threading.Event()
+
+    def sample(root: psutil.Process) -> None:
+        while not done.wait(0.01):
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for proc in tree:
+                try:
+                    times = proc.cpu_times()
+                    cpu[proc.pid] = times.user + times.system
+                except psutil.Error:
+                    pass
+
+    t = time.perf_counter()
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=kwargs.get("env")) as proc:
+        sampler = threading.Thread(target=sample, args=(psutil.Process(proc.pid),), daemon=True)
+        sampler.start()
+        out, err = proc.communicate()
+        seconds = time.perf_counter() - t
+        done.set()
+        sampler.join()
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, command, out, err)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err), seconds, sum(cpu.values())
 
 
 def ours(manifest: Path, out: Path) -> tuple[float, dict[str, str], float]:
     """Seconds of ``batch run MANIFEST`` (embedded worker, start-up included), its label per file name, and the
-    CPU seconds of the command and its worker processes (all waited for, so counted in RUSAGE_CHILDREN)."""
-    t, cpu = time.perf_counter(), _children_cpu()
-    subprocess.run([str(BIN / "batch"), "run", str(manifest), "--out", str(out), "--restart", "--quiet"],
-                   check=True, capture_output=True)
-    seconds, cpu = time.perf_counter() - t, _children_cpu() - cpu
+    CPU seconds of the command and its worker processes."""
+    _, seconds, cpu = timed_run([str(BIN / "batch"), "run", str(manifest), "--out", str(out), "--restart", "--quiet"])
     with open(out / "results.csv", newline="") as f:
         return seconds, {Path(r["path"]).name: r["label"] for r in csv.DictReader(f)}, cpu
 
 
-def theirs(known: Path, folder: Path, cpus: int) -> tuple[float, dict[str, str]]:
-    """Seconds of ``face_recognition --cpus N KNOWN FOLDER`` and its answer per file name: the closest known
-    person that matched, ``unknown`` for faces that matched nobody, ``no_face`` without a face."""
-    t = time.perf_counter()
-    done = subprocess.run([str(BIN / "face_recognition"), "--cpus", str(cpus), "--show-distance", "true",
-                           str(known), str(folder)], check=True, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})  # each text in one write: never split
-    seconds = time.perf_counter() - t
+def theirs(known: Path, folder: Path, cpus: int) -> tuple[float, dict[str, str], float]:
+    """Seconds of ``face_recognition --cpus N KNOWN FOLDER``, its answer per file name (the closest known
+    person that matched, ``unknown`` for faces that matched nobody, ``no_face`` without a face), and the CPU
+    seconds of it and its pool's processes."""
+    done, seconds, cpu = timed_run(
+        [str(BIN / "face_recognition"), "--cpus", str(cpus), "--show-distance", "true", str(known), str(folder)],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})  # each text in one write: never split
     best: dict[str, tuple[float, str]] = {}
     # Its pool's processes print each line's text and its newline as two writes, so lines can run into each
     # other: read "FOLDER/NNNN.jpg,NAME,DISTANCE" wherever it stands.
@@ -336,7 +362,7 @@ def theirs(known: Path, folder: Path, cpus: int) -> tuple[float, dict[str, str]]
         d = float(distance) if distance != "None" else math.inf
         if file not in best or d < best[file][0]:
             best[file] = (d, label)
-    return seconds, {k: v[1] for k, v in best.items()}
+    return seconds, {k: v[1] for k, v in best.items()}, cpu
 
 
 def cli_comparison(sets: dict[str, object], rounds: int, cpus: int, scratch: Path) -> tuple[list[tuple], list[tuple]]:
@@ -346,7 +372,8 @@ def cli_comparison(sets: dict[str, object], rounds: int, cpus: int, scratch: Pat
     rows, split = [], []
     for name, (folder, truth) in sets["sets"].items():
         one = folder.with_name(folder.name + "_one")
-        mine, other, ratios, cpu, mine_one, other_one, cpu_one = [], [], [], [], [], [], []
+        mine, other, ratios, cpu_ratios, mine_one, other_one = [], [], [], [], [], []
+        cpu: dict[str, list[float]] = {"ours": [], "theirs": [], "ours 1": [], "theirs 1": []}
         for r in range(rounds):
             runs = [("ours", lambda f=folder: ours(f.with_suffix(".csv"), scratch / "out")),
                     ("theirs", lambda f=folder: theirs(sets["known"], f, cpus)),
@@ -356,20 +383,23 @@ def cli_comparison(sets: dict[str, object], rounds: int, cpus: int, scratch: Pat
             mine.append(timed["ours"][0])
             other.append(timed["theirs"][0])
             ratios.append(timed["theirs"][0] / timed["ours"][0])
-            cpu.append(timed["ours"][2])
+            cpu_ratios.append(timed["theirs"][2] / timed["ours"][2])
             mine_one.append(timed["ours 1"][0])
             other_one.append(timed["theirs 1"][0])
-            cpu_one.append(timed["ours 1"][2])
+            for who in cpu:
+                cpu[who].append(timed[who][2])
             answers = {who: timed[who][1] for who in ("ours", "theirs")}
         right = {who: sum(labels.get(k) == t for k, t in truth.items()) for who, labels in answers.items()}
         rows.append((name, len(truth), statistics.median(mine), statistics.median(other), _spread(ratios),
+                     statistics.median(cpu["ours"]), statistics.median(cpu["theirs"]), _spread(cpu_ratios),
                      f"{right['ours']}/{len(truth)}", f"{right['theirs']}/{len(truth)}"))
         n = len(truth) - 1
+        c = {who: statistics.median(v) for who, v in cpu.items()}
         split.append((name, statistics.median(mine_one), statistics.median(other_one),
                       1000 * (statistics.median(mine) - statistics.median(mine_one)) / n,
                       1000 * (statistics.median(other) - statistics.median(other_one)) / n,
-                      statistics.median(cpu_one), statistics.median(cpu),
-                      1000 * (statistics.median(cpu) - statistics.median(cpu_one)) / n))
+                      c["ours 1"], c["theirs 1"], 1000 * (c["ours"] - c["ours 1"]) / n,
+                      1000 * (c["theirs"] - c["theirs 1"]) / n))
     return rows, split
 
 
@@ -451,11 +481,13 @@ def main() -> None:
             sets = cli_sets(Path(tmp), args.portraits, no_faces, args.known)
             rows, split = cli_comparison(sets, args.cli_rounds, args.cpus, Path(tmp))
         print(table(["images", "count", "batch run s", f"face_recognition --cpus {args.cpus} s",
-                     "batch run faster by (range)", "batch run right", "face_recognition right"], rows))
+                     "batch run faster by (range)", "batch run CPU s", "face_recognition CPU s",
+                     "batch run less CPU by (range)", "batch run right", "face_recognition right"], rows))
         print()
         print(table(["images", "batch run, 1 image s", "face_recognition, 1 image s",
                      "batch run, wall ms per further image", "face_recognition, wall ms per further image",
-                     "batch run CPU s, 1 image", "batch run CPU s, all", "batch run CPU ms per further image"],
+                     "batch run, 1 image CPU s", "face_recognition, 1 image CPU s",
+                     "batch run, CPU ms per further image", "face_recognition, CPU ms per further image"],
                     split))
         print(f"\nWall seconds, start-up included, median of {args.cli_rounds} runs of each command alternating "
               "which goes first: `batch run MANIFEST --restart --quiet` (the embedded worker, one process per "
@@ -464,8 +496,9 @@ def main() -> None:
               "(face_recognition: its closest match) is the truth (a known person, `unknown` for never-seen "
               "people, `no_face`). Goals: >= 1.4x faster on portraits, >= 2x on no-face photos. Second table: "
               "each command on the set's first image alone (start-up and one image; medians of as many runs), "
-              "what each further image adds to the median (wall, both cores), and CPU seconds of `batch run` and "
-              "its worker processes (face_recognition's pool processes are never waited for: no CPU figure).\n")
+              "what each further image adds to the median (wall, both cores). CPU: user + system seconds of each "
+              "command and every process under it (worker, pool), sampled every 10 ms; steadier than wall time "
+              "on a shared machine.\n")
 
 
 if __name__ == "__main__":
