@@ -8,10 +8,11 @@ soon as it is full, else ``WAIT`` after its first row: never long for a partial 
 A batch's rows are worked one after another by one worker process, so a batch of costly rows is a lump of
 work that one process holds while another may have none (16 portraits to classify are ~1.3 s of one core:
 60 of them in four batches kept one of two processes busy to the end). Full, a batch is therefore as many rows
-as its calls answer in about ``BATCH_SECONDS`` (the median time per row of the op's recent calls, queueing
-included), which for small rotations is the whole ``rows`` and for a face search or a 1080p photo one row.
-Classify rows go one per call until their first answers say what they cost: a row is at least a detector pass
-over the image, where a call costs the worker ~0.4 ms.
+as a worker process works through in about ``BATCH_SECONDS``: the median of the op's recent calls' time per
+row, each call's time shared among its rows and the calls its process had in flight when it was sent (a
+process works through them in turn). That is the whole ``rows`` for small rotations, about four 1080p photos
+to rotate, and one row for a face search. Classify rows go one per call until their first answers say what
+they cost: a row is at least a detector pass over the image, where a call costs the worker ~0.4 ms.
 
 The batcher only sends: each row's transport awaits its own future, settled with its own answer or its own
 error, as a ``grpc.aio.AioRpcError`` carrying the worker's ErrorInfo exactly as a single call would have
@@ -44,9 +45,9 @@ if TYPE_CHECKING:
 SMALL = 64 * 1024
 BATCH_BYTES = 2 * 2**20  # image bytes one batch carries at most: far below any worker's --max-message-mb
 WAIT = 0.002  # seconds a partial batch waits for more rows: the rows that a round of answers frees come by then
-# Seconds of answer a full batch is sized to: the call's cost (~0.4 ms a side) is a few % of it, and the work a
-# batch holds back from the other processes at the end of a run is about that long.
-BATCH_SECONDS = 0.15
+# Seconds of a worker process's work a full batch is sized to: the call's cost (~0.4 ms a side) is under 1 % of
+# it, and the work a batch holds back from the other processes at the end of a run is about that long.
+BATCH_SECONDS = 0.1
 RECENT = 8  # answered calls of an op whose time per row sizes its next batches
 BATCH_TOO_LARGE = v1.ErrorReason.Name(v1.BATCH_TOO_LARGE)
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -115,7 +116,8 @@ class Batcher:
             async with self.limit:
                 if all(f.done() for f in futures):  # every row was cancelled while the batch waited
                     return
-                async with self.pool.call() as stub:
+                call = self.pool.call()
+                async with call as stub:
                     started = time.monotonic()
                     if op == "rotate":
                         answer = await stub.RotateBatch(v1.RotateBatchRequest(items=[r for r, _ in items]),
@@ -124,7 +126,7 @@ class Batcher:
                         answer = await stub.ClassifyBatch(v1.ClassifyBatchRequest(items=[r for r, _ in items]),
                                                           timeout=self.timeout)
                     latency = time.monotonic() - started
-                    self._per_row[op].append(latency / len(items))
+                    self._per_row[op].append(latency / (len(items) * (call.ahead + 1)))
                     if len(answer.results) != len(items):
                         raise _error(grpc.StatusCode.INTERNAL, f"the worker answered {len(answer.results)} results "
                                      f"for a batch of {len(items)} rows")

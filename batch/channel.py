@@ -403,7 +403,8 @@ class Pool:
                 return worker
         return worker
 
-    def _pick(self) -> _Connection:
+    def _pick(self) -> tuple[_Connection, int]:
+        """The connection for the next call, and the calls its worker process has in flight now."""
         live = [c for c in self._conns if not c.retired]
         n = len(live)
         order = [live[(i + self._next) % n] for i in range(n)]
@@ -427,7 +428,7 @@ class Pool:
         # Least busy process first, then least busy connection; min keeps the first of equals: round robin.
         best = min(candidates, key=lambda c: (in_flight[c.process or c.address], c.busy))
         self._next = (live.index(best) + 1) % n
-        return best
+        return best, in_flight[best.process or best.address]
 
     async def close(self) -> None:
         await asyncio.gather(*(c.channel.close() for c in self._conns))
@@ -437,14 +438,15 @@ class _Call:
     """``Pool.call``'s context: a class, not ``asynccontextmanager``, whose generator cost a few microseconds
     on every call of a run."""
 
-    __slots__ = ("_pool", "_conn")
+    __slots__ = ("_pool", "_conn", "ahead")
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self._conn: _Connection | None = None
+        self.ahead = 0  # calls the chosen worker process had in flight when this one was sent
 
     async def __aenter__(self) -> imageworker_v1_pb2_grpc.ImageWorkerStub:
-        self._conn = self._pool._pick()
+        self._conn, self.ahead = self._pool._pick()
         self._conn.busy += 1
         return self._conn.stub
 

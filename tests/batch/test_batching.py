@@ -147,7 +147,7 @@ class CostlyClassifier(StandInClassifier):
 def test_costly_rows_go_one_per_call_so_no_process_holds_a_lump_of_them(here: Path) -> None:
     frame = pd.DataFrame({"path": [f"img/{i}.jpg" for i in range(6)], "op": "classify"})
     with in_process_worker(CostlyClassifier()) as w:
-        results = batch.run(frame, out=here / "out", workers=[w.address], concurrency=3)
+        results = batch.run(frame, out=here / "out", workers=[w.address], concurrency=1)
     assert (results["label"] == "face").all()
     assert w.state.served["ClassifyBatch"] == w.state.served["Classify"] == 6
 
