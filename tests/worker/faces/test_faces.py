@@ -490,6 +490,22 @@ def test_evaluate_command_through_a_real_worker(tmp_path, people):
     load_classifier(str(out))  # recording leaves the checksummed arrays alone
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_evaluate_spreads_its_calls_over_every_worker_process():
+    """`worker evaluate --processes 2` has both processes work: one channel to a shared port is one
+    connection, which the kernel gives to one process (it ran at half speed)."""
+    from tests.support.images import jpeg
+    from worker.api import imageworker_v1_pb2, imageworker_v1_pb2_grpc
+    from worker.faces.training.evaluate import running_worker
+
+    request = imageworker_v1_pb2.RotateRequest(image=jpeg(16, 8), degrees=90)
+    with running_worker(None, processes=2) as channel:
+        answered = {imageworker_v1_pb2_grpc.ImageWorkerStub(channel()).Rotate(request, timeout=30).worker
+                    for _ in range(4)}
+    assert len(answered) == 2, answered
+
+
 def test_main_face_is_the_central_one_among_equally_large_faces():
     side = Box(6, 121, 94, 209)  # 88x88, at the edge
     centre = Box(83, 93, 171, 180)  # 88x87, in the middle: the subject

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +30,18 @@ MAX_MESSAGE = 64 * 1024 * 1024
 
 
 @contextmanager
-def running_worker(model: Path | None, processes: int = 1, timeout: float = 120.0) -> Iterator[grpc.Channel]:
-    """A channel to a freshly started local ``worker serve`` whose every process serves."""
-    with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
+def running_worker(model: Path | None, processes: int = 1,
+                   timeout: float = 120.0) -> Iterator[Callable[[], grpc.Channel]]:
+    """A freshly started local ``worker serve`` whose every process serves, as a function that gives the
+    channel for the next call: its processes in turn. One channel to a shared port is one connection, which
+    the kernel hands to one process, so the others would sit idle; each process has its own socket here."""
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp, ExitStack() as stack:
         npz = Path(model).with_suffix(".npz") if model is not None else None
-        with LocalWorker(processes, Path(tmp) / "worker.log", timeout, model=npz) as worker:
-            opts = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
-            with grpc.insecure_channel(worker.address, options=opts) as channel:
-                yield channel
+        worker = stack.enter_context(LocalWorker(processes, Path(tmp) / "worker.log", timeout, model=npz,
+                                                 private=True))
+        opts = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
+        channels = [stack.enter_context(grpc.insecure_channel(a, options=opts)) for a in worker.addresses]
+        yield itertools.cycle(channels).__next__  # one C call: safe from the pool's threads
 
 
 @dataclass(frozen=True)
@@ -139,22 +144,22 @@ def evaluate(model_path: Path | None, data: Path, processes: int = 1, seed: int 
         for p in split.paths:
             with Image.open(p) as img:
                 thumbs.append(legacy.old_client_thumbnail(img))
-    with running_worker(model_path, processes) as channel, ThreadPoolExecutor(4) as pool:
+    with running_worker(model_path, processes) as channel, ThreadPoolExecutor(max(4, 2 * processes)) as pool:
         if "model" in only:
             files = [p.read_bytes() for p in split.paths]
-            results["model"] = (split.truth, [r.label for r in pool.map(lambda b: _classify(channel, b), files)])
+            results["model"] = (split.truth, [r.label for r in pool.map(lambda b: _classify(channel(), b), files)])
         if "turned" in only:
             for degrees in TURNS:
                 files = [turned_photo(p, degrees) for p in split.paths]
-                replies = list(pool.map(lambda b: _classify(channel, b), files))
+                replies = list(pool.map(lambda b: _classify(channel(), b), files))
                 results[f"turned{degrees}"] = (split.truth, [r.label for r in replies])
                 found = [r.orientation for r in replies if r.label != NO_FACE]
                 results[f"_orientation{degrees}"] = (found.count(degrees), len(found))
         if "legacy" in only:
-            results["legacy"] = (split.truth, list(pool.map(lambda t: _recognize(channel, t), thumbs)))
+            results["legacy"] = (split.truth, list(pool.map(lambda t: _recognize(channel(), t), thumbs)))
         if "small" in only:
             pasted = small_face_photos(split.paths, seed)
-            replies = list(pool.map(lambda s: _classify(channel, s[0]), pasted))
+            replies = list(pool.map(lambda s: _classify(channel(), s[0]), pasted))
             results["small"] = (split.truth, [r.label for r in replies])
             results["small_subject"] = (split.truth,
                                         [subject_label(r, s[1]) for r, s in zip(replies, pasted, strict=True)])
