@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -10,7 +11,6 @@ from pathlib import Path
 import click
 
 from worker.decode import DEFAULT_MAX_PIXELS
-from worker.faces.training.commands import evaluate, train
 from worker.grpc_logging import quiet_grpc
 from worker.probe import probe
 
@@ -22,13 +22,28 @@ _file = click.Path(exists=True, dir_okay=False, path_type=Path)
 ENV_PREFIX = "WORKER"
 
 
+class _Lazy(click.Group):
+    """A group whose face-model commands are imported only when named (or listed by --help): ``serve``, which
+    the driver starts for each run, does not pay for the training code's imports."""
+
+    lazy = {"train": "worker.faces.training.commands", "evaluate": "worker.faces.training.commands"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            return getattr(importlib.import_module(self.lazy[name]), name)
+        return super().get_command(ctx, name)
+
+
 class _ConfigProblem(click.ClickException):
     """Options that cannot work (TLS files, --model, --host...): one line naming the problem, exit 2."""
 
     exit_code = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": ENV_PREFIX})
+@click.group(cls=_Lazy, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": ENV_PREFIX})
 @click.version_option(package_name="imagebatch")
 def main() -> None:
     """imagebatch's gRPC image worker.
@@ -134,6 +149,4 @@ def serve(log_level: str, **options) -> None:
     sys.exit(code)
 
 
-main.add_command(train)
-main.add_command(evaluate)
 main.add_command(probe)

@@ -3,6 +3,7 @@ worker so that the worker's start-up overlaps the driver's own (reading and inde
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from batch.cli import main
 from tests.support.images import jpeg
 from tests.support.manifests import write_manifest
+from worker.cli import main as worker_main
 from worker.local import LocalServer, LocalWorker, LocalWorkerError
 
 
@@ -76,3 +78,15 @@ def test_a_run_with_nothing_to_do_keeps_the_earlier_worker_log(tmp_path):
     assert (out / "worker.log").read_text() == log
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".worker")) == []
 
+
+
+def test_the_worker_command_imports_the_face_training_code_only_for_train_and_evaluate():
+    # `worker serve` starts with every embedded run: the training code's imports are not on that path.
+    check = ("import sys; from click.testing import CliRunner; from worker.cli import main; "
+             "r = CliRunner().invoke(main, sys.argv[1:]); assert r.exit_code == 0, r.output; "
+             "print('worker.faces.training.commands' in sys.modules)")
+    for args, loaded in ((["--version"], "False"), (["train", "--help"], "True"), (["evaluate", "--help"], "True")):
+        done = subprocess.run([sys.executable, "-P", "-c", check, *args], capture_output=True, text=True, check=True)
+        assert done.stdout.split() == [loaded], (args, done.stdout)
+    listed = CliRunner().invoke(worker_main, ["--help"]).output.split("Commands:")[1]
+    assert [line.split()[0] for line in listed.splitlines() if line.strip()] == ["evaluate", "probe", "serve", "train"]
