@@ -12,6 +12,11 @@ Three measures, each run ``--rounds`` times per side, the two sides alternating 
   connections, the finished table) and the cost of a further row can be told apart;
 - a bare grpc.aio client in this process making the same calls (no files, no results): the floor of any
   Python driver that makes one call a row;
+- the row's files alone, in this process with the driver's own functions: each photo read
+  (``batch.files.read_input``), written atomically to a fresh folder (``batch.files.write_output``) and made
+  durable by group commit (``batch.durable.GroupCommit``, one ``syncfs`` per 256 rows): with the bare client,
+  the floor of a driver by bytes that keeps its promises (read the input once, no half-written output, outputs
+  durable before their rows are journaled);
 - ``tiny``: the README's command (the embedded worker, started by the driver) on 2,000 64x64 JPEGs: rows/s of
   the whole command, start-up included.
 
@@ -70,6 +75,32 @@ def checkout(rev: str, into: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         tar.extractall(into, filter="data")
     return into
+
+
+def files_floor(photos: list[Path], rows: int, folder: Path) -> tuple[float, float]:
+    """(read, write + sync) CPU ms per row of the driver's own file work on ``rows`` photos, nothing else."""
+    from batch.durable import GroupCommit
+    from batch.files import forget_folders, read_input, write_output
+
+    folder.mkdir()
+    root = os.path.realpath(folder)
+    group = GroupCommit(lambda entries: None)
+    read = write = 0.0
+    for i in range(rows):
+        t0 = os.times()
+        data = read_input(photos[i % len(photos)])
+        t1 = os.times()
+        output = folder / f"{i // 1000:03d}" / f"{i:06d}.jpg"
+        write_output(output, data, root)
+        group.add((None, None, {}), str(output))
+        if (i + 1) % 256 == 0 or i + 1 == rows:
+            group.flush()
+        t2 = os.times()
+        read += (t1.user - t0.user) + (t1.system - t0.system)
+        write += (t2.user - t1.user) + (t2.system - t1.system)
+    group.close()
+    forget_folders()
+    return read / rows * 1000, write / rows * 1000
 
 
 def run(manifest: Path, out: Path, tree: Path | None, *extra: str) -> tuple[float, float]:
@@ -133,6 +164,7 @@ def main() -> None:
         cpu: dict[tuple[str, str], list[float]] = {}
         rate: dict[tuple[str, str], list[float]] = {}
         floor: dict[str, list[float]] = {}
+        files: dict[str, list[float]] = {}
         for r in range(a.rounds):
             for measure, (manifest, rows, extra) in measures.items():
                 for side, tree in sides.items():
@@ -147,6 +179,9 @@ def main() -> None:
                 load(address, "/imageworker.v1.ImageWorker/Rotate", images, calls, concurrency=8, connections=4)
                 t1 = os.times()
                 floor.setdefault(measure, []).append(((t1.user - t0.user) + (t1.system - t0.system)) / calls * 1000)
+            read, write = files_floor([p for p, _ in photos], a.photos, tmp / f"files-{r}")
+            files.setdefault("read", []).append(read)
+            files.setdefault("write", []).append(write)
             print(f"round {r + 1} of {a.rounds} done", file=sys.stderr, flush=True)
 
     def spread(values: list[float], fmt: str) -> str:
@@ -172,6 +207,13 @@ def main() -> None:
             bare = floor[measure]
             net.append([measure, "bare grpc.aio client, same calls", statistics.median(bare), spread(bare, ".3f"), "-",
                         f"{WORKER_CPU_MS / statistics.median(bare):.0f}"])
+        if measure == "bytes":  # the floor by bytes: the bare call and the row's own files, each round's sum
+            for part, label in (("read", "the input read (batch.files.read_input)"),
+                                ("write", "the output written atomically + group syncfs (batch.files, durable)")):
+                net.append([measure, label, statistics.median(files[part]), spread(files[part], ".3f"), "-", "-"])
+            total = [b + r + w for b, r, w in zip(floor["bytes"], files["read"], files["write"], strict=True)]
+            net.append([measure, "floor: bare call + read + write", statistics.median(total), spread(total, ".3f"),
+                        "-", f"{WORKER_CPU_MS / statistics.median(total):.0f}"])
     print(f"1080p photos ({photos[0][0].stat().st_size / 1e6:.2f} MB each) against one stand-in worker process; "
           f"64x64 JPEGs with the embedded worker; {a.rounds} rounds, sides alternated; "
           f"before = {a.before}, after = this checkout\n")
