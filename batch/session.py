@@ -348,14 +348,18 @@ async def execute(options: RunOptions, stop: Stop | None = None) -> Summary:
             stop._closing = True
             try:
                 progress.close()
-                if embedded is not None:
-                    await _to_the_end(embedded.stop)
+                if embedded is not None:  # it drains while the table and run.json are written, then is waited for
+                    embedded.terminate()
             finally:
                 forget_folders()
                 summary.stopped = run.stopped
-                _finish(run, journal, index, summary,
-                        lambda: _run_info(options, summary, targets, embedded, started_at, manifest_rows), clock,
-                        store)
+                try:
+                    _finish(run, journal, index, summary,
+                            lambda: _run_info(options, summary, targets, embedded, started_at, manifest_rows), clock,
+                            store)
+                finally:
+                    if embedded is not None:
+                        await _to_the_end(embedded.stop)
     return summary
 
 

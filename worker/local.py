@@ -77,6 +77,7 @@ class LocalServer:
         self.env = env
         self.addresses: list[str] = []
         self.proc: subprocess.Popen | None = None
+        self._terminated = False  # SIGTERM sent: a second one is not sent
 
     def __enter__(self) -> LocalServer:
         self.start()
@@ -154,6 +155,13 @@ class LocalServer:
         except OSError:
             return "(no log)"
 
+    def terminate(self) -> None:
+        """SIGTERM to one seen serving, without waiting: it drains while its user finishes up; ``stop`` then
+        waits for it (and does everything else it does)."""
+        if self.proc is not None and self.addresses and not self._terminated and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self, grace: float = 20.0) -> int | None:
         """SIGTERM (a worker drains), SIGKILL if it is still there after ``grace`` seconds; its exit code.
         One not seen serving (never waited for) has nothing to drain, and may not yet relay SIGTERM to what it
@@ -163,7 +171,8 @@ class LocalServer:
         if self.proc.poll() is None:
             if not self.addresses:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.send_signal(signal.SIGTERM)
+            if not self._terminated:
+                self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:

@@ -55,6 +55,28 @@ def test_a_child_that_stays_silent_is_stopped_after_the_timeout(tmp_path):
     assert server.proc.returncode is not None
 
 
+
+def test_terminate_signals_a_serving_child_once_without_waiting_and_stop_then_waits_for_it(tmp_path):
+    # `batch run` terminates its embedded worker before writing the results table, then stops it (waits).
+    signals = tmp_path / "signals"
+    code = ("import pathlib, signal, sys, time\n"
+            "got = []\n"
+            "signal.signal(signal.SIGTERM, lambda *a: got.append(1))\n"
+            "print('LISTENING unix:/a', flush=True)\n"
+            "while not got: time.sleep(0.01)\n"
+            "time.sleep(0.3)\n"  # draining: still there when terminate returns
+            f"pathlib.Path({str(signals)!r}).write_text(str(len(got)))\n"
+            "sys.exit(7)\n")
+    server = _server(tmp_path, code)
+    server.launch()
+    server.wait_serving()
+    server.terminate()
+    server.terminate()
+    assert server.proc.poll() is None
+    assert server.stop() == 7
+    assert signals.read_text() == "1"
+
+
 @pytest.mark.slow
 def test_a_worker_stopped_before_it_was_waited_for_leaves_no_process_and_no_socket_folder(tmp_path):
     worker = LocalWorker(2, tmp_path / "worker.log", private=True)
