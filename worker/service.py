@@ -83,15 +83,16 @@ class WorkerState:
         """A streamed image's declared ``size`` against --max-image-mb."""
         _check_limit(size, self.max_image_bytes, "--max-image-mb")
 
-    def input_of(self, request) -> bytes:
-        """The image a request sends, or the file its ``source`` names (reference mode)."""
+    def input_of(self, request, image: bytes) -> bytes:
+        """The image a request sends (``image``, its bytes taken once: each read of a bytes field copies it), or
+        the file its ``source`` names (reference mode)."""
         if request.HasField("source"):
             source = request.source
             data = (self.roots.read_uri(source.uri, self.max_image_bytes) if source.HasField("uri")
                     else self.roots.read_file(source.path, self.max_image_bytes))
             self._read.size = len(data)
             return data
-        return request.image
+        return image
 
     def deliver(self, request, data: bytes) -> bytes:
         """The answer's image bytes: ``data``, or nothing once written where ``destination`` names."""
@@ -181,7 +182,8 @@ def rpc(method: Callable) -> Callable:
     """Check the image's size, admit the call (or refuse it: busy, expired, cancelled), count its answer until
     sent, map WorkerErrors to status codes, log one line per failed request, record the call's metrics.
 
-    The servicer's ``image_of(request)`` names the bytes --max-message-mb bounds.
+    The servicer's ``image_of(request)`` names the bytes --max-message-mb bounds; the method gets them beside
+    the request (``method(self, request, context, image)``): protobuf copies a bytes field at each read.
     """
 
     @functools.wraps(method)
@@ -192,7 +194,7 @@ def rpc(method: Callable) -> Callable:
         with _handled(self, method.__name__, context) as record:
             record.received = len(image)
             state.check_size(image)  # one limit for every service, before any slot is held
-            response = state.admission.run(method, self, request, context, call=context, size=len(image))
+            response = state.admission.run(method, self, request, context, image, call=context, size=len(image))
             # Until gRPC has sent it (the client's window may stay shut), the answer is this process's memory.
             record.sent = response.ByteSize()
             state.admission.hold_answer(context, record.sent)
@@ -399,15 +401,16 @@ def _batched(servicer, method: str, one: Callable, answer: type, result: type) -
                 raise InvalidArgument(f"the batch holds {len(items)} items, over this worker's limit of "
                                       f"{state.max_batch_items} (worker serve --max-batch-items); send fewer per "
                                       "batch", Reason.BATCH_TOO_LARGE)
-            with state.admission.held(context, sum(len(item.image) for item in items)):
-                response = answer(results=_each(servicer, method, items, one, result, context))
+            sizes = [len(item.image) for item in items]  # each read of a bytes field copies it (not kept: memory)
+            with state.admission.held(context, sum(sizes)):
+                response = answer(results=_each(servicer, method, items, sizes, one, result, context))
             state.admission.hold_answer(context, response.ByteSize())
         return response
 
     return call
 
 
-def _each(servicer, method: str, items, one: Callable, result: type, context: _Limited) -> list:
+def _each(servicer, method: str, items, sizes: list[int], one: Callable, result: type, context: _Limited) -> list:
     """One result per item, in order. Once the batch's time is up, the item at hand and those after it fail with
     CALL_EXPIRED; a client gone (Cancelled) ends the call."""
     state = servicer.state
@@ -421,8 +424,9 @@ def _each(servicer, method: str, items, one: Callable, result: type, context: _L
         record = _Record()
         started = state.metrics.started()
         try:
-            state.check_size(item.image)
-            response = state.admission.turn(one, item, context, call=context)
+            image = item.image  # read once: each read copies it
+            state.check_size(image)
+            response = state.admission.turn(one, item, context, image, call=context)
             size = response.ByteSize() + 16  # its field's tag and length beside it
             if size > room:
                 raise InvalidArgument(
@@ -440,8 +444,8 @@ def _each(servicer, method: str, items, one: Callable, result: type, context: _L
             log.info("%s from %s: out of time at item %d of %d: %s", name, context.peer(), index + 1, len(items), e)
             record.code, record.reason = e.status, e.reason
             results.extend(result(error=_worker_status(e)) for _ in range(len(items) - index))
-            for left in items[index + 1:]:  # never started: each recorded as its call would be
-                state.metrics.ended(unary, e.status, e.reason, state.metrics.started(), len(left.image), 0)
+            for left in sizes[index + 1:]:  # never started: each recorded as its call would be
+                state.metrics.ended(unary, e.status, e.reason, state.metrics.started(), left, 0)
         except WorkerError as e:
             level = logging.DEBUG if isinstance(e, Busy) else logging.WARNING
             log.log(level, "%s from %s: item %d failed: %s: %s", name, context.peer(), index, e.status, e)
@@ -453,7 +457,7 @@ def _each(servicer, method: str, items, one: Callable, result: type, context: _L
             results.append(result(error=_rich_status("INTERNAL", f"internal error in {method}; see the worker's "
                                                      "log", Reason.INTERNAL)))
         finally:
-            state.metrics.ended(unary, record.code, record.reason, started, len(item.image) + state._read.size,
+            state.metrics.ended(unary, record.code, record.reason, started, sizes[index] + state._read.size,
                                 record.sent)
     state._read.size = 0
     return results
@@ -474,11 +478,11 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
         return request.image
 
     @rpc
-    def Rotate(self, request, context):
-        return self._rotate(request, context)
+    def Rotate(self, request, context, image: bytes):
+        return self._rotate(request, context, image)
 
-    def _rotate(self, request, context) -> imageworker_v1_pb2.RotateResponse:
-        out = self._rotated(request, self.state.input_of(request), context)
+    def _rotate(self, request, context, image: bytes) -> imageworker_v1_pb2.RotateResponse:
+        out = self._rotated(request, self.state.input_of(request, image), context)
         return self._rotate_response(out, self.state.deliver(request, out.data))
 
     def RotateStream(self, chunks, context):
@@ -522,11 +526,11 @@ class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
         )
 
     @rpc
-    def Classify(self, request, context):
-        return self._classify(request, context)
+    def Classify(self, request, context, image: bytes):
+        return self._classify(request, context, image)
 
-    def _classify(self, request, context) -> imageworker_v1_pb2.ClassifyResponse:
-        return self._classified(self.state.input_of(request), context)
+    def _classify(self, request, context, image: bytes) -> imageworker_v1_pb2.ClassifyResponse:
+        return self._classified(self.state.input_of(request, image), context)
 
     def ClassifyStream(self, chunks, context):
         context = self.state.limited(context)
@@ -578,7 +582,7 @@ class ABImageServicer(abimage_pb2_grpc.ABImageServiceServicer):
         return request.image.data
 
     @rpc
-    def RotateImage(self, request, context):
+    def RotateImage(self, request, context, data: bytes):
         if request.rotation not in _LEGACY_ROTATIONS:
             raise InvalidArgument(
                 f"unknown rotation enum value {request.rotation}; expected NONE=0, NINETY_DEG=1, "
@@ -587,14 +591,14 @@ class ABImageServicer(abimage_pb2_grpc.ABImageServiceServicer):
             )
         image = request.image
         degrees = _LEGACY_ROTATIONS[request.rotation]
-        data = rotation.rotate_pixels(image.data, image.width, image.height, _channels(image), degrees,
-                                    max_pixels=self.state.max_pixels)
+        turned = rotation.rotate_pixels(data, image.width, image.height, _channels(image), degrees,
+                                        max_pixels=self.state.max_pixels)
         width, height = (image.height, image.width) if degrees in (90, 270) else (image.width, image.height)
-        return abimage_pb2.ABImage(color=image.color, data=data, width=width, height=height)
+        return abimage_pb2.ABImage(color=image.color, data=turned, width=width, height=height)
 
     @rpc
-    def RecognizeFace(self, request, context):
+    def RecognizeFace(self, request, context, data: bytes):
         image = request.image
-        pixels = raw_pixels(image.data, image.width, image.height, _channels(image), self.state.max_pixels)
+        pixels = raw_pixels(data, image.width, image.height, _channels(image), self.state.max_pixels)
         label = self.state.ready_classifier(context).classify_legacy(pixels)
         return abimage_pb2.ABCustomImageEndpointResponse(classification=label)
