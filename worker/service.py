@@ -403,15 +403,19 @@ def _batched(servicer, method: str, one: Callable, answer: type, result: type) -
                                       "batch", Reason.BATCH_TOO_LARGE)
             sizes = [len(item.image) for item in items]  # each read of a bytes field copies it (not kept: memory)
             with state.admission.held(context, sum(sizes)):
-                response = answer(results=_each(servicer, method, items, sizes, one, result, context))
-            state.admission.hold_answer(context, response.ByteSize())
+                results, answered = _each(servicer, method, items, sizes, one, result, context)
+                response = answer(results=results)
+            # Counted from its items' answers: the whole answer's ByteSize() would serialise it once more.
+            state.admission.hold_answer(context, answered)
         return response
 
     return call
 
 
-def _each(servicer, method: str, items, sizes: list[int], one: Callable, result: type, context: _Limited) -> list:
-    """One result per item, in order. Once the batch's time is up, the item at hand and those after it fail with
+def _each(servicer, method: str, items, sizes: list[int], one: Callable, result: type,
+          context: _Limited) -> tuple[list, int]:
+    """One result per item, in order, and the bytes of the items' answers in them (an error's few hundred bytes
+    aside). Once the batch's time is up, the item at hand and those after it fail with
     CALL_EXPIRED; a client gone (Cancelled) ends the call."""
     state = servicer.state
     name, unary = f"{type(servicer).__name__}.{method}", method.removesuffix("Batch")
@@ -427,14 +431,15 @@ def _each(servicer, method: str, items, sizes: list[int], one: Callable, result:
             image = item.image  # read once: each read copies it
             state.check_size(image)
             response = state.admission.turn(one, item, context, image, call=context)
-            size = response.ByteSize() + 16  # its field's tag and length beside it
+            sent = response.ByteSize()  # protobuf serialises the message to size it: once
+            size = sent + 16  # its field's tag and length beside it
             if size > room:
                 raise InvalidArgument(
                     f"this item's answer ({size:,} bytes) would take the batch's answer over this worker's limit "
                     f"of {state.max_message_bytes / 2**20:.0f} MiB (worker serve --max-message-mb); send it alone "
                     "or in a smaller batch", Reason.BATCH_TOO_LARGE)
             room -= size
-            record.sent = response.ByteSize()
+            record.sent = sent
             results.append(result(response=response))
             state.count(unary)  # served: each item answered, as its unary call would count
         except Cancelled as e:
@@ -460,7 +465,7 @@ def _each(servicer, method: str, items, sizes: list[int], one: Callable, result:
             state.metrics.ended(unary, record.code, record.reason, started, sizes[index] + state._read.size,
                                 record.sent)
     state._read.size = 0
-    return results
+    return results, state.max_message_bytes - room
 
 
 class ImageWorkerServicer(imageworker_v1_pb2_grpc.ImageWorkerServicer):
