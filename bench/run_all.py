@@ -19,6 +19,7 @@ from common import DEFAULT_CORPUS, ensure_corpus, wait_for_quiet
 HERE = Path(__file__).resolve().parent
 SCRIPTS = {
     "rotate": ["bench_rotate.py", "--photos", "200", "--rounds", "3"],  # the goal's 200 photos, start-up included
+    "serving": ["bench_serving.py"],  # worker CPU per photo against in-process: one process, one call at a time
     "overhead": ["bench_overhead.py"],
     "large": ["bench_large.py"],
     "scale": ["bench_scale.py"],
