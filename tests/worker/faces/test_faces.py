@@ -450,6 +450,7 @@ def test_train_command_writes_an_artifact_that_loads(tmp_path, people):
 
 
 @needs_lfw
+@pytest.mark.slow  # `worker evaluate` starts and stops a `worker serve` process (9.6 s)
 @pytest.mark.timeout(300)
 def test_evaluate_command_through_a_real_worker(tmp_path, people):
     """Train with a held-out split on a tiny gallery, then `worker evaluate` it over gRPC."""
