@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 
-from batch.api import MAX_BATCH_ROWS
 from batch.concurrency import BATCH_ROWS, DEFAULT_CAP, PER_ADDRESS
 from batch.errors import BatchError, UsageError
 from batch.report.command import report
@@ -98,8 +97,7 @@ _SHARD = _ShardType()
               show_default=f"4 per embedded worker process; for named workers {PER_ADDRESS} per address, adapted to "
                            f"their latency and busy refusals up to {DEFAULT_CAP}",
               help="Calls in flight, fixed at this number.")
-@click.option("--batch-rows", type=click.IntRange(1, MAX_BATCH_ROWS), default=BATCH_ROWS, show_default=True,
-              metavar="N",
+@click.option("--batch-rows", type=click.IntRange(1), default=BATCH_ROWS, show_default=True, metavar="N",
               help="Rows per call for rows by reference and images of at most 64 KiB (RotateBatch, ClassifyBatch): "
                    "fewer calls for the same rows, each row still answered, retried and counted alone; 1: one "
                    "row per call; rows whose calls take long go fewer to a call. A worker without the batch calls "

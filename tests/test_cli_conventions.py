@@ -77,6 +77,12 @@ def test_batch_usage_errors_exit_2(tmp_path: Path) -> None:
                  ["run", "m.csv", "--worker", "not an address"], ["report", str(tmp_path / "none")]):
         result = runner.invoke(batch_main, args, catch_exceptions=False)
         assert result.exit_code == 2, (args, result.output)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,op\na.jpg,classify\n")
+    for option, value, bound in (("--batch-rows", "5000", "between 1 and 4096"),
+                                 ("--concurrency", "100001", "between 1 and 100000")):
+        result = runner.invoke(batch_main, ["run", str(manifest), option, value], catch_exceptions=False)
+        assert result.exit_code == 2 and f"{option} must be {bound}" in result.output, result.output
 
 
 @pytest.mark.slow

@@ -115,6 +115,8 @@ def test_problems_of_the_run_raise_batch_errors(tmp_path) -> None:
         batch.run(bad, retries=10**9)
     with pytest.raises(batch.UsageError, match="--connections must be between 1 and 1024"):
         batch.run(bad, connections=1 << 40)
+    with pytest.raises(batch.UsageError, match="--batch-rows must be between 1 and 4096"):
+        batch.run(bad, batch_rows=5000)
     with pytest.raises(batch.UsageError, match="unknown option colour"):
         batch.run(bad, colour="red")
     with pytest.raises(batch.UsageError, match="--format 'jpeg2000'"):
