@@ -32,7 +32,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import psutil
 from common import (
     DEFAULT_CORPUS,
     batch_run,
@@ -42,6 +41,7 @@ from common import (
     results_rows,
     spread,
     table,
+    tree_counters,
     wait_for_quiet,
     write_manifest,
 )
@@ -101,12 +101,12 @@ def main() -> None:
             times["embedded"].append(_batch(manifest, tmp / f"embedded{rnd}", n, *a.batch_args, spreads=spreads,
                                             key="embedded"))
             times["embedded1"].append(_batch(one, tmp / f"embedded{rnd}-one", 1, *a.batch_args))
-            before = _counters(server.pid)
+            before = tree_counters(server.pid)
             times["named"].append(_batch(manifest, tmp / f"named{rnd}", n, "--worker", address, *a.batch_args,
                                          spreads=spreads, key="named"))
-            after = _counters(server.pid)
-            cost["worker_ms"].append((after[0] - before[0]) / n * 1000)
-            cost["worker_flt"].append((after[1] - before[1]) / n)
+            after = tree_counters(server.pid)
+            cost["worker_ms"].append((after.cpu - before.cpu) / n * 1000)
+            cost["worker_flt"].append((after.faults - before.faults) / n)
             for key, tuned in (("inproc", False), ("tuned", True)):
                 ms, flt = in_process_cost([(str(src), deg) for src, deg, _ in rows], tuned)
                 cost[f"{key}_ms"].append(ms)
@@ -161,21 +161,6 @@ def main() -> None:
         print(f"Goal: {what} >= {goal:.2f} x the naive limit: {got:.3f} x, {'met' if got >= goal else 'MISSED'}")
     print(f"Goal: worker CPU per photo <= {CPU_GOAL:.2f} x in-process (the cheaper of the two): {w / i:.3f} x (rounds "
           f"{min(ratios):.3f}-{max(ratios):.3f}), {'met' if w / i <= CPU_GOAL else 'MISSED'}")
-
-
-def _counters(pid: int) -> tuple[float, int]:
-    """CPU seconds (user + system) and minor page faults of a server's processes so far."""
-    cpu, faults = 0.0, 0
-    proc = psutil.Process(pid)
-    for p in (proc, *proc.children(recursive=True)):
-        try:
-            t = p.cpu_times()
-            stat = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (psutil.NoSuchProcess, OSError):
-            continue
-        cpu += t.user + t.system
-        faults += int(stat[7])
-    return cpu, faults
 
 
 def _batch(manifest: Path, out: Path, n: int, *args: str, spreads: dict | None = None, key: str = "") -> float:

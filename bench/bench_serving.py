@@ -30,8 +30,7 @@ import tempfile
 from pathlib import Path
 
 import grpc
-import psutil
-from common import DEFAULT_CORPUS, corpus_rows, ensure_corpus, print_header, table, wait_for_quiet
+from common import DEFAULT_CORPUS, corpus_rows, ensure_corpus, print_header, table, tree_counters, wait_for_quiet
 from pool import in_process_cost
 from servers import echo_cmd, running, worker_cmd
 
@@ -99,11 +98,11 @@ def main() -> None:
             order = list(served) if rnd % 2 == 0 else list(reversed(served))
             for name in order:
                 server, send = served[name]
-                before = _counters(server.pid)
+                before = tree_counters(server.pid)
                 send()
-                after = _counters(server.pid)
-                cpu[name].append((after[0] - before[0]) / n * 1000)
-                switches[name].append((after[1] - before[1]) / n)
+                after = tree_counters(server.pid)
+                cpu[name].append((after.cpu - before.cpu) / n * 1000)
+                switches[name].append((after.switches - before.switches) / n)
             for key, tuned in (("tuned", True), ("default", False)):
                 cpu[key].append(in_process_cost(jobs, tuned)[0])
 
@@ -122,23 +121,6 @@ def main() -> None:
           f"one server process, one call in flight\n")
     print(table(["CPU per photo", "ms (median)", "ms per round", "x in-process (tuned)", "spread",
                  "ms over in-process", "context switches per photo"], rows))
-
-
-def _counters(pid: int) -> tuple[float, int]:
-    """CPU seconds (user + system) and context switches (every thread's) of a server's processes so far."""
-    cpu, switches = 0.0, 0
-    proc = psutil.Process(pid)
-    for p in (proc, *proc.children(recursive=True)):
-        try:
-            t = p.cpu_times()
-            cpu += t.user + t.system
-            for task in Path(f"/proc/{p.pid}/task").iterdir():
-                for line in (task / "status").read_text().splitlines():
-                    if "ctxt_switches:" in line:
-                        switches += int(line.split()[1])
-        except (psutil.NoSuchProcess, OSError):
-            continue
-    return cpu, switches
 
 
 if __name__ == "__main__":
