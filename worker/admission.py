@@ -190,6 +190,8 @@ class Admission:
 
     def hold_answer(self, call: Call, size: int) -> None:
         """Count ``size`` bytes of ``call``'s answer as waiting until the call ends (sent or cancelled)."""
+        if not size:  # nothing to count; and a client's entry must hold only what its calls will take back
+            return
         peer = call.peer()
         with self._lock:
             self._unsent += size
