@@ -6,9 +6,10 @@ The servicers depend only on this interface; ``worker.faces`` implements it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 NO_FACE = "no_face"
 UNKNOWN = "unknown"

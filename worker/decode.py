@@ -19,11 +19,14 @@ import re
 import struct
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import numpy as np
 from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from worker.errors import InvalidArgument, Reason
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # 100 MP photos must pass; Pillow's own default (~89 MP) would refuse them.
 DEFAULT_MAX_PIXELS = 150_000_000
@@ -302,6 +305,8 @@ def raw_pixels(data: bytes, width: int, height: int, channels: int,
             f"needs {expected:,} bytes (width*height*{channels} = {expected:,})",
             Reason.INVALID_PIXELS,
         )
+    import numpy as np  # only the legacy ABImage's raw pixels need it: not imported at the worker's start
+
     shape = (height, width) if channels == 1 else (height, width, channels)
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 

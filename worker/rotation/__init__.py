@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-import numpy as np
 from PIL import Image
 
 from worker import jpeg_transform
@@ -164,6 +163,8 @@ def rotate_pixels(data: bytes, width: int, height: int, channels: int, degrees: 
 
     The result has the same layout with width and height swapped for 90/270.
     """
+    import numpy as np  # not imported at the worker's start (worker/server.py)
+
     turn = normalize_degrees(degrees)
     pixels = raw_pixels(data, width, height, channels, max_pixels)
     # np.rot90 turns counter-clockwise as displayed; tobytes makes the one copy.

@@ -8,7 +8,6 @@ import io
 import logging
 from typing import Any
 
-import numpy as np
 from PIL import Image, ImageCms, PngImagePlugin
 
 from worker.decode import Budget, count_frames
@@ -89,6 +88,7 @@ def _fit_mode(im: Image.Image, source: str, target: str, icc: bytes | None, note
         im = _cmyk_to_rgb(im, icc, target, notes)
     if im.mode == "I;16" and "I;16" not in _HOLDS[target]:
         notes.append(f"16-bit grey reduced to 8 bits: {target} holds 8")
+        import numpy as np  # numpy only where pixels are reworked: not imported at the worker's start
         # Scaled, not clipped (Pillow's convert clips at 255).
         im = Image.fromarray(((np.asarray(im, np.uint32) + 128) // 257).astype(np.uint8))
     if im.mode in ("LA", "RGBA") and target == "JPEG":
@@ -116,6 +116,8 @@ def _standard_mode(im: Image.Image, source: str, target: str) -> Image.Image:
         except ValueError:
             raise InvalidArgument(f"cannot convert {source} {im.mode} pixels to {target}",
                                   Reason.CONVERSION_REFUSED) from None
+    import numpy as np  # see _fit_mode
+
     if im.mode.startswith("I;16") and im.mode != "I;16":
         return Image.fromarray(np.asarray(im).astype(np.uint16))
     if im.mode in ("I", "F") and im.mode not in _HOLDS[target]:
@@ -136,6 +138,8 @@ def _gif_with_transparency(im: Image.Image, notes: list[str]) -> Image.Image:
 
     Pillow's GIF writer keeps transparency only for pictures of few colours; a photo would lose it all.
     """
+    import numpy as np  # see _fit_mode
+
     alpha = np.asarray(im.getchannel("A"))
     if alpha.min() == 255:
         return im.convert("RGB")
