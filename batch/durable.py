@@ -18,7 +18,6 @@ import ctypes
 import ctypes.util
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import IO, Any
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -34,35 +33,42 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC  # ".<name>.batcht
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, mode: str = "wb", *, durable: bool = True, **open_args) -> Iterator[IO]:
+def atomic_file(path: str | os.PathLike, mode: str = "wb", *, durable: bool = True, dir_fd: int | None = None,
+                **open_args) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success rename it over ``path``, on any error remove it.
 
     A reader sees the old file or the new one, never half of one. ``durable``
     fsyncs the file and its folder before returning; rotated outputs pass
     False because group commit makes them durable together (module docstring).
     The temporary name depends only on ``path``: a crash's leftover is
-    replaced by the next write of the same file.
+    replaced by the next write of the same file. With ``dir_fd`` (an open
+    folder), ``path`` is relative to it: the file goes into that very folder
+    whatever its path leads to by then (batch/files.py checks the folder it opened).
+
+    Replacing a file costs ext4 (auto_da_alloc) the new file's block allocation and the start of its writeback
+    in ``rename``, in this process (~30 us a tiny output, docs/benchmarks.md): the price of a power cut never
+    leaving an empty file where a complete one was, so it stays.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    folder, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(folder, f".{name}{TEMP_SUFFIX}")
     try:
         try:
-            fd = os.open(tmp, _CREATE, 0o666)  # O_EXCL never follows a link planted there
+            fd = os.open(tmp, _CREATE, 0o666, dir_fd=dir_fd)  # O_EXCL never follows a link planted there
         except FileExistsError:  # a crash's leftover, or that link: removed, then made afresh
-            os.unlink(tmp)
-            fd = os.open(tmp, _CREATE, 0o666)
+            os.unlink(tmp, dir_fd=dir_fd)
+            fd = os.open(tmp, _CREATE, 0o666, dir_fd=dir_fd)
         with open(fd, mode, **open_args) as f:
             yield f
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
     if durable:
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd)
         try:
             os.fsync(fd)  # the rename itself
         finally:
@@ -75,11 +81,24 @@ def within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder if folder.endswith(os.sep) else folder + os.sep)
 
 
-def escapes(folder: Path, root: str) -> str | None:
-    """Where ``folder`` really leads, when that is outside ``root`` (a resolved folder), else None: checked on
-    the resolved path when an output is about to be written there, since a folder inside --out may be a link."""
-    real = os.path.realpath(folder)
-    return None if within(real, root) else real
+_FOLDER = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # a handle on the folder itself: no read permission needed
+
+
+def open_within(folder: str, root: str) -> tuple[int, str | None]:
+    """``folder`` opened (a handle for ``dir_fd``; the caller closes it), and where it really is when that is
+    outside ``root`` (a resolved folder), else None.
+
+    Checked on what was opened, as the kernel names it (``/proc/self/fd``), so a file then written with
+    ``dir_fd`` lands in the folder that was checked even if a link on its path is swapped in between; a
+    folder inside --out may be a link to elsewhere. Two system calls where ``os.path.realpath`` makes one
+    ``lstat`` per component in Python.
+    """
+    fd = os.open(folder, _FOLDER)
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc mounted: the path resolved now
+        real = os.path.realpath(folder)
+    return fd, None if within(real, root) else real
 
 
 class SyncError(OSError):

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 
 from batch import store
-from batch.durable import atomic_file, escapes
+from batch.durable import atomic_file, open_within
 from batch.manifest import real_folder
 from batch.results import Reason, RowFailed
 from batch.store import Uri
@@ -121,8 +121,8 @@ def _file_kind(mode: int) -> str:
 
 def write_output(path: Path | Uri, data: bytes, root: str) -> None:
     """Write atomically, without an fsync: the run makes outputs durable in groups before journaling
-    their rows (batch/durable.py). ``root`` is --out with links resolved: the output's folder, resolved
-    when it is written to, must be inside it (a folder inside --out may be a link to elsewhere). An object
+    their rows (batch/durable.py). ``root`` is --out with links resolved: the output's folder, as opened for
+    the write, must be inside it (a folder inside --out may be a link to elsewhere). An object
     named by the manifest is one PUT: atomic, and durable once answered."""
     if isinstance(path, Uri):
         try:
@@ -130,27 +130,25 @@ def write_output(path: Path | Uri, data: bytes, root: str) -> None:
         except OSError as e:
             raise RowFailed(f"cannot write output {path}: {e}", Reason.OUTPUT_UNWRITABLE) from None
         return
-    output_folder(path, root)
+    folder, name = os.path.split(path)
+    fd = _open_folder(folder, path, root)
     try:
-        try:
-            _write_file(path, data)
-        except FileNotFoundError:  # the folder was removed during the run
-            _made.discard(path.parent)
-            _make_folder(path.parent)
-            _write_file(path, data)
+        _write_file(fd, name, data)
     except OSError as e:
         raise RowFailed(f"cannot write output {path}: {e.strerror or e}", Reason.OUTPUT_UNWRITABLE) from None
+    finally:
+        os.close(fd)
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def _write_file(folder: int, name: str, data: bytes) -> None:
     # Unbuffered: the bytes go out in one write (a buffered file's set-up costs an lseek and an ioctl a row).
-    with atomic_file(path, buffering=0, durable=False) as f:
+    with atomic_file(name, buffering=0, durable=False, dir_fd=folder) as f:
         view = memoryview(data)
         while view:
             view = view[f.write(view):]
 
 
-_made: set[Path] = set()  # folders known to exist: one mkdir per folder, not per row
+_made: set[str] = set()  # folders known to exist: one mkdir per folder, not per row
 
 
 def forget_folders() -> None:
@@ -162,18 +160,27 @@ def forget_folders() -> None:
 def output_folder(output: Path, root: str) -> None:
     """Make ``output``'s folder (once per run) and refuse it, as RowFailed, unless it resolves inside ``root``
     (--out with links resolved: a folder inside --out may be a link to elsewhere)."""
+    os.close(_open_folder(os.path.dirname(output), output, root))
+
+
+def _open_folder(folder: str, output: Path, root: str) -> int:
+    """``output``'s folder made (once per run) and opened for ``dir_fd``, checked inside ``root`` on what was
+    opened (``durable.open_within``): every row, since a folder's path may lead elsewhere by the next row."""
     try:
-        _make_folder(output.parent)
+        if folder not in _made:
+            os.makedirs(folder, exist_ok=True)
+            if len(_made) > 10_000:  # bounded: outputs spread over many folders only cost a mkdir each again
+                _made.clear()
+            _made.add(folder)
+        try:
+            fd, elsewhere = open_within(folder, root)
+        except FileNotFoundError:  # removed during the run: made again
+            os.makedirs(folder, exist_ok=True)
+            fd, elsewhere = open_within(folder, root)
     except OSError as e:
         raise RowFailed(f"cannot write output {output}: {e.strerror or e}", Reason.OUTPUT_UNWRITABLE) from None
-    if (elsewhere := escapes(output.parent, root)) is not None:
-        raise RowFailed(f"output {output} would be written outside --out: {output.parent} leads to {elsewhere}",
+    if elsewhere is not None:
+        os.close(fd)
+        raise RowFailed(f"output {output} would be written outside --out: {folder} leads to {elsewhere}",
                         Reason.OUTPUT_OUTSIDE_OUT)
-
-
-def _make_folder(folder: Path) -> None:
-    if folder not in _made:
-        folder.mkdir(parents=True, exist_ok=True)
-        if len(_made) > 10_000:  # bounded: outputs spread over many folders only cost a mkdir each again
-            _made.clear()
-        _made.add(folder)
+    return fd
