@@ -81,7 +81,7 @@ def within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder if folder.endswith(os.sep) else folder + os.sep)
 
 
-_FOLDER = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # a handle on the folder itself: no read permission needed
+FOLDER = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # a handle on the folder itself: no read permission needed
 
 
 def open_within(folder: str, root: str) -> tuple[int, str | None]:
@@ -93,7 +93,7 @@ def open_within(folder: str, root: str) -> tuple[int, str | None]:
     folder inside --out may be a link to elsewhere. Two system calls where ``os.path.realpath`` makes one
     ``lstat`` per component in Python.
     """
-    fd = os.open(folder, _FOLDER)
+    fd = os.open(folder, FOLDER)
     try:
         real = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:  # no /proc mounted: the path resolved now

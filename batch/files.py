@@ -8,13 +8,14 @@ ways of sending use these: the bytes in one call and a stream (batch/transport.p
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 from pathlib import Path
 
 from batch import store
-from batch.durable import atomic_file, open_within
+from batch.durable import FOLDER, atomic_file, open_within
 from batch.manifest import real_folder
 from batch.results import Reason, RowFailed
 from batch.store import Uri
@@ -167,20 +168,49 @@ def _open_folder(folder: str, output: Path, root: str) -> int:
     """``output``'s folder made (once per run) and opened for ``dir_fd``, checked inside ``root`` on what was
     opened (``durable.open_within``): every row, since a folder's path may lead elsewhere by the next row."""
     try:
-        if folder not in _made:
-            os.makedirs(folder, exist_ok=True)
-            if len(_made) > 10_000:  # bounded: outputs spread over many folders only cost a mkdir each again
-                _made.clear()
-            _made.add(folder)
-        try:
-            fd, elsewhere = open_within(folder, root)
-        except FileNotFoundError:  # removed during the run: made again
-            os.makedirs(folder, exist_ok=True)
-            fd, elsewhere = open_within(folder, root)
+        for again in (False, True):
+            if folder not in _made:
+                if (elsewhere := _make_folder(folder, root)) is not None:
+                    break
+                if len(_made) > 10_000:  # bounded: outputs spread over many folders only cost a mkdir each again
+                    _made.clear()
+                _made.add(folder)
+            try:
+                fd, elsewhere = open_within(folder, root)
+            except FileNotFoundError:  # removed during the run: made again
+                if again:
+                    raise
+                _made.discard(folder)
+                continue
+            if elsewhere is None:
+                return fd
+            os.close(fd)
+            break
     except OSError as e:
         raise RowFailed(f"cannot write output {output}: {e.strerror or e}", Reason.OUTPUT_UNWRITABLE) from None
-    if elsewhere is not None:
+    raise RowFailed(f"output {output} would be written outside --out: {folder} leads to {elsewhere}",
+                    Reason.OUTPUT_OUTSIDE_OUT)
+
+
+def _make_folder(folder: str, root: str) -> str | None:
+    """Make ``folder`` and its missing parents, none of them outside ``root``: where it would lead when its
+    nearest existing folder is outside (nothing made then), else None. Each new folder is made in the one
+    before it as opened, never through a link (one planted meanwhile fails the row)."""
+    missing: list[str] = []
+    existing = folder
+    while not os.path.isdir(existing):
+        existing, name = os.path.split(existing)
+        missing.append(name)
+    fd, elsewhere = open_within(existing, root)
+    try:
+        if elsewhere is not None:
+            return os.path.join(elsewhere, *reversed(missing))
+        for name in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # made meanwhile (another row), or a link: opened next
+                os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, FOLDER | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return None
+    finally:
         os.close(fd)
-        raise RowFailed(f"output {output} would be written outside --out: {folder} leads to {elsewhere}",
-                        Reason.OUTPUT_OUTSIDE_OUT)
-    return fd

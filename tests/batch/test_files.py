@@ -50,6 +50,25 @@ def test_a_folder_linked_outside_out_is_refused_naming_where_it_leads(places):
         output_folder(out / "rotated" / "y.jpg", root)
 
 
+def test_no_folder_is_made_outside_out_through_a_link(places):
+    """An output a few folders below a link that leads out: refused before any folder is made there."""
+    out, elsewhere, root = places
+    (out / "rotated").symlink_to(elsewhere)
+    failed = _refused(out / "rotated" / "a" / "b" / "x.jpg", root)
+    assert failed.reason == Reason.OUTPUT_OUTSIDE_OUT
+    assert str(failed).endswith(f"{out / 'rotated' / 'a' / 'b'} leads to {elsewhere / 'a' / 'b'}")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_dangling_link_on_the_way_is_never_made_into_a_folder(places):
+    """A link to a folder that does not exist yet: the row fails, and no folder appears where it points."""
+    out, elsewhere, root = places
+    (out / "rotated").symlink_to(elsewhere / "later")
+    failed = _refused(out / "rotated" / "x.jpg", root)
+    assert failed.reason == Reason.OUTPUT_UNWRITABLE
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_folder_swapped_for_a_link_between_rows_is_refused_at_the_next_row(places):
     """Nothing learnt at the first row lets the second through: the check is made on every row."""
     out, elsewhere, root = places
