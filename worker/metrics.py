@@ -12,11 +12,8 @@ Counters and histograms of a process that died stay in the sum (a restart
 loses no count); its gauges (calls in flight, model state) leave the sum when
 the parent reaps it (``process_ended``).
 
-The endpoint is prometheus-client's WSGI app on a server of our own: a thread
-per scrape as its own server has, but at most ``SCRAPE_CONNECTIONS`` at once
-(more are closed on arrival) and each closed after ``SCRAPE_READ_TIMEOUT``
-seconds without a byte, so idle connections cannot pile up threads in the
-parent.
+The endpoint's HTTP server is worker/scrape.py, imported only when there is
+an endpoint to serve (its http.server imports are ~13 ms of every start).
 
 prometheus-client picks where values live when it is first imported, from the
 environment, so it is imported here only once ``exported`` has set the folder.
@@ -31,13 +28,10 @@ import logging
 import os
 import shutil
 import socket
-import struct
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from worker.errors import Reason
 
@@ -45,10 +39,6 @@ log = logging.getLogger("worker.metrics")
 
 FOLDER_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # From a 64x64 rotation (~0.3 ms) to a 24 MP JPEG re-encoded (seconds) and a classify waiting for its model.
-# A scraper sends its request at once and reads the answer within its own timeout (Prometheus: 10 s).
-SCRAPE_READ_TIMEOUT = 5.0  # seconds a connection may stay silent before it is closed
-SCRAPE_CONNECTIONS = 32  # connections served at once; each holds a thread
-SCRAPE_TRIES = 3  # reads of the processes' files per scrape (see _settled)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -143,65 +133,6 @@ def _forget_endpoint() -> None:
 os.register_at_fork(after_in_child=_forget_endpoint)
 
 
-class _ScrapeHandler(WSGIRequestHandler):
-    timeout = SCRAPE_READ_TIMEOUT  # set on the connection's socket (StreamRequestHandler.setup)
-
-    def log_message(self, format, *args) -> None:
-        """A line per scrape would drown the worker's log."""
-
-
-class _ScrapeServer(ThreadingMixIn, WSGIServer):
-    """A thread per connection, at most SCRAPE_CONNECTIONS of them."""
-
-    daemon_threads = True
-
-    def __init__(self, host: str, port: int) -> None:
-        family, *_, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        self.address_family = family
-        self._slots = threading.BoundedSemaphore(SCRAPE_CONNECTIONS)
-        super().__init__(address[:2], _ScrapeHandler)
-
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # full: closed now rather than another thread held
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def handle_error(self, request, client_address) -> None:
-        # A connection that stayed silent past the timeout, or went away: the scraper's problem, not a traceback.
-        log.debug("metrics connection from %s ended early", client_address, exc_info=True)
-
-
-def _settled(app):
-    """``app`` (prometheus_client's WSGI app over the processes' files), read again when a read races a
-    process's start or end: a file listed and then removed as its process exits (FileNotFoundError), or
-    read while it is being created or grown (prometheus_client's RuntimeError "read beyond file size",
-    struct.error). These came back as HTTP 500 to a scraper polling during a test; a retry a moment later
-    reads settled files. The app raises before it starts the response, so reading again is safe."""
-    def wsgi(environ, start_response):
-        for _ in range(SCRAPE_TRIES - 1):
-            with contextlib.suppress(OSError, RuntimeError, struct.error):
-                return app(environ, start_response)
-            time.sleep(0.01)
-        try:
-            return app(environ, start_response)
-        except (OSError, RuntimeError, struct.error) as e:
-            log.warning("metrics scrape failed %d times, the last: %r", SCRAPE_TRIES, e)
-            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-            return [b"metrics are being rewritten by a worker process; scrape again\n"]
-    return wsgi
-
-
 @contextlib.contextmanager
 def exported(host: str, port: int | None) -> Iterator[None]:
     """Serve http://host:port/metrics, the sum over every process forked inside the block (nothing if ``port``
@@ -220,13 +151,15 @@ def exported(host: str, port: int | None) -> Iterator[None]:
         from prometheus_client import CollectorRegistry, make_wsgi_app
         from prometheus_client.multiprocess import MultiProcessCollector
 
+        from worker.scrape import ScrapeServer, settled
+
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=folder)
         try:
-            server = _ScrapeServer(host, port)
+            server = ScrapeServer(host, port)
         except OSError as e:
             raise OSError(f"cannot bind --metrics-port {host}:{port}: {e.strerror}") from None
-        server.set_app(_settled(make_wsgi_app(registry)))
+        server.set_app(settled(make_wsgi_app(registry)))
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
         _endpoint = server.socket
         log.info("metrics at http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)

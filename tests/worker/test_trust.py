@@ -36,7 +36,7 @@ from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.cli import main
 from worker.local import LocalServer, python_command
-from worker.metrics import SCRAPE_CONNECTIONS, SCRAPE_READ_TIMEOUT
+from worker.scrape import SCRAPE_CONNECTIONS, SCRAPE_READ_TIMEOUT
 
 AS_NOBODY = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
 
