@@ -1,4 +1,4 @@
-"""glibc malloc settings for a worker process, set once when it starts serving.
+"""glibc malloc settings for a worker process, set once before it starts any thread.
 
 A 1080p photo's decode and encode buffers (6-8 MiB each) are above glibc's
 mmap threshold (128 KiB, rising only as far as the largest block freed so
@@ -10,12 +10,11 @@ heap). Blocks up to MMAP_THRESHOLD now come from the arenas' heaps, and a heap
 keeps up to TRIM_THRESHOLD free at its top: ~20 faults per photo.
 
 What that keeps: at most TRIM_THRESHOLD of free memory at the top of each
-arena (--threads of them; two with --threads 1), on top of what the images in
-flight hold. malloc_trim (after a big stream) does not shrink a thread
-arena's heap: after eight cancelled 150 MiB streams, up to 98 MiB of such
-free tops stayed resident with 4 arenas (measured under load). Larger blocks
-(24 MP coefficient arrays) are still mapped and unmapped per call. Off glibc
-this does nothing.
+arena (--threads of them), on top of what the images in flight hold.
+malloc_trim (after a big stream) does not shrink a thread arena's heap:
+after eight cancelled 150 MiB streams, up to 101 MiB of such free tops
+stayed resident with 4 arenas. Larger blocks (24 MP coefficient arrays) are
+still mapped and unmapped per call. Off glibc this does nothing.
 """
 
 from __future__ import annotations

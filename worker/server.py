@@ -36,6 +36,12 @@ def serve(config: ServerConfig, announce=print, serve_one: ServeOne | None = Non
     serve_one = serve_one or serve_worker
     check_config(config)
     warn_about_environment(config)
+    if serve_one is serve_worker:
+        from worker.memory import tune_malloc
+
+        # Before any thread starts (--metrics-port's): a thread's first malloc gives it an arena of its own, and
+        # one made before the cap escapes it. Processes forked later inherit the settings.
+        tune_malloc(config.threads)  # keeps photos' buffers mapped between calls (worker/memory.py)
     with addresses_of(config) as addresses, metrics.exported(config.host, config.metrics_port):
         listening = "LISTENING " + " ".join(dict.fromkeys(addresses))
         if config.processes == 1:
@@ -170,9 +176,7 @@ def serve_worker(config: ServerConfig, address: str, ready: Callable[[], None]) 
     from grpc_health.v1 import health_pb2
 
     from worker.decode import use_own_pixel_limit
-    from worker.memory import tune_malloc
 
-    tune_malloc(config.threads)  # keeps photos' buffers mapped between calls (worker/memory.py)
     use_own_pixel_limit()  # --max-pixels, not Pillow's process-wide default, bounds every image here
     recorder = metrics.ProcessMetrics() if config.metrics_port is not None else Metrics()
     server, health_servicer, state = services(config, address, recorder)

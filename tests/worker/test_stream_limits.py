@@ -135,10 +135,10 @@ def test_an_answer_its_client_never_reads_is_dropped_at_max_call_seconds():
 
 
 # What a worker may keep after a big call by design (worker/memory.py): up to TRIM_THRESHOLD free at the top of
-# each malloc arena's heap, one arena per --threads (malloc_trim at a stream's end does not shrink those heaps).
-# --threads is pinned so that this is known (2: with 1 there are two arenas all the same). Plus gRPC's and Python's
-# own buffers: 4-15 MiB after eight such streams with malloc untuned.
-THREADS = 2
+# each malloc arena's heap, one arena per --threads (malloc_trim at a stream's end does not shrink a thread arena's
+# heap); --threads is pinned so that this is known. Plus gRPC's and Python's own buffers: 4-15 MiB after eight
+# such streams with malloc untuned.
+THREADS = 1
 KEPT_BY_DESIGN = THREADS * TRIM_THRESHOLD + 32 * MiB
 # Each stream is larger than that: a worker that kept any one of them is above the bound.
 CANCELLED_STREAM = KEPT_BY_DESIGN + 32 * MiB
