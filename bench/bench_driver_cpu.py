@@ -33,17 +33,15 @@ The earlier side runs the commit given by ``--before`` (default: 06f0b64, main b
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-from common import BIN, REPO, corpus_rows, print_header, table, wait_for_quiet, write_manifest
+from common import BIN, checkout, corpus_rows, print_header, table, wait_for_quiet, write_manifest
 from servers import echo_cmd, load, running
 
 from tests.support.images import make_corpus
@@ -67,14 +65,6 @@ def corpus(folder: Path) -> Path:
         print(f"building corpus in {folder} ...", file=sys.stderr, flush=True)
         make_corpus(folder, photos=20, large=0, tiny=2000)
     return folder
-
-
-def checkout(rev: str, into: Path) -> Path:
-    """The tree of commit ``rev``, extracted under ``into``."""
-    data = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(into, filter="data")
-    return into
 
 
 def files_floor(photos: list[Path], rows: int, folder: Path) -> tuple[float, float]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import csv
 import importlib.metadata
+import io
 import os
 import platform
 import resource
 import shlex
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -272,12 +274,23 @@ class BatchRun:
         return [p for pid, p in self.memory.procs.items() if pid != self.memory.root]
 
 
-def batch_run(manifest: Path, out: Path, *extra: str, interval: float = 0.05) -> BatchRun:
-    """Run ``batch run MANIFEST --out OUT --quiet EXTRA...`` and sample its process tree's memory."""
+def checkout(rev: str, into: Path) -> Path:
+    """The tree of commit ``rev``, extracted under ``into``."""
+    data = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def batch_run(manifest: Path, out: Path, *extra: str, interval: float = 0.05, tree: Path | None = None) -> BatchRun:
+    """Run ``batch run MANIFEST --out OUT --quiet EXTRA...`` and sample its process tree's memory; with ``tree``
+    (``checkout``), that tree's code, the embedded worker's too."""
     cmd = [str(BIN / "batch"), "run", str(manifest), "--out", str(out), "--quiet", *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = None if tree is None else dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     with TreeSampler(proc.pid, interval=interval) as memory:
         stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
