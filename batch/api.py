@@ -64,13 +64,13 @@ def configure(manifest: str | os.PathLike, *, out: str | os.PathLike | None = No
     relative to (default: the manifest's). ``shard`` is "K/N", or "N" with K from the environment as for
     ``--shard`` (batch/shard.py). ``out`` may be an object-store URI (``s3://bucket/prefix``), as for ``--out``.
     """
-    from batch.channel import Tls, worker_addresses
     from batch.extras import require_pyarrow
     from batch.manifest import AUTO, check_template, format_name, parse_rotation
-    from batch.runner import Settings
     from batch.session import RunOptions
+    from batch.settings import Settings
     from batch.shard import parse_shard
     from batch.store import is_uri, parse
+    from batch.targets import worker_addresses
 
     # Upper bounds far past any use, so that a typo is an error rather than a run that cannot be held in memory.
     _check_int("concurrency", concurrency, 1, optional=True, maximum=MAX_CONCURRENCY)
@@ -114,12 +114,17 @@ def configure(manifest: str | os.PathLike, *, out: str | os.PathLike | None = No
             raise UsageError(f"--out {out}: {uri.scheme}:// is read-only")
         out = uri
     addresses = [workers] if isinstance(workers, str) else list(workers)
+    tls = None
+    if tls_ca:
+        from batch.channel import Tls  # grpc: not loaded for a run without TLS before its embedded worker starts
+
+        tls = Tls(Path(tls_ca), _path(tls_cert), _path(tls_key), tls_server_name)
     return RunOptions(
         manifest=Path(manifest), out=out if out is None or is_uri(str(out)) else Path(out),
         workers=tuple(worker_addresses(addresses, environ={})), concurrency=concurrency,
         calls=Settings(timeout=float(timeout), retries=retries, quality=quality or 0, batch_rows=batch_rows),
         restart=bool(restart),
-        tls=Tls(Path(tls_ca), _path(tls_cert), _path(tls_key), tls_server_name) if tls_ca else None,
+        tls=tls,
         results_format=results_format, connections=connections, name_template=name, output_format=fmt,
         rotation=rotation, references=bool(references), resolve_every=float(resolve_every),
         progress=progress if isinstance(progress, str) else "quiet",

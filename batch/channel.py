@@ -1,4 +1,4 @@
-"""Connections to the workers: targets, load balancing, health checking, TLS.
+"""Connections to the workers: load balancing, health checking, TLS (the targets come from batch/targets.py).
 
 Every gRPC channel uses gRPC's own ``round_robin`` policy over all the
 addresses its target resolves to, with client-side health checking, so calls
@@ -14,35 +14,30 @@ with enough connections every worker process gets its share.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
-import os
 import re
 import socket
 import ssl
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from batch.errors import UsageError
+from batch.targets import DEFAULT_CONNECTIONS, URI_SCHEMES, address_count, host_port
 from worker.api import imageworker_v1_pb2_grpc
 
 SERVICE_CONFIG = json.dumps({
     "loadBalancingConfig": [{"round_robin": {}}],
     "healthCheckConfig": {"serviceName": ""},
 })
-DEFAULT_CONNECTIONS = 8  # per worker address; more than a worker's processes, see module docstring
 CONNECT_TIMEOUT = 30.0  # seconds to wait for a named worker to answer health checks before giving up
 # Seconds to wait while every address refuses connections or every name does not exist: what a worker starting
 # looks like (it listens a few seconds after `worker serve`; a Kubernetes headless Service's name is NXDOMAIN
 # until a worker is ready), and else a mistake best reported soon.
 START_GRACE = 10.0
-ENV_VAR = "BATCH_WORKER"
-URI_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
 log = logging.getLogger("batch.channel")  # `batch run -v`: connects, lost connections, reconnects
 
 
@@ -157,61 +152,7 @@ def _probe_address(target: str) -> tuple[str, int] | None:
         target = target.rsplit("/", 1)[-1]
     elif target.startswith(URI_SCHEMES):
         return None
-    return _host_port(target)
-
-
-def worker_addresses(options: Iterable[str], environ: dict[str, str] | None = None) -> list[str]:
-    """The --worker values (each may hold a comma-separated list), else $BATCH_WORKER, split and stripped."""
-    values = list(options)
-    if not values:
-        env = (os.environ if environ is None else environ).get(ENV_VAR, "")
-        values = [env] if env.strip() else []
-    return [part.strip() for value in values for part in value.split(",") if part.strip()]
-
-
-def grpc_targets(addresses: list[str]) -> list[str]:
-    """gRPC target strings for worker addresses.
-
-    IP literals merge into one static ``ipv4:``/``ipv6:`` list so one channel
-    balances over them; host names and explicit URIs (``dns:///name:port``,
-    ``unix:...``) stay targets of their own, resolved by gRPC (a DNS name with
-    several A records is balanced the same way).
-    """
-    v4: list[str] = []
-    v6: list[str] = []
-    others: list[str] = []
-    for address in addresses:
-        if address.startswith(URI_SCHEMES):
-            others.append(address)  # already a gRPC target URI
-            continue
-        host, port = _host_port(address) or (None, None)
-        if host is None:
-            raise UsageError(
-                f"worker address {address!r} is not HOST:PORT (e.g. 127.0.0.1:50051, workers.example:50051, "
-                "dns:///workers.example:50051)"
-            )
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            others.append(f"dns:///{host}:{port}")
-            continue
-        (v4 if ip.version == 4 else v6).append(f"{host}:{port}" if ip.version == 4 else f"[{host}]:{port}")
-    targets = [f"ipv4:{','.join(v4)}"] if v4 else []
-    targets += [f"ipv6:{','.join(v6)}"] if v6 else []
-    return targets + others
-
-
-def _host_port(address: str) -> tuple[str, int] | None:
-    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^\s:/\[\]]+):(\d{1,5})", address)
-    if not m:
-        return None
-    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-    return (host, int(port)) if 0 < int(port) < 65536 else None
-
-
-def address_count(targets: list[str]) -> int:
-    """How many worker addresses the targets name (a DNS name counts once: it is resolved later)."""
-    return sum(len(t.split(":", 1)[1].split(",")) if t.startswith(("ipv4:", "ipv6:")) else 1 for t in targets)
+    return host_port(target)
 
 
 @dataclass
@@ -398,7 +339,7 @@ class Pool:
             if conn.stub is stub:
                 if worker:
                     conn.process = worker
-                if worker and _host_port(conn.address) is not None:
+                if worker and host_port(conn.address) is not None:
                     return f"{conn.address}/{worker.rpartition('/')[2]}"
                 return worker
         return worker
@@ -522,7 +463,7 @@ def absence(targets: list[str], timeout: float = 1.0) -> str | None:
         else:
             return None
         for address in addresses:
-            host, port = _host_port(address) or (None, None)
+            host, port = host_port(address) or (None, None)
             if host is None:
                 return None
             try:
@@ -542,12 +483,12 @@ def dns_name(target: str) -> DnsName | None:
     m = re.fullmatch(r"dns:(?://([^/]*)/)?([^/]+)", target)
     if not m:
         return None
-    hp = _host_port(m.group(2))
+    hp = host_port(m.group(2))
     if hp is None:
         return None
     server = None
     if m.group(1):
-        sp = _host_port(m.group(1)) or (m.group(1).strip("[]"), 53)
+        sp = host_port(m.group(1)) or (m.group(1).strip("[]"), 53)
         server = (sp[0], sp[1])
     return DnsName(hp[0], hp[1], server)
 

@@ -160,8 +160,8 @@ def run(manifest: Path, workers: tuple[str, ...], quiet: bool, verbose: int, log
 
     from batch import demo
     from batch.api import configure
-    from batch.channel import worker_addresses
     from batch.progress import choose_mode
+    from batch.targets import worker_addresses
 
     config = configure(manifest, workers=worker_addresses(workers), progress=choose_mode(quiet),
                        command=("batch", *sys.argv[1:]), **options)

@@ -25,7 +25,7 @@ from worker.api import imageworker_v1_pb2 as v1
 
 if TYPE_CHECKING:
     from batch.channel import Pool
-    from batch.runner import Settings
+    from batch.settings import Settings
     from batch.transport import Sent, Transport
 
 log = logging.getLogger("batch.retry")  # `batch run -v`: retries and busy refusals as they happen

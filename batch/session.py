@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import errno
 import fcntl
+import importlib
 import itertools
 import logging
 import os
@@ -28,12 +29,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from batch import demo, remote
-from batch.channel import DEFAULT_CONNECTIONS, Pool, Tls, address_count, grpc_targets
 from batch.concurrency import AdaptiveLimit
 from batch.durable import Entry, GroupCommit
 from batch.errors import BatchError, UsageError, WorkerStartError
@@ -57,10 +56,14 @@ from batch.results import (
     write_run_info,
     write_table,
 )
-from batch.runner import Settings, fan_out
+from batch.settings import Settings
 from batch.shard import Shard, file_sha256, sharer
 from batch.store import Uri, credentials_problem, is_uri
+from batch.targets import DEFAULT_CONNECTIONS, address_count, grpc_targets
 from worker.local import LocalWorker, LocalWorkerError, cpu_count
+
+if TYPE_CHECKING:
+    from batch.channel import Pool, Tls
 
 log = logging.getLogger("batch.session")
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -310,6 +313,9 @@ async def execute(options: RunOptions, stop: Stop | None = None) -> Summary:
                 embedded = early
                 os.replace(embedded.log, out / WORKER_LOG_NAME)  # its stderr follows: the log is now this run's
                 embedded.log = out / WORKER_LOG_NAME
+                # grpc (~40 ms of imports) is loaded while the worker finishes starting: not with this module,
+                # which the run's options need before the worker is launched (tests/worker/test_embedded_start.py).
+                importlib.import_module("batch.runner")
                 try:
                     await _to_the_end(embedded.wait_serving)
                     targets = grpc_targets(embedded.addresses)
@@ -375,6 +381,9 @@ class Fleet:
 
 async def _go(run: Run, rows: Iterator[Row] | None, fleet: Fleet, options: RunOptions, stop: Stop) -> None:
     """The calls for every row of ``rows`` (None: no row needs one), with the group commit running beside them."""
+    from batch.channel import Pool  # grpc: see execute
+    from batch.runner import fan_out
+
     run.start(on_failure=stop._task.cancel)  # a failed sync stops the run; close() raises its error
     pool = Pool(fleet.targets, fleet.connections, options.tls) if rows is not None else None
     background: list[asyncio.Task] = []
@@ -673,6 +682,8 @@ def _fingerprint(manifest: Path) -> str | None:
 
 
 def _version(package: str) -> str | None:
+    from importlib import metadata  # ~7 ms, for run.json only
+
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:

@@ -30,7 +30,7 @@ from batch.store import Uri
 from worker.api import imageworker_v1_pb2 as v1
 
 if TYPE_CHECKING:
-    from batch.runner import Settings
+    from batch.settings import Settings
 
 # Files up to this size are read and written in the event loop: on a local disk (page cache) that takes well
 # under a millisecond, less than the two thread hops it saves: 0.2 ms of driver CPU per 3 KiB image, 0.7 ms

@@ -14,8 +14,9 @@ import grpc
 import pytest
 
 import batch.channel
-from batch.channel import Pool, Tls, absence, address_count, grpc_targets, mismatch, worker_addresses
+from batch.channel import Pool, Tls, absence, mismatch
 from batch.errors import UsageError
+from batch.targets import address_count, grpc_targets, worker_addresses
 from tests.support.certificates import Pki
 from tests.support.fleet import FLEET_NAME, dns_server
 from tests.support.processes import free_port

@@ -19,7 +19,8 @@ from batch.concurrency import AdaptiveLimit
 from batch.manifest import Row
 from batch.results import Outcome
 from batch.retry import backoff
-from batch.runner import Settings, fan_out
+from batch.runner import fan_out
+from batch.settings import Settings
 from tests.support.images import jpeg
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc

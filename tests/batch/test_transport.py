@@ -8,7 +8,7 @@ from pathlib import Path
 from batch.index import Call, Follows, Plan, Settled
 from batch.manifest import Row
 from batch.results import ERROR, OK, Outcome
-from batch.runner import Settings
+from batch.settings import Settings
 from batch.store import parse
 from batch.stream import STREAM_MIN
 from batch.transport import BytesTransport, ReferenceTransport, StreamTransport, choose

@@ -121,6 +121,29 @@ def test_a_run_with_nothing_to_do_keeps_the_earlier_worker_log(tmp_path):
 
 
 
+@pytest.mark.slow
+def test_batch_run_launches_its_embedded_worker_before_it_loads_grpc(tmp_path):
+    # The worker's start and grpc's import (~40 ms) overlap only if the launch comes first.
+    (tmp_path / "a.jpg").write_bytes(jpeg(48, 32))
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "1", "path": "a.jpg", "op": "rotate", "rotation": "90"}])
+    code = textwrap.dedent("""
+        import sys
+        from worker import local
+        launch = local.LocalWorker.launch
+        def recorded(self):
+            print("grpc loaded at launch:", "grpc" in sys.modules)
+            launch(self)
+        local.LocalWorker.launch = recorded
+        from batch.cli import main
+        main(sys.argv[1:])
+    """)
+    done = subprocess.run([sys.executable, "-P", "-c", code, "run", str(manifest), "--out", str(tmp_path / "out"),
+                           "--quiet"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "grpc loaded at launch: False"
+    assert (tmp_path / "out" / "rotated" / "a.jpg").is_file()
+
+
 def test_the_worker_command_imports_the_face_training_code_only_for_train_and_evaluate():
     # `worker serve` starts with every embedded run: the training code's imports are not on that path.
     check = ("import sys; from click.testing import CliRunner; from worker.cli import main; "
