@@ -138,7 +138,7 @@ def test_a_rerun_with_nothing_to_do_keeps_what_the_first_run_recorded(tmp_path: 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_an_interrupted_then_resumed_run_reports_both_legs(tmp_path: Path, worker) -> None:
-    n = 1000  # the driver does ~1,000 tiny rows/s and journals in groups every ~0.1 s: room to land mid-run
+    n = 3000  # the driver does over 2,000 tiny rows/s (docs/benchmarks.md) and journals in groups every ~0.1 s
     manifest = make_batch(tmp_path, n)
     out = tmp_path / "out"
     args = (manifest, "--out", out, "--worker", worker.address)
