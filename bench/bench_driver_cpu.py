@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BIN, checkout, corpus_rows, print_header, table, wait_for_quiet, write_manifest
+from common import BIN, checkout, corpus_rows, print_header, table, tree_env, wait_for_quiet, write_manifest
 from servers import echo_cmd, load, running
 
 from tests.support.images import make_corpus
@@ -95,9 +95,7 @@ def files_floor(photos: list[Path], rows: int, folder: Path) -> tuple[float, flo
 
 def run(manifest: Path, out: Path, tree: Path | None, *extra: str) -> tuple[float, float]:
     """(wall seconds, driver CPU seconds) of one ``batch run`` (from ``tree`` when given)."""
-    env = dict(os.environ, GRPC_VERBOSITY="NONE")
-    if tree is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(tree), *filter(None, [env.get("PYTHONPATH")])])
+    env = dict(os.environ if tree is None else tree_env(tree), GRPC_VERBOSITY="NONE")
     start = time.perf_counter()
     # -P: with -c the current folder (a checkout) would come before PYTHONPATH and shadow the earlier tree.
     done = subprocess.run([str(BIN / "python"), "-P", "-c", _LAUNCH, "run", str(manifest), "--out", str(out), "--quiet",

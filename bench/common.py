@@ -282,14 +282,19 @@ def checkout(rev: str, into: Path) -> Path:
     return into
 
 
+def tree_env(tree: Path) -> dict[str, str]:
+    """This process's environment with ``tree`` (``checkout``) first on PYTHONPATH: a child ``batch`` or
+    ``python -P`` runs that tree's code, and so does an embedded worker it starts."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
 def batch_run(manifest: Path, out: Path, *extra: str, interval: float = 0.05, tree: Path | None = None) -> BatchRun:
     """Run ``batch run MANIFEST --out OUT --quiet EXTRA...`` and sample its process tree's memory; with ``tree``
     (``checkout``), that tree's code, the embedded worker's too."""
     cmd = [str(BIN / "batch"), "run", str(manifest), "--out", str(out), "--quiet", *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    env = None if tree is None else dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env = None if tree is None else tree_env(tree)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     with TreeSampler(proc.pid, interval=interval) as memory:
         stdout, stderr = proc.communicate()
