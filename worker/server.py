@@ -54,7 +54,7 @@ def serve(config: ServerConfig, announce=print, serve_one: ServeOne | None = Non
 # modules itself.
 SERVING_MODULES = ("concurrent.futures.thread", "grpc", "grpc_health.v1.health_pb2_grpc",
                    "grpc_reflection.v1alpha.reflection", "worker.admission", "worker.api.abimage_pb2_grpc",
-                   "worker.api.imageworker_v1_pb2_grpc", "worker.health", "worker.memory", "worker.service")
+                   "worker.api.imageworker_v1_pb2_grpc", "worker.health", "worker.service")
 
 
 def _import_serving_modules() -> None:
