@@ -384,8 +384,9 @@ async def _go(run: Run, rows: Iterator[Row] | None, fleet: Fleet, options: RunOp
     from batch.channel import Pool  # grpc: see execute
     from batch.runner import fan_out
 
-    run.start(on_failure=stop._task.cancel)  # a failed sync stops the run; close() raises its error
+    # The pool first: its TLS files may be refused (UsageError), and nothing has been started then.
     pool = Pool(fleet.targets, fleet.connections, options.tls) if rows is not None else None
+    run.start(on_failure=stop._task.cancel)  # a failed sync stops the run; close() raises its error
     background: list[asyncio.Task] = []
     try:
         if pool is not None:

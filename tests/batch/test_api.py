@@ -144,6 +144,23 @@ def test_a_dataframe_runs_on_the_embedded_worker_by_reference(tmp_path, monkeypa
 
 
 @pytest.mark.slow
+def test_tls_files_refused_raise_a_usage_error_and_leave_no_task_behind(tmp_path) -> None:
+    # The pool is made before the run's background commits start: asyncio warned "Task was destroyed but it is
+    # pending!" (the group commit's) after this error.
+    (tmp_path / "a.jpg").write_bytes(jpeg(48, 32))
+    script = ("import batch\n"
+              "try:\n"
+              "    batch.run([{'path': 'a.jpg', 'op': 'rotate', 'rotation': 90}], out='out', workers=['127.0.0.1:9'],\n"
+              "              tls_ca='missing-ca.pem')\n"
+              "except batch.UsageError as e:\n"
+              "    print(e)\n")
+    done = subprocess.run(python_command("-c", script), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "cannot read --tls-ca missing-ca.pem: No such file or directory"
+    assert done.stderr == ""
+    assert not (tmp_path / "out" / ".lock").exists()
+
+@pytest.mark.slow
 def test_a_plain_script_prints_nothing_and_leaves_no_lock(tmp_path) -> None:
     (tmp_path / "a.jpg").write_bytes(jpeg(48, 32))
     script = ("import pandas as pd, batch\n"
