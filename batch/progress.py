@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -23,12 +24,14 @@ class Tally:
     by_reference: int = 0  # rows whose files the worker read and wrote itself
     workers: dict[str, int] = field(default_factory=dict)  # "host:port/pid" -> calls answered
     models: set[str] = field(default_factory=set)  # "name version" of the face models that answered
+    reasons: Counter[str] = field(default_factory=Counter)  # failed rows by their reason column
 
     def add(self, outcome: Outcome) -> None:
         if outcome.status == OK:
             self.ok += 1
         else:
             self.failed += 1
+            self.reasons[outcome.reason] += 1
         self.skipped += outcome.skipped
         self.by_reference += outcome.by_reference
         if outcome.model:
@@ -52,6 +55,12 @@ class Tally:
     def counts(self) -> str:
         skipped = f" ({self.skipped:,} already done)" if self.skipped else ""
         return f"{self.ok:,} ok{skipped}, {self.failed:,} failed"
+
+    def failures(self, most: int = 3) -> str:
+        """The commonest reasons rows failed, with their counts: ``2 INPUT_NOT_FOUND, 1 NOT_AN_IMAGE``."""
+        common = self.reasons.most_common()
+        shown = ", ".join(f"{n:,} {reason}" for reason, n in common[:most])
+        return shown + (f" and {len(common) - most} more reasons" if len(common) > most else "")
 
     def rate(self, elapsed: float) -> float:
         return self.worked / elapsed if elapsed > 0 else 0.0

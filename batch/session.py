@@ -150,7 +150,7 @@ class Summary:
             text = (f"stopped: {self.stopped}: {text}, {t.not_run:,} not run; "
                     "run the same command again once workers are up")
         elif t.failed:
-            text += f"; see the error column of {self.published or _shown(self.results)}"
+            text += f"; failed: {t.failures()}; see the error column of {self.published or _shown(self.results)}"
         return f"{text}. Results: {self.published or _shown(self.results)}"
 
 
@@ -665,6 +665,7 @@ def _run_info(options: RunOptions, summary: Summary, targets: list[str], embedde
         "elapsed_s": round(summary.elapsed, 3),
         "counts": {"rows": t.rows, "ok": t.ok, "failed": t.failed, "skipped_already_done": t.skipped,
                    "not_run": t.not_run},
+        "failed_by_reason": dict(t.reasons.most_common()),
         "throughput_rows_per_s": round(t.rate(summary.elapsed), 2) if summary.elapsed > 0 else None,
         "interrupted": summary.signal is not None,
         "signal": signal.Signals(summary.signal).name if summary.signal is not None else None,

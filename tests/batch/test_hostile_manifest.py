@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,9 @@ def test_mixed_run_exits_1_with_one_row_each_and_the_worker_still_serves(tmp_pat
                                     f"summary: {done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ''}")
         assert done.returncode == 1, done.stderr
         assert sorted(rows) == sorted(r[0] for r in ROWS)
+        reasons = Counter(r["reason"] for r in rows.values() if r["status"] != "ok")
+        top = max(reasons.values())  # the summary says why most rows failed (ties in either order)
+        assert any(f"failed: {top} {reason}" in done.stdout for reason, n in reasons.items() if n == top)
         assert not (tmp_path.parent / "escaped.jpg").exists() and not os.path.exists("/tmp/escaped.jpg")
         assert (tmp_path / "out" / "inside.jpg").read_bytes() == jpeg(32, 32, seed=5)  # the input not overwritten
         assert serving(w.address) and rotates(w.address)

@@ -18,6 +18,7 @@ from batch.results import (
     OK,
     Journal,
     Outcome,
+    Reason,
     ResultsError,
     TableReader,
     already_done,
@@ -166,12 +167,22 @@ def test_journal_starts_a_fresh_line_after_a_torn_one(tmp_path: Path) -> None:
 def test_tally_is_what_progress_and_summary_show() -> None:
     tally = Tally(rows=4)
     tally.add(Outcome(OK, worker="w/1", model="m 1"))
-    tally.add(Outcome(ERROR, error="x"))
+    tally.add(Outcome(ERROR, error="x", reason=Reason.INPUT_NOT_FOUND))
     tally.add(Outcome.done_before(ok_row("9")))
     assert (tally.ok, tally.failed, tally.skipped, tally.worked, tally.not_run) == (2, 1, 1, 2, 1)
     assert tally.workers == {"w/1": 1} and tally.models == {"m 1"}
     line = Progress(tally, "quiet").line()
     assert "3/4 rows" in line and "2 ok (1 already done), 1 failed" in line
+    assert tally.failures() == "1 INPUT_NOT_FOUND"
+
+
+def test_the_summary_names_the_commonest_reasons_rows_failed() -> None:
+    tally = Tally(rows=9)
+    for reason, n in [(Reason.INPUT_NOT_FOUND, 1), (Reason.OUTPUT_UNWRITABLE, 4), ("NOT_AN_IMAGE", 2),
+                      (Reason.TIMED_OUT, 1), (Reason.INVALID_ROW, 1)]:
+        for _ in range(n):
+            tally.add(Outcome(ERROR, error="x", reason=reason))
+    assert tally.failures() == "4 OUTPUT_UNWRITABLE, 2 NOT_AN_IMAGE, 1 INPUT_NOT_FOUND and 2 more reasons"
 
 
 def test_one_scan_settles_invalid_conflicting_and_done_rows(tmp_path: Path) -> None:
