@@ -1,7 +1,9 @@
-"""Fixtures only; the helpers they use live in tests/support/."""
+"""Fixtures, and one check before the slow layer runs; the helpers they use live in tests/support/."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +15,19 @@ from tests.support.images import make_corpus, make_formats
 from tests.support.inprocess import InProcessWorker, in_process_worker
 from tests.support.processes import BIG_MESSAGES, worker_process
 from worker.local import LocalWorker
+
+# The large-image tests hold up to 572 MB at once in the temporary folder (sampled every 0.2 s): a disk with
+# less than this free fails them midway, as a row's ENOSPC, unless it is said at the start.
+SLOW_LAYER_FREE = 2**30
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not any(item.get_closest_marker("slow") for item in session.items):
+        return
+    where = tempfile.gettempdir()
+    if (free := shutil.disk_usage(where).free) < SLOW_LAYER_FREE:
+        pytest.exit(f"the slow tests need {SLOW_LAYER_FREE / 2**30:.0f} GiB free in {where} and it has "
+                    f"{free / 2**20:,.0f} MiB: free some, or set TMPDIR to a folder on a larger disk", returncode=1)
 
 
 @pytest.fixture(scope="session")
