@@ -79,8 +79,7 @@ def serve_echo(config: ServerConfig, address: str, ready: Callable[[], None]) ->
     stop = stop_requested()
     server.start()
     ready()
-    while not stop.wait(1.0):
-        pass
+    stop.wait()
     server.stop(0).wait()
     return 0
 

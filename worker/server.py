@@ -22,7 +22,7 @@ from worker.config import ServerConfig, check_config, log, warn_about_environmen
 from worker.lazy_classifier import LazyClassifier
 from worker.metrics import Metrics
 from worker.storage import Roots
-from worker.supervisor import EXIT_BROKEN, ServeOne, addresses_of, supervise
+from worker.supervisor import EXIT_BROKEN, ServeOne, StopRequest, addresses_of, supervise
 
 SERVICE_NAMES = ("imageworker.v1.ImageWorker", "ABImageService")
 # Clients may ping this often (the driver pings every 30 s during calls); more often is gRPC's "too many pings".
@@ -123,9 +123,9 @@ def bind(server, config: ServerConfig, address: str) -> None:
         raise OSError(f"could not bind {address}")
 
 
-def stop_requested() -> threading.Event:
-    """An event set by the next SIGTERM or SIGINT."""
-    stop = threading.Event()
+def stop_requested() -> StopRequest:
+    """A StopRequest set by the next SIGTERM or SIGINT."""
+    stop = StopRequest()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     return stop
@@ -205,8 +205,7 @@ def serve_worker(config: ServerConfig, address: str, ready: Callable[[], None]) 
     )
     ready()
 
-    while not stop.wait(1.0):
-        pass
+    stop.wait()
     # Draining: health says NOT_SERVING so balancers move on, new calls are
     # refused, calls in flight get the grace period to finish.
     health_servicer.enter_graceful_shutdown()

@@ -15,10 +15,10 @@ import contextlib
 import multiprocessing
 import os
 import queue
+import select
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,6 +33,38 @@ EXIT_BROKEN = 3
 # One server process: serves at the gRPC address ("host:port" or "unix:path") until a signal, calls ready() once
 # it answers, returns its exit code.
 ServeOne = Callable[[ServerConfig, str, Callable[[], None]], int]
+
+
+class StopRequest:
+    """A flag set by SIGTERM, SIGINT or any thread, that the main thread waits on: ``set``, ``is_set``, ``wait``.
+
+    Not a threading.Event: Python runs a signal handler in the main thread between two bytecodes, and
+    ``Event.set`` takes the lock that ``Event.wait`` holds in that thread around each wake-up (and that a
+    handler interrupted by a second signal holds): the handler then waits for itself for good. Seen after a
+    CI run: an embedded worker's process, its main thread blocked in its own SIGTERM handler, outlived its
+    driver by over 20 minutes (py-spy); a loop of ``wait(0)`` hung 13 of 20 processes at their first SIGTERM. This
+    one takes no lock: ``set`` writes a byte to a pipe that ``wait`` selects on (the self-pipe trick).
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+        try:
+            os.write(self._write, b"!")
+        except BlockingIOError:  # the pipe is full of earlier requests: the waiter is awake already
+            pass
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether it is set, after waiting up to ``timeout`` seconds (None: for good) for that."""
+        if not self._set:
+            select.select([self._read], [], [], timeout)
+        return self._set
 
 
 @contextlib.contextmanager
@@ -104,7 +136,7 @@ def supervise(config: ServerConfig, addresses: list[str], announce: Callable[[],
     restart crashed children at their address."""
     ctx = multiprocessing.get_context("fork")
     ready = ctx.Queue()
-    stopping = threading.Event()
+    stopping = StopRequest()  # set by on_signal, which the main thread also calls: a handler may run inside it
     children: dict[int, multiprocessing.Process] = {}
 
     def start(slot: int) -> None:

@@ -7,12 +7,14 @@ import contextlib
 import io
 import re
 import signal
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -20,11 +22,12 @@ from PIL import Image
 
 from tests.support.images import jpeg
 from tests.support.inprocess import in_process_worker
-from tests.support.processes import BIG_MESSAGES, rotates, serving, worker_process
+from tests.support.processes import BIG_MESSAGES, ROOT, rotates, serving, wait_for, worker_process
 from worker.api import abimage_pb2 as ab
 from worker.api import abimage_pb2_grpc as ab_grpc
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
+from worker.local import python_command
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +235,41 @@ def test_sigterm_lets_calls_in_flight_finish(corpus):
         reply = future.result()
         assert (reply.width, reply.height) == (6000, 4000)
         assert w.proc.wait(60) == 0
+
+
+# Fifty rounds of a SIGTERM landing while the main thread waits in a busy loop: the moments a lock-taking
+# stop flag (threading.Event) hangs on its own handler; it hung 13 of 20 processes at the first round.
+SIGNALLED_WHILE_WAITING = """
+import os, signal, threading
+from worker.server import stop_requested
+for _ in range(50):
+    stop = stop_requested()
+    threading.Timer(0.002, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    while not stop.wait(0):
+        pass
+print("stopped 50 times")
+"""
+
+
+@pytest.mark.slow  # processes and signals
+def test_a_signal_while_the_main_thread_waits_to_stop_never_hangs_it():
+    try:
+        done = subprocess.run(python_command("-c", SIGNALLED_WHILE_WAITING), capture_output=True, text=True,
+                              cwd=ROOT, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process hung in its own SIGTERM handler (killed after 30 s)")
+    assert done.stdout.strip() == "stopped 50 times", done.stderr
+
+
+@pytest.mark.slow  # real worker processes
+def test_a_burst_of_sigterms_stops_the_worker_and_its_processes():
+    """Kubernetes, a shell and a supervisor may all signal at once: each handler may run inside another."""
+    with worker_process(processes=2) as w:
+        children = psutil.Process(w.proc.pid).children()
+        for _ in range(200):
+            w.proc.send_signal(signal.SIGTERM)
+        assert w.proc.wait(60) == 0
+        assert wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10)
 
 
 # --- TLS -----------------------------------------------------------------------------------------
