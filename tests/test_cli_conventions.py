@@ -25,12 +25,12 @@ from batch.cli import main as batch_main
 from tests.support.images import jpeg, photo
 from tests.support.inprocess import StandInClassifier, in_process_worker, run_cli
 from tests.support.manifests import write_manifest
-from tests.support.processes import BATCH, ROOT, batch_env, run_batch, start_batch, worker_process
+from tests.support.processes import BATCH, ROOT, batch_env, run_batch, run_python, start_batch, worker_process
 from tests.support.results import results
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
 from worker.cli import main as worker_main
-from worker.local import LocalWorker, python_command
+from worker.local import LocalWorker
 
 
 def _rotations(path: Path, images: list[str]) -> Path:
@@ -207,8 +207,8 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path: Path) -> None:
     manifest = _rotations(tmp_path / "m.csv", ["a.jpg"])
     # As if pyarrow were not installed: the import system then finds no such module.
     without = "import sys; sys.modules['pyarrow'] = None; from batch.cli import main; main()"
-    run = subprocess.run(python_command("-c", without, "run", str(manifest), "--results-format", "parquet",
-                                        "--out", str(tmp_path / "out")), capture_output=True, text=True, timeout=60)
+    run = run_python(without, "run", str(manifest), "--results-format", "parquet", "--out", str(tmp_path / "out"),
+                     timeout=60)
     assert run.returncode == 2
     assert "pip install 'imagebatch[parquet]'" in run.stderr
     assert not (tmp_path / "out").exists()

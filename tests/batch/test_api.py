@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import threading
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import worker
 from tests.support.images import jpeg
 from tests.support.inprocess import StandInClassifier, in_process_worker
 from tests.support.manifests import write_manifest
-from worker.local import python_command
+from tests.support.processes import run_python
 
 
 def _photos(folder: Path, n: int, size: tuple[int, int] = (48, 32)) -> pd.DataFrame:
@@ -154,7 +153,7 @@ def test_tls_files_refused_raise_a_usage_error_and_leave_no_task_behind(tmp_path
               "              tls_ca='missing-ca.pem')\n"
               "except batch.UsageError as e:\n"
               "    print(e)\n")
-    done = subprocess.run(python_command("-c", script), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = run_python(script, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "cannot read --tls-ca missing-ca.pem: No such file or directory"
     assert done.stderr == ""
@@ -167,7 +166,7 @@ def test_a_plain_script_prints_nothing_and_leaves_no_lock(tmp_path) -> None:
               "frame = pd.DataFrame({'path': ['a.jpg', 'missing.jpg'], 'op': 'rotate', 'rotation': 90})\n"
               "results = batch.run(frame, out='out')\n"
               "assert list(results['status']) == ['ok', 'error'], results\n")
-    done = subprocess.run(python_command("-c", script), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = run_python(script, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (done.stdout, done.stderr) == ("", "")  # a library prints nothing unless asked
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []

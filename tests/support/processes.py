@@ -50,7 +50,13 @@ def kill(w: LocalWorker) -> None:
         except psutil.NoSuchProcess:
             pass
     w.proc.wait(30)
-    wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10)
+    all_exited(children)
+
+
+def all_exited(processes: list[psutil.Process], timeout: float = 10) -> bool:
+    """Whether every one of ``processes`` has exited (a zombie counts) within ``timeout`` seconds."""
+    return wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes),
+                    timeout)
 
 
 def free_port() -> int:
@@ -123,6 +129,13 @@ def batch_env(changes: dict[str, str | None] | None = None) -> dict[str, str]:
         else:
             env[name] = value
     return env
+
+
+def run_python(script: str, *args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    """This interpreter running ``script`` (``python -P -c``) with ARGS to completion; stdout and stderr captured
+    as text. subprocess.TimeoutExpired after ``timeout`` seconds, the process killed."""
+    return subprocess.run(python_command("-c", script, *args), capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)
 
 
 def run_batch(*args: str | Path, timeout: float = 120, cwd: Path = ROOT,

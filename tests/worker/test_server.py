@@ -22,12 +22,11 @@ from PIL import Image
 
 from tests.support.images import jpeg
 from tests.support.inprocess import in_process_worker
-from tests.support.processes import BIG_MESSAGES, ROOT, rotates, serving, wait_for, worker_process
+from tests.support.processes import BIG_MESSAGES, all_exited, rotates, run_python, serving, worker_process
 from worker.api import abimage_pb2 as ab
 from worker.api import abimage_pb2_grpc as ab_grpc
 from worker.api import imageworker_v1_pb2 as v1
 from worker.api import imageworker_v1_pb2_grpc as v1_grpc
-from worker.local import python_command
 
 
 @pytest.fixture(scope="module")
@@ -254,8 +253,7 @@ print("stopped 50 times")
 @pytest.mark.slow  # processes and signals
 def test_a_signal_while_the_main_thread_waits_to_stop_never_hangs_it():
     try:
-        done = subprocess.run(python_command("-c", SIGNALLED_WHILE_WAITING), capture_output=True, text=True,
-                              cwd=ROOT, timeout=30)
+        done = run_python(SIGNALLED_WHILE_WAITING, timeout=30)
     except subprocess.TimeoutExpired:
         pytest.fail("the process hung in its own SIGTERM handler (killed after 30 s)")
     assert done.stdout.strip() == "stopped 50 times", done.stderr
@@ -269,7 +267,7 @@ def test_a_burst_of_sigterms_stops_the_worker_and_its_processes():
         for _ in range(200):
             w.proc.send_signal(signal.SIGTERM)
         assert w.proc.wait(60) == 0
-        assert wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children), 10)
+        assert all_exited(children)
 
 
 # --- TLS -----------------------------------------------------------------------------------------
